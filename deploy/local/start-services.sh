@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Starts, on 127.0.0.1, every service Sendmill talks to locally, reusing any that already
+# answers: Redis, PostgreSQL, ClickHouse, dnsmasq (MX records for the *.test domains) and
+# postfix's smtp-sink as the MX hosts of those domains. Idempotent; prints where each
+# service listens. Stop what it started with stop-services.sh.
+#
+# Test domains (dnsmasq on 127.0.0.1:5353), every MX host on port 25:
+#   ok.test, example.test  MX -> 127.0.0.2  accepts everything, dumps each message
+#   bounce.test            MX -> 127.0.0.3  answers RCPT with 550 5.1.1
+#   defer.test             MX -> 127.0.0.4  answers RCPT with 451 4.7.1
+#   failover.test          MX 10 -> 127.0.0.5 (nothing listens), MX 20 -> 127.0.0.2
+#   nullmx.test            null MX (RFC 7505)
+#   d1.test .. d10.test    MX -> 127.0.0.11 .. 127.0.0.20 (bench sinks, started on demand)
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+dir=$SENDMILL_LOCAL_DIR
+mkdir -p "$dir"
+
+# --- Redis -----------------------------------------------------------------------------
+if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  log "redis: reusing 127.0.0.1:6379"
+else
+  mkdir -p "$dir/redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir "$dir/redis" --logfile "$dir/redis/redis.log" --pidfile "$dir/redis/redis.pid"
+  wait_port 127.0.0.1 6379 || die "redis did not start (see $dir/redis/redis.log)"
+  log "redis: started on 127.0.0.1:6379"
+fi
+
+# --- PostgreSQL ------------------------------------------------------------------------
+if pg_isready -q -h 127.0.0.1 -p 5432; then
+  log "postgresql: reusing 127.0.0.1:5432"
+else
+  ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
+  [ -d "/etc/postgresql/$ver/main" ] || as_root pg_createcluster "$ver" main >/dev/null
+  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+  wait_port 127.0.0.1 5432 30 || die "postgresql did not start"
+  log "postgresql: started $ver on 127.0.0.1:5432"
+fi
+psql_admin() { as_root runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+if [ "$(psql_admin -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'sendmill'")" != 1 ]; then
+  psql_admin -c "CREATE ROLE sendmill LOGIN PASSWORD 'sendmill' CREATEDB"
+fi
+for db in sendmill sendmill_test; do
+  if [ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]; then
+    psql_admin -c "CREATE DATABASE $db OWNER sendmill"
+  fi
+done
+
+# --- ClickHouse (HTTP 18123, native 19000) ---------------------------------------------
+ch=$dir/clickhouse
+if curl -fsS http://127.0.0.1:18123/ping >/dev/null 2>&1; then
+  log "clickhouse: reusing 127.0.0.1:18123"
+else
+  mkdir -p "$ch"/{data,tmp,user_files,format_schemas,log}
+  cp /etc/clickhouse-server/users.xml "$ch/users.xml"
+  sed -e "s#<http_port>8123</http_port>#<http_port>18123</http_port>#" \
+      -e "s#<tcp_port>9000</tcp_port>#<tcp_port>19000</tcp_port>#" \
+      -e "s#<interserver_http_port>9009</interserver_http_port>#<interserver_http_port>19009</interserver_http_port>#" \
+      -e "s#<path>/var/lib/clickhouse/</path>#<path>$ch/data/</path>#" \
+      -e "s#<tmp_path>/var/lib/clickhouse/tmp/</tmp_path>#<tmp_path>$ch/tmp/</tmp_path>#" \
+      -e "s#<user_files_path>/var/lib/clickhouse/user_files/</user_files_path>#<user_files_path>$ch/user_files/</user_files_path>#" \
+      -e "s#<format_schema_path>/var/lib/clickhouse/format_schemas/</format_schema_path>#<format_schema_path>$ch/format_schemas/</format_schema_path>#" \
+      -e "s#/var/log/clickhouse-server/#$ch/log/#g" \
+      -e "s#<listen_host>::1</listen_host>##" \
+      /etc/clickhouse-server/config.xml >"$ch/config.xml"
+  clickhouse-server --config-file="$ch/config.xml" --pid-file="$ch/clickhouse.pid" --daemon
+  for _ in $(seq 1 100); do curl -fsS http://127.0.0.1:18123/ping >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fsS http://127.0.0.1:18123/ping >/dev/null || die "clickhouse did not start (see $ch/log)"
+  log "clickhouse: started on 127.0.0.1:18123 (native 19000)"
+fi
+
+# --- dnsmasq (127.0.0.1:5353) ----------------------------------------------------------
+dns=$dir/dnsmasq
+mkdir -p "$dns/conf.d"
+{
+  echo "port=5353"
+  echo "listen-address=127.0.0.1"
+  echo "bind-interfaces"
+  echo "no-resolv"
+  echo "no-hosts"
+  echo "local=/test/"
+  echo "local-ttl=300"
+  echo "conf-dir=$dns/conf.d,*.conf"
+  echo "mx-host=ok.test,mx.ok.test,10"
+  echo "host-record=mx.ok.test,127.0.0.2"
+  echo "mx-host=example.test,mx.example.test,10"
+  echo "host-record=mx.example.test,127.0.0.2"
+  echo "mx-host=bounce.test,mx.bounce.test,10"
+  echo "host-record=mx.bounce.test,127.0.0.3"
+  echo "mx-host=defer.test,mx.defer.test,10"
+  echo "host-record=mx.defer.test,127.0.0.4"
+  echo "mx-host=failover.test,mx1.failover.test,10"
+  echo "mx-host=failover.test,mx2.failover.test,20"
+  echo "host-record=mx1.failover.test,127.0.0.5"
+  echo "host-record=mx2.failover.test,127.0.0.2"
+  echo "mx-host=nullmx.test,.,0"
+  echo "host-record=noMx.test,127.0.0.2"
+  for n in $(seq 1 10); do
+    echo "mx-host=d$n.test,mx.d$n.test,10"
+    echo "host-record=mx.d$n.test,127.0.0.$((10 + n))"
+  done
+} >"$dns/dnsmasq.conf.new"
+# Restart only when the config changed (or dnsmasq is not running): DKIM records written
+# by `sendmill` into conf.d are picked up by re-running this script with RESTART_DNS=1.
+if pid_alive "$dns/dnsmasq.pid" && cmp -s "$dns/dnsmasq.conf.new" "$dns/dnsmasq.conf" \
+   && [ "${RESTART_DNS:-0}" != 1 ]; then
+  log "dnsmasq: reusing 127.0.0.1:5353"
+else
+  if pid_alive "$dns/dnsmasq.pid"; then kill "$(cat "$dns/dnsmasq.pid")"; sleep 0.2; fi
+  mv "$dns/dnsmasq.conf.new" "$dns/dnsmasq.conf"
+  dnsmasq --conf-file="$dns/dnsmasq.conf" --pid-file="$dns/dnsmasq.pid" --user=nobody
+  log "dnsmasq: started on 127.0.0.1:5353"
+fi
+rm -f "$dns/dnsmasq.conf.new"
+
+# --- smtp-sink MX hosts (port 25) --------------------------------------------------------
+sinks=$dir/sinks
+mkdir -p "$sinks"
+# start_sink NAME ADDRESS [smtp-sink options...]
+start_sink() {
+  local name=$1 addr=$2; shift 2
+  if port_open "$addr" 25; then
+    log "smtp-sink $name: reusing $addr:25"
+    return
+  fi
+  mkdir -p "$sinks/$name"
+  chmod 1777 "$sinks/$name"
+  setsid nohup smtp-sink -u nobody -h "mx-$name.test" -m 1024 "$@" "$addr:25" 1024 \
+    >"$sinks/$name.log" 2>&1 </dev/null &
+  echo $! >"$sinks/$name.pid"
+  wait_port "$addr" 25 10 || die "smtp-sink $name did not start (see $sinks/$name.log)"
+  log "smtp-sink $name: started on $addr:25"
+}
+start_sink ok 127.0.0.2 -d "$sinks/ok/%Y%m%d/"
+start_sink bounce 127.0.0.3 -f RCPT -B "550 5.1.1 <rcpt>: Recipient address rejected: User unknown"
+start_sink defer 127.0.0.4 -r RCPT -b "451 4.7.1 Greylisted, please try again later"
+if [ "${BENCH_SINKS:-0}" = 1 ]; then
+  for n in $(seq 1 10); do start_sink "d$n" "127.0.0.$((10 + n))"; done
+fi
+
+cat <<INFO
+Local services for Sendmill:
+  redis       redis://127.0.0.1:6379
+  postgresql  postgres://sendmill:sendmill@127.0.0.1:5432/sendmill  (tests: sendmill_test)
+  clickhouse  http://127.0.0.1:18123
+  dns         127.0.0.1:5353  (MX records for *.test)
+  smtp-sink   127.0.0.2:25 accepts (dumps to $sinks/ok), 127.0.0.3:25 5xx, 127.0.0.4:25 4xx
+INFO

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Stops the services start-services.sh started (by their pid files); services it reused
+# and did not start are left alone.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+dir=$SENDMILL_LOCAL_DIR
+for pidfile in "$dir"/redis/redis.pid "$dir"/clickhouse/clickhouse.pid "$dir"/dnsmasq/dnsmasq.pid "$dir"/sinks/*.pid; do
+  [ -e "$pidfile" ] || continue
+  if pid_alive "$pidfile"; then kill "$(cat "$pidfile")" && log "stopped $(basename "$pidfile" .pid)"; fi
+  rm -f "$pidfile"
+done

@@ -1,0 +1,31 @@
+//! # sendmill-wire
+//!
+//! The contracts between Sendmill's stages. Stages never call each other: `ingest` writes
+//! [`RequestedV1`] records, `render` turns them into [`ReadyV1`], `dispatcher` consumes
+//! those (and [`RetryV1`] from the delay topics), and every stage writes [`EventV1`] to
+//! the events topic; a record nobody can process becomes a [`DeadLetterV1`].
+//!
+//! ## Layout
+//! - [`ids`]: message, account, event and batch ids (UUIDv7, time-ordered).
+//! - [`topics`]: topic names per lane, retry tier and prefix.
+//! - [`payload`]: the versioned record types and their JSON codec.
+//! - [`event`]: the event record every stage emits.
+//!
+//! ## Evolution
+//! Within a version changes are additive only (new optional fields with
+//! `#[serde(default)]`); decoders ignore unknown fields so an old consumer reads a newer
+//! producer's records. A breaking change is a new `V2` type on a new `.v2` topic. The
+//! golden fixtures under `tests/fixtures/` are decoded by the tests forever.
+
+pub mod event;
+pub mod ids;
+pub mod payload;
+pub mod topics;
+
+pub use event::{BounceCategory, EventType, EventV1, SmtpReply};
+pub use ids::{AccountId, BatchId, EventId, MessageId};
+pub use payload::{
+    decode, encode, DeadLetterV1, DecodeError, EmailAddress, Header, MessageContext, ReadyV1,
+    RequestedV1, RetryV1, WirePayload,
+};
+pub use topics::{Lane, RetryTier, Topics};
