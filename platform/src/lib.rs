@@ -1,1 +1,25 @@
+//! # sendmill-platform
+//!
+//! The plumbing every stage shares, so that a stage crate holds only its own logic.
+//!
+//! ## Layout
+//! - [`config`]: the shared TOML sections (Kafka, Redis, PostgreSQL, ClickHouse,
+//!   telemetry), file loading with `deny_unknown_fields`, and `SENDMILL_*` env overrides
+//!   for endpoints and secrets.
+//! - [`kafka`]: the idempotent producer, the at-least-once consumer loop (offsets stored
+//!   only after the handler's side effect), the embedded broker, topic creation.
+//! - [`telemetry`]: tracing subscriber and the Prometheus recorder.
+//! - [`http`]: `/healthz` and `/metrics`, and serving a router until shutdown.
+//! - [`shutdown`]: one cancellation token fired by SIGTERM or ctrl-c.
+//! - [`backoff`]: retrying an infrastructure call until it succeeds or shutdown.
+//! - [`clients`]: Redis and ClickHouse clients built from config.
 
+pub mod backoff;
+pub mod clients;
+pub mod config;
+pub mod http;
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use tokio_util::sync::CancellationToken;

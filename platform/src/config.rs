@@ -1,0 +1,216 @@
+//! Configuration shared by the stages. The whole installation is one TOML file; each
+//! stage crate declares its own section and the `sendmill` binary assembles them. Every
+//! section denies unknown fields (a typo is an error, not a silent default) and documents
+//! every field. Environment variables override only endpoints and secrets, so a file can
+//! be committed and the same file used in every environment.
+
+use serde::{de::DeserializeOwned, Deserialize};
+use std::{collections::BTreeMap, path::Path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Parses a TOML file into `T`.
+pub fn load_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses TOML text into `T`; `origin` names the text in errors.
+pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|source| ConfigError::Parse {
+        path: origin.to_owned(),
+        source,
+    })
+}
+
+/// Reads an override from the environment: `SENDMILL_<NAME>`, ignored when empty.
+pub fn env_override(name: &str) -> Option<String> {
+    std::env::var(format!("SENDMILL_{name}"))
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+/// Applies `SENDMILL_<NAME>` to `field` when set.
+pub fn override_string(field: &mut String, name: &str) {
+    if let Some(v) = env_override(name) {
+        *field = v;
+    }
+}
+
+/// Kafka (or any Kafka-protocol broker).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port,host:port`. Empty: `sendmill all` starts the embedded
+    /// in-memory broker, and the single-stage subcommands use the one `sendmill
+    /// dev-broker` advertises in `dev_broker_file`. Env: `SENDMILL_KAFKA_BROKERS`.
+    pub brokers: String,
+    /// Prepended to every topic name, so installations sharing a cluster stay apart.
+    pub topic_prefix: String,
+    /// Partitions of each topic created by `sendmill migrate` or the embedded broker.
+    pub partitions: i32,
+    /// Replication factor of topics created by `sendmill migrate`.
+    pub replication_factor: i32,
+    /// Where `sendmill dev-broker` writes its bootstrap address for the other processes.
+    pub dev_broker_file: String,
+    /// Consumer session timeout; a crashed consumer's partitions move after this long.
+    pub session_timeout_ms: u32,
+    /// Extra librdkafka properties for every client (e.g. `security.protocol`,
+    /// `sasl.mechanisms`). Secrets belong in `SENDMILL_KAFKA_SASL_PASSWORD`.
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topic_prefix: String::new(),
+            partitions: 8,
+            replication_factor: 3,
+            dev_broker_file: std::env::temp_dir()
+                .join("sendmill-dev-broker")
+                .display()
+                .to_string(),
+            session_timeout_ms: 10_000,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn apply_env(&mut self) {
+        override_string(&mut self.brokers, "KAFKA_BROKERS");
+        if let Some(password) = env_override("KAFKA_SASL_PASSWORD") {
+            self.client.insert("sasl.password".into(), password);
+        }
+    }
+}
+
+/// Redis: token buckets, dedupe barrier, caches.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`. Env: `SENDMILL_REDIS_URL`.
+    pub url: String,
+    /// Prepended to every key, so installations sharing a Redis stay apart.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".into(),
+            key_prefix: "sendmill:".into(),
+        }
+    }
+}
+
+impl RedisConfig {
+    pub fn apply_env(&mut self) {
+        override_string(&mut self.url, "REDIS_URL");
+    }
+}
+
+/// PostgreSQL: accounts, keys, domains and the rest of the tenant data.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/db`. Env: `SENDMILL_DATABASE_URL`.
+    pub url: String,
+    /// Connections per process.
+    pub max_connections: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://sendmill:sendmill@127.0.0.1:5432/sendmill".into(),
+            max_connections: 16,
+        }
+    }
+}
+
+impl PostgresConfig {
+    pub fn apply_env(&mut self) {
+        override_string(&mut self.url, "DATABASE_URL");
+    }
+}
+
+/// ClickHouse: the event store behind stats, timelines and dashboards.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint. Env: `SENDMILL_CLICKHOUSE_URL`.
+    pub url: String,
+    /// Database holding Sendmill's tables; `sendmill migrate` creates it.
+    pub database: String,
+    /// User name. Env: `SENDMILL_CLICKHOUSE_USER`.
+    pub user: String,
+    /// Password. Env: `SENDMILL_CLICKHOUSE_PASSWORD`.
+    pub password: String,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:18123".into(),
+            database: "sendmill".into(),
+            user: "default".into(),
+            password: String::new(),
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    pub fn apply_env(&mut self) {
+        override_string(&mut self.url, "CLICKHOUSE_URL");
+        override_string(&mut self.user, "CLICKHOUSE_USER");
+        override_string(&mut self.password, "CLICKHOUSE_PASSWORD");
+    }
+}
+
+/// Logs and metrics.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `json` (one object per line, for log shippers) or `text` (for people).
+    pub log_format: LogFormat,
+    /// A tracing filter, e.g. `info,sendmill_dispatcher=debug`. `RUST_LOG` overrides it.
+    pub log_filter: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Json,
+            log_filter: "info".into(),
+        }
+    }
+}

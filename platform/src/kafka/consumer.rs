@@ -1,0 +1,441 @@
+//! The at-least-once consumer loop every stage runs.
+//!
+//! Records are handed to the handler concurrently (up to `concurrency` at once, across
+//! partitions). Per partition, [`OffsetTracker`] stores the offset of the last record
+//! below which every handler has finished, so a crash or rebalance redelivers unfinished
+//! records and never skips one. Handlers therefore see a record more than once now and
+//! then and must tolerate it (the stages do, by message id).
+//!
+//! A handler answers [`Handled::Done`], or [`Handled::NotBefore`] for a record that is not
+//! due yet (the retry delay topics): the loop pauses that partition, forgets what it
+//! fetched after the record, and at the due time seeks back to it and resumes. Nothing
+//! sleeps while holding a record, and other partitions keep flowing.
+//!
+//! [`HandlerError::Poison`] sends the record to the DLQ with the reason; a panicking
+//! handler counts as poison. [`HandlerError::Interrupted`] (shutdown) stores nothing.
+
+use super::{KafkaConnection, Producer};
+use crate::backoff;
+use futures::FutureExt;
+use rdkafka::{
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    error::KafkaError,
+    Message, Offset, TopicPartitionList,
+};
+use sendmill_wire::{DeadLetterV1, WirePayload};
+use std::{
+    collections::{BTreeSet, HashMap},
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::Duration,
+};
+use time::OffsetDateTime;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+/// One consumed record, detached from the client.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// The side effect is done: the offset may be stored.
+    Done,
+    /// The record is not due until then; redeliver it at that time.
+    NotBefore(OffsetDateTime),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The record can never be processed; it is kept in the DLQ with this reason.
+    #[error("poison record: {0}")]
+    Poison(String),
+    /// Shutdown interrupted the handler; the record will be redelivered.
+    #[error("interrupted by shutdown")]
+    Interrupted,
+}
+
+impl From<backoff::ShutDown> for HandlerError {
+    fn from(_: backoff::ShutDown) -> Self {
+        HandlerError::Interrupted
+    }
+}
+
+/// What a stage consumes and how.
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    /// The stage name, in metrics, logs and dead letters.
+    pub stage: &'static str,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    /// Records handled at once.
+    pub concurrency: usize,
+}
+
+/// Runs the loop until `shutdown`; then finishes in-flight handlers (handlers watch the
+/// same token), stores and commits their offsets, and returns.
+pub async fn run<H, Fut>(
+    kafka: &KafkaConnection,
+    spec: ConsumerSpec,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), KafkaError>
+where
+    H: Fn(Record) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Handled, HandlerError>> + Send + 'static,
+{
+    let consumer: StreamConsumer = kafka
+        .client_config()
+        .set("group.id", &spec.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            kafka.config.session_timeout_ms.to_string(),
+        )
+        .create()?;
+    let topic_refs: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    tracing::info!(stage = spec.stage, group = %spec.group_id, topics = ?spec.topics, "consuming");
+
+    let dlq = kafka.producer()?;
+    let dlq_topic = kafka.topics.dlq();
+    let handler = Arc::new(handler);
+    let capacity = Arc::new(Semaphore::new(spec.concurrency.max(1)));
+    let mut in_flight: JoinSet<Completion> = JoinSet::new();
+    let mut resume_timers: JoinSet<PartitionKey> = JoinSet::new();
+    let mut tracker = OffsetTracker::default();
+    let mut paused: HashMap<PartitionKey, i64> = HashMap::new();
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = in_flight.join_next() => {
+                let done = done.expect("handler tasks catch their own panics");
+                on_completion(&consumer, &mut tracker, &mut paused, &mut resume_timers, done);
+            }
+            Some(key) = resume_timers.join_next() => {
+                let key = key.expect("timer tasks do not panic");
+                if let Some(offset) = paused.remove(&key) {
+                    resume_at(&consumer, &key, offset);
+                }
+            }
+            permit = capacity.clone().acquire_owned() => {
+                let permit = permit.expect("semaphore is never closed");
+                let message = tokio::select! {
+                    m = consumer.recv() => m,
+                    _ = shutdown.cancelled() => break,
+                };
+                let message = match message {
+                    Ok(m) => m,
+                    Err(error) => {
+                        tracing::warn!(stage = spec.stage, %error, "consumer error");
+                        continue;
+                    }
+                };
+                let key = (message.topic().to_owned(), message.partition());
+                if paused.get(&key).is_some_and(|&from| message.offset() >= from) {
+                    // Fetched before the pause took effect; it comes again after resume.
+                    continue;
+                }
+                let record = Record {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                };
+                drop(message);
+                let generation = tracker.begin(&key, record.offset);
+                metrics::counter!("sendmill_consumed_total", "stage" => spec.stage, "topic" => key.0.clone()).increment(1);
+                let task = HandlerTask {
+                    handler: handler.clone(),
+                    stage: spec.stage,
+                    dlq: dlq.clone(),
+                    dlq_topic: dlq_topic.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                in_flight.spawn(async move {
+                    let outcome = task.run(record.clone()).await;
+                    drop(permit);
+                    Completion { key, offset: record.offset, generation, outcome }
+                });
+            }
+        }
+    }
+
+    // Shutdown: handlers see the same token and finish or give up quickly.
+    while let Some(done) = in_flight.join_next().await {
+        let done = done.expect("handler tasks catch their own panics");
+        on_completion(
+            &consumer,
+            &mut tracker,
+            &mut paused,
+            &mut resume_timers,
+            done,
+        );
+    }
+    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing stored since the last auto-commit is also a "no offset" error.
+        tracing::debug!(stage = spec.stage, %error, "final commit");
+    }
+    tracing::info!(stage = spec.stage, "consumer stopped");
+    Ok(())
+}
+
+type PartitionKey = (String, i32);
+
+struct Completion {
+    key: PartitionKey,
+    offset: i64,
+    generation: u64,
+    outcome: Result<Handled, HandlerError>,
+}
+
+struct HandlerTask<H> {
+    handler: Arc<H>,
+    stage: &'static str,
+    dlq: Producer,
+    dlq_topic: String,
+    shutdown: CancellationToken,
+}
+
+impl<H, Fut> HandlerTask<H>
+where
+    H: Fn(Record) -> Fut,
+    Fut: Future<Output = Result<Handled, HandlerError>>,
+{
+    async fn run(self, record: Record) -> Result<Handled, HandlerError> {
+        let started = std::time::Instant::now();
+        let result = AssertUnwindSafe((self.handler)(record.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(HandlerError::Poison(format!("handler panicked: {what}")))
+            });
+        metrics::histogram!("sendmill_handle_seconds", "stage" => self.stage)
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Err(HandlerError::Poison(reason)) => {
+                tracing::error!(stage = self.stage, topic = %record.topic, partition = record.partition,
+                    offset = record.offset, %reason, "record sent to the DLQ");
+                metrics::counter!("sendmill_dlq_total", "stage" => self.stage).increment(1);
+                let letter = DeadLetterV1 {
+                    failed_at: OffsetDateTime::now_utc(),
+                    stage: self.stage.to_owned(),
+                    source_topic: record.topic.clone(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    key: record
+                        .key
+                        .as_deref()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: record.payload,
+                    reason,
+                };
+                let key = letter.key.clone().unwrap_or_default();
+                backoff::until_ok("dlq produce", &self.shutdown, || {
+                    self.dlq.send(&self.dlq_topic, &key, &letter)
+                })
+                .await?;
+                Ok(Handled::Done)
+            }
+            other => other,
+        }
+    }
+}
+
+fn on_completion(
+    consumer: &StreamConsumer,
+    tracker: &mut OffsetTracker,
+    paused: &mut HashMap<PartitionKey, i64>,
+    resume_timers: &mut JoinSet<PartitionKey>,
+    done: Completion,
+) {
+    match done.outcome {
+        Ok(Handled::Done) => {
+            if let Some(offset) = tracker.complete(&done.key, done.generation, done.offset) {
+                if let Err(error) = consumer.store_offset(&done.key.0, done.key.1, offset) {
+                    // The partition moved to another consumer, which redelivers.
+                    tracing::debug!(topic = %done.key.0, partition = done.key.1, %error, "offset not stored");
+                }
+            }
+        }
+        Ok(Handled::NotBefore(due)) => {
+            if tracker.is_stale(&done.key, done.generation) {
+                return;
+            }
+            tracker.rewind(&done.key, done.offset);
+            let first_pause = !paused.contains_key(&done.key);
+            let from = paused.entry(done.key.clone()).or_insert(done.offset);
+            *from = (*from).min(done.offset);
+            if first_pause {
+                let mut list = TopicPartitionList::new();
+                list.add_partition(&done.key.0, done.key.1);
+                if let Err(error) = consumer.pause(&list) {
+                    tracing::debug!(%error, "pause failed");
+                }
+                let wait = (due - OffsetDateTime::now_utc())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO);
+                let key = done.key.clone();
+                resume_timers.spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    key
+                });
+            }
+        }
+        Err(HandlerError::Interrupted) => {}
+        Err(HandlerError::Poison(_)) => unreachable!("poison is turned into a dead letter"),
+    }
+}
+
+fn resume_at(consumer: &StreamConsumer, key: &PartitionKey, offset: i64) {
+    // Seek before resuming, so nothing after `offset` is fetched first.
+    if let Err(error) = consumer.seek(
+        &key.0,
+        key.1,
+        Offset::Offset(offset),
+        Duration::from_secs(5),
+    ) {
+        tracing::debug!(topic = %key.0, partition = key.1, %error, "seek failed");
+    }
+    let mut list = TopicPartitionList::new();
+    list.add_partition(&key.0, key.1);
+    if let Err(error) = consumer.resume(&list) {
+        tracing::debug!(%error, "resume failed");
+    }
+}
+
+/// Which offsets of each partition may be stored: everything below the oldest record
+/// still in flight. Records arrive in offset order per partition (until a rewind), so
+/// with nothing in flight the highest finished offset is safe.
+#[derive(Default)]
+pub(crate) struct OffsetTracker {
+    partitions: HashMap<PartitionKey, PartitionProgress>,
+}
+
+#[derive(Default)]
+struct PartitionProgress {
+    in_flight: BTreeSet<i64>,
+    /// The lowest offset this consumer received: nothing below it is ours to store.
+    first_received: Option<i64>,
+    highest_done: Option<i64>,
+    stored: Option<i64>,
+    /// Bumped on rewind: completions of records fetched before it no longer count.
+    generation: u64,
+}
+
+impl OffsetTracker {
+    /// Registers a received record; returns the generation to report its completion with.
+    pub(crate) fn begin(&mut self, key: &PartitionKey, offset: i64) -> u64 {
+        let p = self.partitions.entry(key.clone()).or_default();
+        p.in_flight.insert(offset);
+        p.first_received = Some(p.first_received.map_or(offset, |f| f.min(offset)));
+        p.generation
+    }
+
+    pub(crate) fn is_stale(&self, key: &PartitionKey, generation: u64) -> bool {
+        self.partitions
+            .get(key)
+            .is_none_or(|p| p.generation != generation)
+    }
+
+    /// Marks a record done; returns the offset to store if it advanced.
+    pub(crate) fn complete(
+        &mut self,
+        key: &PartitionKey,
+        generation: u64,
+        offset: i64,
+    ) -> Option<i64> {
+        let p = self.partitions.get_mut(key)?;
+        if p.generation != generation {
+            return None;
+        }
+        p.in_flight.remove(&offset);
+        p.highest_done = Some(p.highest_done.map_or(offset, |h| h.max(offset)));
+        let safe = match p.in_flight.first() {
+            Some(&oldest) => oldest - 1,
+            None => p.highest_done?,
+        };
+        let ours = p.first_received.is_some_and(|f| safe >= f);
+        if ours && p.stored.is_none_or(|s| safe > s) {
+            p.stored = Some(safe);
+            Some(safe)
+        } else {
+            None
+        }
+    }
+
+    /// The partition will be re-read from `offset`: forget it and everything after.
+    pub(crate) fn rewind(&mut self, key: &PartitionKey, offset: i64) {
+        let p = self.partitions.entry(key.clone()).or_default();
+        p.generation += 1;
+        p.in_flight.clear();
+        p.highest_done = p.highest_done.map(|h| h.min(offset - 1));
+    }
+}
+
+/// Decodes a record's payload, turning failure into poison.
+pub fn decode<T: WirePayload>(record: &Record) -> Result<T, HandlerError> {
+    sendmill_wire::decode(&record.payload).map_err(|e| HandlerError::Poison(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PartitionKey {
+        ("t".into(), 0)
+    }
+
+    #[test]
+    fn stores_only_below_the_oldest_record_in_flight() {
+        let mut t = OffsetTracker::default();
+        let g = t.begin(&key(), 10);
+        t.begin(&key(), 11);
+        t.begin(&key(), 12);
+        assert_eq!(t.complete(&key(), g, 12), None);
+        assert_eq!(t.complete(&key(), g, 10), Some(10));
+        assert_eq!(t.complete(&key(), g, 11), Some(12));
+    }
+
+    #[test]
+    fn a_rewind_discards_completions_of_older_generations() {
+        let mut t = OffsetTracker::default();
+        let g0 = t.begin(&key(), 5);
+        t.begin(&key(), 6);
+        assert_eq!(t.complete(&key(), g0, 5), Some(5));
+        t.rewind(&key(), 6);
+        // A record fetched after 6 before the rewind finishes late: it must not count.
+        assert_eq!(t.complete(&key(), g0, 7), None);
+        let g1 = t.begin(&key(), 6);
+        t.begin(&key(), 7);
+        assert_eq!(t.complete(&key(), g1, 7), None);
+        assert_eq!(t.complete(&key(), g1, 6), Some(7));
+    }
+
+    #[test]
+    fn nothing_is_stored_twice() {
+        let mut t = OffsetTracker::default();
+        let g = t.begin(&key(), 0);
+        assert_eq!(t.complete(&key(), g, 0), Some(0));
+        let g = t.begin(&key(), 0);
+        assert_eq!(t.complete(&key(), g, 0), None);
+    }
+}

@@ -1,0 +1,86 @@
+//! The idempotent producer every stage writes with.
+
+use rdkafka::{
+    error::KafkaError,
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+    ClientConfig,
+};
+use sendmill_wire::{encode, WirePayload};
+use std::time::Duration;
+
+/// The Kafka header naming a record's payload type and version.
+pub const SCHEMA_HEADER: &str = "sendmill-schema";
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot produce to {topic}: {source}")]
+pub struct ProduceError {
+    pub topic: String,
+    #[source]
+    pub source: KafkaError,
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+impl Producer {
+    pub fn new(mut config: ClientConfig) -> Result<Self, KafkaError> {
+        let inner = config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            // A record the broker has not taken within this time fails, and the caller
+            // retries it: a message is never silently dropped by the client.
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(Self { inner })
+    }
+
+    /// Writes `payload` to `topic` under `key` and waits until the broker has it.
+    pub async fn send<T: WirePayload>(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &T,
+    ) -> Result<(), ProduceError> {
+        self.send_bytes(topic, key, &encode(payload), T::SCHEMA)
+            .await
+    }
+
+    pub async fn send_bytes(
+        &self,
+        topic: &str,
+        key: &str,
+        bytes: &[u8],
+        schema: &str,
+    ) -> Result<(), ProduceError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: SCHEMA_HEADER,
+            value: Some(schema),
+        });
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(bytes)
+            .headers(headers);
+        let started = std::time::Instant::now();
+        let result = self
+            .inner
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await;
+        metrics::histogram!("sendmill_produce_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => Ok(()),
+            Err((source, _)) => {
+                metrics::counter!("sendmill_produce_errors_total").increment(1);
+                Err(ProduceError {
+                    topic: topic.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+}
