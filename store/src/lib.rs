@@ -1,1 +1,302 @@
+//! # sendmill-store
+//!
+//! Tenant data in PostgreSQL, the source of truth that Redis and in-process caches copy.
+//! Every query that reads tenant data takes the account id, so one tenant's request can
+//! never reach another's rows.
+//!
+//! ## Layout
+//! - [`Store`]: the pool and the queries.
+//! - [`keys`]: API key generation and hashing.
+//! - [`dkim`]: DKIM key generation and the DNS record to publish.
 
+pub mod dkim;
+pub mod keys;
+
+use sendmill_wire::AccountId;
+use sqlx::{postgres::PgPoolOptions, PgPool, Row};
+use std::{fmt, str::FromStr};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot generate a DKIM key")]
+    KeyGeneration,
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+}
+
+/// What an API key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Send,
+    Templates,
+    Domains,
+    Suppressions,
+    Stats,
+    Webhooks,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 7] = [
+        Scope::Send,
+        Scope::Templates,
+        Scope::Domains,
+        Scope::Suppressions,
+        Scope::Stats,
+        Scope::Webhooks,
+        Scope::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Send => "send",
+            Scope::Templates => "templates",
+            Scope::Domains => "domains",
+            Scope::Suppressions => "suppressions",
+            Scope::Stats => "stats",
+            Scope::Webhooks => "webhooks",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scope::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == s)
+            .ok_or_else(|| format!("unknown scope {s:?}"))
+    }
+}
+
+/// Who is calling: the account and scopes of a valid, unrevoked key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub account_id: AccountId,
+    pub key_id: Uuid,
+    pub key_prefix: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl Principal {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+}
+
+/// A key just created: the plaintext exists only here.
+pub struct NewApiKey {
+    pub id: Uuid,
+    pub plaintext: String,
+    pub prefix: String,
+}
+
+/// A domain an account sends from, with its DKIM key.
+#[derive(Clone)]
+pub struct SendingDomain {
+    pub id: Uuid,
+    pub account_id: AccountId,
+    pub domain: String,
+    pub dkim_selector: String,
+    pub dkim_private_key_pkcs8: Vec<u8>,
+    pub dkim_public_key: String,
+}
+
+impl fmt::Debug for SendingDomain {
+    // The private key never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendingDomain")
+            .field("id", &self.id)
+            .field("account_id", &self.account_id)
+            .field("domain", &self.domain)
+            .field("dkim_selector", &self.dkim_selector)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SendingDomain {
+    /// The DKIM TXT record to publish: `(name, value)`.
+    pub fn dkim_record(&self) -> (String, String) {
+        dkim::txt_record(&self.domain, &self.dkim_selector, &self.dkim_public_key)
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Applies the schema migrations (safe to run concurrently and repeatedly).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn create_account(&self, name: &str) -> Result<AccountId, StoreError> {
+        let id = AccountId::generate();
+        sqlx::query("INSERT INTO accounts (id, name) VALUES ($1, $2)")
+            .bind(id.0)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    /// The id of the account named `name`, if any (the first created, when several).
+    pub async fn account_by_name(&self, name: &str) -> Result<Option<AccountId>, StoreError> {
+        let row = sqlx::query("SELECT id FROM accounts WHERE name = $1 ORDER BY created_at LIMIT 1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| AccountId(r.get("id"))))
+    }
+
+    pub async fn create_api_key(
+        &self,
+        account_id: AccountId,
+        name: &str,
+        scopes: &[Scope],
+    ) -> Result<NewApiKey, StoreError> {
+        let generated = keys::generate();
+        let id = Uuid::now_v7();
+        let scope_names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO api_keys (id, account_id, name, prefix, secret_hash, scopes)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(account_id.0)
+        .bind(name)
+        .bind(&generated.prefix)
+        .bind(keys::hash(&generated.plaintext).as_slice())
+        .bind(&scope_names)
+        .execute(&self.pool)
+        .await?;
+        Ok(NewApiKey {
+            id,
+            plaintext: generated.plaintext,
+            prefix: generated.prefix,
+        })
+    }
+
+    pub async fn revoke_api_key(&self, account_id: AccountId, key_id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = now()
+             WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(key_id)
+        .bind(account_id.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The principal of a presented key, or `None` for an unknown or revoked key.
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<Principal>, StoreError> {
+        if !keys::looks_like_key(presented) {
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "SELECT id, account_id, prefix, scopes FROM api_keys
+             WHERE secret_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(keys::hash(presented).as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| {
+            let scopes: Vec<String> = r.get("scopes");
+            Principal {
+                account_id: AccountId(r.get("account_id")),
+                key_id: r.get("id"),
+                key_prefix: r.get("prefix"),
+                scopes: scopes.iter().filter_map(|s| s.parse().ok()).collect(),
+            }
+        }))
+    }
+
+    /// Registers `domain` for the account with a fresh RSA-2048 DKIM key.
+    pub async fn add_sending_domain(
+        &self,
+        account_id: AccountId,
+        domain: &str,
+        selector: &str,
+    ) -> Result<SendingDomain, StoreError> {
+        let key = dkim::generate_rsa_2048().map_err(|_| StoreError::KeyGeneration)?;
+        let sending = SendingDomain {
+            id: Uuid::now_v7(),
+            account_id,
+            domain: domain.to_ascii_lowercase(),
+            dkim_selector: selector.to_owned(),
+            dkim_private_key_pkcs8: key.private_pkcs8,
+            dkim_public_key: key.public_spki_base64,
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO sending_domains
+               (id, account_id, domain, dkim_selector, dkim_private_key, dkim_public_key)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (account_id, domain) DO NOTHING",
+        )
+        .bind(sending.id)
+        .bind(account_id.0)
+        .bind(&sending.domain)
+        .bind(&sending.dkim_selector)
+        .bind(&sending.dkim_private_key_pkcs8)
+        .bind(&sending.dkim_public_key)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict("sending domain"));
+        }
+        Ok(sending)
+    }
+
+    pub async fn sending_domain(
+        &self,
+        account_id: AccountId,
+        domain: &str,
+    ) -> Result<Option<SendingDomain>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, domain, dkim_selector, dkim_private_key, dkim_public_key
+             FROM sending_domains WHERE account_id = $1 AND domain = $2",
+        )
+        .bind(account_id.0)
+        .bind(domain.to_ascii_lowercase())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| SendingDomain {
+            id: r.get("id"),
+            account_id,
+            domain: r.get("domain"),
+            dkim_selector: r.get("dkim_selector"),
+            dkim_private_key_pkcs8: r.get("dkim_private_key"),
+            dkim_public_key: r.get("dkim_public_key"),
+        }))
+    }
+}

@@ -1,0 +1,48 @@
+//! DKIM keys for sending domains: RSA-2048 generated with aws-lc (fast, constant-time),
+//! kept as PKCS#8, and the TXT record that publishes the public half.
+
+use aws_lc_rs::{
+    encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der},
+    rsa::{KeyPair, KeySize},
+    signature::KeyPair as _,
+};
+use base64::{engine::general_purpose::STANDARD, Engine};
+
+pub struct GeneratedDkimKey {
+    pub private_pkcs8: Vec<u8>,
+    /// base64 of the DER SubjectPublicKeyInfo: the `p=` tag.
+    pub public_spki_base64: String,
+}
+
+pub fn generate_rsa_2048() -> Result<GeneratedDkimKey, aws_lc_rs::error::Unspecified> {
+    let pair = KeyPair::generate(KeySize::Rsa2048)?;
+    let private: Pkcs8V1Der<'_> = pair.as_der()?;
+    let public: PublicKeyX509Der<'_> = pair.public_key().as_der()?;
+    Ok(GeneratedDkimKey {
+        private_pkcs8: private.as_ref().to_vec(),
+        public_spki_base64: STANDARD.encode(public.as_ref()),
+    })
+}
+
+/// `(name, value)` of the TXT record for `selector._domainkey.domain`.
+pub fn txt_record(domain: &str, selector: &str, public_spki_base64: &str) -> (String, String) {
+    (
+        format!("{selector}._domainkey.{domain}"),
+        format!("v=DKIM1; k=rsa; p={public_spki_base64}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_a_2048_bit_key_and_its_record() {
+        let key = generate_rsa_2048().unwrap();
+        let parsed = aws_lc_rs::rsa::KeyPair::from_pkcs8(&key.private_pkcs8).unwrap();
+        assert_eq!(parsed.public_modulus_len(), 256);
+        let (name, value) = txt_record("example.test", "s1", &key.public_spki_base64);
+        assert_eq!(name, "s1._domainkey.example.test");
+        assert!(value.starts_with("v=DKIM1; k=rsa; p=MIIBIjAN"), "{value}");
+    }
+}
