@@ -11,9 +11,12 @@
 //! - [`telemetry`]: tracing subscriber and the Prometheus recorder.
 //! - [`http`]: `/healthz` and `/metrics`, and serving a router until shutdown.
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or ctrl-c.
+//! - [`api`]: the JSON error shape every HTTP API answers with, request ids, and bearer
+//!   API-key authentication (cached).
 //! - [`backoff`]: retrying an infrastructure call until it succeeds or shutdown.
 //! - [`clients`]: Redis and ClickHouse clients built from config.
 
+pub mod api;
 pub mod backoff;
 pub mod clients;
 pub mod config;

@@ -1,1 +1,146 @@
+//! # sendmill-render
+//!
+//! Consumes `requested` records and produces `ready` ones: the exact bytes a mailbox
+//! provider will judge. For each recipient it renders the Handlebars subject, HTML and
+//! text with the recipient's data, builds the MIME message with lettre (Message-ID on
+//! the sending domain, Date, the caller's headers), and signs it with the sending
+//! domain's DKIM key (`relaxed/relaxed`, RSA-2048 through aws-lc).
+//!
+//! A template that does not render, or a sending domain whose key is gone, ends the
+//! message with a `render_failed` event (terminal). A record that cannot be decoded goes
+//! to the DLQ. Offsets are stored only once the `ready` record (or the event) is written.
+//!
+//! ## Layout
+//! - [`message`]: templates + MIME, pure and deterministic for a given clock.
+//! - [`signing`]: DKIM signers per sending domain, cached.
 
+pub mod message;
+pub mod signing;
+
+use sendmill_platform::{
+    backoff,
+    kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection, Record},
+    CancellationToken,
+};
+use sendmill_store::Store;
+use sendmill_wire::{EventType, EventV1, Lane, RequestedV1};
+use serde::Deserialize;
+use std::{sync::Arc, time::Duration};
+
+/// `[render]`: the renderer.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka consumer group of the render stage.
+    pub group_id: String,
+    /// Messages rendered at once per process.
+    pub concurrency: usize,
+    /// Address of `/healthz` and `/metrics` when render runs as its own process.
+    /// Env: `SENDMILL_RENDER_OPS_LISTEN`.
+    pub ops_listen: String,
+    /// Seconds a sending domain's DKIM key is cached before it is read again.
+    pub key_cache_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            group_id: "sendmill-render".into(),
+            concurrency: 64,
+            ops_listen: "127.0.0.1:9102".into(),
+            key_cache_secs: 300,
+        }
+    }
+}
+
+impl Config {
+    pub fn apply_env(&mut self) {
+        sendmill_platform::config::override_string(&mut self.ops_listen, "RENDER_OPS_LISTEN");
+    }
+}
+
+/// Consumes both lanes' `requested` topics until `shutdown`.
+pub async fn run(
+    kafka: KafkaConnection,
+    store: Store,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), kafka::KafkaError> {
+    let stage = Arc::new(Stage {
+        producer: kafka.producer()?,
+        signers: signing::SignerCache::new(store, Duration::from_secs(config.key_cache_secs)),
+        templates: message::Templates::new(),
+        kafka: kafka.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let spec = ConsumerSpec {
+        stage: "render",
+        group_id: config.group_id.clone(),
+        topics: Lane::ALL.iter().map(|&l| kafka.topics.requested(l)).collect(),
+        concurrency: config.concurrency,
+    };
+    kafka::consumer::run(
+        &kafka,
+        spec,
+        move |record| {
+            let stage = stage.clone();
+            async move { stage.handle(record).await }
+        },
+        shutdown,
+    )
+    .await
+}
+
+struct Stage {
+    producer: kafka::Producer,
+    signers: signing::SignerCache,
+    templates: message::Templates,
+    kafka: KafkaConnection,
+    shutdown: CancellationToken,
+}
+
+impl Stage {
+    async fn handle(&self, record: Record) -> Result<Handled, HandlerError> {
+        let request: RequestedV1 = decode(&record)?;
+        let key = request.message_id.to_string();
+        let domain = sendmill_wire::payload::domain_of(&request.from.email);
+        let signer = backoff::until_ok("load DKIM key", &self.shutdown, || {
+            self.signers.get(request.account_id, &domain)
+        })
+        .await?;
+        let rendered = match signer {
+            Some(signer) => message::build(&self.templates, &request, time::OffsetDateTime::now_utc())
+                .and_then(|unsigned| signer.sign(unsigned)),
+            None => Err(message::RenderError::NoSigningKey(domain)),
+        };
+        match rendered {
+            Ok(ready) => {
+                let topic = self.kafka.topics.ready(request.lane);
+                backoff::until_ok("produce ready", &self.shutdown, || {
+                    self.producer.send(&topic, &key, &ready)
+                })
+                .await?;
+                metrics::counter!("sendmill_rendered_total").increment(1);
+            }
+            Err(error) => {
+                tracing::info!(message_id = %request.message_id, %error, "render failed");
+                metrics::counter!("sendmill_render_failed_total").increment(1);
+                let mut event = EventV1::new(
+                    EventType::RenderFailed,
+                    "render",
+                    request.message_id,
+                    request.account_id,
+                    &request.to.email,
+                    &request.context,
+                );
+                event.reason = Some(error.to_string());
+                let topic = self.kafka.topics.events();
+                backoff::until_ok("produce render_failed", &self.shutdown, || {
+                    self.producer.send(&topic, &key, &event)
+                })
+                .await?;
+            }
+        }
+        Ok(Handled::Done)
+    }
+}

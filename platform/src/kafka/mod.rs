@@ -18,12 +18,12 @@ mod producer;
 pub use consumer::{ConsumerSpec, Handled, HandlerError, Record};
 pub use embedded::EmbeddedBroker;
 pub use producer::{ProduceError, Producer};
+pub use rdkafka::error::KafkaError;
 
 use crate::config::KafkaConfig;
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
-    error::KafkaError,
     types::RDKafkaErrorCode,
     ClientConfig,
 };

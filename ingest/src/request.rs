@@ -1,0 +1,250 @@
+//! The JSON body of `POST /v1/messages`. Unknown fields are rejected (a misspelt option
+//! must not be silently ignored). Addresses are either `"Name <a@b.c>"` / `"a@b.c"`
+//! strings or `{"email", "name"}` objects.
+
+use serde::{
+    de::{self, MapAccess, Visitor},
+    Deserialize, Deserializer,
+};
+use serde_json::{Map, Value};
+use std::{collections::BTreeMap, fmt, marker::PhantomData};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    pub from: Mailbox,
+    pub to: Vec<Recipient>,
+    #[serde(default)]
+    pub reply_to: Option<Mailbox>,
+    pub subject: String,
+    #[serde(default)]
+    pub html: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Extra headers, name → value.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Template data shared by every recipient; each recipient's `data` is merged over it.
+    #[serde(default)]
+    pub data: Map<String, Value>,
+    #[serde(default)]
+    pub campaign_id: Option<String>,
+    #[serde(default)]
+    pub ip_pool: Option<String>,
+}
+
+/// A sender or reply-to mailbox.
+#[derive(Debug)]
+pub struct Mailbox {
+    pub email: String,
+    pub name: Option<String>,
+}
+
+/// One recipient with its own template data and metadata.
+#[derive(Debug)]
+pub struct Recipient {
+    pub email: String,
+    pub name: Option<String>,
+    /// This recipient's template data.
+    pub data: Map<String, Value>,
+    /// Merged over the request's metadata for this recipient's events.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The object form of [`Mailbox`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MailboxFields {
+    email: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// The object form of [`Recipient`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipientFields {
+    email: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    data: Map<String, Value>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+impl From<MailboxFields> for Mailbox {
+    fn from(f: MailboxFields) -> Self {
+        Mailbox {
+            email: f.email,
+            name: f.name,
+        }
+    }
+}
+
+impl From<RecipientFields> for Recipient {
+    fn from(f: RecipientFields) -> Self {
+        Recipient {
+            email: f.email,
+            name: f.name,
+            data: f.data,
+            metadata: f.metadata,
+        }
+    }
+}
+
+/// Object forms that can also be written as an address string.
+trait FromAddressString: Sized {
+    fn from_address(email: String, name: Option<String>) -> Self;
+}
+
+impl FromAddressString for MailboxFields {
+    fn from_address(email: String, name: Option<String>) -> Self {
+        MailboxFields { email, name }
+    }
+}
+
+impl FromAddressString for RecipientFields {
+    fn from_address(email: String, name: Option<String>) -> Self {
+        RecipientFields {
+            email,
+            name,
+            data: Map::new(),
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// Splits `"Name <a@b.c>"` into address and name; a bare string is the address.
+pub fn split_address(text: &str) -> (String, Option<String>) {
+    let text = text.trim();
+    if let (Some(open), true) = (text.rfind('<'), text.ends_with('>')) {
+        let email = text[open + 1..text.len() - 1].trim().to_owned();
+        let name = text[..open].trim().trim_matches('"').trim();
+        let name = (!name.is_empty()).then(|| name.to_owned());
+        (email, name)
+    } else {
+        (text.to_owned(), None)
+    }
+}
+
+/// Deserializes an address string or the object form `T`.
+struct StringOrObject<T>(PhantomData<T>);
+
+impl<'de, T> Visitor<'de> for StringOrObject<T>
+where
+    T: FromAddressString + Deserialize<'de>,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an address string or an object with `email`")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        let (email, name) = split_address(v);
+        Ok(T::from_address(email, name))
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<T, M::Error> {
+        T::deserialize(de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+impl<'de> Deserialize<'de> for Mailbox {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StringOrObject::<MailboxFields>(PhantomData))
+            .map(Into::into)
+    }
+}
+
+impl<'de> Deserialize<'de> for Recipient {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StringOrObject::<RecipientFields>(PhantomData))
+            .map(Into::into)
+    }
+}
+
+/// A JSON body that does not parse into a request: the message and the path at fault.
+#[derive(Debug)]
+pub struct ParseError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SendRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let request: SendRequest =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                ParseError {
+                    field: if path == "." { String::new() } else { path },
+                    message: clean_serde_message(&inner),
+                }
+            })?;
+        de.end().map_err(|e| ParseError {
+            field: String::new(),
+            message: clean_serde_message(&e),
+        })?;
+        Ok(request)
+    }
+}
+
+/// serde_json's message without its " at line L column C" tail, which means nothing to
+/// a caller who sent compact JSON.
+fn clean_serde_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_from_strings_and_objects() {
+        let r = SendRequest::parse(
+            br#"{"from":"Example News <news@example.test>","to":["ada@ok.test",{"email":"bob@ok.test","name":"Bob","data":{"n":1}}],"subject":"s","text":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.from.email, "news@example.test");
+        assert_eq!(r.from.name.as_deref(), Some("Example News"));
+        assert_eq!(r.to[0].email, "ada@ok.test");
+        assert_eq!(r.to[1].name.as_deref(), Some("Bob"));
+        assert_eq!(r.to[1].data["n"], 1);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = SendRequest::parse(br#"{"from":"a@b.test","to":[],"subject":"s","txet":"t"}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "txet");
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+
+        let e = SendRequest::parse(
+            br#"{"from":"a@b.test","to":[{"email":"x@y.test","nmae":"X"}],"subject":"s"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "to[0].nmae");
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields_are_named() {
+        let e = SendRequest::parse(br#"{"from":"a@b.test","to":"x@y.test","subject":"s"}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "to");
+        let e = SendRequest::parse(br#"{"from":"a@b.test","to":[]}"#).unwrap_err();
+        assert!(e.message.contains("subject"), "{}", e.message);
+        let e = SendRequest::parse(b"{not json").unwrap_err();
+        assert!(!e.message.is_empty());
+    }
+}

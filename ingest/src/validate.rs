@@ -1,0 +1,182 @@
+//! Validation of what callers put into a message: addresses, display names, header names
+//! and values, tags and metadata. Each check answers with a sentence for the caller; the
+//! handler adds the field path. Nothing here allocates on the success path.
+
+/// Header names the platform writes itself; a caller setting them could forge or break
+/// the message.
+const RESERVED_HEADERS: &[&str] = &[
+    "bcc",
+    "cc",
+    "content-transfer-encoding",
+    "content-type",
+    "date",
+    "dkim-signature",
+    "from",
+    "message-id",
+    "mime-version",
+    "received",
+    "reply-to",
+    "return-path",
+    "sender",
+    "subject",
+    "to",
+];
+
+pub const MAX_HEADER_VALUE: usize = 2_000;
+pub const MAX_SUBJECT: usize = 2_000;
+pub const MAX_NAME: usize = 256;
+
+/// An RFC 5321 mailbox we can deliver to: `dot-atom@domain`, ASCII only.
+pub fn email(address: &str) -> Result<(), &'static str> {
+    if address.len() > 254 {
+        return Err("address is longer than 254 characters");
+    }
+    let (local, domain) = address
+        .rsplit_once('@')
+        .ok_or("address has no @")?;
+    if local.is_empty() {
+        return Err("address has an empty local part");
+    }
+    if local.len() > 64 {
+        return Err("local part is longer than 64 characters");
+    }
+    if !address.is_ascii() {
+        return Err("non-ASCII addresses are not supported");
+    }
+    let atext = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~-".contains(&b);
+    if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+        return Err("local part has a misplaced dot");
+    }
+    if !local.bytes().all(|b| b == b'.' || atext(b)) {
+        return Err("local part has a character that is not allowed");
+    }
+    self::domain(domain)
+}
+
+/// A DNS domain with at least two labels, letters, digits and inner hyphens only.
+pub fn domain(domain: &str) -> Result<(), &'static str> {
+    if domain.is_empty() {
+        return Err("domain is empty");
+    }
+    if domain.len() > 253 {
+        return Err("domain is longer than 253 characters");
+    }
+    let mut labels = 0;
+    for label in domain.split('.') {
+        labels += 1;
+        if label.is_empty() || label.len() > 63 {
+            return Err("domain has an empty or over-long label");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("domain label starts or ends with a hyphen");
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err("domain has a character that is not allowed");
+        }
+    }
+    if labels < 2 {
+        return Err("domain must have at least two labels");
+    }
+    if domain.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err("domain must not end in a numeric label");
+    }
+    Ok(())
+}
+
+/// Text that becomes (part of) a header: no line breaks or other control characters,
+/// which is what stops header injection.
+pub fn header_text(value: &str, max: usize) -> Result<(), &'static str> {
+    if value.chars().count() > max {
+        return Err("value is too long");
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err("value contains a line break or control character");
+    }
+    Ok(())
+}
+
+/// A custom header name: RFC 5322 field name, not one the platform writes.
+pub fn header_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 76 {
+        return Err("header name must be 1 to 76 characters");
+    }
+    if !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+        return Err("header name has a character that is not allowed");
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_HEADERS.contains(&lower.as_str()) {
+        return Err("header is set by Sendmill and cannot be overridden");
+    }
+    Ok(())
+}
+
+/// Tags and metadata keys: short, visible, no separators that break exports.
+pub fn label(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() || value.len() > 64 {
+        return Err("must be 1 to 64 characters");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+    {
+        return Err("may contain only letters, digits and - _ . : /");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_addresses() {
+        for a in ["ada@ok.test", "a.b+tag@sub.example.com", "x_y-z@d1.test", "o'neil@example.org"] {
+            assert_eq!(email(a), Ok(()), "{a}");
+        }
+    }
+
+    #[test]
+    fn rejects_broken_addresses() {
+        for a in [
+            "",
+            "plain",
+            "@ok.test",
+            "ada@",
+            "ada@ok",
+            "ada@.ok.test",
+            "ada@ok..test",
+            "ada@-ok.test",
+            "ada@ok.123",
+            ".ada@ok.test",
+            "a..b@ok.test",
+            "a b@ok.test",
+            "ada@ok.test\r\nBcc: x@y.test",
+            "ada@ok_test.com",
+            "\"quoted\"@ok.test",
+            "ädä@ok.test",
+        ] {
+            assert!(email(a).is_err(), "{a:?} was accepted");
+        }
+        assert!(email(&format!("{}@ok.test", "a".repeat(65))).is_err());
+        assert!(email(&format!("a@{}.test", "b".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn header_text_rejects_injection() {
+        assert!(header_text("Hello", 10).is_ok());
+        assert!(header_text("tab\tok", 10).is_ok());
+        for bad in ["a\r\nBcc: x@y", "a\nb", "a\rb", "nul\0"] {
+            assert!(header_text(bad, 100).is_err(), "{bad:?}");
+        }
+        assert!(header_text(&"x".repeat(11), 10).is_err());
+    }
+
+    #[test]
+    fn reserved_and_malformed_header_names_are_rejected() {
+        assert!(header_name("X-Campaign").is_ok());
+        assert!(header_name("List-Unsubscribe").is_ok());
+        for bad in ["From", "bcc", "DKIM-Signature", "Message-ID", "X Bad", "X:Bad", "", "Ünï"] {
+            assert!(header_name(bad).is_err(), "{bad}");
+        }
+    }
+}

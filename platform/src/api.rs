@@ -1,0 +1,210 @@
+//! What every public HTTP API of Sendmill shares: one JSON error shape
+//! (`{"error":{"code","message","field"}}`), a request id on every response and log line,
+//! and bearer API-key authentication with a short-lived cache in front of PostgreSQL.
+
+use axum::{
+    extract::{FromRef, FromRequestParts, Request},
+    http::{header, request::Parts, HeaderValue, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    Json,
+};
+use sendmill_store::{Principal, Scope, Store};
+use serde::Serialize;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tracing::Instrument;
+
+/// An API error: HTTP status plus a stable machine code, a message for people and the
+/// request field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A 400 about one field of the request.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is required: Authorization: Bearer <key>",
+        )
+    }
+
+    pub fn forbidden(scope: Scope) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this API key lacks the `{scope}` scope"),
+        )
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+
+    /// A dependency is down: the client should retry later. Never a 500 for that.
+    pub fn unavailable(what: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{what} is unavailable, retry later"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+/// The request id header: taken from the caller when it sends a sane one, made up
+/// otherwise, echoed on the response and attached to every log line of the request.
+pub const REQUEST_ID: &str = "x-request-id";
+
+pub async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let value = HeaderValue::from_str(&id).expect("request ids are visible ASCII");
+    request.headers_mut().insert(REQUEST_ID, value.clone());
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let mut response = next.run(request).instrument(span).await;
+    response.headers_mut().insert(REQUEST_ID, value);
+    response
+}
+
+/// Resolves bearer keys to principals, caching answers for `ttl` (so a revoked key
+/// keeps working for at most that long).
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Store,
+    ttl: Duration,
+    cache: Arc<Mutex<HashMap<String, (Principal, Instant)>>>,
+}
+
+impl Authenticator {
+    pub fn new(store: Store, ttl: Duration) -> Self {
+        Self {
+            store,
+            ttl,
+            cache: Arc::default(),
+        }
+    }
+
+    pub async fn authenticate(&self, key: &str) -> Result<Principal, ApiError> {
+        if let Some((principal, at)) = self.cache.lock().expect("not poisoned").get(key) {
+            if at.elapsed() < self.ttl {
+                return Ok(principal.clone());
+            }
+        }
+        let principal = self
+            .store
+            .authenticate(key)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "API key lookup failed");
+                ApiError::unavailable("authentication")
+            })?
+            .ok_or_else(ApiError::unauthorized)?;
+        let mut cache = self.cache.lock().expect("not poisoned");
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(key.to_owned(), (principal.clone(), Instant::now()));
+        Ok(principal)
+    }
+}
+
+/// The authenticated caller of a request.
+pub struct Caller(pub Principal);
+
+impl Caller {
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.0.has(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(scope))
+        }
+    }
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Authenticator: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(ApiError::unauthorized)?;
+        let principal = Authenticator::from_ref(state).authenticate(key).await?;
+        tracing::Span::current().record("key", principal.key_prefix.as_str());
+        Ok(Caller(principal))
+    }
+}
