@@ -1,1 +1,239 @@
+//! # sendmill-analytics
+//!
+//! Consumes the events topic into ClickHouse and answers questions about it. For now:
+//! the `events` table and `GET /v1/messages/{id}`, a message's timeline, scoped to the
+//! caller's account.
+//!
+//! ## Layout
+//! - [`schema`]: ClickHouse migrations from `deploy/clickhouse/`.
+//! - [`row`]: the row an event becomes.
+//! - [`inserter`]: batched, at-least-once inserts.
 
+pub mod inserter;
+pub mod row;
+pub mod schema;
+
+use axum::{
+    extract::{FromRef, Path, State},
+    middleware,
+    routing::get,
+    Json, Router,
+};
+use row::EventRow;
+use sendmill_platform::{
+    api::{request_id, ApiError, Authenticator, Caller},
+    kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection},
+    CancellationToken,
+};
+use sendmill_store::{Scope, Store};
+use sendmill_wire::{EventType, EventV1, MessageId};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `[analytics]`: the event store and its API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the analytics API. Env: `SENDMILL_ANALYTICS_LISTEN`.
+    pub listen: String,
+    /// Kafka consumer group of the event inserter.
+    pub group_id: String,
+    /// Rows per ClickHouse insert at most.
+    pub batch_rows: usize,
+    /// Milliseconds an event waits at most for its batch to fill.
+    pub batch_wait_ms: u64,
+    /// Seconds an API key lookup is cached.
+    pub auth_cache_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".into(),
+            group_id: "sendmill-analytics".into(),
+            batch_rows: 10_000,
+            batch_wait_ms: 500,
+            auth_cache_secs: 30,
+        }
+    }
+}
+
+impl Config {
+    pub fn apply_env(&mut self) {
+        sendmill_platform::config::override_string(&mut self.listen, "ANALYTICS_LISTEN");
+    }
+}
+
+/// Consumes the events topic into ClickHouse until `shutdown`.
+pub async fn run_inserter(
+    kafka: KafkaConnection,
+    clickhouse: clickhouse::Client,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), kafka::KafkaError> {
+    let inserter = inserter::BatchInserter::start(
+        clickhouse,
+        "events",
+        config.batch_rows,
+        Duration::from_millis(config.batch_wait_ms),
+        shutdown.clone(),
+    );
+    let spec = ConsumerSpec {
+        stage: "analytics",
+        group_id: config.group_id.clone(),
+        topics: vec![kafka.topics.events()],
+        // Enough in flight to fill a batch.
+        concurrency: config.batch_rows,
+    };
+    kafka::consumer::run(
+        &kafka,
+        spec,
+        move |record| {
+            let inserter = inserter.clone();
+            async move {
+                let event: EventV1 = decode(&record)?;
+                inserter
+                    .add(EventRow::from(&event))
+                    .await
+                    .map_err(|_| HandlerError::Interrupted)?;
+                Ok(Handled::Done)
+            }
+        },
+        shutdown,
+    )
+    .await
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub clickhouse: clickhouse::Client,
+    pub auth: Authenticator,
+}
+
+impl AppState {
+    pub fn new(clickhouse: clickhouse::Client, store: Store, config: &Config) -> Self {
+        Self {
+            clickhouse,
+            auth: Authenticator::new(store, Duration::from_secs(config.auth_cache_secs)),
+        }
+    }
+}
+
+impl FromRef<AppState> for Authenticator {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/messages/{id}", get(message_timeline))
+        .with_state(state)
+        .merge(sendmill_platform::http::ops_router("analytics"))
+        .layer(middleware::from_fn(request_id))
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "analytics listening");
+    sendmill_platform::http::serve(listener, app(state), shutdown).await
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Timeline {
+    pub message_id: MessageId,
+    /// The terminal event's type once there is one, else the latest event's.
+    pub status: String,
+    pub events: Vec<TimelineEvent>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TimelineEvent {
+    pub event_id: uuid::Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub recipient: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub mx_host: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub smtp_code: Option<u16>,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub smtp_enhanced: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub smtp_reply: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub bounce_category: String,
+    pub attempt: u16,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub reason: String,
+    pub tags: Vec<String>,
+}
+
+fn is_terminal(event_type: &str) -> bool {
+    EventType::ALL
+        .iter()
+        .any(|t| t.as_str() == event_type && t.is_terminal())
+}
+
+async fn message_timeline(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Timeline>, ApiError> {
+    caller.require(Scope::Stats)?;
+    let message_id: MessageId = id
+        .parse()
+        .map_err(|_| ApiError::invalid("id", "not a message id"))?;
+    let rows: Vec<EventRow> = state
+        .clickhouse
+        .query(
+            "SELECT ?fields FROM events FINAL
+             WHERE account_id = toUUID(?) AND message_id = toUUID(?)
+             ORDER BY occurred_at_ms, event_id",
+        )
+        .bind(caller.0.account_id.to_string())
+        .bind(message_id.to_string())
+        .fetch_all()
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "timeline query failed");
+            ApiError::unavailable("the event store")
+        })?;
+    if rows.is_empty() {
+        return Err(ApiError::not_found("message"));
+    }
+    let status = rows
+        .iter()
+        .rev()
+        .find(|r| is_terminal(&r.event_type))
+        .or(rows.last())
+        .map(|r| r.event_type.clone())
+        .unwrap_or_default();
+    let events = rows
+        .into_iter()
+        .map(|r| TimelineEvent {
+            event_id: r.event_id,
+            event_type: r.event_type,
+            at_ms: r.occurred_at_ms,
+            recipient: r.recipient,
+            mx_host: r.mx_host,
+            smtp_code: (r.smtp_code != 0).then_some(r.smtp_code),
+            smtp_enhanced: r.smtp_enhanced,
+            smtp_reply: r.smtp_reply,
+            bounce_category: r.bounce_category,
+            attempt: r.attempt,
+            reason: r.reason,
+            tags: r.tags,
+        })
+        .collect();
+    Ok(Json(Timeline {
+        message_id,
+        status,
+        events,
+    }))
+}
