@@ -1,1 +1,270 @@
-fn main() {}
+//! `sendmill`: parses flags, loads the config, starts telemetry and calls the library.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use sendmill::{pipeline, SendmillConfig, Stage};
+use sendmill_platform::{kafka::EmbeddedBroker, kafka::KafkaConnection, shutdown, telemetry};
+use sendmill_store::{Scope, Store};
+use sendmill_wire::{AccountId, Topics};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "sendmill", version, about = "Self-hosted, high-throughput outbound email")]
+struct Cli {
+    /// The config file (TOML). Without one, every setting has its default.
+    #[arg(long, short, global = true, env = "SENDMILL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every stage in one process; with no brokers configured, on an embedded in-memory
+    /// broker (nothing is durable).
+    All,
+    /// The send API.
+    Ingest,
+    /// Templates, MIME and DKIM.
+    Render,
+    /// SMTP delivery and retries.
+    Dispatch,
+    /// Events into ClickHouse and the analytics API.
+    Analytics,
+    /// Serves the embedded broker to other processes and kcat, and writes its address
+    /// where the single-stage subcommands look for it.
+    DevBroker,
+    /// Applies the PostgreSQL and ClickHouse schemas and creates the Kafka topics.
+    Migrate,
+    /// Checks the config file and prints the settings in effect.
+    ValidateConfig,
+    /// Accounts, API keys and sending domains.
+    #[command(subcommand)]
+    Admin(Admin),
+    /// Sets up a local development tenant: account `dev`, its sending domain with a
+    /// DKIM key, and a new API key (printed alone on stdout).
+    Seed {
+        /// The sending domain.
+        #[arg(long, default_value = "example.test")]
+        domain: String,
+        /// Where to write the domain's DKIM record for dnsmasq (a conf-dir).
+        #[arg(long)]
+        dnsmasq_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Admin {
+    /// Creates an account and prints its id.
+    CreateAccount {
+        #[arg(long)]
+        name: String,
+    },
+    /// Creates an API key and prints it (the only time it is shown).
+    CreateKey {
+        #[arg(long)]
+        account: AccountId,
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Comma-separated scopes: send, templates, domains, suppressions, stats,
+        /// webhooks, admin.
+        #[arg(long, value_delimiter = ',', default_value = "send,stats")]
+        scopes: Vec<Scope>,
+    },
+    /// Adds a sending domain with a new DKIM key and prints the DNS record to publish.
+    AddDomain {
+        #[arg(long)]
+        account: AccountId,
+        #[arg(long)]
+        domain: String,
+        #[arg(long, default_value = "s1")]
+        selector: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = SendmillConfig::load(cli.config.as_deref())?;
+    telemetry::init(&config.telemetry);
+    match cli.command {
+        Command::All => run_all(&config).await,
+        Command::Ingest => run_stages(&config, &[Stage::Ingest]).await,
+        Command::Render => run_stages(&config, &[Stage::Render]).await,
+        Command::Dispatch => run_stages(&config, &[Stage::Dispatch]).await,
+        Command::Analytics => run_stages(&config, &[Stage::Analytics]).await,
+        Command::DevBroker => dev_broker(&config).await,
+        Command::Migrate => migrate(&config).await,
+        Command::ValidateConfig => {
+            println!("config ok\n{config:#?}");
+            Ok(())
+        }
+        Command::Admin(admin) => run_admin(&config, admin).await,
+        Command::Seed {
+            domain,
+            dnsmasq_dir,
+        } => seed(&config, &domain, dnsmasq_dir.as_deref()).await,
+    }
+}
+
+async fn run_all(config: &SendmillConfig) -> anyhow::Result<()> {
+    let token = shutdown::on_signals();
+    // The embedded broker is not Send; it lives on this (the main) task for the whole run.
+    let mut embedded = None;
+    let brokers = if config.kafka.brokers.is_empty() {
+        let broker = start_embedded(config)?;
+        let brokers = broker.bootstrap_servers();
+        tracing::warn!(
+            %brokers,
+            "NO KAFKA CONFIGURED: using the embedded in-memory broker. Nothing is durable: \
+             queued messages are lost when this process stops. Set kafka.brokers for production."
+        );
+        embedded = Some(broker);
+        brokers
+    } else {
+        config.kafka.brokers.clone()
+    };
+    let running = pipeline::start(config, &brokers, &Stage::ALL, token).await?;
+    announce(&running);
+    let result = running.wait().await;
+    drop(embedded);
+    result
+}
+
+async fn run_stages(config: &SendmillConfig, stages: &[Stage]) -> anyhow::Result<()> {
+    let brokers = brokers_for_stage(config)?;
+    let running = pipeline::start(config, &brokers, stages, shutdown::on_signals()).await?;
+    announce(&running);
+    running.wait().await
+}
+
+fn announce(running: &pipeline::Pipeline) {
+    if let Some(addr) = running.ingest_addr {
+        tracing::info!(%addr, "send API: POST http://{addr}/v1/messages");
+    }
+    if let Some(addr) = running.analytics_addr {
+        tracing::info!(%addr, "analytics API: GET http://{addr}/v1/messages/{{id}}");
+    }
+    if let Some(addr) = running.ops_addr {
+        tracing::info!(%addr, "ops endpoints: http://{addr}/healthz, /metrics");
+    }
+}
+
+fn start_embedded(config: &SendmillConfig) -> anyhow::Result<EmbeddedBroker> {
+    let broker = EmbeddedBroker::start().context("starting the embedded broker")?;
+    let topics = Topics::new(config.kafka.topic_prefix.clone());
+    broker
+        .create_topics(&topics.all(), config.kafka.partitions)
+        .context("creating topics on the embedded broker")?;
+    Ok(broker)
+}
+
+/// The configured brokers, or the address a running `sendmill dev-broker` advertised.
+fn brokers_for_stage(config: &SendmillConfig) -> anyhow::Result<String> {
+    if !config.kafka.brokers.is_empty() {
+        return Ok(config.kafka.brokers.clone());
+    }
+    let file = &config.kafka.dev_broker_file;
+    match std::fs::read_to_string(file) {
+        Ok(addr) if !addr.trim().is_empty() => Ok(addr.trim().to_owned()),
+        _ => bail!(
+            "no Kafka brokers configured (kafka.brokers / SENDMILL_KAFKA_BROKERS) and no \
+             dev broker advertised in {file}: start `sendmill dev-broker`, or run `sendmill all`"
+        ),
+    }
+}
+
+async fn dev_broker(config: &SendmillConfig) -> anyhow::Result<()> {
+    let broker = start_embedded(config)?;
+    let brokers = broker.bootstrap_servers();
+    let file = &config.kafka.dev_broker_file;
+    std::fs::write(file, &brokers).with_context(|| format!("writing {file}"))?;
+    tracing::warn!(%brokers, %file, "embedded broker serving; nothing is durable");
+    println!("{brokers}");
+    shutdown::on_signals().cancelled().await;
+    let _ = std::fs::remove_file(file);
+    drop(broker);
+    Ok(())
+}
+
+async fn migrate(config: &SendmillConfig) -> anyhow::Result<()> {
+    let store = Store::connect(&config.postgres.url, 2)
+        .await
+        .context("connecting to PostgreSQL")?;
+    store.migrate().await.context("PostgreSQL migrations")?;
+    tracing::info!("PostgreSQL schema is up to date");
+    let applied = sendmill_analytics::schema::migrate(&config.clickhouse)
+        .await
+        .context("ClickHouse migrations")?;
+    tracing::info!(?applied, "ClickHouse schema is up to date");
+    if config.kafka.brokers.is_empty() {
+        tracing::info!("no brokers configured: topics are created by the embedded broker");
+    } else {
+        let kafka = KafkaConnection::new(config.kafka.brokers.clone(), config.kafka.clone());
+        kafka
+            .ensure_topics(&kafka.topics.all())
+            .await
+            .context("creating Kafka topics")?;
+        tracing::info!("Kafka topics exist");
+    }
+    Ok(())
+}
+
+async fn connect_store(config: &SendmillConfig) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.postgres.url, 2)
+        .await
+        .context("connecting to PostgreSQL")?;
+    store.migrate().await.context("PostgreSQL migrations")?;
+    Ok(store)
+}
+
+async fn run_admin(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
+    let store = connect_store(config).await?;
+    match admin {
+        Admin::CreateAccount { name } => println!("{}", store.create_account(&name).await?),
+        Admin::CreateKey {
+            account,
+            name,
+            scopes,
+        } => println!("{}", store.create_api_key(account, &name, &scopes).await?.plaintext),
+        Admin::AddDomain {
+            account,
+            domain,
+            selector,
+        } => {
+            let added = store.add_sending_domain(account, &domain, &selector).await?;
+            let (name, value) = added.dkim_record();
+            println!("Publish this DNS record, then send from any address @{domain}:\n{name} TXT \"{value}\"");
+        }
+    }
+    Ok(())
+}
+
+async fn seed(config: &SendmillConfig, domain: &str, dnsmasq_dir: Option<&Path>) -> anyhow::Result<()> {
+    let store = connect_store(config).await?;
+    let account = match store.account_by_name("dev").await? {
+        Some(id) => id,
+        None => store.create_account("dev").await?,
+    };
+    let sending = match store.sending_domain(account, domain).await? {
+        Some(existing) => existing,
+        None => store.add_sending_domain(account, domain, "s1").await?,
+    };
+    if let Some(dir) = dnsmasq_dir {
+        let (name, value) = sending.dkim_record();
+        // A TXT string holds at most 255 bytes; verifiers join the pieces.
+        let pieces: Vec<String> = value
+            .as_bytes()
+            .chunks(255)
+            .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+            .collect();
+        let file = dir.join(format!("dkim-{domain}.conf"));
+        std::fs::write(&file, format!("txt-record={name},{}\n", pieces.join(",")))
+            .with_context(|| format!("writing {}", file.display()))?;
+        eprintln!("wrote the DKIM record for {domain} to {}", file.display());
+    }
+    let key = store.create_api_key(account, "seed", &Scope::ALL).await?;
+    eprintln!("account dev ({account}), sending domain {domain}, new API key:");
+    println!("{}", key.plaintext);
+    Ok(())
+}

@@ -35,7 +35,7 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<u32>, clickhouse::
         if applied.contains(&version) {
             continue;
         }
-        for statement in sql.split(';').map(strip_comments).filter(|s| !s.is_empty()) {
+        for statement in statements(sql) {
             client.query(&statement).execute().await?;
         }
         client
@@ -49,12 +49,30 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<u32>, clickhouse::
     Ok(newly)
 }
 
-fn strip_comments(statement: &str) -> String {
-    statement
+/// The statements of a migration file: comment lines dropped (they may hold `;`), then
+/// split on `;`.
+fn statements(sql: &str) -> Vec<String> {
+    let code: Vec<&str> = sql
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .trim()
-        .to_owned()
+        .collect();
+    code.join("\n")
+        .split(';')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semicolons_in_comments_do_not_split_statements() {
+        let got = statements("-- a; b\nCREATE TABLE a (x UInt8);\n-- c\nSELECT 1;\n");
+        assert_eq!(got, ["CREATE TABLE a (x UInt8)", "SELECT 1"]);
+        for (_, _, sql) in MIGRATIONS {
+            assert!(statements(sql).iter().all(|s| s.starts_with("CREATE")));
+        }
+    }
 }

@@ -210,7 +210,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             log_format: LogFormat::Json,
-            log_filter: "info".into(),
+            log_filter: "info,sqlx=warn".into(),
         }
     }
 }

@@ -1,0 +1,129 @@
+//! `sendmill.toml`: one file, one section per part. Unknown keys are errors; every field
+//! is documented where it is declared; `SENDMILL_*` environment variables override only
+//! endpoints and secrets.
+
+use sendmill_platform::config::{
+    self, ClickHouseConfig, ConfigError, KafkaConfig, PostgresConfig, RedisConfig,
+    TelemetryConfig,
+};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendmillConfig {
+    /// Kafka brokers, topic prefix, client settings.
+    pub kafka: KafkaConfig,
+    /// Redis: dedupe barrier, rate limits, caches.
+    pub redis: RedisConfig,
+    /// PostgreSQL: tenants, keys, domains.
+    pub postgres: PostgresConfig,
+    /// ClickHouse: events.
+    pub clickhouse: ClickHouseConfig,
+    /// Logs and metrics.
+    pub telemetry: TelemetryConfig,
+    /// The send API.
+    pub ingest: sendmill_ingest::Config,
+    /// Templates, MIME, DKIM.
+    pub render: sendmill_render::Config,
+    /// SMTP delivery and retries.
+    pub dispatcher: sendmill_dispatcher::Config,
+    /// Event store and its API.
+    pub analytics: sendmill_analytics::Config,
+}
+
+impl SendmillConfig {
+    /// Reads `path` (defaults for everything when `None`), applies env overrides and
+    /// validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config: SendmillConfig = match path {
+            Some(path) => config::load_file(path)?,
+            None => SendmillConfig::default(),
+        };
+        config.apply_env();
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn apply_env(&mut self) {
+        self.kafka.apply_env();
+        self.redis.apply_env();
+        self.postgres.apply_env();
+        self.clickhouse.apply_env();
+        self.ingest.apply_env();
+        self.render.apply_env();
+        self.dispatcher.apply_env();
+        self.analytics.apply_env();
+    }
+
+    /// What serde cannot check.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.dispatcher
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (name, addr) in [
+            ("ingest.listen", &self.ingest.listen),
+            ("analytics.listen", &self.analytics.listen),
+            ("render.ops_listen", &self.render.ops_listen),
+            ("dispatcher.ops_listen", &self.dispatcher.ops_listen),
+        ] {
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|_| ConfigError::Invalid(format!("{name}: {addr:?} is not ip:port")))?;
+        }
+        if self.kafka.partitions < 1 {
+            return Err(ConfigError::Invalid("kafka.partitions must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every example config shipped under deploy/ parses and validates.
+    #[test]
+    fn every_example_config_in_deploy_parses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let mut found = Vec::new();
+        let mut dirs = vec![root];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "toml") {
+                    let parsed: SendmillConfig = config::load_file(&path)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    parsed
+                        .validate()
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    found.push(path);
+                }
+            }
+        }
+        assert!(found.len() >= 2, "expected example configs, found {found:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = config::parse::<SendmillConfig>("[dispatcher]\nsmtp_prot = 25\n", "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("smtp_prot"), "{err}");
+        let err = config::parse::<SendmillConfig>("[kafak]\n", "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafak"), "{err}");
+    }
+
+    #[test]
+    fn invalid_addresses_fail_validation() {
+        let mut c = SendmillConfig::default();
+        c.dispatcher.nameservers = vec!["not-an-address".into()];
+        assert!(c.validate().is_err());
+        let mut c = SendmillConfig::default();
+        c.ingest.listen = "8080".into();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! Starting stages in this process. `sendmill all` starts every stage; `sendmill ingest`
+//! (etc.) one. Each stage gets the same shutdown token; when one stage fails the others
+//! are told to stop, so a process never limps on with a dead stage.
+
+use anyhow::Context;
+use sendmill_platform::{http, kafka::KafkaConnection, CancellationToken};
+use sendmill_store::Store;
+use std::net::SocketAddr;
+use tokio::{net::TcpListener, task::JoinSet};
+
+use crate::SendmillConfig;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Ingest,
+    Render,
+    Dispatch,
+    Analytics,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Ingest, Stage::Render, Stage::Dispatch, Stage::Analytics];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Ingest => "ingest",
+            Stage::Render => "render",
+            Stage::Dispatch => "dispatcher",
+            Stage::Analytics => "analytics",
+        }
+    }
+}
+
+/// Running stages and where their HTTP endpoints listen.
+pub struct Pipeline {
+    pub ingest_addr: Option<SocketAddr>,
+    pub analytics_addr: Option<SocketAddr>,
+    /// `/healthz` and `/metrics` of a render or dispatcher process run alone.
+    pub ops_addr: Option<SocketAddr>,
+    tasks: JoinSet<(Stage, anyhow::Result<()>)>,
+    shutdown: CancellationToken,
+}
+
+/// Starts `stages` against the Kafka cluster at `brokers`.
+pub async fn start(
+    config: &SendmillConfig,
+    brokers: &str,
+    stages: &[Stage],
+    shutdown: CancellationToken,
+) -> anyhow::Result<Pipeline> {
+    let kafka = KafkaConnection::new(brokers, config.kafka.clone());
+    let needs = |s: Stage| stages.contains(&s);
+    let store = if needs(Stage::Ingest) || needs(Stage::Render) || needs(Stage::Analytics) {
+        Some(
+            Store::connect(&config.postgres.url, config.postgres.max_connections)
+                .await
+                .context("connecting to PostgreSQL")?,
+        )
+    } else {
+        None
+    };
+    let mut pipeline = Pipeline {
+        ingest_addr: None,
+        analytics_addr: None,
+        ops_addr: None,
+        tasks: JoinSet::new(),
+        shutdown: shutdown.clone(),
+    };
+
+    if needs(Stage::Ingest) {
+        let listener = bind(&config.ingest.listen).await?;
+        pipeline.ingest_addr = Some(listener.local_addr()?);
+        let state = sendmill_ingest::AppState::new(
+            config.ingest.clone(),
+            store.clone().expect("connected above"),
+            kafka.producer()?,
+            kafka.topics.clone(),
+            shutdown.clone(),
+        );
+        let token = shutdown.clone();
+        pipeline.tasks.spawn(async move {
+            let result = sendmill_ingest::serve(listener, state, token).await;
+            (Stage::Ingest, result.map_err(Into::into))
+        });
+    }
+    if needs(Stage::Render) {
+        let (kafka, store, cfg, token) = (
+            kafka.clone(),
+            store.clone().expect("connected above"),
+            config.render.clone(),
+            shutdown.clone(),
+        );
+        pipeline.tasks.spawn(async move {
+            let result = sendmill_render::run(kafka, store, cfg, token).await;
+            (Stage::Render, result.map_err(Into::into))
+        });
+    }
+    if needs(Stage::Dispatch) {
+        let redis = sendmill_platform::clients::redis(&config.redis)
+            .await
+            .context("connecting to Redis")?;
+        let (kafka, cfg, prefix, token) = (
+            kafka.clone(),
+            config.dispatcher.clone(),
+            config.redis.key_prefix.clone(),
+            shutdown.clone(),
+        );
+        pipeline.tasks.spawn(async move {
+            let result = sendmill_dispatcher::run(kafka, redis, prefix, cfg, token).await;
+            (Stage::Dispatch, result.map_err(Into::into))
+        });
+    }
+    if needs(Stage::Analytics) {
+        let clickhouse = sendmill_platform::clients::clickhouse(&config.clickhouse);
+        let listener = bind(&config.analytics.listen).await?;
+        pipeline.analytics_addr = Some(listener.local_addr()?);
+        let state = sendmill_analytics::AppState::new(
+            clickhouse.clone(),
+            store.clone().expect("connected above"),
+            &config.analytics,
+        );
+        let token = shutdown.clone();
+        pipeline.tasks.spawn(async move {
+            let result = sendmill_analytics::serve(listener, state, token).await;
+            (Stage::Analytics, result.map_err(Into::into))
+        });
+        let (kafka, cfg, token) = (kafka.clone(), config.analytics.clone(), shutdown.clone());
+        pipeline.tasks.spawn(async move {
+            let result = sendmill_analytics::run_inserter(kafka, clickhouse, cfg, token).await;
+            (Stage::Analytics, result.map_err(Into::into))
+        });
+    }
+    // A render or dispatcher process on its own still answers /healthz and /metrics.
+    if !needs(Stage::Ingest) && !needs(Stage::Analytics) {
+        let (name, listen) = if needs(Stage::Render) {
+            ("render", &config.render.ops_listen)
+        } else {
+            ("dispatcher", &config.dispatcher.ops_listen)
+        };
+        let listener = bind(listen).await?;
+        pipeline.ops_addr = Some(listener.local_addr()?);
+        let token = shutdown.clone();
+        let stage = if needs(Stage::Render) { Stage::Render } else { Stage::Dispatch };
+        pipeline.tasks.spawn(async move {
+            let result = http::serve(listener, http::ops_router(name), token).await;
+            (stage, result.map_err(Into::into))
+        });
+    }
+    Ok(pipeline)
+}
+
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+impl Pipeline {
+    /// Waits for every stage to end. The first stage to fail (or to end before shutdown)
+    /// stops the others; its error is returned.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let (stage, result) = joined.context("stage task panicked")?;
+            match result {
+                Ok(()) if self.shutdown.is_cancelled() => {}
+                Ok(()) => {
+                    first_error.get_or_insert_with(|| anyhow::anyhow!("{} stopped unexpectedly", stage.name()));
+                    self.shutdown.cancel();
+                }
+                Err(error) => {
+                    tracing::error!(stage = stage.name(), error = %error, "stage failed");
+                    first_error.get_or_insert(error.context(format!("{} failed", stage.name())));
+                    self.shutdown.cancel();
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
