@@ -52,8 +52,12 @@ def main(argv):
         return 1
     ok = True
     for index in range(count):
-        passed = verifier.verify(idx=index, dnsfunc=dnsfunc)
-        print(f"signature {index}: {'pass' if passed else 'FAIL'}")
+        try:
+            passed = verifier.verify(idx=index, dnsfunc=dnsfunc)
+            detail = ""
+        except dkim.DKIMException as error:
+            passed, detail = False, f" ({error})"
+        print(f"signature {index}: {'pass' if passed else 'FAIL'}{detail}")
         ok = ok and passed
     return 0 if ok else 1
 

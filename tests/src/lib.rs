@@ -1,1 +1,373 @@
+//! # sendmill-tests
+//!
+//! A harness for tests that cross stage boundaries, against the real services that
+//! `deploy/local/start-services.sh` runs: PostgreSQL, Redis, ClickHouse, dnsmasq with
+//! the `*.test` MX records, smtp-sink MX hosts, and dkimpy. Kafka is the embedded
+//! broker, one per test. A service that is missing fails the test with a message saying
+//! how to start it; nothing is skipped.
+//!
+//! Every [`TestPipeline`] has its own broker, topic prefix, ClickHouse database, Redis key
+//! prefix, account and ports, so tests run in parallel and re-run cleanly.
 
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    ClientConfig, Message, Offset, TopicPartitionList,
+};
+use sendmill::{pipeline, SendmillConfig, Stage};
+use sendmill_platform::{kafka::EmbeddedBroker, CancellationToken};
+use sendmill_store::{Scope, Store};
+use sendmill_wire::{AccountId, Topics};
+use serde_json::Value;
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+pub fn local_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("SENDMILL_LOCAL_DIR").unwrap_or_else(|_| "/var/tmp/sendmill-local".into()),
+    )
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+}
+
+/// The config every test pipeline starts from: local services, port 0, own names.
+pub fn test_config(id: &str) -> SendmillConfig {
+    let mut config = SendmillConfig::default();
+    config.postgres.url = std::env::var("SENDMILL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://sendmill:sendmill@127.0.0.1:5432/sendmill_test".into());
+    config.postgres.max_connections = 4;
+    config.kafka.topic_prefix = format!("{id}.");
+    config.kafka.partitions = 2;
+    config.redis.key_prefix = format!("{id}:");
+    config.clickhouse.database = id.to_owned();
+    config.ingest.listen = "127.0.0.1:0".into();
+    config.analytics.listen = "127.0.0.1:0".into();
+    config.analytics.batch_wait_ms = 100;
+    config.dispatcher.nameservers = vec!["127.0.0.1:5353".into()];
+    config.dispatcher.helo_name = "sendmill.test".into();
+    config.dispatcher.connect_timeout_secs = 5;
+    config.dispatcher.command_timeout_secs = 10;
+    config.dispatcher.transaction_timeout_secs = 20;
+    config
+}
+
+/// A whole Sendmill in this process, with a tenant that may send from its own domain.
+pub struct TestPipeline {
+    pub config: SendmillConfig,
+    pub broker: EmbeddedBroker,
+    pub ingest: SocketAddr,
+    pub analytics: Option<SocketAddr>,
+    pub api_key: String,
+    pub account: AccountId,
+    /// The tenant's sending domain (a subdomain of example.test, unique to the test).
+    pub domain: String,
+    /// `(name, value)` of the domain's DKIM TXT record.
+    pub dkim_record: (String, String),
+    pub topics: Topics,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl TestPipeline {
+    /// Every stage.
+    pub async fn start() -> Self {
+        Self::start_stages(&Stage::ALL).await
+    }
+
+    pub async fn start_stages(stages: &[Stage]) -> Self {
+        sendmill_platform::telemetry::init(&sendmill_platform::config::TelemetryConfig {
+            log_filter: "warn".into(),
+            ..Default::default()
+        });
+        let id = unique("t");
+        let config = test_config(&id);
+        let store = require_postgres(&config).await;
+        if stages.contains(&Stage::Analytics) {
+            sendmill_analytics::schema::migrate(&config.clickhouse)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "ClickHouse is required at {} (run deploy/local/start-services.sh): {e}",
+                        config.clickhouse.url
+                    )
+                });
+        }
+        if stages.contains(&Stage::Dispatch) {
+            require_redis(&config).await;
+        }
+        let broker = EmbeddedBroker::start().expect("embedded broker starts");
+        let topics = Topics::new(config.kafka.topic_prefix.clone());
+        broker
+            .create_topics(&topics.all(), config.kafka.partitions)
+            .expect("topics are created");
+
+        let account = store.create_account(&id).await.unwrap();
+        let domain = format!("{id}.example.test");
+        let sending = store.add_sending_domain(account, &domain, "s1").await.unwrap();
+        let api_key = store
+            .create_api_key(account, "test", &Scope::ALL)
+            .await
+            .unwrap()
+            .plaintext;
+
+        let shutdown = CancellationToken::new();
+        let running = pipeline::start(&config, &broker.bootstrap_servers(), stages, shutdown.clone())
+            .await
+            .expect("pipeline starts");
+        let ingest = running.ingest_addr.unwrap_or_else(|| "127.0.0.1:1".parse().unwrap());
+        let analytics = running.analytics_addr;
+        let handle = tokio::spawn(async move { running.wait().await.map_err(|e| format!("{e:#}")) });
+        TestPipeline {
+            topics,
+            broker,
+            ingest,
+            analytics,
+            api_key,
+            account,
+            dkim_record: sending.dkim_record(),
+            domain,
+            config,
+            http: reqwest::Client::new(),
+            shutdown,
+            running: Some(handle),
+        }
+    }
+
+    /// `POST /v1/messages` with a JSON body; returns status and parsed body.
+    pub async fn send(&self, body: &Value) -> (u16, Value) {
+        self.send_raw(body.to_string(), "application/json").await
+    }
+
+    pub async fn send_raw(&self, body: String, content_type: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("http://{}/v1/messages", self.ingest))
+            .bearer_auth(&self.api_key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("ingest answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("response is not JSON ({status}): {text}"));
+        (status, value)
+    }
+
+    /// `GET /v1/messages/{id}` on the analytics API.
+    pub async fn timeline(&self, message_id: &str) -> (u16, Value) {
+        let addr = self.analytics.expect("analytics runs");
+        let response = self
+            .http
+            .get(format!("http://{addr}/v1/messages/{message_id}"))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .expect("analytics answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the timeline until its status is `status`, for at most `limit`.
+    pub async fn wait_for_status(&self, message_id: &str, status: &str, limit: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let (code, body) = self.timeline(message_id).await;
+            if code == 200 && body["status"] == status {
+                return body;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "message {message_id} did not reach {status} within {limit:?}; last timeline ({code}): {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Event types of a message as ClickHouse holds them (deduplicated).
+    pub async fn stored_event_types(&self, message_id: &str) -> Vec<String> {
+        sendmill_platform::clients::clickhouse(&self.config.clickhouse)
+            .query("SELECT event_type FROM events FINAL WHERE message_id = toUUID(?) ORDER BY occurred_at_ms")
+            .bind(message_id)
+            .fetch_all::<String>()
+            .await
+            .expect("ClickHouse answers")
+    }
+
+    /// Every record currently in `topic` (all partitions, from the start).
+    pub fn read_topic(&self, topic: &str) -> Vec<Vec<u8>> {
+        read_topic(&self.broker.bootstrap_servers(), topic, self.config.kafka.partitions)
+    }
+
+    /// Writes `payload` to `topic` as a stage would.
+    pub async fn produce<T: sendmill_wire::WirePayload>(&self, topic: &str, key: &str, payload: &T) {
+        self.producer()
+            .send(topic, key, payload)
+            .await
+            .expect("the embedded broker takes the record");
+    }
+
+    pub fn producer(&self) -> sendmill_platform::kafka::Producer {
+        sendmill_platform::kafka::KafkaConnection::new(
+            self.broker.bootstrap_servers(),
+            self.config.kafka.clone(),
+        )
+        .producer()
+        .expect("producer")
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.running.take() {
+            let result = tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .expect("pipeline stops within 30 s")
+                .expect("pipeline task does not panic");
+            result.expect("stages end cleanly");
+        }
+    }
+}
+
+/// A message body that the tenant may send: `to` as given, everything else fixed.
+pub fn message_to(pipeline: &TestPipeline, to: Value) -> Value {
+    serde_json::json!({
+        "from": format!("Sendmill Test <hello@{}>", pipeline.domain),
+        "to": to,
+        "subject": "Hello {{name}}",
+        "html": "<h1>Hello {{name}}</h1><p>This is a test of Sendmill.</p>",
+        "text": "Hello {{name}}\nThis is a test of Sendmill.",
+        "tags": ["e2e"],
+        "metadata": {"suite": "tests"}
+    })
+}
+
+pub async fn poll_until<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn require_postgres(config: &SendmillConfig) -> Store {
+    let store = Store::connect(&config.postgres.url, config.postgres.max_connections)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is required at {} (run deploy/local/start-services.sh): {e}",
+                config.postgres.url
+            )
+        });
+    store.migrate().await.expect("PostgreSQL migrations apply");
+    store
+}
+
+async fn require_redis(config: &SendmillConfig) {
+    let mut redis = sendmill_platform::clients::redis(&config.redis)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Redis is required at {} (run deploy/local/start-services.sh): {e}",
+                config.redis.url
+            )
+        });
+    let pong: String = redis::cmd("PING").query_async(&mut redis).await.unwrap();
+    assert_eq!(pong, "PONG");
+}
+
+/// Every record in `topic` on the broker at `bootstrap`.
+pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Vec<u8>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader consumer");
+    let mut records = Vec::new();
+    for partition in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .expect("watermarks");
+        if high <= low {
+            continue;
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, Offset::Offset(low))
+            .unwrap();
+        consumer.assign(&list).unwrap();
+        let mut next = low;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while next < high && Instant::now() < deadline {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                next = message.offset() + 1;
+                records.push(message.payload().unwrap_or_default().to_vec());
+            }
+        }
+        assert!(next >= high, "could not read {topic}[{partition}] to its end");
+    }
+    records
+}
+
+/// The smtp-sink dump of the message whose Message-ID holds `message_id`.
+pub fn dumped_message(message_id: &str) -> Option<PathBuf> {
+    dumped_messages(message_id).into_iter().next()
+}
+
+/// Every smtp-sink dump holding `message_id`.
+pub fn dumped_messages(message_id: &str) -> Vec<PathBuf> {
+    let needle = format!("Message-ID: <{message_id}@");
+    let mut found = Vec::new();
+    let mut dirs = vec![local_dir().join("sinks/ok")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(&needle)) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Runs dkimpy (Debian's python3-dkim) on `message` with the given key record.
+pub fn dkim_verifies(message: &Path, record: &(String, String)) -> bool {
+    let output = std::process::Command::new("/usr/bin/python3")
+        .arg(repo_root().join("deploy/local/dkim-verify.py"))
+        .arg(message)
+        .arg("--txt")
+        .arg(format!("{}={}", record.0, record.1))
+        .output()
+        .expect("dkimpy is required: run deploy/local/install-packages.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() || stdout.contains("FAIL"),
+        "dkim-verify.py could not run: {}{}",
+        stdout,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.status.success()
+}

@@ -1,0 +1,125 @@
+//! The send API against real PostgreSQL and Kafka: bad input gets a 4xx JSON error naming
+//! the field and produces nothing; good input is accepted once per recipient.
+
+use sendmill::Stage;
+use sendmill_tests::*;
+use sendmill_wire::{decode, EventType, EventV1, Lane, RequestedV1};
+use serde_json::{json, Value};
+
+/// Records on the requested and events topics.
+fn produced(p: &TestPipeline) -> usize {
+    Lane::ALL
+        .iter()
+        .map(|&l| p.read_topic(&p.topics.requested(l)).len())
+        .sum::<usize>()
+        + p.read_topic(&p.topics.events()).len()
+}
+
+fn with(mut body: Value, path: &[&str], value: Value) -> Value {
+    let mut target = &mut body;
+    for key in &path[..path.len() - 1] {
+        target = &mut target[*key];
+    }
+    target[path[path.len() - 1]] = value;
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_are_rejected_naming_the_field_and_produce_nothing() {
+    let p = TestPipeline::start_stages(&[Stage::Ingest]).await;
+    let good = message_to(&p, json!(["ada@ok.test"]));
+    let other_domain = format!("x@other-{}", p.domain);
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (with(good.clone(), &["to"], json!(["not-an-address"])), 400, "to[0].email"),
+        (with(good.clone(), &["to"], json!([{"email": "ada@ok.test", "name": "A\r\nBcc: eve@evil.test"}])), 400, "to[0].name"),
+        (with(good.clone(), &["to"], json!([])), 400, "to"),
+        (with(good.clone(), &["from"], json!("nobody")), 400, "from"),
+        (with(good.clone(), &["subject"], json!("Hi\r\nBcc: eve@evil.test")), 400, "subject"),
+        (with(good.clone(), &["headers"], json!({"X-Custom": "a\r\nBcc: eve@evil.test"})), 400, "headers.X-Custom"),
+        (with(good.clone(), &["headers"], json!({"Bcc": "eve@evil.test"})), 400, "headers.Bcc"),
+        (with(good.clone(), &["headers"], json!({"X Bad": "v"})), 400, "headers.X Bad"),
+        (with(good.clone(), &["tags"], json!(["ok", "no spaces"])), 400, "tags[1]"),
+        (with(good.clone(), &["txet"], json!("typo")), 400, "txet"),
+        (with(good.clone(), &["to"], json!([{"email": "ada@ok.test", "nmae": "Ada"}])), 400, "to[0].nmae"),
+        (with(good.clone(), &["to"], json!("ada@ok.test")), 400, "to"),
+        (with(with(good.clone(), &["html"], Value::Null), &["text"], Value::Null), 400, "html"),
+        (with(good.clone(), &["from"], json!(other_domain)), 422, "from"),
+    ];
+    for (body, status, field) in cases {
+        let (got, error) = p.send(&body).await;
+        assert_eq!(got, status, "{body} → {error}");
+        assert_eq!(error["error"]["field"], field, "{body} → {error}");
+        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(error["error"]["code"].is_string());
+    }
+
+    let (status, error) = p.send_raw("{\"from\": ".into(), "application/json").await;
+    assert_eq!(status, 400, "{error}");
+    let (status, error) = p.send_raw(good.to_string(), "text/plain").await;
+    assert_eq!(status, 415, "{error}");
+    let huge = with(good.clone(), &["html"], json!("x".repeat(11 * 1024 * 1024)));
+    let (status, error) = p.send(&huge).await;
+    assert_eq!(status, 413, "{error}");
+
+    let unauthenticated = p
+        .http
+        .post(format!("http://{}/v1/messages", p.ingest))
+        .bearer_auth("sm_not-a-real-key")
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let body: Value = unauthenticated.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    assert_eq!(produced(&p), 0, "a rejected request produced records");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_request_produces_one_record_and_one_accepted_event_per_recipient() {
+    let p = TestPipeline::start_stages(&[Stage::Ingest]).await;
+    let body = with(
+        message_to(&p, json!([{"email": "ada@ok.test", "data": {"name": "Ada"}, "metadata": {"user": "1"}}, "Bob <bob@ok.test>"])),
+        &["campaign_id"],
+        json!("spring-sale"),
+    );
+    let (status, response) = p.send(&body).await;
+    assert_eq!(status, 202, "{response}");
+    let ids: Vec<String> = response["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1]);
+
+    // A campaign travels in the bulk lane.
+    assert!(p.read_topic(&p.topics.requested(Lane::Transactional)).is_empty());
+    let requested: Vec<RequestedV1> = p
+        .read_topic(&p.topics.requested(Lane::Bulk))
+        .iter()
+        .map(|b| decode(b).unwrap())
+        .collect();
+    assert_eq!(requested.len(), 2);
+    let ada = requested.iter().find(|r| r.to.email == "ada@ok.test").unwrap();
+    assert_eq!(ada.message_id.to_string(), ids[0]);
+    assert_eq!(ada.account_id, p.account);
+    assert_eq!(ada.data["name"], "Ada");
+    assert_eq!(ada.context.metadata["user"], "1");
+    assert_eq!(ada.context.metadata["suite"], "tests");
+    assert_eq!(ada.context.campaign_id.as_deref(), Some("spring-sale"));
+    let bob = requested.iter().find(|r| r.to.email == "bob@ok.test").unwrap();
+    assert_eq!(bob.to.name.as_deref(), Some("Bob"));
+
+    let events: Vec<EventV1> = p
+        .read_topic(&p.topics.events())
+        .iter()
+        .map(|b| decode(b).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.event_type == EventType::Accepted));
+    p.stop().await;
+}
