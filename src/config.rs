@@ -3,8 +3,7 @@
 //! endpoints and secrets.
 
 use sendmill_platform::config::{
-    self, ClickHouseConfig, ConfigError, KafkaConfig, PostgresConfig, RedisConfig,
-    TelemetryConfig,
+    self, ClickHouseConfig, ConfigError, KafkaConfig, PostgresConfig, RedisConfig, TelemetryConfig,
 };
 use serde::Deserialize;
 use std::path::Path;
@@ -71,7 +70,9 @@ impl SendmillConfig {
                 .map_err(|_| ConfigError::Invalid(format!("{name}: {addr:?} is not ip:port")))?;
         }
         if self.kafka.partitions < 1 {
-            return Err(ConfigError::Invalid("kafka.partitions must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "kafka.partitions must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -102,7 +103,10 @@ mod tests {
                 }
             }
         }
-        assert!(found.len() >= 2, "expected example configs, found {found:?}");
+        assert!(
+            found.len() >= 2,
+            "expected example configs, found {found:?}"
+        );
     }
 
     #[test]

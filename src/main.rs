@@ -9,7 +9,11 @@ use sendmill_wire::{AccountId, Topics};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "sendmill", version, about = "Self-hosted, high-throughput outbound email")]
+#[command(
+    name = "sendmill",
+    version,
+    about = "Self-hosted, high-throughput outbound email"
+)]
 struct Cli {
     /// The config file (TOML). Without one, every setting has its default.
     #[arg(long, short, global = true, env = "SENDMILL_CONFIG")]
@@ -226,13 +230,21 @@ async fn run_admin(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> 
             account,
             name,
             scopes,
-        } => println!("{}", store.create_api_key(account, &name, &scopes).await?.plaintext),
+        } => println!(
+            "{}",
+            store
+                .create_api_key(account, &name, &scopes)
+                .await?
+                .plaintext
+        ),
         Admin::AddDomain {
             account,
             domain,
             selector,
         } => {
-            let added = store.add_sending_domain(account, &domain, &selector).await?;
+            let added = store
+                .add_sending_domain(account, &domain, &selector)
+                .await?;
             let (name, value) = added.dkim_record();
             println!("Publish this DNS record, then send from any address @{domain}:\n{name} TXT \"{value}\"");
         }
@@ -240,7 +252,11 @@ async fn run_admin(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn seed(config: &SendmillConfig, domain: &str, dnsmasq_dir: Option<&Path>) -> anyhow::Result<()> {
+async fn seed(
+    config: &SendmillConfig,
+    domain: &str,
+    dnsmasq_dir: Option<&Path>,
+) -> anyhow::Result<()> {
     let store = connect_store(config).await?;
     let account = match store.account_by_name("dev").await? {
         Some(id) => id,

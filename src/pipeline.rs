@@ -19,7 +19,12 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Ingest, Stage::Render, Stage::Dispatch, Stage::Analytics];
+    pub const ALL: [Stage; 4] = [
+        Stage::Ingest,
+        Stage::Render,
+        Stage::Dispatch,
+        Stage::Analytics,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -140,7 +145,11 @@ pub async fn start(
         let listener = bind(listen).await?;
         pipeline.ops_addr = Some(listener.local_addr()?);
         let token = shutdown.clone();
-        let stage = if needs(Stage::Render) { Stage::Render } else { Stage::Dispatch };
+        let stage = if needs(Stage::Render) {
+            Stage::Render
+        } else {
+            Stage::Dispatch
+        };
         pipeline.tasks.spawn(async move {
             let result = http::serve(listener, http::ops_router(name), token).await;
             (stage, result.map_err(Into::into))
@@ -165,7 +174,9 @@ impl Pipeline {
             match result {
                 Ok(()) if self.shutdown.is_cancelled() => {}
                 Ok(()) => {
-                    first_error.get_or_insert_with(|| anyhow::anyhow!("{} stopped unexpectedly", stage.name()));
+                    first_error.get_or_insert_with(|| {
+                        anyhow::anyhow!("{} stopped unexpectedly", stage.name())
+                    });
                     self.shutdown.cancel();
                 }
                 Err(error) => {

@@ -52,7 +52,8 @@ impl BatchInserter {
                     // offsets; the events come again after restart.
                     return;
                 }
-                metrics::counter!("sendmill_analytics_rows_written_total").increment(batch.len() as u64);
+                metrics::counter!("sendmill_analytics_rows_written_total")
+                    .increment(batch.len() as u64);
                 for (_, ack) in batch {
                     let _ = ack.send(());
                 }

@@ -14,7 +14,10 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
 pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<u32>, clickhouse::error::Error> {
     let server = sendmill_platform::clients::clickhouse_server(config);
     server
-        .query(&format!("CREATE DATABASE IF NOT EXISTS `{}`", config.database))
+        .query(&format!(
+            "CREATE DATABASE IF NOT EXISTS `{}`",
+            config.database
+        ))
         .execute()
         .await?;
     let client = sendmill_platform::clients::clickhouse(config);

@@ -31,9 +31,7 @@ use outcome::{Delivered, Failure, FailureReason, Outcome};
 use redis::aio::ConnectionManager;
 use sendmill_platform::{
     backoff,
-    kafka::{
-        self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection, Record,
-    },
+    kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection, Record},
     CancellationToken,
 };
 use sendmill_wire::{
@@ -147,10 +145,9 @@ impl Config {
         if self.source_ip.is_empty() {
             return Ok(None);
         }
-        self.source_ip
-            .parse()
-            .map(Some)
-            .map_err(|_| SetupError::Config(format!("source_ip: {:?} is not an IP", self.source_ip)))
+        self.source_ip.parse().map(Some).map_err(|_| {
+            SetupError::Config(format!("source_ip: {:?} is not an IP", self.source_ip))
+        })
     }
 
     fn helo(&self) -> String {
@@ -275,18 +272,24 @@ fn failure(mx_host: Option<String>, source_ip: Option<String>, error: smtp::Smtp
             };
             (reason, Some(reply), permanent, category)
         }
-        smtp::SmtpError::Timeout(step) => {
-            (FailureReason::Timeout(step), None, false, BounceCategory::Routing)
-        }
+        smtp::SmtpError::Timeout(step) => (
+            FailureReason::Timeout(step),
+            None,
+            false,
+            BounceCategory::Routing,
+        ),
         smtp::SmtpError::Connect { .. } => (
             FailureReason::Connect(error.to_string()),
             None,
             false,
             BounceCategory::Routing,
         ),
-        smtp::SmtpError::Session(e) => {
-            (FailureReason::Protocol(e), None, false, BounceCategory::Protocol)
-        }
+        smtp::SmtpError::Session(e) => (
+            FailureReason::Protocol(e),
+            None,
+            false,
+            BounceCategory::Protocol,
+        ),
     };
     let failure = Failure {
         reason,
@@ -398,23 +401,24 @@ impl Dispatcher {
     async fn finish(&self, event: EventV1) -> Result<(), HandlerError> {
         let key = self.terminal_key(event.message_id);
         let encoded = sendmill_wire::encode(&event);
-        let previous: Option<Vec<u8>> = backoff::until_ok("record terminal", &self.shutdown, || {
-            let mut redis = self.redis.clone();
-            let (key, encoded) = (key.clone(), encoded.clone());
-            let ttl = self.config.terminal_ttl_secs;
-            async move {
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(encoded)
-                    .arg("NX")
-                    .arg("GET")
-                    .arg("EX")
-                    .arg(ttl)
-                    .query_async(&mut redis)
-                    .await
-            }
-        })
-        .await?;
+        let previous: Option<Vec<u8>> =
+            backoff::until_ok("record terminal", &self.shutdown, || {
+                let mut redis = self.redis.clone();
+                let (key, encoded) = (key.clone(), encoded.clone());
+                let ttl = self.config.terminal_ttl_secs;
+                async move {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(encoded)
+                        .arg("NX")
+                        .arg("GET")
+                        .arg("EX")
+                        .arg(ttl)
+                        .query_async(&mut redis)
+                        .await
+                }
+            })
+            .await?;
         let event = match previous.and_then(|bytes| sendmill_wire::decode::<EventV1>(&bytes).ok()) {
             Some(recorded) => recorded,
             None => event,
@@ -476,14 +480,15 @@ impl Dispatcher {
             }
             Outcome::Permanent(failure) => {
                 tracing::info!(message_id = %ready.message_id, reason = %failure, "bounced");
-                self.finish(failure_event(event(EventType::Bounced), failure)).await
+                self.finish(failure_event(event(EventType::Bounced), failure))
+                    .await
             }
             Outcome::Temporary(failure) => {
                 let tier = RetryTier::after_attempts(attempt);
                 let now = OffsetDateTime::now_utc();
                 let due_at = now + tier.delay();
-                let deadline = ready.accepted_at
-                    + Duration::from_secs(self.config.max_retry_age_secs);
+                let deadline =
+                    ready.accepted_at + Duration::from_secs(self.config.max_retry_age_secs);
                 if due_at > deadline {
                     let mut e = failure_event(event(EventType::Expired), failure);
                     e.bounce_category = Some(BounceCategory::Expired);

@@ -69,7 +69,10 @@ pub fn enhanced_code(text: &str) -> Option<String> {
         && matches!(class, "2" | "4" | "5")
         && (1..=3).contains(&subject.len())
         && (1..=3).contains(&detail.len())
-        && subject.bytes().chain(detail.bytes()).all(|b| b.is_ascii_digit());
+        && subject
+            .bytes()
+            .chain(detail.bytes())
+            .all(|b| b.is_ascii_digit());
     ok.then(|| first.to_owned())
 }
 
@@ -92,7 +95,9 @@ pub fn reply(code: u16, text: &str) -> SmtpReply {
 /// from the basic code and text.
 pub fn categorize(reply: &SmtpReply) -> BounceCategory {
     let text = reply.text.to_ascii_lowercase();
-    if text.contains("rate limit") || text.contains("too many") || (text.contains("try again later") && reply.code == 421)
+    if text.contains("rate limit")
+        || text.contains("too many")
+        || (text.contains("try again later") && reply.code == 421)
     {
         return BounceCategory::RateLimited;
     }
@@ -114,7 +119,9 @@ pub fn categorize(reply: &SmtpReply) -> BounceCategory {
     }
     match reply.code {
         550 | 551 | 553
-            if ["user", "mailbox", "recipient", "address"].iter().any(|w| text.contains(w)) =>
+            if ["user", "mailbox", "recipient", "address"]
+                .iter()
+                .any(|w| text.contains(w)) =>
         {
             BounceCategory::BadMailbox
         }
@@ -131,7 +138,10 @@ mod tests {
 
     #[test]
     fn splits_enhanced_codes_from_text() {
-        let r = reply(550, "5.1.1 <a@b.test>: Recipient address rejected: User unknown");
+        let r = reply(
+            550,
+            "5.1.1 <a@b.test>: Recipient address rejected: User unknown",
+        );
         assert_eq!(r.enhanced.as_deref(), Some("5.1.1"));
         assert!(r.text.starts_with("<a@b.test>"));
         let r = reply(250, "Ok: queued as 1234");
@@ -148,13 +158,29 @@ mod tests {
             (550, "5.1.2 Host unknown", BounceCategory::BadDomain),
             (552, "5.2.2 Mailbox full", BounceCategory::MailboxFull),
             (452, "4.2.2 Over quota", BounceCategory::MailboxFull),
-            (554, "5.7.1 Message rejected as spam", BounceCategory::Policy),
-            (451, "4.7.1 Greylisted, please try again later", BounceCategory::Policy),
-            (421, "4.7.0 Too many connections", BounceCategory::RateLimited),
+            (
+                554,
+                "5.7.1 Message rejected as spam",
+                BounceCategory::Policy,
+            ),
+            (
+                451,
+                "4.7.1 Greylisted, please try again later",
+                BounceCategory::Policy,
+            ),
+            (
+                421,
+                "4.7.0 Too many connections",
+                BounceCategory::RateLimited,
+            ),
             (530, "5.7.10 Encryption needed", BounceCategory::TlsRequired),
             (550, "No such user here", BounceCategory::BadMailbox),
             (554, "Transaction failed", BounceCategory::Policy),
-            (552, "Message size exceeds limit", BounceCategory::MailboxFull),
+            (
+                552,
+                "Message size exceeds limit",
+                BounceCategory::MailboxFull,
+            ),
             (451, "Local error", BounceCategory::Other),
         ];
         for (code, text, expected) in cases {

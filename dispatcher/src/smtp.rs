@@ -149,7 +149,8 @@ impl SmtpClient {
         .await
         .map_err(|_| SmtpError::Timeout("greeting"))?
         .map_err(classify_lettre)?;
-        metrics::histogram!("sendmill_smtp_connect_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("sendmill_smtp_connect_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(connection)
     }
 

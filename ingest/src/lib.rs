@@ -36,8 +36,8 @@ use sendmill_platform::{
 };
 use sendmill_store::{Principal, Scope, Store};
 use sendmill_wire::{
-    payload::domain_of, BatchId, EmailAddress, EventType, EventV1, Header, Lane,
-    MessageContext, MessageId, RequestedV1, Topics,
+    payload::domain_of, BatchId, EmailAddress, EventType, EventV1, Header, Lane, MessageContext,
+    MessageId, RequestedV1, Topics,
 };
 use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
@@ -156,7 +156,11 @@ async fn send(
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
     if !is_json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -169,10 +173,17 @@ async fn send(
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!("the request body exceeds {} bytes", state.config.max_body_bytes),
+                format!(
+                    "the request body exceeds {} bytes",
+                    state.config.max_body_bytes
+                ),
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", rejection.body_text())
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                rejection.body_text(),
+            )
         }
     })?;
     let request = SendRequest::parse(&body).map_err(|e| ApiError {
@@ -257,7 +268,10 @@ async fn accept(state: &AppState, messages: &[RequestedV1]) -> Result<(), ApiErr
     if !matches!(tokio::time::timeout(deadline, events).await, Ok(Ok(_))) {
         // The messages are queued and will be sent; only their `accepted` events are
         // missing from the timeline. Answering 503 would make the caller send twice.
-        tracing::error!(count = messages.len(), "accepted events could not be written");
+        tracing::error!(
+            count = messages.len(),
+            "accepted events could not be written"
+        );
         metrics::counter!("sendmill_ingest_event_loss_total").increment(messages.len() as u64);
     }
     Ok(())
@@ -284,7 +298,10 @@ pub fn plan(
         }
     }
     if request.to.is_empty() {
-        return Err(ApiError::invalid("to", "at least one recipient is required"));
+        return Err(ApiError::invalid(
+            "to",
+            "at least one recipient is required",
+        ));
     }
     if request.to.len() > config.max_recipients {
         return Err(ApiError::invalid(
@@ -295,7 +312,8 @@ pub fn plan(
     for (i, r) in request.to.iter().enumerate() {
         email(&r.email).map_err(|m| ApiError::invalid(format!("to[{i}].email"), m))?;
         if let Some(name) = &r.name {
-            header_text(name, MAX_NAME).map_err(|m| ApiError::invalid(format!("to[{i}].name"), m))?;
+            header_text(name, MAX_NAME)
+                .map_err(|m| ApiError::invalid(format!("to[{i}].name"), m))?;
         }
         check_metadata(&r.metadata, &format!("to[{i}].metadata"))?;
     }
@@ -310,10 +328,14 @@ pub fn plan(
     }
     for (name, value) in &request.headers {
         header_name(name).map_err(|m| ApiError::invalid(format!("headers.{name}"), m))?;
-        header_text(value, MAX_HEADER_VALUE).map_err(|m| ApiError::invalid(format!("headers.{name}"), m))?;
+        header_text(value, MAX_HEADER_VALUE)
+            .map_err(|m| ApiError::invalid(format!("headers.{name}"), m))?;
     }
     if request.tags.len() > MAX_TAGS {
-        return Err(ApiError::invalid("tags", format!("at most {MAX_TAGS} tags")));
+        return Err(ApiError::invalid(
+            "tags",
+            format!("at most {MAX_TAGS} tags"),
+        ));
     }
     for (i, tag) in request.tags.iter().enumerate() {
         label(tag).map_err(|m| ApiError::invalid(format!("tags[{i}]"), m))?;

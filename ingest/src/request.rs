@@ -179,15 +179,14 @@ pub struct ParseError {
 impl SendRequest {
     pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
         let mut de = serde_json::Deserializer::from_slice(body);
-        let request: SendRequest =
-            serde_path_to_error::deserialize(&mut de).map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                ParseError {
-                    field: if path == "." { String::new() } else { path },
-                    message: clean_serde_message(&inner),
-                }
-            })?;
+        let request: SendRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ParseError {
+                field: if path == "." { String::new() } else { path },
+                message: clean_serde_message(&inner),
+            }
+        })?;
         de.end().map_err(|e| ParseError {
             field: String::new(),
             message: clean_serde_message(&e),

@@ -31,9 +31,7 @@ pub fn email(address: &str) -> Result<(), &'static str> {
     if address.len() > 254 {
         return Err("address is longer than 254 characters");
     }
-    let (local, domain) = address
-        .rsplit_once('@')
-        .ok_or("address has no @")?;
+    let (local, domain) = address.rsplit_once('@').ok_or("address has no @")?;
     if local.is_empty() {
         return Err("address has an empty local part");
     }
@@ -70,14 +68,21 @@ pub fn domain(domain: &str) -> Result<(), &'static str> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err("domain label starts or ends with a hyphen");
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err("domain has a character that is not allowed");
         }
     }
     if labels < 2 {
         return Err("domain must have at least two labels");
     }
-    if domain.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+    if domain
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err("domain must not end in a numeric label");
     }
     Ok(())
@@ -130,7 +135,12 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_addresses() {
-        for a in ["ada@ok.test", "a.b+tag@sub.example.com", "x_y-z@d1.test", "o'neil@example.org"] {
+        for a in [
+            "ada@ok.test",
+            "a.b+tag@sub.example.com",
+            "x_y-z@d1.test",
+            "o'neil@example.org",
+        ] {
             assert_eq!(email(a), Ok(()), "{a}");
         }
     }
@@ -175,7 +185,16 @@ mod tests {
     fn reserved_and_malformed_header_names_are_rejected() {
         assert!(header_name("X-Campaign").is_ok());
         assert!(header_name("List-Unsubscribe").is_ok());
-        for bad in ["From", "bcc", "DKIM-Signature", "Message-ID", "X Bad", "X:Bad", "", "Ünï"] {
+        for bad in [
+            "From",
+            "bcc",
+            "DKIM-Signature",
+            "Message-ID",
+            "X Bad",
+            "X:Bad",
+            "",
+            "Ünï",
+        ] {
             assert!(header_name(bad).is_err(), "{bad}");
         }
     }

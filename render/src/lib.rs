@@ -76,7 +76,10 @@ pub async fn run(
     let spec = ConsumerSpec {
         stage: "render",
         group_id: config.group_id.clone(),
-        topics: Lane::ALL.iter().map(|&l| kafka.topics.requested(l)).collect(),
+        topics: Lane::ALL
+            .iter()
+            .map(|&l| kafka.topics.requested(l))
+            .collect(),
         concurrency: config.concurrency,
     };
     kafka::consumer::run(
@@ -109,8 +112,10 @@ impl Stage {
         })
         .await?;
         let rendered = match signer {
-            Some(signer) => message::build(&self.templates, &request, time::OffsetDateTime::now_utc())
-                .and_then(|unsigned| signer.sign(unsigned)),
+            Some(signer) => {
+                message::build(&self.templates, &request, time::OffsetDateTime::now_utc())
+                    .and_then(|unsigned| signer.sign(unsigned))
+            }
             None => Err(message::RenderError::NoSigningKey(domain)),
         };
         match rendered {

@@ -121,7 +121,9 @@ pub fn build(
         builder = builder.raw_header(HeaderValue::new(name, header.value.clone()));
     }
     let message = match (html, text) {
-        (Some(html), Some(text)) => builder.multipart(MultiPart::alternative_plain_html(text, html)),
+        (Some(html), Some(text)) => {
+            builder.multipart(MultiPart::alternative_plain_html(text, html))
+        }
         (Some(html), None) => builder.singlepart(SinglePart::html(html)),
         (None, Some(text)) => builder.singlepart(
             SinglePart::builder()
@@ -166,7 +168,10 @@ mod tests {
                 name: "X-Campaign".into(),
                 value: "welcome".into(),
             }],
-            data: serde_json::json!({"name": "Ada & <Co>"}).as_object().unwrap().clone(),
+            data: serde_json::json!({"name": "Ada & <Co>"})
+                .as_object()
+                .unwrap()
+                .clone(),
             context: MessageContext::default(),
         }
     }
@@ -188,7 +193,8 @@ mod tests {
     #[test]
     fn a_subject_that_renders_a_line_break_is_refused() {
         let mut r = request();
-        r.data.insert("name".into(), "x\r\nBcc: victim@ok.test".into());
+        r.data
+            .insert("name".into(), "x\r\nBcc: victim@ok.test".into());
         assert!(matches!(
             build(&Templates::new(), &r, OffsetDateTime::now_utc()),
             Err(RenderError::UnsafeSubject)
@@ -199,7 +205,12 @@ mod tests {
     fn a_broken_template_names_its_part() {
         let mut r = request();
         r.html = Some("{{#if}}".into());
-        let e = build(&Templates::new(), &r, OffsetDateTime::now_utc()).err().unwrap();
-        assert!(matches!(e, RenderError::Template { part: "html", .. }), "{e}");
+        let e = build(&Templates::new(), &r, OffsetDateTime::now_utc())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e, RenderError::Template { part: "html", .. }),
+            "{e}"
+        );
     }
 }

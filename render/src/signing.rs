@@ -42,8 +42,8 @@ pub struct DomainSigner {
 impl DomainSigner {
     pub fn new(domain: &str, selector: &str, pkcs8: &[u8]) -> Result<Self, RenderError> {
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
-        let key = RsaKey::<Sha256>::from_key_der(der)
-            .map_err(|e| RenderError::Signing(e.to_string()))?;
+        let key =
+            RsaKey::<Sha256>::from_key_der(der).map_err(|e| RenderError::Signing(e.to_string()))?;
         let signer = DkimSigner::from_key(key)
             .domain(domain)
             .selector(selector)

@@ -171,10 +171,11 @@ impl Store {
 
     /// The id of the account named `name`, if any (the first created, when several).
     pub async fn account_by_name(&self, name: &str) -> Result<Option<AccountId>, StoreError> {
-        let row = sqlx::query("SELECT id FROM accounts WHERE name = $1 ORDER BY created_at LIMIT 1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id FROM accounts WHERE name = $1 ORDER BY created_at LIMIT 1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|r| AccountId(r.get("id"))))
     }
 
@@ -206,7 +207,11 @@ impl Store {
         })
     }
 
-    pub async fn revoke_api_key(&self, account_id: AccountId, key_id: Uuid) -> Result<bool, StoreError> {
+    pub async fn revoke_api_key(
+        &self,
+        account_id: AccountId,
+        key_id: Uuid,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = now()
              WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL",

@@ -32,7 +32,10 @@ pub fn local_dir() -> PathBuf {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// A name no other test run uses.
@@ -114,7 +117,10 @@ impl TestPipeline {
 
         let account = store.create_account(&id).await.unwrap();
         let domain = format!("{id}.example.test");
-        let sending = store.add_sending_domain(account, &domain, "s1").await.unwrap();
+        let sending = store
+            .add_sending_domain(account, &domain, "s1")
+            .await
+            .unwrap();
         let api_key = store
             .create_api_key(account, "test", &Scope::ALL)
             .await
@@ -122,12 +128,20 @@ impl TestPipeline {
             .plaintext;
 
         let shutdown = CancellationToken::new();
-        let running = pipeline::start(&config, &broker.bootstrap_servers(), stages, shutdown.clone())
-            .await
-            .expect("pipeline starts");
-        let ingest = running.ingest_addr.unwrap_or_else(|| "127.0.0.1:1".parse().unwrap());
+        let running = pipeline::start(
+            &config,
+            &broker.bootstrap_servers(),
+            stages,
+            shutdown.clone(),
+        )
+        .await
+        .expect("pipeline starts");
+        let ingest = running
+            .ingest_addr
+            .unwrap_or_else(|| "127.0.0.1:1".parse().unwrap());
         let analytics = running.analytics_addr;
-        let handle = tokio::spawn(async move { running.wait().await.map_err(|e| format!("{e:#}")) });
+        let handle =
+            tokio::spawn(async move { running.wait().await.map_err(|e| format!("{e:#}")) });
         TestPipeline {
             topics,
             broker,
@@ -208,11 +222,20 @@ impl TestPipeline {
 
     /// Every record currently in `topic` (all partitions, from the start).
     pub fn read_topic(&self, topic: &str) -> Vec<Vec<u8>> {
-        read_topic(&self.broker.bootstrap_servers(), topic, self.config.kafka.partitions)
+        read_topic(
+            &self.broker.bootstrap_servers(),
+            topic,
+            self.config.kafka.partitions,
+        )
     }
 
     /// Writes `payload` to `topic` as a stage would.
-    pub async fn produce<T: sendmill_wire::WirePayload>(&self, topic: &str, key: &str, payload: &T) {
+    pub async fn produce<T: sendmill_wire::WirePayload>(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &T,
+    ) {
         self.producer()
             .send(topic, key, payload)
             .await
@@ -324,7 +347,10 @@ pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Vec<u8>>
                 records.push(message.payload().unwrap_or_default().to_vec());
             }
         }
-        assert!(next >= high, "could not read {topic}[{partition}] to its end");
+        assert!(
+            next >= high,
+            "could not read {topic}[{partition}] to its end"
+        );
     }
     records
 }
@@ -340,7 +366,9 @@ pub fn dumped_messages(message_id: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut dirs = vec![local_dir().join("sinks/ok")];
     while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {

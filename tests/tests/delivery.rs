@@ -4,8 +4,8 @@
 
 use sendmill_tests::*;
 use sendmill_wire::{
-    decode, DeadLetterV1, EventType, EventV1, Lane, MessageContext, MessageId,
-    ReadyV1, RetryTier, RetryV1,
+    decode, DeadLetterV1, EventType, EventV1, Lane, MessageContext, MessageId, ReadyV1, RetryTier,
+    RetryV1,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -46,7 +46,10 @@ async fn a_redelivered_ready_record_is_not_sent_twice() {
     let p = TestPipeline::start().await;
     let (status, body) = p.send(&message_to(&p, json!(["once@ok.test"]))).await;
     assert_eq!(status, 202, "{body}");
-    let id = body["messages"][0]["message_id"].as_str().unwrap().to_owned();
+    let id = body["messages"][0]["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     p.wait_for_status(&id, "delivered", LIMIT).await;
 
     // The crash case: the record comes again after its delivery.
@@ -56,7 +59,8 @@ async fn a_redelivered_ready_record_is_not_sent_twice() {
         .map(|b| decode::<ReadyV1>(b).unwrap())
         .find(|r| r.message_id.to_string() == id)
         .unwrap();
-    p.produce(&p.topics.ready(Lane::Transactional), &id, &ready).await;
+    p.produce(&p.topics.ready(Lane::Transactional), &id, &ready)
+        .await;
 
     // The dispatcher answers a redelivery by repeating the recorded event.
     let repeated = poll_until(LIMIT, || async {
@@ -68,8 +72,15 @@ async fn a_redelivered_ready_record_is_not_sent_twice() {
     })
     .await
     .expect("the redelivered record was handled");
-    assert_eq!(repeated[0].event_id, repeated[1].event_id, "the same event, not a new one");
-    assert_eq!(dumped_messages(&id).len(), 1, "the message reached the MX twice");
+    assert_eq!(
+        repeated[0].event_id, repeated[1].event_id,
+        "the same event, not a new one"
+    );
+    assert_eq!(
+        dumped_messages(&id).len(),
+        1,
+        "the message reached the MX twice"
+    );
     // ClickHouse collapses the repeated event.
     let stored = poll_until(LIMIT, || async {
         let types = p.stored_event_types(&id).await;
@@ -87,19 +98,30 @@ async fn a_retry_record_goes_back_to_delivery_when_due_and_not_before() {
     let id = ready.message_id.to_string();
     let due_at = OffsetDateTime::now_utc() + Duration::from_secs(3);
     let retry = RetryV1 {
-        ready: ReadyV1 { attempts: 1, ..ready },
+        ready: ReadyV1 {
+            attempts: 1,
+            ..ready
+        },
         due_at,
         last_reply: None,
         last_error: Some("test".into()),
     };
-    p.produce(&p.topics.retry(Lane::Transactional, RetryTier::OneMinute), &id, &retry)
-        .await;
+    p.produce(
+        &p.topics.retry(Lane::Transactional, RetryTier::OneMinute),
+        &id,
+        &retry,
+    )
+    .await;
     let timeline = p.wait_for_status(&id, "delivered", LIMIT).await;
     let delivered = &timeline["events"][0];
     assert_eq!(delivered["attempt"], 2);
     let at_ms = delivered["at_ms"].as_u64().unwrap() as i128;
     let due_ms = due_at.unix_timestamp_nanos() / 1_000_000;
-    assert!(at_ms >= due_ms, "delivered {} ms before it was due", due_ms - at_ms);
+    assert!(
+        at_ms >= due_ms,
+        "delivered {} ms before it was due",
+        due_ms - at_ms
+    );
     assert_eq!(dumped_messages(&id).len(), 1);
     p.stop().await;
 }
@@ -111,7 +133,8 @@ async fn a_temporary_failure_past_the_retry_window_expires_with_the_last_reply()
     let accepted = OffsetDateTime::now_utc() - Duration::from_secs(24 * 3600 - 30);
     let ready = ready_to(&p, "late@defer.test", accepted);
     let id = ready.message_id.to_string();
-    p.produce(&p.topics.ready(Lane::Transactional), &id, &ready).await;
+    p.produce(&p.topics.ready(Lane::Transactional), &id, &ready)
+        .await;
     let timeline = p.wait_for_status(&id, "expired", LIMIT).await;
     let expired = &timeline["events"][0];
     assert_eq!(expired["smtp_code"], 451);
@@ -126,7 +149,12 @@ async fn a_temporary_failure_past_the_retry_window_expires_with_the_last_reply()
 async fn an_undecodable_record_is_kept_in_the_dlq_with_its_reason() {
     let p = TestPipeline::start().await;
     p.producer()
-        .send_bytes(&p.topics.requested(Lane::Transactional), "k1", b"not json", "garbage")
+        .send_bytes(
+            &p.topics.requested(Lane::Transactional),
+            "k1",
+            b"not json",
+            "garbage",
+        )
         .await
         .unwrap();
     let letter = poll_until(LIMIT, || async {
@@ -140,9 +168,15 @@ async fn an_undecodable_record_is_kept_in_the_dlq_with_its_reason() {
     assert_eq!(letter.stage, "render");
     assert_eq!(letter.payload, b"not json");
     assert_eq!(letter.source_topic, p.topics.requested(Lane::Transactional));
-    assert!(letter.reason.contains("sendmill.requested.v1"), "{}", letter.reason);
+    assert!(
+        letter.reason.contains("sendmill.requested.v1"),
+        "{}",
+        letter.reason
+    );
     // The stage goes on: a good message after the poison one is delivered.
-    let (status, body) = p.send(&message_to(&p, json!(["after-poison@ok.test"]))).await;
+    let (status, body) = p
+        .send(&message_to(&p, json!(["after-poison@ok.test"])))
+        .await;
     assert_eq!(status, 202, "{body}");
     let id = body["messages"][0]["message_id"].as_str().unwrap();
     p.wait_for_status(id, "delivered", LIMIT).await;

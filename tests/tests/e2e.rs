@@ -19,7 +19,10 @@ fn first_message_id(body: &serde_json::Value) -> String {
 async fn a_message_is_delivered_dkim_signed_and_its_timeline_is_in_clickhouse() {
     let p = TestPipeline::start().await;
     let (status, body) = p
-        .send(&message_to(&p, json!([{"email": "ada@ok.test", "name": "Ada", "data": {"name": "Ada"}}])))
+        .send(&message_to(
+            &p,
+            json!([{"email": "ada@ok.test", "name": "Ada", "data": {"name": "Ada"}}]),
+        ))
         .await;
     assert_eq!(status, 202, "{body}");
     let id = first_message_id(&body);

@@ -30,26 +30,88 @@ async fn invalid_requests_are_rejected_naming_the_field_and_produce_nothing() {
     let good = message_to(&p, json!(["ada@ok.test"]));
     let other_domain = format!("x@other-{}", p.domain);
     let cases: Vec<(Value, u16, &str)> = vec![
-        (with(good.clone(), &["to"], json!(["not-an-address"])), 400, "to[0].email"),
-        (with(good.clone(), &["to"], json!([{"email": "ada@ok.test", "name": "A\r\nBcc: eve@evil.test"}])), 400, "to[0].name"),
+        (
+            with(good.clone(), &["to"], json!(["not-an-address"])),
+            400,
+            "to[0].email",
+        ),
+        (
+            with(
+                good.clone(),
+                &["to"],
+                json!([{"email": "ada@ok.test", "name": "A\r\nBcc: eve@evil.test"}]),
+            ),
+            400,
+            "to[0].name",
+        ),
         (with(good.clone(), &["to"], json!([])), 400, "to"),
         (with(good.clone(), &["from"], json!("nobody")), 400, "from"),
-        (with(good.clone(), &["subject"], json!("Hi\r\nBcc: eve@evil.test")), 400, "subject"),
-        (with(good.clone(), &["headers"], json!({"X-Custom": "a\r\nBcc: eve@evil.test"})), 400, "headers.X-Custom"),
-        (with(good.clone(), &["headers"], json!({"Bcc": "eve@evil.test"})), 400, "headers.Bcc"),
-        (with(good.clone(), &["headers"], json!({"X Bad": "v"})), 400, "headers.X Bad"),
-        (with(good.clone(), &["tags"], json!(["ok", "no spaces"])), 400, "tags[1]"),
+        (
+            with(
+                good.clone(),
+                &["subject"],
+                json!("Hi\r\nBcc: eve@evil.test"),
+            ),
+            400,
+            "subject",
+        ),
+        (
+            with(
+                good.clone(),
+                &["headers"],
+                json!({"X-Custom": "a\r\nBcc: eve@evil.test"}),
+            ),
+            400,
+            "headers.X-Custom",
+        ),
+        (
+            with(good.clone(), &["headers"], json!({"Bcc": "eve@evil.test"})),
+            400,
+            "headers.Bcc",
+        ),
+        (
+            with(good.clone(), &["headers"], json!({"X Bad": "v"})),
+            400,
+            "headers.X Bad",
+        ),
+        (
+            with(good.clone(), &["tags"], json!(["ok", "no spaces"])),
+            400,
+            "tags[1]",
+        ),
         (with(good.clone(), &["txet"], json!("typo")), 400, "txet"),
-        (with(good.clone(), &["to"], json!([{"email": "ada@ok.test", "nmae": "Ada"}])), 400, "to[0].nmae"),
+        (
+            with(
+                good.clone(),
+                &["to"],
+                json!([{"email": "ada@ok.test", "nmae": "Ada"}]),
+            ),
+            400,
+            "to[0].nmae",
+        ),
         (with(good.clone(), &["to"], json!("ada@ok.test")), 400, "to"),
-        (with(with(good.clone(), &["html"], Value::Null), &["text"], Value::Null), 400, "html"),
-        (with(good.clone(), &["from"], json!(other_domain)), 422, "from"),
+        (
+            with(
+                with(good.clone(), &["html"], Value::Null),
+                &["text"],
+                Value::Null,
+            ),
+            400,
+            "html",
+        ),
+        (
+            with(good.clone(), &["from"], json!(other_domain)),
+            422,
+            "from",
+        ),
     ];
     for (body, status, field) in cases {
         let (got, error) = p.send(&body).await;
         assert_eq!(got, status, "{body} → {error}");
         assert_eq!(error["error"]["field"], field, "{body} → {error}");
-        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
         assert!(error["error"]["code"].is_string());
     }
 
@@ -81,7 +143,10 @@ async fn invalid_requests_are_rejected_naming_the_field_and_produce_nothing() {
 async fn an_accepted_request_produces_one_record_and_one_accepted_event_per_recipient() {
     let p = TestPipeline::start_stages(&[Stage::Ingest]).await;
     let body = with(
-        message_to(&p, json!([{"email": "ada@ok.test", "data": {"name": "Ada"}, "metadata": {"user": "1"}}, "Bob <bob@ok.test>"])),
+        message_to(
+            &p,
+            json!([{"email": "ada@ok.test", "data": {"name": "Ada"}, "metadata": {"user": "1"}}, "Bob <bob@ok.test>"]),
+        ),
         &["campaign_id"],
         json!("spring-sale"),
     );
@@ -97,21 +162,29 @@ async fn an_accepted_request_produces_one_record_and_one_accepted_event_per_reci
     assert_ne!(ids[0], ids[1]);
 
     // A campaign travels in the bulk lane.
-    assert!(p.read_topic(&p.topics.requested(Lane::Transactional)).is_empty());
+    assert!(p
+        .read_topic(&p.topics.requested(Lane::Transactional))
+        .is_empty());
     let requested: Vec<RequestedV1> = p
         .read_topic(&p.topics.requested(Lane::Bulk))
         .iter()
         .map(|b| decode(b).unwrap())
         .collect();
     assert_eq!(requested.len(), 2);
-    let ada = requested.iter().find(|r| r.to.email == "ada@ok.test").unwrap();
+    let ada = requested
+        .iter()
+        .find(|r| r.to.email == "ada@ok.test")
+        .unwrap();
     assert_eq!(ada.message_id.to_string(), ids[0]);
     assert_eq!(ada.account_id, p.account);
     assert_eq!(ada.data["name"], "Ada");
     assert_eq!(ada.context.metadata["user"], "1");
     assert_eq!(ada.context.metadata["suite"], "tests");
     assert_eq!(ada.context.campaign_id.as_deref(), Some("spring-sale"));
-    let bob = requested.iter().find(|r| r.to.email == "bob@ok.test").unwrap();
+    let bob = requested
+        .iter()
+        .find(|r| r.to.email == "bob@ok.test")
+        .unwrap();
     assert_eq!(bob.to.name.as_deref(), Some("Bob"));
 
     let events: Vec<EventV1> = p

@@ -143,7 +143,10 @@ mod tests {
     #[test]
     fn names_carry_prefix_lane_tier_and_version() {
         let topics = Topics::new("t1.");
-        assert_eq!(topics.requested(Lane::Bulk), "t1.sendmill.requested.bulk.v1");
+        assert_eq!(
+            topics.requested(Lane::Bulk),
+            "t1.sendmill.requested.bulk.v1"
+        );
         assert_eq!(topics.ready(Lane::Transactional), "t1.sendmill.ready.tx.v1");
         assert_eq!(
             topics.retry(Lane::Transactional, RetryTier::FifteenMinutes),

@@ -4,7 +4,11 @@
 use sendmill_wire::*;
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 /// Decoding, re-encoding and decoding again yields the same value.
@@ -66,8 +70,7 @@ fn dead_letter_v1() {
 
 #[test]
 fn unknown_fields_from_newer_producers_are_ignored() {
-    let mut value: serde_json::Value =
-        serde_json::from_slice(&fixture("event.v1.json")).unwrap();
+    let mut value: serde_json::Value = serde_json::from_slice(&fixture("event.v1.json")).unwrap();
     value["added_in_a_later_release"] = serde_json::json!({"x": 1});
     let e: EventV1 = decode(&serde_json::to_vec(&value).unwrap()).unwrap();
     assert_eq!(e.event_type, EventType::Bounced);
