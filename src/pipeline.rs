@@ -151,7 +151,7 @@ pub async fn start(
             Stage::Dispatch
         };
         pipeline.tasks.spawn(async move {
-            let result = http::serve(listener, http::ops_router(name), token).await;
+            let result = http::serve(name, listener, http::ops_router(name), token).await;
             (stage, result.map_err(Into::into))
         });
     }

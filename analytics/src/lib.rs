@@ -138,8 +138,7 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "analytics listening");
-    sendmill_platform::http::serve(listener, app(state), shutdown).await
+    sendmill_platform::http::serve("analytics", listener, app(state), shutdown).await
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -130,8 +130,7 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "ingest listening");
-    sendmill_platform::http::serve(listener, app(state), shutdown).await
+    sendmill_platform::http::serve("ingest", listener, app(state), shutdown).await
 }
 
 #[derive(Debug, Serialize, Deserialize)]

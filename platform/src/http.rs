@@ -23,11 +23,14 @@ async fn render_metrics() -> impl IntoResponse {
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then finishes in-flight requests.
+/// `name` says what listens, in the log line announcing it.
 pub async fn serve(
+    name: &str,
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "{name} listening");
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

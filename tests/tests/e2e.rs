@@ -55,6 +55,36 @@ async fn a_message_is_delivered_dkim_signed_and_its_timeline_is_in_clickhouse() 
     std::fs::write(&tampered, text.replace("Hello Ada", "Hello Eve")).unwrap();
     assert!(!dkim_verifies(&tampered, &p.dkim_record));
     std::fs::remove_file(&tampered).unwrap();
+
+    // Ops endpoints answer, and the stages counted what they did.
+    let health: serde_json::Value = p
+        .http
+        .get(format!("http://{}/healthz", p.ingest))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let metrics = p
+        .http
+        .get(format!("http://{}/metrics", p.ingest))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "sendmill_ingest_accepted_total",
+        "sendmill_rendered_total",
+        "sendmill_dispatch_events_total{type=\"delivered\"}",
+        "sendmill_smtp_send_seconds",
+        "sendmill_analytics_rows_written_total",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
     p.stop().await;
 }
 
