@@ -12,8 +12,10 @@
 //!
 //! ## Layout
 //! - [`message`]: templates + MIME, pure and deterministic for a given clock.
-//! - [`signing`]: DKIM signers per sending domain, cached.
+//! - [`dkim`]: the DKIM signer (relaxed/relaxed, RSA-SHA256 and Ed25519-SHA256).
+//! - [`signing`]: each sending domain's signers and return-path domain, cached.
 
+pub mod dkim;
 pub mod message;
 pub mod signing;
 
@@ -68,7 +70,7 @@ pub async fn run(
 ) -> Result<(), kafka::KafkaError> {
     let stage = Arc::new(Stage {
         producer: kafka.producer()?,
-        signers: signing::SignerCache::new(store, Duration::from_secs(config.key_cache_secs)),
+        identities: signing::IdentityCache::new(store, Duration::from_secs(config.key_cache_secs)),
         templates: message::Templates::new(),
         kafka: kafka.clone(),
         shutdown: shutdown.clone(),
@@ -96,7 +98,7 @@ pub async fn run(
 
 struct Stage {
     producer: kafka::Producer,
-    signers: signing::SignerCache,
+    identities: signing::IdentityCache,
     templates: message::Templates,
     kafka: KafkaConnection,
     shutdown: CancellationToken,
@@ -107,15 +109,14 @@ impl Stage {
         let request: RequestedV1 = decode(&record)?;
         let key = request.message_id.to_string();
         let domain = sendmill_wire::payload::domain_of(&request.from.email);
-        let signer = backoff::until_ok("load DKIM key", &self.shutdown, || {
-            self.signers.get(request.account_id, &domain)
+        let identity = backoff::until_ok("load DKIM key", &self.shutdown, || {
+            self.identities.get(request.account_id, &domain)
         })
         .await?;
-        let rendered = match signer {
-            Some(signer) => {
-                message::build(&self.templates, &request, time::OffsetDateTime::now_utc())
-                    .and_then(|unsigned| signer.sign(unsigned))
-            }
+        let now = time::OffsetDateTime::now_utc();
+        let rendered = match identity {
+            Some(identity) => message::build(&self.templates, &request, now)
+                .and_then(|unsigned| identity.seal(unsigned, now)),
             None => Err(message::RenderError::NoSigningKey(domain)),
         };
         match rendered {

@@ -1,67 +1,85 @@
-//! DKIM signing per sending domain. A signer is built from the domain's PKCS#8 key once
-//! and cached; lookups that find no domain are not cached, so a domain added after a
-//! failure is picked up at once.
+//! A sending domain's identity on the wire: its DKIM signers (RSA-2048, plus Ed25519 when
+//! dual signing is on) and its VERP return-path domain. Built from the stored keys once
+//! and cached per (account, domain); lookups that find no domain are not cached, so a
+//! domain added after a failure is used at once.
 
-use crate::message::{RenderError, Unsigned};
-use mail_auth::{
-    common::{
-        crypto::{RsaKey, Sha256},
-        headers::HeaderWriter,
-    },
-    dkim::{Canonicalization, DkimSigner, Done},
+use crate::{
+    dkim::DkimSigner,
+    message::{RenderError, Unsigned},
 };
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use sendmill_store::{Store, StoreError};
-use sendmill_wire::{AccountId, ReadyV1};
+use sendmill_store::{SendingDomain, Store, StoreError};
+use sendmill_wire::{verp, AccountId, ReadyV1};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+use time::OffsetDateTime;
 
-/// Headers covered by the signature: what receivers check, and what must not be added
-/// in transit.
+/// Header fields covered by the signatures: what receivers check, and what must not be
+/// added in transit (names absent from a message are signed as absent).
 pub const SIGNED_HEADERS: &[&str] = &[
     "From",
-    "To",
+    "Reply-To",
     "Subject",
     "Date",
+    "To",
+    "Cc",
     "Message-ID",
-    "Reply-To",
     "MIME-Version",
     "Content-Type",
     "Content-Transfer-Encoding",
     "List-Unsubscribe",
     "List-Unsubscribe-Post",
+    "Feedback-ID",
 ];
 
-pub struct DomainSigner {
-    signer: DkimSigner<RsaKey<Sha256>, Done>,
+pub struct SendingIdentity {
+    rsa: DkimSigner,
+    ed25519: Option<DkimSigner>,
+    return_path_domain: String,
 }
 
-impl DomainSigner {
-    pub fn new(domain: &str, selector: &str, pkcs8: &[u8]) -> Result<Self, RenderError> {
-        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
-        let key =
-            RsaKey::<Sha256>::from_key_der(der).map_err(|e| RenderError::Signing(e.to_string()))?;
-        let signer = DkimSigner::from_key(key)
-            .domain(domain)
-            .selector(selector)
-            .headers(SIGNED_HEADERS.iter().copied())
-            .header_canonicalization(Canonicalization::Relaxed)
-            .body_canonicalization(Canonicalization::Relaxed);
-        Ok(Self { signer })
+impl SendingIdentity {
+    pub fn new(domain: &SendingDomain) -> Result<Self, RenderError> {
+        let signing = |e: crate::dkim::DkimError| RenderError::Signing(e.to_string());
+        let rsa = DkimSigner::rsa(
+            &domain.domain,
+            &domain.dkim_selector,
+            &domain.dkim_private_key_pkcs8,
+            SIGNED_HEADERS,
+        )
+        .map_err(signing)?;
+        let ed25519 = match (&domain.ed25519, domain.dual_sign) {
+            (Some(key), true) => Some(
+                DkimSigner::ed25519(
+                    &domain.domain,
+                    &key.selector,
+                    &key.private_pkcs8,
+                    SIGNED_HEADERS,
+                )
+                .map_err(signing)?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            rsa,
+            ed25519,
+            return_path_domain: domain.return_path_domain.clone(),
+        })
     }
 
-    /// Signs and returns the `ready` record: the signature header, then the message.
-    pub fn sign(&self, unsigned: Unsigned) -> Result<ReadyV1, RenderError> {
-        let signature = self
-            .signer
-            .sign(&unsigned.bytes)
-            .map_err(|e| RenderError::Signing(e.to_string()))?;
-        let header = signature.to_header();
-        let mut message = Vec::with_capacity(header.len() + unsigned.bytes.len());
-        message.extend_from_slice(header.as_bytes());
+    /// Signs the message as of `at` and returns the `ready` record: signatures, then the
+    /// message; the envelope sender is the message's VERP return path.
+    pub fn seal(&self, unsigned: Unsigned, at: OffsetDateTime) -> Result<ReadyV1, RenderError> {
+        let timestamp = at.unix_timestamp().max(0) as u64;
+        let signing = |e: crate::dkim::DkimError| RenderError::Signing(e.to_string());
+        let mut headers = self.rsa.sign(&unsigned.bytes, timestamp).map_err(signing)?;
+        if let Some(ed) = &self.ed25519 {
+            headers.push_str(&ed.sign(&unsigned.bytes, timestamp).map_err(signing)?);
+        }
+        let mut message = Vec::with_capacity(headers.len() + unsigned.bytes.len());
+        message.extend_from_slice(headers.as_bytes());
         message.extend_from_slice(&unsigned.bytes);
         let request = unsigned.request;
         Ok(ReadyV1 {
@@ -69,7 +87,7 @@ impl DomainSigner {
             account_id: request.account_id,
             lane: request.lane,
             accepted_at: request.accepted_at,
-            envelope_from: unsigned.envelope_from,
+            envelope_from: verp::return_path(request.message_id, &self.return_path_domain),
             recipient: request.to.email,
             context: request.context,
             attempts: 0,
@@ -80,13 +98,13 @@ impl DomainSigner {
 
 type CacheKey = (AccountId, String);
 
-pub struct SignerCache {
+pub struct IdentityCache {
     store: Store,
     ttl: Duration,
-    cache: Mutex<HashMap<CacheKey, (Arc<DomainSigner>, Instant)>>,
+    cache: Mutex<HashMap<CacheKey, (Arc<SendingIdentity>, Instant)>>,
 }
 
-impl SignerCache {
+impl IdentityCache {
     pub fn new(store: Store, ttl: Duration) -> Self {
         Self {
             store,
@@ -95,27 +113,23 @@ impl SignerCache {
         }
     }
 
-    /// The signer for the account's sending domain, `None` when it has no such domain.
+    /// The identity of the account's sending domain, `None` when it has no such domain.
     pub async fn get(
         &self,
         account: AccountId,
         domain: &str,
-    ) -> Result<Option<Arc<DomainSigner>>, StoreError> {
+    ) -> Result<Option<Arc<SendingIdentity>>, StoreError> {
         let key = (account, domain.to_owned());
-        if let Some((signer, at)) = self.cache.lock().expect("not poisoned").get(&key) {
+        if let Some((identity, at)) = self.cache.lock().expect("not poisoned").get(&key) {
             if at.elapsed() < self.ttl {
-                return Ok(Some(signer.clone()));
+                return Ok(Some(identity.clone()));
             }
         }
         let Some(sending) = self.store.sending_domain(account, domain).await? else {
             return Ok(None);
         };
-        let signer = match DomainSigner::new(
-            &sending.domain,
-            &sending.dkim_selector,
-            &sending.dkim_private_key_pkcs8,
-        ) {
-            Ok(signer) => Arc::new(signer),
+        let identity = match SendingIdentity::new(&sending) {
+            Ok(identity) => Arc::new(identity),
             Err(error) => {
                 tracing::error!(%domain, %error, "stored DKIM key is unusable");
                 return Ok(None);
@@ -124,7 +138,7 @@ impl SignerCache {
         self.cache
             .lock()
             .expect("not poisoned")
-            .insert(key, (signer.clone(), Instant::now()));
-        Ok(Some(signer))
+            .insert(key, (identity.clone(), Instant::now()));
+        Ok(Some(identity))
     }
 }

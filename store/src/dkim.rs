@@ -3,8 +3,9 @@
 
 use aws_lc_rs::{
     encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der},
+    rand::SystemRandom,
     rsa::{KeyPair, KeySize},
-    signature::KeyPair as _,
+    signature::{Ed25519KeyPair, KeyPair as _},
 };
 use base64::{engine::general_purpose::STANDARD, Engine};
 
@@ -24,11 +25,34 @@ pub fn generate_rsa_2048() -> Result<GeneratedDkimKey, aws_lc_rs::error::Unspeci
     })
 }
 
-/// `(name, value)` of the TXT record for `selector._domainkey.domain`.
+pub struct GeneratedEd25519Key {
+    pub private_pkcs8: Vec<u8>,
+    /// base64 of the raw 32-byte public key: the `p=` tag (RFC 8463).
+    pub public_base64: String,
+}
+
+pub fn generate_ed25519() -> Result<GeneratedEd25519Key, aws_lc_rs::error::Unspecified> {
+    let document = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())?;
+    let pair = Ed25519KeyPair::from_pkcs8(document.as_ref())?;
+    Ok(GeneratedEd25519Key {
+        private_pkcs8: document.as_ref().to_vec(),
+        public_base64: STANDARD.encode(pair.public_key().as_ref()),
+    })
+}
+
+/// `(name, value)` of the RSA key's TXT record at `selector._domainkey.domain`.
 pub fn txt_record(domain: &str, selector: &str, public_spki_base64: &str) -> (String, String) {
     (
         format!("{selector}._domainkey.{domain}"),
         format!("v=DKIM1; k=rsa; p={public_spki_base64}"),
+    )
+}
+
+/// `(name, value)` of an Ed25519 key's TXT record.
+pub fn ed25519_txt_record(domain: &str, selector: &str, public_base64: &str) -> (String, String) {
+    (
+        format!("{selector}._domainkey.{domain}"),
+        format!("v=DKIM1; k=ed25519; p={public_base64}"),
     )
 }
 
@@ -44,5 +68,12 @@ mod tests {
         let (name, value) = txt_record("example.test", "s1", &key.public_spki_base64);
         assert_eq!(name, "s1._domainkey.example.test");
         assert!(value.starts_with("v=DKIM1; k=rsa; p=MIIBIjAN"), "{value}");
+    }
+
+    #[test]
+    fn generates_an_ed25519_key_with_a_raw_public_key() {
+        let key = generate_ed25519().unwrap();
+        assert!(Ed25519KeyPair::from_pkcs8(&key.private_pkcs8).is_ok());
+        assert_eq!(STANDARD.decode(&key.public_base64).unwrap().len(), 32);
     }
 }

@@ -10,6 +10,7 @@
 //! - [`topics`]: topic names per lane, retry tier and prefix.
 //! - [`payload`]: the versioned record types and their JSON codec.
 //! - [`event`]: the event record every stage emits.
+//! - [`verp`]: return paths that name their message, for matching bounces.
 //!
 //! ## Evolution
 //! Within a version changes are additive only (new optional fields with
@@ -21,6 +22,7 @@ pub mod event;
 pub mod ids;
 pub mod payload;
 pub mod topics;
+pub mod verp;
 
 pub use event::{BounceCategory, EventType, EventV1, SmtpReply};
 pub use ids::{AccountId, BatchId, EventId, MessageId};
