@@ -37,7 +37,7 @@ use sendmill_platform::{
 use sendmill_store::{Principal, Scope, Store};
 use sendmill_wire::{
     payload::domain_of, BatchId, EmailAddress, EventType, EventV1, Header, Lane, MessageContext,
-    MessageId, RequestedV1, Topics,
+    MessageId, RenderOptions, RequestedV1, Topics,
 };
 use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
@@ -396,6 +396,9 @@ pub fn plan(
                     metadata,
                     campaign_id: request.campaign_id.clone(),
                     ip_pool: request.ip_pool.clone(),
+                },
+                options: RenderOptions {
+                    strict: request.strict_templates,
                 },
             }
         })

@@ -35,6 +35,10 @@ pub struct SendRequest {
     pub campaign_id: Option<String>,
     #[serde(default)]
     pub ip_pool: Option<String>,
+    /// A template variable missing from the data fails the message instead of rendering
+    /// empty.
+    #[serde(default)]
+    pub strict_templates: bool,
 }
 
 /// A sender or reply-to mailbox.

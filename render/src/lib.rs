@@ -12,12 +12,16 @@
 //!
 //! ## Layout
 //! - [`message`]: templates + MIME, pure and deterministic for a given clock.
+//! - [`templates`]: compiled-once Handlebars with helpers, lenient or strict.
+//! - [`text`]: a text part from an HTML part.
 //! - [`dkim`]: the DKIM signer (relaxed/relaxed, RSA-SHA256 and Ed25519-SHA256).
 //! - [`signing`]: each sending domain's signers and return-path domain, cached.
 
 pub mod dkim;
 pub mod message;
 pub mod signing;
+pub mod templates;
+pub mod text;
 
 use sendmill_platform::{
     backoff,
@@ -71,7 +75,7 @@ pub async fn run(
     let stage = Arc::new(Stage {
         producer: kafka.producer()?,
         identities: signing::IdentityCache::new(store, Duration::from_secs(config.key_cache_secs)),
-        templates: message::Templates::new(),
+        templates: templates::Templates::new(),
         kafka: kafka.clone(),
         shutdown: shutdown.clone(),
     });
@@ -99,7 +103,7 @@ pub async fn run(
 struct Stage {
     producer: kafka::Producer,
     identities: signing::IdentityCache,
-    templates: message::Templates,
+    templates: templates::Templates,
     kafka: KafkaConnection,
     shutdown: CancellationToken,
 }

@@ -1,11 +1,13 @@
 //! From a `requested` record to an unsigned RFC 5322 message: Handlebars on subject, HTML
-//! and text with the recipient's data, then lettre's MIME builder. Deterministic for a
-//! given clock, so the output can be compared byte for byte.
+//! and text with the recipient's data, a text part derived from the HTML when none was
+//! given, then lettre's MIME builder (RFC 2047 headers, quoted-printable or base64 bodies
+//! as the content needs). Deterministic for a given clock: boundaries derive from the
+//! message id, so the same input gives the same bytes.
 
-use handlebars::Handlebars;
+use crate::templates::{Part, Templates};
 use lettre::{
     message::{
-        header::{ContentType, HeaderName, HeaderValue},
+        header::{HeaderName, HeaderValue},
         Mailbox, MultiPart, SinglePart,
     },
     Message,
@@ -32,47 +34,10 @@ pub enum RenderError {
     Signing(String),
 }
 
-/// A message ready to be signed, with its envelope.
+/// A message ready to be signed.
 pub struct Unsigned {
     pub request: RequestedV1,
-    pub envelope_from: String,
     pub bytes: Vec<u8>,
-}
-
-/// The template engines: one escaping HTML for the HTML part, one leaving text as is for
-/// the subject and the text part.
-pub struct Templates {
-    html: Handlebars<'static>,
-    plain: Handlebars<'static>,
-}
-
-impl Default for Templates {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Templates {
-    pub fn new() -> Self {
-        let html = Handlebars::new();
-        let mut plain = Handlebars::new();
-        plain.register_escape_fn(handlebars::no_escape);
-        Self { html, plain }
-    }
-
-    fn render(
-        engine: &Handlebars<'static>,
-        part: &'static str,
-        source: &str,
-        data: &Value,
-    ) -> Result<String, RenderError> {
-        engine
-            .render_template(source, data)
-            .map_err(|e| RenderError::Template {
-                part,
-                reason: e.to_string(),
-            })
-    }
 }
 
 fn mailbox(address: &EmailAddress) -> Result<Mailbox, RenderError> {
@@ -90,20 +55,29 @@ pub fn build(
     now: OffsetDateTime,
 ) -> Result<Unsigned, RenderError> {
     let data = Value::Object(request.data.clone());
-    let subject = Templates::render(&templates.plain, "subject", &request.subject, &data)?;
+    let strict = request.options.strict;
+    let render = |part: Part, source: &str| {
+        templates
+            .render(part, source, &data, strict)
+            .map_err(|reason| RenderError::Template {
+                part: part.name(),
+                reason,
+            })
+    };
+    let subject = render(Part::Subject, &request.subject)?;
     if subject.chars().any(char::is_control) {
         return Err(RenderError::UnsafeSubject);
     }
     let html = request
         .html
         .as_deref()
-        .map(|src| Templates::render(&templates.html, "html", src, &data))
+        .map(|src| render(Part::Html, src))
         .transpose()?;
-    let text = request
-        .text
-        .as_deref()
-        .map(|src| Templates::render(&templates.plain, "text", src, &data))
-        .transpose()?;
+    let text = match (&request.text, &html) {
+        (Some(src), _) => Some(render(Part::Text, src)?),
+        (None, Some(html)) => Some(crate::text::from_html(html)),
+        (None, None) => None,
+    };
 
     let domain = domain_of(&request.from.email);
     let mut builder = Message::builder()
@@ -120,22 +94,21 @@ pub fn build(
             .map_err(|_| RenderError::Header(header.name.clone()))?;
         builder = builder.raw_header(HeaderValue::new(name, header.value.clone()));
     }
+    // `=_` cannot occur in quoted-printable or base64 content.
+    let boundary = format!("=_sm_{}", request.message_id.0.simple());
     let message = match (html, text) {
-        (Some(html), Some(text)) => {
-            builder.multipart(MultiPart::alternative_plain_html(text, html))
-        }
-        (Some(html), None) => builder.singlepart(SinglePart::html(html)),
-        (None, Some(text)) => builder.singlepart(
-            SinglePart::builder()
-                .header(ContentType::TEXT_PLAIN)
-                .body(text),
+        (Some(html), Some(text)) => builder.multipart(
+            MultiPart::alternative()
+                .boundary(format!("{boundary}_alt"))
+                .singlepart(SinglePart::plain(text))
+                .singlepart(SinglePart::html(html)),
         ),
-        (None, None) => return Err(RenderError::Build("no body".into())),
+        (None, Some(text)) => builder.singlepart(SinglePart::plain(text)),
+        (Some(_), None) | (None, None) => return Err(RenderError::Build("no body".into())),
     }
     .map_err(|e| RenderError::Build(e.to_string()))?;
     Ok(Unsigned {
         request: request.clone(),
-        envelope_from: request.from.email.clone(),
         bytes: message.formatted(),
     })
 }
@@ -143,7 +116,9 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sendmill_wire::{AccountId, BatchId, Header, Lane, MessageContext, MessageId};
+    use sendmill_wire::{
+        AccountId, BatchId, Header, Lane, MessageContext, MessageId, RenderOptions,
+    };
 
     fn request() -> RequestedV1 {
         RequestedV1 {
@@ -173,21 +148,51 @@ mod tests {
                 .unwrap()
                 .clone(),
             context: MessageContext::default(),
+            options: RenderOptions::default(),
         }
+    }
+
+    fn text_of(r: &RequestedV1) -> String {
+        let m = build(&Templates::new(), r, OffsetDateTime::now_utc()).unwrap();
+        String::from_utf8(m.bytes).unwrap()
     }
 
     #[test]
     fn renders_personalized_multipart_with_escaping_only_in_html() {
         let r = request();
-        let m = build(&Templates::new(), &r, OffsetDateTime::now_utc()).unwrap();
-        let text = String::from_utf8(m.bytes).unwrap();
+        let text = text_of(&r);
         assert!(text.contains("Subject: Hello Ada & <Co>\r\n"), "{text}");
         assert!(text.contains("Hi Ada & <Co>"), "{text}");
         assert!(text.contains("<p>Hi Ada &amp; &lt;Co&gt;</p>"), "{text}");
         assert!(text.contains("multipart/alternative"));
+        assert!(text.contains(&format!(
+            "boundary=\"=_sm_{}_alt\"",
+            r.message_id.0.simple()
+        )));
         assert!(text.contains(&format!("Message-ID: <{}@example.test>", r.message_id)));
         assert!(text.contains("X-Campaign: welcome\r\n"));
-        assert_eq!(m.envelope_from, "news@example.test");
+    }
+
+    #[test]
+    fn the_same_input_and_clock_give_the_same_bytes() {
+        let r = request();
+        let at = OffsetDateTime::now_utc();
+        let templates = Templates::new();
+        assert_eq!(
+            build(&templates, &r, at).unwrap().bytes,
+            build(&templates, &r, at).unwrap().bytes
+        );
+    }
+
+    #[test]
+    fn html_only_gets_a_generated_text_part() {
+        let mut r = request();
+        r.text = None;
+        r.html =
+            Some("<h1>Hi {{name}}</h1><p>See <a href=\"https://x.test/a\">this</a></p>".into());
+        let text = text_of(&r);
+        assert!(text.contains("text/plain"), "{text}");
+        assert!(text.contains("See this (https://x.test/a)"), "{text}");
     }
 
     #[test]
@@ -210,6 +215,27 @@ mod tests {
             .unwrap();
         assert!(
             matches!(e, RenderError::Template { part: "html", .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn strict_messages_fail_on_missing_variables() {
+        let mut r = request();
+        r.subject = "Hello {{missing}}".into();
+        assert!(build(&Templates::new(), &r, OffsetDateTime::now_utc()).is_ok());
+        r.options.strict = true;
+        let e = build(&Templates::new(), &r, OffsetDateTime::now_utc())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                RenderError::Template {
+                    part: "subject",
+                    ..
+                }
+            ),
             "{e}"
         );
     }

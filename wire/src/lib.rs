@@ -28,6 +28,6 @@ pub use event::{BounceCategory, EventType, EventV1, SmtpReply};
 pub use ids::{AccountId, BatchId, EventId, MessageId};
 pub use payload::{
     decode, encode, DeadLetterV1, DecodeError, EmailAddress, Header, MessageContext, ReadyV1,
-    RequestedV1, RetryV1, WirePayload,
+    RenderOptions, RequestedV1, RetryV1, WirePayload,
 };
 pub use topics::{Lane, RetryTier, Topics};

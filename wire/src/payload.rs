@@ -88,6 +88,16 @@ pub struct RequestedV1 {
     pub data: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     pub context: MessageContext,
+    #[serde(default)]
+    pub options: RenderOptions,
+}
+
+/// How a message is rendered; every field defaults to off.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenderOptions {
+    /// A variable missing from the data is an error (`render_failed`) instead of empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
 }
 
 impl WirePayload for RequestedV1 {

@@ -1,0 +1,379 @@
+//! Handlebars for subjects and bodies. Each distinct template source is compiled once and
+//! kept (keyed by a hash of part and source). There are four registries: HTML parts are
+//! escaped, subjects and text parts are not; lenient ones render a missing variable as
+//! empty, strict ones fail on it (chosen per message).
+//!
+//! Helpers beyond Handlebars' built-ins (`if`, `each`, `with`, `eq`, `ne`, `gt`, `lt`,
+//! `and`, `or`, `not`, `len`, …):
+//! - `{{default value "fallback"}}`: `value` unless it is missing, null, false or empty;
+//! - `{{url_encode value}}`: percent-encoding for URLs (RFC 3986 unreserved kept);
+//! - `{{format_number value decimals}}`: `1234567.5` → `1,234,567.50`;
+//! - `{{format_date value "%Y-%m-%d"}}`: RFC 3339 text or Unix seconds, strftime-style
+//!   `%Y %y %m %d %e %H %M %S %b %B %a %A %%`, UTC;
+//! - `{{upper value}}`, `{{lower value}}`.
+
+use handlebars::{
+    handlebars_helper, Context, Handlebars, Helper, HelperResult, Output, RenderContext,
+    RenderError as HbError, RenderErrorReason,
+};
+use serde_json::Value;
+use std::{
+    collections::hash_map::DefaultHasher,
+    hash::{Hash, Hasher},
+    sync::RwLock,
+};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
+/// Compiled templates kept before the cache is emptied and refilled.
+const MAX_CACHED: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Subject,
+    Html,
+    Text,
+}
+
+impl Part {
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Subject => "subject",
+            Part::Html => "html",
+            Part::Text => "text",
+        }
+    }
+}
+
+pub struct Templates {
+    /// Indexed by [`Templates::slot`]: (escaping HTML, strict).
+    registries: [RwLock<Handlebars<'static>>; 4],
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    pub fn new() -> Self {
+        Self {
+            registries: [
+                RwLock::new(registry(false, false)),
+                RwLock::new(registry(false, true)),
+                RwLock::new(registry(true, false)),
+                RwLock::new(registry(true, true)),
+            ],
+        }
+    }
+
+    fn slot(part: Part, strict: bool) -> usize {
+        usize::from(part == Part::Html) * 2 + usize::from(strict)
+    }
+
+    /// Renders `source` as `part` with `data`; compiles it on first use.
+    pub fn render(
+        &self,
+        part: Part,
+        source: &str,
+        data: &Value,
+        strict: bool,
+    ) -> Result<String, String> {
+        let lock = &self.registries[Self::slot(part, strict)];
+        let name = template_name(part, source);
+        {
+            let registry = lock.read().expect("not poisoned");
+            if registry.has_template(&name) {
+                return registry.render(&name, data).map_err(describe);
+            }
+        }
+        let mut registry = lock.write().expect("not poisoned");
+        if registry.get_templates().len() >= MAX_CACHED {
+            registry.clear_templates();
+        }
+        if !registry.has_template(&name) {
+            registry
+                .register_template_string(&name, source)
+                .map_err(|e| e.to_string())?;
+        }
+        registry.render(&name, data).map_err(describe)
+    }
+}
+
+fn describe(error: HbError) -> String {
+    error.to_string()
+}
+
+fn template_name(part: Part, source: &str) -> String {
+    let mut hasher = DefaultHasher::new();
+    source.hash(&mut hasher);
+    format!("{}:{:016x}:{}", part.name(), hasher.finish(), source.len())
+}
+
+fn registry(html: bool, strict: bool) -> Handlebars<'static> {
+    let mut h = Handlebars::new();
+    h.set_strict_mode(strict);
+    if !html {
+        h.register_escape_fn(handlebars::no_escape);
+    }
+    h.register_helper("default", Box::new(default_helper));
+    h.register_helper("url_encode", Box::new(url_encode));
+    h.register_helper("format_number", Box::new(format_number));
+    h.register_helper("format_date", Box::new(format_date));
+    h.register_helper("upper", Box::new(upper));
+    h.register_helper("lower", Box::new(lower));
+    h
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Number(_) => false,
+    }
+}
+
+fn as_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn default_helper(
+    h: &Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &Context,
+    _: &mut RenderContext<'_, '_>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let value = h.param(0).map(|p| p.value().clone()).unwrap_or(Value::Null);
+    let fallback = h.param(1).map(|p| p.value().clone()).unwrap_or(Value::Null);
+    let chosen = if is_empty(&value) { fallback } else { value };
+    out.write(&as_text(&chosen))?;
+    Ok(())
+}
+
+handlebars_helper!(url_encode: |value: Value| {
+    let text = as_text(&value);
+    let mut encoded = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    encoded
+});
+
+handlebars_helper!(upper: |value: Value| as_text(&value).to_uppercase());
+handlebars_helper!(lower: |value: Value| as_text(&value).to_lowercase());
+
+fn format_number(
+    h: &Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &Context,
+    _: &mut RenderContext<'_, '_>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let value = h.param(0).map(|p| p.value().clone()).unwrap_or(Value::Null);
+    let number = match &value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| RenderErrorReason::Other(format!("format_number: {value} is not a number")))?;
+    let decimals = h
+        .param(1)
+        .and_then(|p| p.value().as_u64())
+        .unwrap_or(0)
+        .min(10) as usize;
+    out.write(&group_thousands(&format!("{number:.decimals$}")))?;
+    Ok(())
+}
+
+fn group_thousands(formatted: &str) -> String {
+    let (sign, digits) = formatted
+        .strip_prefix('-')
+        .map_or(("", formatted), |d| ("-", d));
+    let (int, frac) = digits
+        .split_once('.')
+        .map_or((digits, None), |(i, f)| (i, Some(f)));
+    let mut grouped = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    match frac {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+fn format_date(
+    h: &Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &Context,
+    _: &mut RenderContext<'_, '_>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let value = h.param(0).map(|p| p.value().clone()).unwrap_or(Value::Null);
+    let date = match &value {
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok()),
+        Value::String(s) => OffsetDateTime::parse(s, &Rfc3339).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| RenderErrorReason::Other(format!("format_date: {value} is not a date")))?;
+    let pattern = h
+        .param(1)
+        .and_then(|p| p.value().as_str())
+        .unwrap_or("%Y-%m-%d");
+    out.write(&strftime(date.to_offset(time::UtcOffset::UTC), pattern))?;
+    Ok(())
+}
+
+fn strftime(date: OffsetDateTime, pattern: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    let month = MONTHS[u8::from(date.month()) as usize - 1];
+    let day = DAYS[date.weekday().number_days_from_monday() as usize];
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&date.year().to_string()),
+            Some('y') => out.push_str(&format!("{:02}", date.year().rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{:02}", u8::from(date.month()))),
+            Some('d') => out.push_str(&format!("{:02}", date.day())),
+            Some('e') => out.push_str(&date.day().to_string()),
+            Some('H') => out.push_str(&format!("{:02}", date.hour())),
+            Some('M') => out.push_str(&format!("{:02}", date.minute())),
+            Some('S') => out.push_str(&format!("{:02}", date.second())),
+            Some('B') => out.push_str(month),
+            Some('b') => out.push_str(&month[..3]),
+            Some('A') => out.push_str(day),
+            Some('a') => out.push_str(&day[..3]),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(source: &str, data: Value) -> Result<String, String> {
+        Templates::new().render(Part::Text, source, &data, false)
+    }
+
+    #[test]
+    fn helpers_format_what_users_expect() {
+        let data = json!({"n": 1234567.456, "d": "2026-11-22T09:05:00Z", "t": 1795348800, "q": "a b&c/é", "name": "", "tier": "pro"});
+        assert_eq!(
+            render("{{format_number n 2}}", data.clone()).unwrap(),
+            "1,234,567.46"
+        );
+        assert_eq!(
+            render("{{format_number -1000}}", data.clone()).unwrap(),
+            "-1,000"
+        );
+        assert_eq!(
+            render("{{format_date d \"%a %e %b %Y %H:%M\"}}", data.clone()).unwrap(),
+            "Sun 22 Nov 2026 09:05"
+        );
+        assert_eq!(
+            render("{{format_date t}}", data.clone()).unwrap(),
+            "2026-11-22"
+        );
+        assert_eq!(
+            render("{{url_encode q}}", data.clone()).unwrap(),
+            "a%20b%26c%2F%C3%A9"
+        );
+        assert_eq!(
+            render("{{default name \"friend\"}}", data.clone()).unwrap(),
+            "friend"
+        );
+        assert_eq!(
+            render("{{default tier \"free\"}}", data.clone()).unwrap(),
+            "pro"
+        );
+        assert_eq!(
+            render("{{#if (eq tier \"pro\")}}P{{else}}F{{/if}}", data.clone()).unwrap(),
+            "P"
+        );
+        assert_eq!(render("{{upper tier}}", data).unwrap(), "PRO");
+    }
+
+    #[test]
+    fn strict_mode_is_per_render() {
+        let t = Templates::new();
+        assert_eq!(
+            t.render(Part::Text, "Hi {{name}}!", &json!({}), false)
+                .unwrap(),
+            "Hi !"
+        );
+        let e = t
+            .render(Part::Text, "Hi {{name}}!", &json!({}), true)
+            .unwrap_err();
+        assert!(e.contains("name"), "{e}");
+    }
+
+    #[test]
+    fn bad_input_to_helpers_is_an_error_not_a_panic() {
+        assert!(render("{{format_number name}}", json!({"name": "x"})).is_err());
+        assert!(render("{{format_date name}}", json!({"name": "x"})).is_err());
+        assert!(render("{{#if}}", json!({})).is_err());
+    }
+
+    #[test]
+    fn a_source_is_compiled_once() {
+        let t = Templates::new();
+        for i in 0..3 {
+            t.render(Part::Html, "<b>{{i}}</b>", &json!({"i": i}), false)
+                .unwrap();
+        }
+        let slot = Templates::slot(Part::Html, false);
+        assert_eq!(t.registries[slot].read().unwrap().get_templates().len(), 1);
+    }
+}
