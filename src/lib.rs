@@ -5,6 +5,7 @@
 //! process. The binary (`main.rs`) only parses flags and calls into here; the end-to-end
 //! tests start pipelines through the same functions.
 
+pub mod bench;
 pub mod config;
 pub mod pipeline;
 

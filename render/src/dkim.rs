@@ -9,7 +9,7 @@
 //! that refolds a header, and lettre's `simple/relaxed` fails dkimpy and opendkim.
 
 use aws_lc_rs::{
-    digest::{digest, SHA256},
+    digest::{digest, Context, SHA256},
     rand::SystemRandom,
     rsa::KeyPair as RsaKeyPair,
     signature::{Ed25519KeyPair, RSA_PKCS1_SHA256},
@@ -82,7 +82,9 @@ impl DkimSigner {
     pub fn sign(&self, message: &[u8], timestamp: u64) -> Result<String, DkimError> {
         let (header_block, body) = split_message(message).ok_or(DkimError::NoHeaders)?;
         let fields = parse_fields(header_block);
-        let body_hash = STANDARD.encode(digest(&SHA256, &relaxed_body(body)));
+        let mut body_digest = Context::new(&SHA256);
+        relaxed_body(body, &mut |chunk| body_digest.update(chunk));
+        let body_hash = STANDARD.encode(body_digest.finish());
 
         // Bottom-up: for each listed name, the lowest field not yet taken. A listed name
         // with no field left is still named in h= (it signs its absence, so the field
@@ -195,42 +197,51 @@ fn relaxed_header(name: &[u8], value: &[u8]) -> Vec<u8> {
 }
 
 /// RFC 6376 §3.4.4: per line, runs of WSP to one SP and none at the end; no empty lines
-/// at the end; a non-empty body ends in CRLF.
-fn relaxed_body(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len());
+/// at the end; a non-empty body ends in CRLF. One pass, no allocation per line: the
+/// canonical bytes go to `sink` in chunks.
+fn relaxed_body(body: &[u8], sink: &mut impl FnMut(&[u8])) {
+    const FLUSH: usize = 8192;
+    let mut buffer = Vec::with_capacity(FLUSH + 1024);
     let mut empty_lines = 0usize;
     let mut lines = body.split(|&b| b == b'\n').peekable();
     while let Some(raw) = lines.next() {
-        let is_last = lines.peek().is_none();
-        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if is_last && line.is_empty() {
-            break;
-        }
-        let mut canonical = Vec::with_capacity(line.len());
-        let mut pending_space = false;
-        for &b in line {
-            if b == b' ' || b == b'\t' {
-                pending_space = true;
-            } else {
-                if pending_space {
-                    canonical.push(b' ');
-                }
-                pending_space = false;
-                canonical.push(b);
-            }
-        }
-        if canonical.is_empty() {
+        let line = if lines.peek().is_some() {
+            raw.strip_suffix(b"\r").unwrap_or(raw)
+        } else {
+            raw
+        };
+        // Drop trailing white space; a line left empty may be trailing.
+        let end = line
+            .iter()
+            .rposition(|&b| b != b' ' && b != b'\t')
+            .map_or(0, |p| p + 1);
+        if end == 0 {
             empty_lines += 1;
             continue;
         }
         for _ in 0..empty_lines {
-            out.extend_from_slice(b"\r\n");
+            buffer.extend_from_slice(b"\r\n");
         }
         empty_lines = 0;
-        out.extend_from_slice(&canonical);
-        out.extend_from_slice(b"\r\n");
+        // Copy runs between white space; each run of white space becomes one SP.
+        let mut rest = &line[..end];
+        while let Some(ws) = rest.iter().position(|&b| b == b' ' || b == b'\t') {
+            buffer.extend_from_slice(&rest[..ws]);
+            buffer.push(b' ');
+            let after = rest[ws..]
+                .iter()
+                .position(|&b| b != b' ' && b != b'\t')
+                .expect("the line does not end in white space");
+            rest = &rest[ws + after..];
+        }
+        buffer.extend_from_slice(rest);
+        buffer.extend_from_slice(b"\r\n");
+        if buffer.len() >= FLUSH {
+            sink(&buffer);
+            buffer.clear();
+        }
     }
-    out
+    sink(&buffer);
 }
 
 /// `h=` names joined by `:`, folded to keep lines short.
@@ -266,14 +277,28 @@ fn fold_base64(header: &mut String, value: &str) {
 mod tests {
     use super::*;
 
+    fn canonical_body(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        relaxed_body(body, &mut |chunk| out.extend_from_slice(chunk));
+        out
+    }
+
     #[test]
     fn relaxed_body_follows_rfc6376_examples() {
         // RFC 6376 §3.4.6, example body.
-        assert_eq!(relaxed_body(b" C \r\nD \t E\r\n\r\n\r\n"), b" C\r\nD E\r\n");
-        assert_eq!(relaxed_body(b""), b"");
-        assert_eq!(relaxed_body(b"\r\n\r\n"), b"");
-        assert_eq!(relaxed_body(b"no newline"), b"no newline\r\n");
-        assert_eq!(relaxed_body(b"a\r\n\r\nb\r\n"), b"a\r\n\r\nb\r\n");
+        assert_eq!(
+            canonical_body(b" C \r\nD \t E\r\n\r\n\r\n"),
+            b" C\r\nD E\r\n"
+        );
+        assert_eq!(canonical_body(b""), b"");
+        assert_eq!(canonical_body(b"\r\n\r\n"), b"");
+        assert_eq!(canonical_body(b"no newline"), b"no newline\r\n");
+        assert_eq!(canonical_body(b"a\r\n\r\nb\r\n"), b"a\r\n\r\nb\r\n");
+        assert_eq!(canonical_body(b"a \r\n \t\r\nb"), b"a\r\n\r\nb\r\n");
+        // Longer than one flush, and the same whether chunked or not.
+        let long = "word  \t word \r\n".repeat(2000);
+        let expected = "word word\r\n".repeat(2000);
+        assert_eq!(canonical_body(long.as_bytes()), expected.as_bytes());
     }
 
     #[test]

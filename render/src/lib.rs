@@ -14,10 +14,12 @@
 //! - [`message`]: templates + MIME, pure and deterministic for a given clock.
 //! - [`templates`]: compiled-once Handlebars with helpers, lenient or strict.
 //! - [`text`]: a text part from an HTML part.
+//! - [`encoding`]: body transfer encodings in one pass.
 //! - [`dkim`]: the DKIM signer (relaxed/relaxed, RSA-SHA256 and Ed25519-SHA256).
 //! - [`signing`]: each sending domain's signers and return-path domain, cached.
 
 pub mod dkim;
+pub mod encoding;
 pub mod message;
 pub mod signing;
 pub mod templates;
@@ -120,7 +122,7 @@ impl Stage {
         let now = time::OffsetDateTime::now_utc();
         let rendered = match identity {
             Some(identity) => message::build(&self.templates, &request, now)
-                .and_then(|unsigned| identity.seal(unsigned, now)),
+                .and_then(|unsigned| identity.seal(&unsigned, &request, now)),
             None => Err(message::RenderError::NoSigningKey(domain)),
         };
         match rendered {

@@ -7,8 +7,8 @@
 use crate::templates::{Part, Templates};
 use lettre::{
     message::{
-        header::{HeaderName, HeaderValue},
-        Mailbox, MultiPart, SinglePart,
+        header::{ContentType, HeaderName, HeaderValue},
+        Body, Mailbox, MultiPart, SinglePart,
     },
     Message,
 };
@@ -34,12 +34,6 @@ pub enum RenderError {
     Signing(String),
 }
 
-/// A message ready to be signed.
-pub struct Unsigned {
-    pub request: RequestedV1,
-    pub bytes: Vec<u8>,
-}
-
 fn mailbox(address: &EmailAddress) -> Result<Mailbox, RenderError> {
     let email = address
         .email
@@ -48,12 +42,12 @@ fn mailbox(address: &EmailAddress) -> Result<Mailbox, RenderError> {
     Ok(Mailbox::new(address.name.clone(), email))
 }
 
-/// Renders and assembles the message for `request` as of `now`.
+/// Renders and assembles the (unsigned) message for `request` as of `now`.
 pub fn build(
     templates: &Templates,
     request: &RequestedV1,
     now: OffsetDateTime,
-) -> Result<Unsigned, RenderError> {
+) -> Result<Vec<u8>, RenderError> {
     let data = Value::Object(request.data.clone());
     let strict = request.options.strict;
     let render = |part: Part, source: &str| {
@@ -100,17 +94,22 @@ pub fn build(
         (Some(html), Some(text)) => builder.multipart(
             MultiPart::alternative()
                 .boundary(format!("{boundary}_alt"))
-                .singlepart(SinglePart::plain(text))
-                .singlepart(SinglePart::html(html)),
+                .singlepart(part(ContentType::TEXT_PLAIN, &text))
+                .singlepart(part(ContentType::TEXT_HTML, &html)),
         ),
-        (None, Some(text)) => builder.singlepart(SinglePart::plain(text)),
+        (None, Some(text)) => builder.singlepart(part(ContentType::TEXT_PLAIN, &text)),
         (Some(_), None) | (None, None) => return Err(RenderError::Build("no body".into())),
     }
     .map_err(|e| RenderError::Build(e.to_string()))?;
-    Ok(Unsigned {
-        request: request.clone(),
-        bytes: message.formatted(),
-    })
+    Ok(message.formatted())
+}
+
+/// A text part, transfer-encoded in one pass.
+fn part(content_type: ContentType, text: &str) -> SinglePart {
+    let (bytes, encoding) = crate::encoding::encode(text);
+    SinglePart::builder()
+        .header(content_type)
+        .body(Body::dangerous_pre_encoded(bytes, encoding))
 }
 
 #[cfg(test)]
@@ -154,7 +153,7 @@ mod tests {
 
     fn text_of(r: &RequestedV1) -> String {
         let m = build(&Templates::new(), r, OffsetDateTime::now_utc()).unwrap();
-        String::from_utf8(m.bytes).unwrap()
+        String::from_utf8(m).unwrap()
     }
 
     #[test]
@@ -179,8 +178,8 @@ mod tests {
         let at = OffsetDateTime::now_utc();
         let templates = Templates::new();
         assert_eq!(
-            build(&templates, &r, at).unwrap().bytes,
-            build(&templates, &r, at).unwrap().bytes
+            build(&templates, &r, at).unwrap(),
+            build(&templates, &r, at).unwrap()
         );
     }
 

@@ -3,12 +3,9 @@
 //! and cached per (account, domain); lookups that find no domain are not cached, so a
 //! domain added after a failure is used at once.
 
-use crate::{
-    dkim::DkimSigner,
-    message::{RenderError, Unsigned},
-};
+use crate::{dkim::DkimSigner, message::RenderError};
 use sendmill_store::{SendingDomain, Store, StoreError};
-use sendmill_wire::{verp, AccountId, ReadyV1};
+use sendmill_wire::{verp, AccountId, ReadyV1, RequestedV1};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -69,27 +66,32 @@ impl SendingIdentity {
         })
     }
 
-    /// Signs the message as of `at` and returns the `ready` record: signatures, then the
-    /// message; the envelope sender is the message's VERP return path.
-    pub fn seal(&self, unsigned: Unsigned, at: OffsetDateTime) -> Result<ReadyV1, RenderError> {
+    /// Signs `unsigned` (the message built for `request`) as of `at` and returns the
+    /// `ready` record: signatures, then the message; the envelope sender is the message's
+    /// VERP return path.
+    pub fn seal(
+        &self,
+        unsigned: &[u8],
+        request: &RequestedV1,
+        at: OffsetDateTime,
+    ) -> Result<ReadyV1, RenderError> {
         let timestamp = at.unix_timestamp().max(0) as u64;
         let signing = |e: crate::dkim::DkimError| RenderError::Signing(e.to_string());
-        let mut headers = self.rsa.sign(&unsigned.bytes, timestamp).map_err(signing)?;
+        let mut headers = self.rsa.sign(unsigned, timestamp).map_err(signing)?;
         if let Some(ed) = &self.ed25519 {
-            headers.push_str(&ed.sign(&unsigned.bytes, timestamp).map_err(signing)?);
+            headers.push_str(&ed.sign(unsigned, timestamp).map_err(signing)?);
         }
-        let mut message = Vec::with_capacity(headers.len() + unsigned.bytes.len());
+        let mut message = Vec::with_capacity(headers.len() + unsigned.len());
         message.extend_from_slice(headers.as_bytes());
-        message.extend_from_slice(&unsigned.bytes);
-        let request = unsigned.request;
+        message.extend_from_slice(unsigned);
         Ok(ReadyV1 {
             message_id: request.message_id,
             account_id: request.account_id,
             lane: request.lane,
             accepted_at: request.accepted_at,
             envelope_from: verp::return_path(request.message_id, &self.return_path_domain),
-            recipient: request.to.email,
-            context: request.context,
+            recipient: request.to.email.clone(),
+            context: request.context.clone(),
             attempts: 0,
             message,
         })

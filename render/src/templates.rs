@@ -17,11 +17,7 @@ use handlebars::{
     RenderError as HbError, RenderErrorReason,
 };
 use serde_json::Value;
-use std::{
-    collections::hash_map::DefaultHasher,
-    hash::{Hash, Hasher},
-    sync::RwLock,
-};
+use std::sync::RwLock;
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 /// Compiled templates kept before the cache is emptied and refilled.
@@ -104,10 +100,18 @@ fn describe(error: HbError) -> String {
     error.to_string()
 }
 
+/// The cache key of a source. The cache is shared by every account, so the key is a
+/// collision-resistant hash: a tenant must not be able to craft a source whose key is
+/// another tenant's template.
 fn template_name(part: Part, source: &str) -> String {
-    let mut hasher = DefaultHasher::new();
-    source.hash(&mut hasher);
-    format!("{}:{:016x}:{}", part.name(), hasher.finish(), source.len())
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, source.as_bytes());
+    let mut name = String::with_capacity(72);
+    name.push_str(part.name());
+    name.push(':');
+    for b in digest.as_ref() {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
 }
 
 fn registry(html: bool, strict: bool) -> Handlebars<'static> {

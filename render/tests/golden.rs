@@ -51,7 +51,7 @@ fn golden(name: &str, dual_sign: bool) -> PathBuf {
     let unsigned = message::build(&Templates::new(), &request, at).unwrap();
     let ready = SendingIdentity::new(&domain(dual_sign))
         .unwrap()
-        .seal(unsigned, at)
+        .seal(&unsigned, &request, at)
         .unwrap();
     assert_eq!(
         ready.envelope_from,

@@ -1,0 +1,214 @@
+//! Body transfer encoding in one pass (RFC 2045). lettre's own path scans a body several
+//! times (choose an encoding, normalize line ends, encode) and was a third of the
+//! renderer's non-signing time; this writes the encoded bytes directly and hands them to
+//! lettre as pre-encoded.
+//!
+//! - 7bit: ASCII text whose lines all fit in 76 characters goes as is (CRLF line ends).
+//! - base64: text that is mostly non-ASCII (quoted-printable would triple it).
+//! - quoted-printable: everything else, lines of at most 76 characters with soft breaks.
+
+use lettre::message::header::ContentTransferEncoding;
+
+const LINE: usize = 76;
+
+/// The encoded body (CRLF line ends) and the encoding used.
+pub fn encode(text: &str) -> (Vec<u8>, ContentTransferEncoding) {
+    let bytes = text.as_bytes();
+    let non_ascii = bytes.iter().filter(|b| !b.is_ascii()).count();
+    if non_ascii * 3 > bytes.len() {
+        return (base64_lines(bytes), ContentTransferEncoding::Base64);
+    }
+    if non_ascii == 0 && fits_7bit(text) {
+        return (crlf(text), ContentTransferEncoding::SevenBit);
+    }
+    (
+        quoted_printable(bytes),
+        ContentTransferEncoding::QuotedPrintable,
+    )
+}
+
+fn fits_7bit(text: &str) -> bool {
+    text.split('\n').all(|line| {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        line.len() <= LINE
+            && !line.ends_with([' ', '\t'])
+            && line.bytes().all(|b| b == b'\t' || (32..127).contains(&b))
+    })
+}
+
+fn crlf(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + text.len() / 32);
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(line.strip_suffix('\r').unwrap_or(line).as_bytes());
+    }
+    out
+}
+
+fn base64_lines(bytes: &[u8]) -> Vec<u8> {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    let encoded = STANDARD.encode(bytes);
+    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / LINE * 2 + 2);
+    for chunk in encoded.as_bytes().chunks(LINE) {
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Quoted-printable with hard line breaks kept (LF or CRLF in, CRLF out). Line by line,
+/// copying runs of literal bytes, since almost every byte of an HTML body is one.
+pub fn quoted_printable(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 8);
+    let mut lines = bytes.split(|&b| b == b'\n').peekable();
+    while let Some(raw) = lines.next() {
+        let broken = lines.peek().is_some();
+        // Only a CR before LF is part of the line break; a lone one is content.
+        let line = if broken {
+            raw.strip_suffix(b"\r").unwrap_or(raw)
+        } else {
+            raw
+        };
+        encode_line(line, &mut out);
+        if broken {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
+/// Encodes one line (no line break in it), soft-breaking at 76 columns: a line that
+/// continues ends in `=` after at most 75 characters; the line's last piece may use 76.
+fn encode_line(line: &[u8], out: &mut Vec<u8>) {
+    let mut column = 0;
+    let mut i = 0;
+    while i < line.len() {
+        // Bytes that stand for themselves; white space only if it does not end the line.
+        let mut run_end = line[i..]
+            .iter()
+            .position(|&b| !matches!(b, 33..=60 | 62..=126 | b' ' | b'\t'))
+            .map_or(line.len(), |p| i + p);
+        if run_end == line.len() && run_end > i && matches!(line[run_end - 1], b' ' | b'\t') {
+            run_end -= 1;
+        }
+        while i < run_end {
+            let remaining = run_end - i;
+            if run_end == line.len() && column + remaining <= LINE {
+                out.extend_from_slice(&line[i..run_end]);
+                column += remaining;
+                i = run_end;
+                break;
+            }
+            let space = (LINE - 1).saturating_sub(column);
+            if space == 0 {
+                out.extend_from_slice(b"=\r\n");
+                column = 0;
+                continue;
+            }
+            let take = remaining.min(space);
+            out.extend_from_slice(&line[i..i + take]);
+            column += take;
+            i += take;
+        }
+        if i < line.len() {
+            let b = line[i];
+            let limit = if i + 1 == line.len() { LINE } else { LINE - 1 };
+            if column + 3 > limit {
+                out.extend_from_slice(b"=\r\n");
+                column = 0;
+            }
+            out.extend_from_slice(&[b'=', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+            column += 3;
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_qp(encoded: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8(encoded.to_vec())
+            .unwrap()
+            .replace("=\r\n", "");
+        let mut out = Vec::new();
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'=' {
+                out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn short_ascii_stays_7bit_with_crlf() {
+        let (body, cte) = encode("Hello\nworld\r\n");
+        assert_eq!(cte, ContentTransferEncoding::SevenBit);
+        assert_eq!(body, b"Hello\r\nworld\r\n");
+    }
+
+    #[test]
+    fn long_lines_and_utf8_are_quoted_printable_within_76_columns() {
+        let text = format!(
+            "{} Grüße = über {}\n  trailing \nend",
+            "x".repeat(120),
+            "y ".repeat(60)
+        );
+        let (body, cte) = encode(&text);
+        assert_eq!(cte, ContentTransferEncoding::QuotedPrintable);
+        for line in body.split(|&b| b == b'\n') {
+            assert!(line.len() <= 77, "{:?}", String::from_utf8_lossy(line));
+        }
+        assert!(
+            !String::from_utf8_lossy(&body).contains(" \r\n"),
+            "trailing space kept literal"
+        );
+        assert_eq!(decode_qp(&body), text.replace('\n', "\r\n").into_bytes());
+    }
+
+    #[test]
+    fn generated_text_round_trips_within_76_columns() {
+        let alphabet: Vec<char> = "ab =\t.é€\n\r<>\"x".chars().collect();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 300) as usize;
+            let text: String = (0..len)
+                .map(|k| alphabet[((seed >> (k % 50)) as usize + k * 7) % alphabet.len()])
+                .collect();
+            let encoded = quoted_printable(text.as_bytes());
+            for line in encoded.split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                assert!(
+                    line.len() <= 76,
+                    "{:?} → {:?}",
+                    text,
+                    String::from_utf8_lossy(line)
+                );
+                assert!(!line.ends_with(b" ") && !line.ends_with(b"\t"), "{text:?}");
+            }
+            let normalized = text.replace("\r\n", "\n").replace('\n', "\r\n");
+            assert_eq!(decode_qp(&encoded), normalized.as_bytes(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn mostly_non_ascii_is_base64() {
+        let (body, cte) = encode("こんにちは、世界。ようこそ。");
+        assert_eq!(cte, ContentTransferEncoding::Base64);
+        assert!(body.ends_with(b"\r\n"));
+    }
+}
