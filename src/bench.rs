@@ -74,26 +74,47 @@ pub fn render(runs: usize, seconds: f64) -> anyhow::Result<RenderReport> {
     let period = Duration::from_secs_f64(seconds);
     let mut samples: [Vec<f64>; 6] = Default::default();
     let sample = request(&html, &text);
-    let built = message::build(&templates, &sample, OffsetDateTime::now_utc())?;
+    let built = message::build(
+        &templates,
+        message::Decorations::NONE,
+        &sample,
+        OffsetDateTime::now_utc(),
+    )?;
     for _ in 0..runs {
         samples[0].push(rate(period, || raw_rsa.sign(tiny, 0).map(drop))?);
         samples[1].push(rate(period, || raw_ed.sign(tiny, 0).map(drop))?);
         samples[2].push(rate(period, || {
             let request = request(&html, &text);
-            let unsigned = message::build(&templates, &request, OffsetDateTime::now_utc())?;
+            let unsigned = message::build(
+                &templates,
+                message::Decorations::NONE,
+                &request,
+                OffsetDateTime::now_utc(),
+            )?;
             rsa_only
                 .seal(&unsigned, &request, OffsetDateTime::now_utc())
                 .map(drop)
         })?);
         samples[3].push(rate(period, || {
             let request = request(&html, &text);
-            let unsigned = message::build(&templates, &request, OffsetDateTime::now_utc())?;
+            let unsigned = message::build(
+                &templates,
+                message::Decorations::NONE,
+                &request,
+                OffsetDateTime::now_utc(),
+            )?;
             dual.seal(&unsigned, &request, OffsetDateTime::now_utc())
                 .map(drop)
         })?);
         samples[4].push(rate(period, || {
             let request = request(&html, &text);
-            message::build(&templates, &request, OffsetDateTime::now_utc()).map(drop)
+            message::build(
+                &templates,
+                message::Decorations::NONE,
+                &request,
+                OffsetDateTime::now_utc(),
+            )
+            .map(drop)
         })?);
         samples[5].push(rate(period, || {
             rsa_only

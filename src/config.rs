@@ -4,6 +4,7 @@
 
 use sendmill_platform::config::{
     self, ClickHouseConfig, ConfigError, KafkaConfig, PostgresConfig, RedisConfig, TelemetryConfig,
+    TrackingConfig,
 };
 use serde::Deserialize;
 use std::path::Path;
@@ -21,6 +22,8 @@ pub struct SendmillConfig {
     pub clickhouse: ClickHouseConfig,
     /// Logs and metrics.
     pub telemetry: TelemetryConfig,
+    /// Tracking and unsubscribe links.
+    pub tracking: TrackingConfig,
     /// The send API.
     pub ingest: sendmill_ingest::Config,
     /// Templates, MIME, DKIM.
@@ -49,6 +52,7 @@ impl SendmillConfig {
         self.redis.apply_env();
         self.postgres.apply_env();
         self.clickhouse.apply_env();
+        self.tracking.apply_env();
         self.ingest.apply_env();
         self.render.apply_env();
         self.dispatcher.apply_env();
@@ -57,6 +61,7 @@ impl SendmillConfig {
 
     /// What serde cannot check.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.tracking.validate()?;
         self.dispatcher
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

@@ -89,14 +89,15 @@ pub async fn start(
         });
     }
     if needs(Stage::Render) {
-        let (kafka, store, cfg, token) = (
+        let (kafka, store, cfg, tracking, token) = (
             kafka.clone(),
             store.clone().expect("connected above"),
             config.render.clone(),
+            config.tracking.clone(),
             shutdown.clone(),
         );
         pipeline.tasks.spawn(async move {
-            let result = sendmill_render::run(kafka, store, cfg, token).await;
+            let result = sendmill_render::run(kafka, store, cfg, tracking, token).await;
             (Stage::Render, result.map_err(Into::into))
         });
     }
@@ -122,8 +123,10 @@ pub async fn start(
         let state = sendmill_analytics::AppState::new(
             clickhouse.clone(),
             store.clone().expect("connected above"),
+            &kafka,
+            &config.tracking,
             &config.analytics,
-        );
+        )?;
         let token = shutdown.clone();
         pipeline.tasks.spawn(async move {
             let result = sendmill_analytics::serve(listener, state, token).await;

@@ -8,7 +8,9 @@
 //! - [`schema`]: ClickHouse migrations from `deploy/clickhouse/`.
 //! - [`row`]: the row an event becomes.
 //! - [`inserter`]: batched, at-least-once inserts.
+//! - [`engagement`]: open pixel, click redirects, unsubscribe pages and one-click POST.
 
+pub mod engagement;
 pub mod inserter;
 pub mod row;
 pub mod schema;
@@ -22,7 +24,9 @@ use axum::{
 use row::EventRow;
 use sendmill_platform::{
     api::{request_id, ApiError, Authenticator, Caller},
+    config::TrackingConfig,
     kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection},
+    tracking::LinkSigner,
     CancellationToken,
 };
 use sendmill_store::{Scope, Store};
@@ -108,14 +112,29 @@ pub async fn run_inserter(
 pub struct AppState {
     pub clickhouse: clickhouse::Client,
     pub auth: Authenticator,
+    pub store: Store,
+    pub producer: kafka::Producer,
+    pub topics: sendmill_wire::Topics,
+    /// `None` when no tracking secret is configured: every link token is then invalid.
+    pub links: Option<LinkSigner>,
 }
 
 impl AppState {
-    pub fn new(clickhouse: clickhouse::Client, store: Store, config: &Config) -> Self {
-        Self {
+    pub fn new(
+        clickhouse: clickhouse::Client,
+        store: Store,
+        kafka: &KafkaConnection,
+        tracking: &TrackingConfig,
+        config: &Config,
+    ) -> Result<Self, kafka::KafkaError> {
+        Ok(Self {
             clickhouse,
-            auth: Authenticator::new(store, Duration::from_secs(config.auth_cache_secs)),
-        }
+            auth: Authenticator::new(store.clone(), Duration::from_secs(config.auth_cache_secs)),
+            store,
+            producer: kafka.producer()?,
+            topics: kafka.topics.clone(),
+            links: (!tracking.secret.is_empty()).then(|| LinkSigner::new(&tracking.secret)),
+        })
     }
 }
 
@@ -128,6 +147,12 @@ impl FromRef<AppState> for Authenticator {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/messages/{id}", get(message_timeline))
+        .route("/t/o/{token}", get(engagement::open))
+        .route("/t/c/{token}", get(engagement::click))
+        .route(
+            "/u/{token}",
+            get(engagement::unsubscribe_page).post(engagement::unsubscribe),
+        )
         .with_state(state)
         .merge(sendmill_platform::http::ops_router("analytics"))
         .layer(middleware::from_fn(request_id))

@@ -32,6 +32,9 @@ pub struct EventRow {
     pub bounce_category: String,
     pub attempt: u16,
     pub reason: String,
+    pub user_agent: String,
+    pub url: String,
+    pub machine: u8,
 }
 
 impl From<&EventV1> for EventRow {
@@ -67,6 +70,9 @@ impl From<&EventV1> for EventRow {
                 .unwrap_or_default(),
             attempt: e.attempt.min(u16::MAX as u32) as u16,
             reason: e.reason.clone().unwrap_or_default(),
+            user_agent: e.user_agent.clone().unwrap_or_default(),
+            url: e.url.clone().unwrap_or_default(),
+            machine: u8::from(e.machine),
         }
     }
 }

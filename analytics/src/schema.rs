@@ -4,11 +4,18 @@
 use sendmill_platform::config::ClickHouseConfig;
 
 /// `(version, name, sql)`; a file may hold several statements separated by `;`.
-pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "0001_events",
-    include_str!("../../deploy/clickhouse/0001_events.sql"),
-)];
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "0001_events",
+        include_str!("../../deploy/clickhouse/0001_events.sql"),
+    ),
+    (
+        2,
+        "0002_engagement",
+        include_str!("../../deploy/clickhouse/0002_engagement.sql"),
+    ),
+];
 
 /// Creates the database and applies the migrations it lacks.
 pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<u32>, clickhouse::error::Error> {
@@ -75,7 +82,9 @@ mod tests {
         let got = statements("-- a; b\nCREATE TABLE a (x UInt8);\n-- c\nSELECT 1;\n");
         assert_eq!(got, ["CREATE TABLE a (x UInt8)", "SELECT 1"]);
         for (_, _, sql) in MIGRATIONS {
-            assert!(statements(sql).iter().all(|s| s.starts_with("CREATE")));
+            assert!(statements(sql)
+                .iter()
+                .all(|s| s.starts_with("CREATE") || s.starts_with("ALTER")));
         }
     }
 }

@@ -353,6 +353,14 @@ pub fn plan(
     } else {
         Lane::Transactional
     };
+    let settings = &principal.settings;
+    let options = RenderOptions {
+        strict: request.strict_templates,
+        track_opens: request.track_opens.unwrap_or(settings.track_opens),
+        track_clicks: request.track_clicks.unwrap_or(settings.track_clicks),
+        // Bulk senders must offer one-click unsubscribe (Gmail, Yahoo); others may.
+        list_unsubscribe: request.list_unsubscribe.unwrap_or(lane == Lane::Bulk),
+    };
     let from = EmailAddress {
         email: request.from.email,
         name: request.from.name,
@@ -397,9 +405,7 @@ pub fn plan(
                     campaign_id: request.campaign_id.clone(),
                     ip_pool: request.ip_pool.clone(),
                 },
-                options: RenderOptions {
-                    strict: request.strict_templates,
-                },
+                options: options.clone(),
             }
         })
         .collect())

@@ -39,6 +39,15 @@ pub struct SendRequest {
     /// empty.
     #[serde(default)]
     pub strict_templates: bool,
+    /// Open tracking for this message; unset: the account's default.
+    #[serde(default)]
+    pub track_opens: Option<bool>,
+    /// Click tracking for this message; unset: the account's default.
+    #[serde(default)]
+    pub track_clicks: Option<bool>,
+    /// One-click unsubscribe headers; unset: on for campaigns, off otherwise.
+    #[serde(default)]
+    pub list_unsubscribe: Option<bool>,
 }
 
 /// A sender or reply-to mailbox.

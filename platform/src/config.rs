@@ -214,3 +214,46 @@ impl Default for TelemetryConfig {
         }
     }
 }
+
+/// Open and click tracking and unsubscribe links (render writes them, analytics answers
+/// them).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingConfig {
+    /// Public base URL of the analytics endpoints, as recipients reach them (no trailing
+    /// slash). Env: `SENDMILL_TRACKING_BASE_URL`.
+    pub base_url: String,
+    /// HMAC key for link tokens, at least 32 characters. Empty: no tracking or
+    /// unsubscribe links are written. Env: `SENDMILL_TRACKING_SECRET`.
+    pub secret: String,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "http://127.0.0.1:8081".into(),
+            secret: String::new(),
+        }
+    }
+}
+
+impl TrackingConfig {
+    pub fn apply_env(&mut self) {
+        override_string(&mut self.base_url, "TRACKING_BASE_URL");
+        override_string(&mut self.secret, "TRACKING_SECRET");
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.secret.is_empty() && self.secret.len() < 32 {
+            return Err(ConfigError::Invalid(
+                "tracking.secret must be at least 32 characters".into(),
+            ));
+        }
+        if !(self.base_url.starts_with("https://") || self.base_url.starts_with("http://")) {
+            return Err(ConfigError::Invalid(
+                "tracking.base_url must be an http(s) URL".into(),
+            ));
+        }
+        Ok(())
+    }
+}

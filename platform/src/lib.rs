@@ -15,6 +15,7 @@
 //!   API-key authentication (cached).
 //! - [`backoff`]: retrying an infrastructure call until it succeeds or shutdown.
 //! - [`clients`]: Redis and ClickHouse clients built from config.
+//! - [`tracking`]: signed tokens in open, click and unsubscribe links.
 
 pub mod api;
 pub mod backoff;
@@ -24,5 +25,6 @@ pub mod http;
 pub mod kafka;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tracking;
 
 pub use tokio_util::sync::CancellationToken;

@@ -14,12 +14,14 @@
 //! - [`message`]: templates + MIME, pure and deterministic for a given clock.
 //! - [`templates`]: compiled-once Handlebars with helpers, lenient or strict.
 //! - [`text`]: a text part from an HTML part.
+//! - [`links`]: click tracking, open pixel, one-click unsubscribe headers.
 //! - [`encoding`]: body transfer encodings in one pass.
 //! - [`dkim`]: the DKIM signer (relaxed/relaxed, RSA-SHA256 and Ed25519-SHA256).
 //! - [`signing`]: each sending domain's signers and return-path domain, cached.
 
 pub mod dkim;
 pub mod encoding;
+pub mod links;
 pub mod message;
 pub mod signing;
 pub mod templates;
@@ -27,6 +29,7 @@ pub mod text;
 
 use sendmill_platform::{
     backoff,
+    config::TrackingConfig,
     kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection, Record},
     CancellationToken,
 };
@@ -72,9 +75,17 @@ pub async fn run(
     kafka: KafkaConnection,
     store: Store,
     config: Config,
+    tracking: TrackingConfig,
     shutdown: CancellationToken,
 ) -> Result<(), kafka::KafkaError> {
+    let links = if tracking.secret.is_empty() {
+        tracing::warn!("tracking.secret is not set: no open/click tracking or unsubscribe links");
+        None
+    } else {
+        Some(links::Links::new(&tracking.secret, &tracking.base_url))
+    };
     let stage = Arc::new(Stage {
+        links,
         producer: kafka.producer()?,
         identities: signing::IdentityCache::new(store, Duration::from_secs(config.key_cache_secs)),
         templates: templates::Templates::new(),
@@ -103,6 +114,7 @@ pub async fn run(
 }
 
 struct Stage {
+    links: Option<links::Links>,
     producer: kafka::Producer,
     identities: signing::IdentityCache,
     templates: templates::Templates,
@@ -121,8 +133,14 @@ impl Stage {
         .await?;
         let now = time::OffsetDateTime::now_utc();
         let rendered = match identity {
-            Some(identity) => message::build(&self.templates, &request, now)
-                .and_then(|unsigned| identity.seal(&unsigned, &request, now)),
+            Some(identity) => {
+                let decorations = message::Decorations {
+                    links: self.links.as_ref(),
+                    return_path_domain: identity.return_path_domain(),
+                };
+                message::build(&self.templates, decorations, &request, now)
+                    .and_then(|unsigned| identity.seal(&unsigned, &request, now))
+            }
             None => Err(message::RenderError::NoSigningKey(domain)),
         };
         match rendered {

@@ -4,7 +4,10 @@
 //! as the content needs). Deterministic for a given clock: boundaries derive from the
 //! message id, so the same input gives the same bytes.
 
-use crate::templates::{Part, Templates};
+use crate::{
+    links::Links,
+    templates::{Part, Templates},
+};
 use lettre::{
     message::{
         header::{ContentType, HeaderName, HeaderValue},
@@ -42,9 +45,26 @@ fn mailbox(address: &EmailAddress) -> Result<Mailbox, RenderError> {
     Ok(Mailbox::new(address.name.clone(), email))
 }
 
+/// What the message gets beyond its content: tracking and unsubscribe links (when a
+/// link secret is configured) and the return-path domain the unsubscribe mailto uses.
+#[derive(Clone, Copy)]
+pub struct Decorations<'a> {
+    pub links: Option<&'a Links>,
+    pub return_path_domain: &'a str,
+}
+
+impl Decorations<'_> {
+    /// No links at all (the return path domain is then unused).
+    pub const NONE: Decorations<'static> = Decorations {
+        links: None,
+        return_path_domain: "",
+    };
+}
+
 /// Renders and assembles the (unsigned) message for `request` as of `now`.
 pub fn build(
     templates: &Templates,
+    decorations: Decorations<'_>,
     request: &RequestedV1,
     now: OffsetDateTime,
 ) -> Result<Vec<u8>, RenderError> {
@@ -72,6 +92,13 @@ pub fn build(
         (None, Some(html)) => Some(crate::text::from_html(html)),
         (None, None) => None,
     };
+    let options = &request.options;
+    let html = match (html, decorations.links) {
+        (Some(html), Some(links)) if options.track_clicks || options.track_opens => {
+            Some(links.decorate_html(&html, request, options.track_clicks, options.track_opens))
+        }
+        (html, _) => html,
+    };
 
     let domain = domain_of(&request.from.email);
     let mut builder = Message::builder()
@@ -82,6 +109,15 @@ pub fn build(
         .message_id(Some(format!("<{}@{}>", request.message_id, domain)));
     if let Some(reply_to) = &request.reply_to {
         builder = builder.reply_to(mailbox(reply_to)?);
+    }
+    if let (true, Some(links)) = (options.list_unsubscribe, decorations.links) {
+        let value = links.list_unsubscribe(request, decorations.return_path_domain);
+        builder = builder
+            .raw_header(HeaderValue::new(header_name("List-Unsubscribe"), value))
+            .raw_header(HeaderValue::new(
+                header_name("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".into(),
+            ));
     }
     for header in &request.headers {
         let name = HeaderName::new_from_ascii(header.name.clone())
@@ -102,6 +138,10 @@ pub fn build(
     }
     .map_err(|e| RenderError::Build(e.to_string()))?;
     Ok(message.formatted())
+}
+
+fn header_name(name: &'static str) -> HeaderName {
+    HeaderName::new_from_ascii_str(name)
 }
 
 /// A text part, transfer-encoded in one pass.
@@ -152,7 +192,13 @@ mod tests {
     }
 
     fn text_of(r: &RequestedV1) -> String {
-        let m = build(&Templates::new(), r, OffsetDateTime::now_utc()).unwrap();
+        let m = build(
+            &Templates::new(),
+            Decorations::NONE,
+            r,
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
         String::from_utf8(m).unwrap()
     }
 
@@ -178,8 +224,8 @@ mod tests {
         let at = OffsetDateTime::now_utc();
         let templates = Templates::new();
         assert_eq!(
-            build(&templates, &r, at).unwrap(),
-            build(&templates, &r, at).unwrap()
+            build(&templates, Decorations::NONE, &r, at).unwrap(),
+            build(&templates, Decorations::NONE, &r, at).unwrap()
         );
     }
 
@@ -200,7 +246,12 @@ mod tests {
         r.data
             .insert("name".into(), "x\r\nBcc: victim@ok.test".into());
         assert!(matches!(
-            build(&Templates::new(), &r, OffsetDateTime::now_utc()),
+            build(
+                &Templates::new(),
+                Decorations::NONE,
+                &r,
+                OffsetDateTime::now_utc()
+            ),
             Err(RenderError::UnsafeSubject)
         ));
     }
@@ -209,9 +260,14 @@ mod tests {
     fn a_broken_template_names_its_part() {
         let mut r = request();
         r.html = Some("{{#if}}".into());
-        let e = build(&Templates::new(), &r, OffsetDateTime::now_utc())
-            .err()
-            .unwrap();
+        let e = build(
+            &Templates::new(),
+            Decorations::NONE,
+            &r,
+            OffsetDateTime::now_utc(),
+        )
+        .err()
+        .unwrap();
         assert!(
             matches!(e, RenderError::Template { part: "html", .. }),
             "{e}"
@@ -222,11 +278,22 @@ mod tests {
     fn strict_messages_fail_on_missing_variables() {
         let mut r = request();
         r.subject = "Hello {{missing}}".into();
-        assert!(build(&Templates::new(), &r, OffsetDateTime::now_utc()).is_ok());
+        assert!(build(
+            &Templates::new(),
+            Decorations::NONE,
+            &r,
+            OffsetDateTime::now_utc()
+        )
+        .is_ok());
         r.options.strict = true;
-        let e = build(&Templates::new(), &r, OffsetDateTime::now_utc())
-            .err()
-            .unwrap();
+        let e = build(
+            &Templates::new(),
+            Decorations::NONE,
+            &r,
+            OffsetDateTime::now_utc(),
+        )
+        .err()
+        .unwrap();
         assert!(
             matches!(
                 e,

@@ -66,6 +66,10 @@ impl SendingIdentity {
         })
     }
 
+    pub fn return_path_domain(&self) -> &str {
+        &self.return_path_domain
+    }
+
     /// Signs `unsigned` (the message built for `request`) as of `at` and returns the
     /// `ready` record: signatures, then the message; the envelope sender is the message's
     /// VERP return path.

@@ -48,7 +48,8 @@ fn golden(name: &str, dual_sign: bool) -> PathBuf {
     let request: RequestedV1 =
         sendmill_wire::decode(&read(&format!("golden/{name}.json"))).unwrap();
     let at = datetime!(2026-11-22 12:00:05 UTC);
-    let unsigned = message::build(&Templates::new(), &request, at).unwrap();
+    let unsigned =
+        message::build(&Templates::new(), message::Decorations::NONE, &request, at).unwrap();
     let ready = SendingIdentity::new(&domain(dual_sign))
         .unwrap()
         .seal(&unsigned, &request, at)

@@ -89,6 +89,34 @@ pub struct Principal {
     pub key_id: Uuid,
     pub key_prefix: String,
     pub scopes: Vec<Scope>,
+    pub settings: AccountSettings,
+}
+
+/// Account-wide defaults a message may override.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountSettings {
+    pub track_opens: bool,
+    pub track_clicks: bool,
+}
+
+/// Why an address is suppressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuppressionReason {
+    Bounce,
+    Complaint,
+    Unsubscribe,
+    Manual,
+}
+
+impl SuppressionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressionReason::Bounce => "bounce",
+            SuppressionReason::Complaint => "complaint",
+            SuppressionReason::Unsubscribe => "unsubscribe",
+            SuppressionReason::Manual => "manual",
+        }
+    }
 }
 
 impl Principal {
@@ -256,8 +284,9 @@ impl Store {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT id, account_id, prefix, scopes FROM api_keys
-             WHERE secret_hash = $1 AND revoked_at IS NULL",
+            "SELECT k.id, k.account_id, k.prefix, k.scopes, a.track_opens, a.track_clicks
+             FROM api_keys k JOIN accounts a ON a.id = k.account_id
+             WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(keys::hash(presented).as_slice())
         .fetch_optional(&self.pool)
@@ -269,6 +298,10 @@ impl Store {
                 key_id: r.get("id"),
                 key_prefix: r.get("prefix"),
                 scopes: scopes.iter().filter_map(|s| s.parse().ok()).collect(),
+                settings: AccountSettings {
+                    track_opens: r.get("track_opens"),
+                    track_clicks: r.get("track_clicks"),
+                },
             }
         }))
     }
@@ -368,6 +401,58 @@ impl Store {
                 dual_sign: r.get("dual_sign"),
             }
         }))
+    }
+
+    pub async fn set_tracking_defaults(
+        &self,
+        account_id: AccountId,
+        settings: &AccountSettings,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE accounts SET track_opens = $2, track_clicks = $3 WHERE id = $1")
+            .bind(account_id.0)
+            .bind(settings.track_opens)
+            .bind(settings.track_clicks)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Suppresses `email` for the account (kept as it is when already suppressed).
+    /// Returns whether it was newly added.
+    pub async fn add_suppression(
+        &self,
+        account_id: AccountId,
+        email: &str,
+        reason: SuppressionReason,
+        source: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO suppressions (account_id, email, reason, source)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, email) DO NOTHING",
+        )
+        .bind(account_id.0)
+        .bind(email.to_ascii_lowercase())
+        .bind(reason.as_str())
+        .bind(source)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The reason `email` is suppressed for the account, if it is (and not expired).
+    pub async fn suppression(
+        &self,
+        account_id: AccountId,
+        email: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT reason FROM suppressions
+             WHERE account_id = $1 AND email = $2 AND (expires_at IS NULL OR expires_at > now())",
+        )
+        .bind(account_id.0)
+        .bind(email.to_ascii_lowercase())
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Turns signing with the domain's Ed25519 key on or off; `false` when the account

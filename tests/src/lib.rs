@@ -43,6 +43,9 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::now_v7().simple())
 }
 
+/// The base URL written into tracking and unsubscribe links in tests.
+pub const TRACKING_BASE: &str = "http://tracking.invalid";
+
 /// The config every test pipeline starts from: local services, port 0, own names.
 pub fn test_config(id: &str) -> SendmillConfig {
     let mut config = SendmillConfig::default();
@@ -61,6 +64,9 @@ pub fn test_config(id: &str) -> SendmillConfig {
     config.dispatcher.connect_timeout_secs = 5;
     config.dispatcher.command_timeout_secs = 10;
     config.dispatcher.transaction_timeout_secs = 20;
+    // Links point at a host that does not exist; tests call the analytics address.
+    config.tracking.base_url = TRACKING_BASE.into();
+    config.tracking.secret = "test-only-link-secret-of-at-least-32-bytes".into();
     config
 }
 
@@ -152,7 +158,10 @@ impl TestPipeline {
             dkim_record: sending.dkim_record(),
             domain,
             config,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
             shutdown,
             running: Some(handle),
         }
@@ -379,6 +388,24 @@ pub fn dumped_messages(message_id: &str) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// Python's `email` (policy.strict) view of `message`: decoded parts and the headers asked
+/// for (see deploy/local/mime-check.py).
+pub fn mime_check(message: &Path, headers: &[&str]) -> Value {
+    let output = std::process::Command::new("/usr/bin/python3")
+        .arg(repo_root().join("deploy/local/mime-check.py"))
+        .arg(message)
+        .args(headers)
+        .output()
+        .expect("python3 is required");
+    let parsed: Value = serde_json::from_slice(&output.stdout).expect("mime-check prints JSON");
+    assert!(
+        output.status.success(),
+        "{} does not parse strictly: {parsed}",
+        message.display()
+    );
+    parsed
 }
 
 /// Runs dkimpy (Debian's python3-dkim) on `message` with the given key record.

@@ -141,6 +141,16 @@ pub struct EventV1 {
     /// Human-readable detail: a render error, a connection error, a drop reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The client that opened, clicked or unsubscribed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The clicked link's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The open or click most likely came from a machine (privacy proxy prefetch, link
+    /// scanner), not a person.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub machine: bool,
 }
 
 impl WirePayload for EventV1 {
@@ -174,6 +184,9 @@ impl EventV1 {
             bounce_category: None,
             attempt: 0,
             reason: None,
+            user_agent: None,
+            url: None,
+            machine: false,
         }
     }
 

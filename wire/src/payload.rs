@@ -98,6 +98,15 @@ pub struct RenderOptions {
     /// A variable missing from the data is an error (`render_failed`) instead of empty.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
+    /// Add an open-tracking pixel to the HTML part.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track_opens: bool,
+    /// Route the HTML part's links through the click-tracking endpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track_clicks: bool,
+    /// Add `List-Unsubscribe` (https and mailto) and one-click `List-Unsubscribe-Post`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub list_unsubscribe: bool,
 }
 
 impl WirePayload for RequestedV1 {
