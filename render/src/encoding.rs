@@ -128,6 +128,60 @@ fn encode_line(line: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// An unstructured header value (RFC 5322 §3.2.5) ready to write after `Name: `:
+/// printable ASCII as is, folded at spaces; anything else as RFC 2047 base64
+/// encoded-words. The words carry the text's own white space inside them, because
+/// decoders drop white space *between* adjacent encoded-words (lettre's encoder put it
+/// there, and `Grüße  Müller` arrived as `GrüßeMüller`).
+pub fn unstructured(name: &str, text: &str) -> String {
+    let plain = text.bytes().all(|b| b == b'\t' || (32..127).contains(&b))
+        && !text.contains("=?")
+        && !text.starts_with([' ', '\t']);
+    if plain {
+        return fold_plain(name.len() + 2, text);
+    }
+    // "=?utf-8?b?" + base64 of at most 45 bytes (60 chars) + "?=" stays within 75.
+    const CHUNK: usize = 45;
+    let mut words = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + CHUNK).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        words.push(format!(
+            "=?utf-8?b?{}?=",
+            STANDARD.encode(&text.as_bytes()[start..end])
+        ));
+        start = end;
+    }
+    words.join("\r\n ")
+}
+
+/// Folds before white space so lines stay within 78 characters where the text allows;
+/// unfolding gives back exactly `text`.
+fn fold_plain(mut column: usize, text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut rest = text;
+    while column + rest.len() > 78 {
+        let room = 78 - column.min(78);
+        // The last space within the room (folding happens before it), not at position 0.
+        let Some(at) = rest[..room.min(rest.len())]
+            .rfind([' ', '\t'])
+            .filter(|&a| a > 0)
+        else {
+            break;
+        };
+        out.push_str(&rest[..at]);
+        out.push_str("\r\n");
+        rest = &rest[at..];
+        column = 0;
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +257,36 @@ mod tests {
             let normalized = text.replace("\r\n", "\n").replace('\n', "\r\n");
             assert_eq!(decode_qp(&encoded), normalized.as_bytes(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn unstructured_keeps_every_space() {
+        assert_eq!(unstructured("Subject", "Hello  there"), "Hello  there");
+        let encoded = unstructured(
+            "Subject",
+            "Grüße  Müller für Sie, with a long tail to split it into words",
+        );
+        assert!(encoded
+            .split("\r\n ")
+            .all(|w| w.starts_with("=?utf-8?b?") && w.len() <= 75));
+        let decoded: String = encoded
+            .split("\r\n ")
+            .map(|w| {
+                use base64::{engine::general_purpose::STANDARD, Engine};
+                let b64 = w.trim_start_matches("=?utf-8?b?").trim_end_matches("?=");
+                String::from_utf8(STANDARD.decode(b64).unwrap()).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            decoded,
+            "Grüße  Müller für Sie, with a long tail to split it into words"
+        );
+        // =? must not be mistaken for an encoded word by the reader.
+        assert!(unstructured("Subject", "a =?x?q?y?= b").starts_with("=?utf-8?b?"));
+        let long = "word ".repeat(40);
+        let folded = unstructured("Subject", long.trim_end());
+        assert!(folded.split("\r\n").all(|l| l.len() <= 78));
+        assert_eq!(folded.replace("\r\n", ""), long.trim_end());
     }
 
     #[test]

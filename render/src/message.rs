@@ -37,7 +37,16 @@ pub enum RenderError {
     Signing(String),
 }
 
+/// Header text must be one line. Ingest refuses control characters already; render
+/// checks again because a header is where an injection would do its harm.
+fn one_line(text: &str) -> bool {
+    !text.chars().any(|c| c.is_control() && c != '\t')
+}
+
 fn mailbox(address: &EmailAddress) -> Result<Mailbox, RenderError> {
+    if address.name.as_deref().is_some_and(|n| !one_line(n)) {
+        return Err(RenderError::Header("display name".into()));
+    }
     let email = address
         .email
         .parse()
@@ -79,7 +88,7 @@ pub fn build(
             })
     };
     let subject = render(Part::Subject, &request.subject)?;
-    if subject.chars().any(char::is_control) {
+    if !one_line(&subject) {
         return Err(RenderError::UnsafeSubject);
     }
     let html = request
@@ -101,10 +110,15 @@ pub fn build(
     };
 
     let domain = domain_of(&request.from.email);
+    let encoded_subject = crate::encoding::unstructured("Subject", &subject);
     let mut builder = Message::builder()
         .from(mailbox(&request.from)?)
         .to(mailbox(&request.to)?)
-        .subject(subject)
+        .raw_header(HeaderValue::dangerous_new_pre_encoded(
+            header_name("Subject"),
+            subject,
+            encoded_subject,
+        ))
         .date(now.into())
         .message_id(Some(format!("<{}@{}>", request.message_id, domain)));
     if let Some(reply_to) = &request.reply_to {
@@ -120,6 +134,9 @@ pub fn build(
             ));
     }
     for header in &request.headers {
+        if !one_line(&header.value) {
+            return Err(RenderError::Header(header.name.clone()));
+        }
         let name = HeaderName::new_from_ascii(header.name.clone())
             .map_err(|_| RenderError::Header(header.name.clone()))?;
         builder = builder.raw_header(HeaderValue::new(name, header.value.clone()));
