@@ -216,5 +216,6 @@ fn request(html: &str, text: &str) -> RequestedV1 {
         data,
         context: MessageContext::default(),
         options: RenderOptions::default(),
+        attachments: vec![],
     }
 }

@@ -36,8 +36,8 @@ use sendmill_platform::{
 };
 use sendmill_store::{Principal, Scope, Store};
 use sendmill_wire::{
-    payload::domain_of, BatchId, EmailAddress, EventType, EventV1, Header, Lane, MessageContext,
-    MessageId, RenderOptions, RequestedV1, Topics,
+    payload::domain_of, Attachment, BatchId, EmailAddress, EventType, EventV1, Header, Lane,
+    MessageContext, MessageId, RenderOptions, RequestedV1, Topics,
 };
 use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
@@ -55,6 +55,9 @@ pub struct Config {
     pub max_recipients: usize,
     /// Seconds an API key lookup is cached: a revoked key keeps working at most this long.
     pub auth_cache_secs: u64,
+    /// Most bytes of attachments (decoded) in one message. Each recipient's record
+    /// carries its own copy, so keep this well below the Kafka message size limit.
+    pub max_attachment_bytes: usize,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             max_body_bytes: 10 * 1024 * 1024,
             max_recipients: 1000,
             auth_cache_secs: 30,
+            max_attachment_bytes: 5 * 1024 * 1024,
         }
     }
 }
@@ -347,6 +351,7 @@ pub fn plan(
         label(pool).map_err(|m| ApiError::invalid("ip_pool", m))?;
     }
 
+    let attachments = decode_attachments(&request.attachments, config.max_attachment_bytes)?;
     let batch_id = BatchId::generate();
     let lane = if request.campaign_id.is_some() {
         Lane::Bulk
@@ -406,9 +411,50 @@ pub fn plan(
                     ip_pool: request.ip_pool.clone(),
                 },
                 options: options.clone(),
+                attachments: attachments.clone(),
             }
         })
         .collect())
+}
+
+fn decode_attachments(
+    inputs: &[request::AttachmentInput],
+    max_bytes: usize,
+) -> Result<Vec<Attachment>, ApiError> {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    let mut total = 0;
+    let mut attachments = Vec::with_capacity(inputs.len());
+    for (i, a) in inputs.iter().enumerate() {
+        let field = |name: &str| format!("attachments[{i}].{name}");
+        validate::filename(&a.filename).map_err(|m| ApiError::invalid(field("filename"), m))?;
+        validate::content_type(&a.content_type)
+            .map_err(|m| ApiError::invalid(field("content_type"), m))?;
+        if let Some(cid) = &a.content_id {
+            validate::content_id(cid).map_err(|m| ApiError::invalid(field("content_id"), m))?;
+        }
+        // Line breaks are common in base64 from other tools; they carry nothing.
+        let compact: String = a.content.split_ascii_whitespace().collect();
+        let content = STANDARD
+            .decode(compact.as_bytes())
+            .map_err(|_| ApiError::invalid(field("content"), "content is not valid base64"))?;
+        total += content.len();
+        if total > max_bytes {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                ..ApiError::invalid(
+                    "attachments",
+                    format!("attachments exceed {max_bytes} bytes in total"),
+                )
+            });
+        }
+        attachments.push(Attachment {
+            filename: a.filename.clone(),
+            content_type: a.content_type.to_ascii_lowercase(),
+            content,
+            content_id: a.content_id.clone(),
+        });
+    }
+    Ok(attachments)
 }
 
 fn check_metadata(

@@ -48,6 +48,19 @@ pub struct SendRequest {
     /// One-click unsubscribe headers; unset: on for campaigns, off otherwise.
     #[serde(default)]
     pub list_unsubscribe: Option<bool>,
+    #[serde(default)]
+    pub attachments: Vec<AttachmentInput>,
+}
+
+/// A file: `content` is base64; `content_id` makes it inline (`<img src="cid:…">`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentInput {
+    pub filename: String,
+    pub content_type: String,
+    pub content: String,
+    #[serde(default)]
+    pub content_id: Option<String>,
 }
 
 /// A sender or reply-to mailbox.

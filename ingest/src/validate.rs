@@ -129,6 +129,54 @@ pub fn label(value: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// File types mail filters quarantine (and malware uses): refused outright.
+const BLOCKED_EXTENSIONS: &[&str] = &[
+    "exe", "bat", "cmd", "com", "scr", "pif", "vbs", "vbe", "js", "jse", "wsf", "wsh", "msi",
+    "msp", "cpl", "jar", "ps1", "hta", "lnk", "reg", "dll",
+];
+
+/// An attachment's file name: a plain name, no path, no control characters, not an
+/// executable type.
+pub fn filename(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.chars().count() > 255 {
+        return Err("file name must be 1 to 255 characters");
+    }
+    if name.contains(['/', '\\']) || name.chars().any(char::is_control) {
+        return Err("file name must not contain a path or control characters");
+    }
+    let extension = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    if extension.is_some_and(|e| BLOCKED_EXTENSIONS.contains(&e.as_str())) {
+        return Err("this file type is not allowed");
+    }
+    Ok(())
+}
+
+/// A MIME type `type/subtype` of token characters.
+pub fn content_type(value: &str) -> Result<(), &'static str> {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    match value.split_once('/') {
+        Some((kind, sub)) if value.len() <= 127 && token(kind) && token(sub) => Ok(()),
+        _ => Err("must be a MIME type such as application/pdf"),
+    }
+}
+
+/// A Content-ID for inline parts: a short dot-atom (no angle brackets).
+pub fn content_id(value: &str) -> Result<(), &'static str> {
+    if value.is_empty()
+        || value.len() > 100
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+    {
+        return Err("must be 1 to 100 letters, digits or . _ @ -");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +217,29 @@ mod tests {
         }
         assert!(email(&format!("{}@ok.test", "a".repeat(65))).is_err());
         assert!(email(&format!("a@{}.test", "b".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn attachment_fields_are_checked() {
+        assert!(filename("invoice 2026.pdf").is_ok());
+        assert!(filename("Übersicht.xlsx").is_ok());
+        for bad in [
+            "",
+            "../etc/passwd",
+            "a\\b.txt",
+            "x\r\n.txt",
+            "setup.EXE",
+            "run.js",
+        ] {
+            assert!(filename(bad).is_err(), "{bad:?}");
+        }
+        assert!(content_type("application/pdf").is_ok());
+        assert!(content_type("image/svg+xml").is_ok());
+        for bad in ["pdf", "a/b/c", "text/plain; charset=utf-8", "text/\r\nX: y"] {
+            assert!(content_type(bad).is_err(), "{bad:?}");
+        }
+        assert!(content_id("logo@example.test").is_ok());
+        assert!(content_id("<logo>").is_err());
     }
 
     #[test]

@@ -11,11 +11,11 @@ use crate::{
 use lettre::{
     message::{
         header::{ContentType, HeaderName, HeaderValue},
-        Body, Mailbox, MultiPart, SinglePart,
+        Attachment as LettreAttachment, Body, Mailbox, MultiPart, SinglePart,
     },
     Message,
 };
-use sendmill_wire::{payload::domain_of, EmailAddress, RequestedV1};
+use sendmill_wire::{payload::domain_of, Attachment, EmailAddress, RequestedV1};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -141,20 +141,98 @@ pub fn build(
             .map_err(|_| RenderError::Header(header.name.clone()))?;
         builder = builder.raw_header(HeaderValue::new(name, header.value.clone()));
     }
-    // `=_` cannot occur in quoted-printable or base64 content.
-    let boundary = format!("=_sm_{}", request.message_id.0.simple());
-    let message = match (html, text) {
-        (Some(html), Some(text)) => builder.multipart(
-            MultiPart::alternative()
-                .boundary(format!("{boundary}_alt"))
-                .singlepart(part(ContentType::TEXT_PLAIN, &text))
-                .singlepart(part(ContentType::TEXT_HTML, &html)),
-        ),
-        (None, Some(text)) => builder.singlepart(part(ContentType::TEXT_PLAIN, &text)),
-        (Some(_), None) | (None, None) => return Err(RenderError::Build("no body".into())),
+    let message = match mime_tree(request, html, text)? {
+        Node::Single(part) => builder.singlepart(part),
+        Node::Multi(multi) => builder.multipart(multi),
     }
     .map_err(|e| RenderError::Build(e.to_string()))?;
     Ok(message.formatted())
+}
+
+enum Node {
+    Single(SinglePart),
+    Multi(MultiPart),
+}
+
+impl Node {
+    fn into_parent(self, parent: MultiPart) -> MultiPart {
+        match self {
+            Node::Single(part) => parent.singlepart(part),
+            Node::Multi(multi) => parent.multipart(multi),
+        }
+    }
+}
+
+/// The body's MIME structure, as mail clients build it:
+///
+/// ```text
+/// multipart/mixed                  (only with attachments)
+///   multipart/alternative          (only with both text and HTML)
+///     text/plain
+///     multipart/related            (only with inline images)
+///       text/html
+///       image/…  Content-ID
+///   application/…  attachment
+/// ```
+fn mime_tree(
+    request: &RequestedV1,
+    html: Option<String>,
+    text: Option<String>,
+) -> Result<Node, RenderError> {
+    // Boundaries derive from the message id: the same input gives the same bytes, and
+    // `=_` cannot occur in quoted-printable or base64 content.
+    let boundary = |kind: &str| format!("=_sm_{}_{kind}", request.message_id.0.simple());
+    let (inline, attached): (Vec<&Attachment>, Vec<&Attachment>) = request
+        .attachments
+        .iter()
+        .partition(|a| a.content_id.is_some());
+    let html = html.map(|html| {
+        let part = part(ContentType::TEXT_HTML, &html);
+        if inline.is_empty() {
+            Ok(Node::Single(part))
+        } else {
+            let mut related = MultiPart::related()
+                .boundary(boundary("rel"))
+                .singlepart(part);
+            for a in &inline {
+                let cid = a.content_id.clone().expect("partitioned on content_id");
+                related = related.singlepart(
+                    LettreAttachment::new_inline(cid)
+                        .body(a.content.clone(), content_type(&a.content_type)?),
+                );
+            }
+            Ok(Node::Multi(related))
+        }
+    });
+    let html = html.transpose()?;
+    let body = match (html, text) {
+        (Some(html), Some(text)) => Node::Multi(
+            html.into_parent(
+                MultiPart::alternative()
+                    .boundary(boundary("alt"))
+                    .singlepart(part(ContentType::TEXT_PLAIN, &text)),
+            ),
+        ),
+        (Some(html), None) => html,
+        (None, Some(text)) => Node::Single(part(ContentType::TEXT_PLAIN, &text)),
+        (None, None) => return Err(RenderError::Build("no body".into())),
+    };
+    if attached.is_empty() {
+        return Ok(body);
+    }
+    let mut mixed = body.into_parent(MultiPart::mixed().boundary(boundary("mix")).build());
+    for a in attached {
+        mixed = mixed.singlepart(
+            LettreAttachment::new(a.filename.clone())
+                .body(a.content.clone(), content_type(&a.content_type)?),
+        );
+    }
+    Ok(Node::Multi(mixed))
+}
+
+fn content_type(value: &str) -> Result<ContentType, RenderError> {
+    ContentType::parse(value)
+        .map_err(|_| RenderError::Build(format!("invalid content type {value:?}")))
 }
 
 fn header_name(name: &'static str) -> HeaderName {
@@ -205,6 +283,7 @@ mod tests {
                 .clone(),
             context: MessageContext::default(),
             options: RenderOptions::default(),
+            attachments: vec![],
         }
     }
 

@@ -186,3 +186,41 @@ fn a_changed_body_fails_verification() {
     std::fs::remove_file(&tampered).unwrap();
     assert!(!status.success());
 }
+
+#[test]
+fn mixed_with_inline_image_and_attachment() {
+    let path = golden("mixed_related", true);
+    let parsed = mime(&path, &["Subject"]);
+    assert_eq!(parsed["headers"]["Subject"][0], "Your invoice 2026-0042");
+    let parts = parsed["parts"].as_array().unwrap();
+    let kinds: Vec<&str> = parts
+        .iter()
+        .map(|p| p["multipart"].as_str().or(p["type"].as_str()).unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "multipart/mixed",
+            "multipart/alternative",
+            "text/plain",
+            "multipart/related",
+            "text/html",
+            "image/png",
+            "application/pdf"
+        ]
+    );
+    // The text part was generated from the HTML.
+    assert!(parts[2]["text"]
+        .as_str()
+        .unwrap()
+        .contains("Invoice 2026-0042 is attached."));
+    assert_eq!(parts[5]["content_id"], "<logo@example.test>");
+    assert_eq!(parts[5]["disposition"], "inline");
+    let input: RequestedV1 = sendmill_wire::decode(&read("golden/mixed_related.json")).unwrap();
+    assert_eq!(parts[5]["size"], input.attachments[0].content.len());
+    assert_eq!(parts[6]["size"], input.attachments[1].content.len());
+    assert_eq!(parts[6]["disposition"], "attachment");
+    assert_eq!(parts[6]["filename"], "Rechnung März 2026-0042.pdf");
+    let verdict = dkim(&path, &domain(true).dkim_records());
+    assert_eq!(verdict.matches("pass").count(), 2, "{verdict}");
+}

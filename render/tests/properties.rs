@@ -111,6 +111,7 @@ fn request(case: &Case) -> RequestedV1 {
         data,
         context: MessageContext::default(),
         options: RenderOptions::default(),
+        attachments: vec![],
     }
 }
 

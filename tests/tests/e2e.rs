@@ -148,3 +148,32 @@ async fn a_4xx_from_the_mx_defers_onto_the_first_retry_topic() {
         .any(|t| t != EventType::Accepted.as_str() && t != EventType::Deferred.as_str()));
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_with_a_large_attachment_crosses_every_stage() {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    let p = TestPipeline::start().await;
+    // 1.5 MB: larger than Kafka's default 1 MB record limit once encoded.
+    let content: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+    let mut body = message_to(&p, json!(["files@ok.test"]));
+    body["attachments"] = json!([{
+        "filename": "data.bin",
+        "content_type": "application/octet-stream",
+        "content": STANDARD.encode(&content)
+    }]);
+    let (status, response) = p.send(&body).await;
+    assert_eq!(status, 202, "{response}");
+    let id = first_message_id(&response);
+    p.wait_for_status(&id, "delivered", LIMIT).await;
+    let dump = dumped_message(&id).expect("delivered to the sink");
+    let parsed = mime_check(&dump, &[]);
+    let attachment = parsed["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|part| part["filename"] == "data.bin")
+        .expect("the attachment arrived");
+    assert_eq!(attachment["size"], content.len());
+    assert!(dkim_verifies(&dump, &p.dkim_record));
+    p.stop().await;
+}

@@ -15,6 +15,11 @@ fn produced(p: &TestPipeline) -> usize {
         + p.read_topic(&p.topics.events()).len()
 }
 
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    STANDARD.encode(bytes)
+}
+
 fn with(mut body: Value, path: &[&str], value: Value) -> Value {
     let mut target = &mut body;
     for key in &path[..path.len() - 1] {
@@ -122,6 +127,16 @@ async fn invalid_requests_are_rejected_naming_the_field_and_produce_nothing() {
     let huge = with(good.clone(), &["html"], json!("x".repeat(11 * 1024 * 1024)));
     let (status, error) = p.send(&huge).await;
     assert_eq!(status, 413, "{error}");
+    // Attachments over the per-message limit (5 MiB decoded), within the body limit.
+    let big = base64_of(&vec![7u8; 6 * 1024 * 1024]);
+    let too_many_bytes = with(
+        good.clone(),
+        &["attachments"],
+        json!([{"filename": "big.bin", "content_type": "application/octet-stream", "content": big}]),
+    );
+    let (status, error) = p.send(&too_many_bytes).await;
+    assert_eq!(status, 413, "{error}");
+    assert_eq!(error["error"]["field"], "attachments");
 
     let unauthenticated = p
         .http

@@ -27,7 +27,7 @@ pub mod verp;
 pub use event::{BounceCategory, EventType, EventV1, SmtpReply};
 pub use ids::{AccountId, BatchId, EventId, MessageId};
 pub use payload::{
-    decode, encode, DeadLetterV1, DecodeError, EmailAddress, Header, MessageContext, ReadyV1,
-    RenderOptions, RequestedV1, RetryV1, WirePayload,
+    decode, encode, Attachment, DeadLetterV1, DecodeError, EmailAddress, Header, MessageContext,
+    ReadyV1, RenderOptions, RequestedV1, RetryV1, WirePayload,
 };
 pub use topics::{Lane, RetryTier, Topics};

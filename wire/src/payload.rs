@@ -90,6 +90,20 @@ pub struct RequestedV1 {
     pub context: MessageContext,
     #[serde(default)]
     pub options: RenderOptions,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file sent with the message: attached, or inline (an image the HTML shows through
+/// `cid:<content_id>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub filename: String,
+    pub content_type: String,
+    #[serde(with = "base64_bytes")]
+    pub content: Vec<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_id: Option<String>,
 }
 
 /// How a message is rendered; every field defaults to off.

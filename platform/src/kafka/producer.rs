@@ -33,6 +33,9 @@ impl Producer {
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
+            // Records with attachments are large; topics on a real cluster need a
+            // matching `max.message.bytes`.
+            .set("message.max.bytes", "33554432")
             // A record the broker has not taken within this time fails, and the caller
             // retries it: a message is never silently dropped by the client.
             .set("message.timeout.ms", "30000")
