@@ -2,7 +2,7 @@
 """Checks every message file in a directory, for property tests that render many:
 each must parse under Python's email policy.strict, and each DKIM signature must verify
 with dkimpy. Prints one JSON object per file: {"file", "headers": [names in order],
-"subject", "dkim": [true/false per signature], "error"}.
+"subject", "from_name", "dkim": [true/false per signature], "error"}.
 
 Usage: check-messages.py DIR --txt NAME=VALUE [--txt NAME=VALUE ...]
 """
@@ -42,6 +42,7 @@ def main(argv):
                 raise ValueError(f"defects: {message.defects}")
             result["headers"] = list(message.keys())
             result["subject"] = str(message["Subject"])
+            result["from_name"] = message["From"].addresses[0].display_name
             verifier = dkim.DKIM(data)
             count = len([h for h in verifier.headers if h[0].lower() == b"dkim-signature"])
             verdicts = []

@@ -140,8 +140,15 @@ pub fn unstructured(name: &str, text: &str) -> String {
     if plain {
         return fold_plain(name.len() + 2, text);
     }
-    // "=?utf-8?b?" + base64 of at most 45 bytes (60 chars) + "?=" stays within 75.
-    const CHUNK: usize = 45;
+    encoded_words(text)
+}
+
+/// `text` as RFC 2047 base64 encoded-words on folded lines. Each word holds at most 39
+/// bytes (a 64-character word), so a line with a header name before it stays within
+/// RFC 2047's 76 characters; white space travels inside the words.
+pub fn encoded_words(text: &str) -> String {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    const CHUNK: usize = 39;
     let mut words = Vec::new();
     let mut start = 0;
     while start < text.len() {
@@ -149,7 +156,14 @@ pub fn unstructured(name: &str, text: &str) -> String {
         while !text.is_char_boundary(end) {
             end -= 1;
         }
-        use base64::{engine::general_purpose::STANDARD, Engine};
+        // Prefer to end a word before a space, which then starts the next word: readers
+        // that (against RFC 2047 §6.2) keep white space between words in a display name,
+        // such as Python's, then show one space more rather than a word split in two.
+        if end < text.len() {
+            if let Some(space) = text[start..end].rfind(' ').filter(|&s| s > 0) {
+                end = start + space;
+            }
+        }
         words.push(format!(
             "=?utf-8?b?{}?=",
             STANDARD.encode(&text.as_bytes()[start..end])
@@ -157,6 +171,21 @@ pub fn unstructured(name: &str, text: &str) -> String {
         start = end;
     }
     words.join("\r\n ")
+}
+
+/// A mailbox for From, To or Reply-To: a quoted display name when it is printable
+/// ASCII, encoded-words otherwise, then the address.
+pub fn mailbox(name: Option<&str>, email: &str) -> String {
+    let ascii =
+        |n: &str| n.bytes().all(|b| b == b'\t' || (32..127).contains(&b)) && !n.contains("=?");
+    match name.filter(|n| !n.trim().is_empty()) {
+        None => email.to_owned(),
+        Some(name) if ascii(name) => {
+            let escaped = name.replace('\\', "\\\\").replace('"', "\\\"");
+            format!("\"{escaped}\" <{email}>")
+        }
+        Some(name) => format!("{} <{email}>", encoded_words(name)),
+    }
 }
 
 /// Folds before white space so lines stay within 78 characters where the text allows;
@@ -287,6 +316,16 @@ mod tests {
         let folded = unstructured("Subject", long.trim_end());
         assert!(folded.split("\r\n").all(|l| l.len() <= 78));
         assert_eq!(folded.replace("\r\n", ""), long.trim_end());
+    }
+
+    #[test]
+    fn mailboxes_quote_or_encode_names() {
+        assert_eq!(mailbox(None, "a@b.test"), "a@b.test");
+        assert_eq!(
+            mailbox(Some("Ada \"Countess\" L."), "a@b.test"),
+            "\"Ada \\\"Countess\\\" L.\" <a@b.test>"
+        );
+        assert!(mailbox(Some("Zoë"), "a@b.test").starts_with("=?utf-8?b?"));
     }
 
     #[test]

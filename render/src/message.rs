@@ -43,6 +43,19 @@ fn one_line(text: &str) -> bool {
     !text.chars().any(|c| c.is_control() && c != '\t')
 }
 
+/// An address header written with our own encoding (lettre's splits long non-ASCII
+/// names so that readers decode them with spaces added); lettre still gets the plain
+/// form, from which it reads the From header it requires.
+fn address_header(name: &'static str, address: &EmailAddress) -> Result<HeaderValue, RenderError> {
+    let plain = mailbox(address)?.to_string();
+    let encoded = crate::encoding::mailbox(address.name.as_deref(), &address.email);
+    Ok(HeaderValue::dangerous_new_pre_encoded(
+        header_name(name),
+        plain,
+        encoded,
+    ))
+}
+
 fn mailbox(address: &EmailAddress) -> Result<Mailbox, RenderError> {
     if address.name.as_deref().is_some_and(|n| !one_line(n)) {
         return Err(RenderError::Header("display name".into()));
@@ -112,8 +125,8 @@ pub fn build(
     let domain = domain_of(&request.from.email);
     let encoded_subject = crate::encoding::unstructured("Subject", &subject);
     let mut builder = Message::builder()
-        .from(mailbox(&request.from)?)
-        .to(mailbox(&request.to)?)
+        .raw_header(address_header("From", &request.from)?)
+        .raw_header(address_header("To", &request.to)?)
         .raw_header(HeaderValue::dangerous_new_pre_encoded(
             header_name("Subject"),
             subject,
@@ -122,7 +135,7 @@ pub fn build(
         .date(now.into())
         .message_id(Some(format!("<{}@{}>", request.message_id, domain)));
     if let Some(reply_to) = &request.reply_to {
-        builder = builder.reply_to(mailbox(reply_to)?);
+        builder = builder.raw_header(address_header("Reply-To", reply_to)?);
     }
     if let (true, Some(links)) = (options.list_unsubscribe, decorations.links) {
         let value = links.list_unsubscribe(request, decorations.return_path_domain);
