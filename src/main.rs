@@ -92,6 +92,25 @@ enum Admin {
         #[arg(long, value_delimiter = ',', default_value = "send,stats")]
         scopes: Vec<Scope>,
     },
+    /// Creates or replaces a Handlebars partial (or layout) of an account.
+    PutPartial {
+        #[arg(long)]
+        account: AccountId,
+        #[arg(long)]
+        name: String,
+        /// File holding the partial's source.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Turns Ed25519 + RSA dual DKIM signing of a sending domain on or off.
+    DualSign {
+        #[arg(long)]
+        account: AccountId,
+        #[arg(long)]
+        domain: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        on: bool,
+    },
     /// Adds a sending domain with a new DKIM key and prints the DNS record to publish.
     AddDomain {
         #[arg(long)]

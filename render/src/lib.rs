@@ -51,6 +51,8 @@ pub struct Config {
     pub ops_listen: String,
     /// Seconds a sending domain's DKIM key is cached before it is read again.
     pub key_cache_secs: u64,
+    /// Seconds an account's template partials are cached before they are read again.
+    pub template_cache_secs: u64,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             concurrency: 64,
             ops_listen: "127.0.0.1:9102".into(),
             key_cache_secs: 300,
+            template_cache_secs: 30,
         }
     }
 }
@@ -87,8 +90,14 @@ pub async fn run(
     let stage = Arc::new(Stage {
         links,
         producer: kafka.producer()?,
-        identities: signing::IdentityCache::new(store, Duration::from_secs(config.key_cache_secs)),
-        templates: templates::Templates::new(),
+        identities: signing::IdentityCache::new(
+            store.clone(),
+            Duration::from_secs(config.key_cache_secs),
+        ),
+        templates: templates::AccountTemplates::new(
+            store.clone(),
+            Duration::from_secs(config.template_cache_secs),
+        ),
         kafka: kafka.clone(),
         shutdown: shutdown.clone(),
     });
@@ -117,7 +126,7 @@ struct Stage {
     links: Option<links::Links>,
     producer: kafka::Producer,
     identities: signing::IdentityCache,
-    templates: templates::Templates,
+    templates: templates::AccountTemplates,
     kafka: KafkaConnection,
     shutdown: CancellationToken,
 }
@@ -127,21 +136,29 @@ impl Stage {
         let request: RequestedV1 = decode(&record)?;
         let key = request.message_id.to_string();
         let domain = sendmill_wire::payload::domain_of(&request.from.email);
+        let templates = backoff::until_ok("load partials", &self.shutdown, || {
+            self.templates.get(request.account_id)
+        })
+        .await?;
         let identity = backoff::until_ok("load DKIM key", &self.shutdown, || {
             self.identities.get(request.account_id, &domain)
         })
         .await?;
         let now = time::OffsetDateTime::now_utc();
-        let rendered = match identity {
-            Some(identity) => {
+        let rendered = match (identity, templates) {
+            (_, Err(partial)) => Err(message::RenderError::Template {
+                part: "partials",
+                reason: partial,
+            }),
+            (Some(identity), Ok(templates)) => {
                 let decorations = message::Decorations {
                     links: self.links.as_ref(),
                     return_path_domain: identity.return_path_domain(),
                 };
-                message::build(&self.templates, decorations, &request, now)
+                message::build(&templates, decorations, &request, now)
                     .and_then(|unsigned| identity.seal(&unsigned, &request, now))
             }
-            None => Err(message::RenderError::NoSigningKey(domain)),
+            (None, Ok(_)) => Err(message::RenderError::NoSigningKey(domain)),
         };
         match rendered {
             Ok(ready) => {

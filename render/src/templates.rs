@@ -16,8 +16,14 @@ use handlebars::{
     handlebars_helper, Context, Handlebars, Helper, HelperResult, Output, RenderContext,
     RenderError as HbError, RenderErrorReason,
 };
+use sendmill_store::{Store, StoreError};
+use sendmill_wire::AccountId;
 use serde_json::Value;
-use std::sync::RwLock;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 /// Compiled templates kept before the cache is emptied and refilled.
@@ -43,6 +49,8 @@ impl Part {
 pub struct Templates {
     /// Indexed by [`Templates::slot`]: (escaping HTML, strict).
     registries: [RwLock<Handlebars<'static>>; 4],
+    /// What the partials registered in `registries` hash to.
+    partials_fingerprint: [u8; 32],
 }
 
 impl Default for Templates {
@@ -53,14 +61,33 @@ impl Default for Templates {
 
 impl Templates {
     pub fn new() -> Self {
-        Self {
-            registries: [
-                RwLock::new(registry(false, false)),
-                RwLock::new(registry(false, true)),
-                RwLock::new(registry(true, false)),
-                RwLock::new(registry(true, true)),
-            ],
+        Self::with_partials(&[]).expect("no partials, nothing to fail")
+    }
+
+    /// Templates that can use `partials` (name, source): `{{> name}}`, and layouts as
+    /// partial blocks, `{{#> layout}}…{{/layout}}` around `{{> @partial-block}}`.
+    pub fn with_partials(partials: &[(String, String)]) -> Result<Self, String> {
+        let mut registries = [
+            registry(false, false),
+            registry(false, true),
+            registry(true, false),
+            registry(true, true),
+        ];
+        for registry in &mut registries {
+            for (name, source) in partials {
+                registry
+                    .register_partial(name, source)
+                    .map_err(|e| format!("partial {name}: {e}"))?;
+            }
         }
+        Ok(Self {
+            registries: registries.map(RwLock::new),
+            partials_fingerprint: fingerprint(partials),
+        })
+    }
+
+    pub fn partials_fingerprint(&self) -> [u8; 32] {
+        self.partials_fingerprint
     }
 
     fn slot(part: Part, strict: bool) -> usize {
@@ -94,6 +121,80 @@ impl Templates {
         }
         registry.render(&name, data).map_err(describe)
     }
+}
+
+/// Each account's templates with its own partials, reloaded from the store after `ttl`.
+/// A reload that finds the same partials keeps the compiled set (and its cache); accounts
+/// without partials share one set.
+pub struct AccountTemplates {
+    store: Store,
+    ttl: Duration,
+    shared: Arc<Templates>,
+    sets: Mutex<HashMap<AccountId, (Arc<Templates>, Instant)>>,
+}
+
+/// Accounts whose template sets are kept before the cache starts over.
+const MAX_ACCOUNTS: usize = 10_000;
+
+impl AccountTemplates {
+    pub fn new(store: Store, ttl: Duration) -> Self {
+        Self {
+            store,
+            ttl,
+            shared: Arc::new(Templates::new()),
+            sets: Mutex::default(),
+        }
+    }
+
+    /// The account's template set; the inner error is a stored partial that does not
+    /// compile (the message fails), the outer one the store being unreachable (retry).
+    pub async fn get(
+        &self,
+        account: AccountId,
+    ) -> Result<Result<Arc<Templates>, String>, StoreError> {
+        let cached = self
+            .sets
+            .lock()
+            .expect("not poisoned")
+            .get(&account)
+            .cloned();
+        if let Some((set, at)) = &cached {
+            if at.elapsed() < self.ttl {
+                return Ok(Ok(set.clone()));
+            }
+        }
+        let partials = self.store.partials(account).await?;
+        let set = match cached {
+            Some((set, _)) if set.partials_fingerprint() == fingerprint(&partials) => set,
+            _ if partials.is_empty() => self.shared.clone(),
+            _ => match Templates::with_partials(&partials) {
+                Ok(set) => Arc::new(set),
+                Err(error) => return Ok(Err(error)),
+            },
+        };
+        let mut sets = self.sets.lock().expect("not poisoned");
+        if sets.len() >= MAX_ACCOUNTS {
+            sets.clear();
+        }
+        sets.insert(account, (set.clone(), Instant::now()));
+        Ok(Ok(set))
+    }
+}
+
+/// A hash of a partial set, to tell whether a reload changed anything.
+pub fn fingerprint(partials: &[(String, String)]) -> [u8; 32] {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (name, source) in partials {
+        for field in [name, source] {
+            context.update(&(field.len() as u64).to_le_bytes());
+            context.update(field.as_bytes());
+        }
+    }
+    context
+        .finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 fn describe(error: HbError) -> String {
@@ -368,6 +469,39 @@ mod tests {
         assert!(render("{{format_number name}}", json!({"name": "x"})).is_err());
         assert!(render("{{format_date name}}", json!({"name": "x"})).is_err());
         assert!(render("{{#if}}", json!({})).is_err());
+    }
+
+    #[test]
+    fn partials_and_layouts_render() {
+        let partials = vec![
+            (
+                "base".to_owned(),
+                "<html><body>{{> @partial-block}}<footer>{{> footer}}</footer></body></html>"
+                    .to_owned(),
+            ),
+            ("footer".to_owned(), "Sent to {{email}}".to_owned()),
+        ];
+        let t = Templates::with_partials(&partials).unwrap();
+        let out = t
+            .render(
+                Part::Html,
+                "{{#> base}}<p>Hi {{name}}</p>{{/base}}",
+                &json!({"name": "Ada", "email": "a@b.test"}),
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "<html><body><p>Hi Ada</p><footer>Sent to a@b.test</footer></body></html>"
+        );
+        assert!(Templates::new()
+            .render(Part::Html, "{{> footer}}", &json!({}), false)
+            .is_err());
+        assert!(Templates::with_partials(&[("bad".into(), "{{#if}}".into())]).is_err());
+        assert_ne!(
+            t.partials_fingerprint(),
+            Templates::new().partials_fingerprint()
+        );
     }
 
     #[test]

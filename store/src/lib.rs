@@ -455,6 +455,44 @@ impl Store {
         .await?)
     }
 
+    /// Creates or replaces the account's partial `name`. Syntax is checked by the caller
+    /// (the API compiles it before saving).
+    pub async fn put_partial(
+        &self,
+        account_id: AccountId,
+        name: &str,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO template_partials (account_id, name, source) VALUES ($1, $2, $3)
+             ON CONFLICT (account_id, name)
+             DO UPDATE SET source = EXCLUDED.source, updated_at = now()",
+        )
+        .bind(account_id.0)
+        .bind(name)
+        .bind(source)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The account's partials as (name, source), by name.
+    pub async fn partials(
+        &self,
+        account_id: AccountId,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, source FROM template_partials WHERE account_id = $1 ORDER BY name",
+        )
+        .bind(account_id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("name"), r.get("source")))
+            .collect())
+    }
+
     /// Turns signing with the domain's Ed25519 key on or off; `false` when the account
     /// has no such domain or the domain has no Ed25519 key.
     pub async fn set_dual_sign(
