@@ -316,8 +316,35 @@ async fn run_admin(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> 
             let added = store
                 .add_sending_domain(account, &domain, &selector)
                 .await?;
-            let (name, value) = added.dkim_record();
-            println!("Publish this DNS record, then send from any address @{domain}:\n{name} TXT \"{value}\"");
+            println!("Publish these DNS records, then send from any address @{domain}:");
+            for (name, value) in added.dkim_records() {
+                println!("{name} TXT \"{value}\"");
+            }
+        }
+        Admin::PutPartial {
+            account,
+            name,
+            file,
+        } => {
+            let source = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            sendmill_render::templates::Templates::with_partials(&[(name.clone(), source.clone())])
+                .map_err(|e| anyhow::anyhow!("the partial does not compile: {e}"))?;
+            store.put_partial(account, &name, &source).await?;
+            println!("partial {name} saved");
+        }
+        Admin::DualSign {
+            account,
+            domain,
+            on,
+        } => {
+            if !store.set_dual_sign(account, &domain, on).await? {
+                bail!("the account has no sending domain {domain} with an Ed25519 key");
+            }
+            println!(
+                "dual signing of {domain}: {}",
+                if on { "on" } else { "off" }
+            );
         }
     }
     Ok(())
