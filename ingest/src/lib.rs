@@ -331,8 +331,7 @@ pub fn plan(
     }
     for (name, value) in &request.headers {
         header_name(name).map_err(|m| ApiError::invalid(format!("headers.{name}"), m))?;
-        header_text(value, MAX_HEADER_VALUE)
-            .map_err(|m| ApiError::invalid(format!("headers.{name}"), m))?;
+        header_value(value).map_err(|m| ApiError::invalid(format!("headers.{name}"), m))?;
     }
     if request.tags.len() > MAX_TAGS {
         return Err(ApiError::invalid(

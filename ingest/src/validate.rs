@@ -100,6 +100,19 @@ pub fn header_text(value: &str, max: usize) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Header lines may not pass 998 characters (RFC 5322 §2.1.1), and a header is folded
+/// only at white space: a value needs a space at least this often.
+pub const MAX_UNBROKEN: usize = 900;
+
+/// A custom header value: one line of text that can be folded.
+pub fn header_value(value: &str) -> Result<(), &'static str> {
+    header_text(value, MAX_HEADER_VALUE)?;
+    if value.split([' ', '\t']).any(|run| run.len() > MAX_UNBROKEN) {
+        return Err("value has more than 900 characters without a space, so it cannot be folded");
+    }
+    Ok(())
+}
+
 /// A custom header name: RFC 5322 field name, not one the platform writes.
 pub fn header_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 76 {
@@ -250,6 +263,8 @@ mod tests {
             assert!(header_text(bad, 100).is_err(), "{bad:?}");
         }
         assert!(header_text(&"x".repeat(11), 10).is_err());
+        assert!(header_value(&"word ".repeat(300)).is_ok());
+        assert!(header_value(&"x".repeat(901)).is_err());
     }
 
     #[test]

@@ -136,7 +136,9 @@ fn encode_line(line: &[u8], out: &mut Vec<u8>) {
 pub fn unstructured(name: &str, text: &str) -> String {
     let plain = text.bytes().all(|b| b == b'\t' || (32..127).contains(&b))
         && !text.contains("=?")
-        && !text.starts_with([' ', '\t']);
+        && !text.starts_with([' ', '\t'])
+        // Foldable within 78 columns at its spaces (else encoded-words, which fold).
+        && text.split([' ', '\t']).all(|run| run.len() <= 70);
     if plain {
         return fold_plain(name.len() + 2, text);
     }

@@ -147,7 +147,10 @@ pub fn build(
             ));
     }
     for header in &request.headers {
-        if !one_line(&header.value) {
+        // Folding happens only at white space; an unbroken run this long would make a
+        // line over RFC 5322's 998 characters (ingest refuses it too).
+        let foldable = header.value.split([' ', '\t']).all(|run| run.len() <= 900);
+        if !one_line(&header.value) || !foldable {
             return Err(RenderError::Header(header.name.clone()));
         }
         let name = HeaderName::new_from_ascii(header.name.clone())
@@ -336,6 +339,39 @@ mod tests {
             build(&templates, Decorations::NONE, &r, at).unwrap(),
             build(&templates, Decorations::NONE, &r, at).unwrap()
         );
+    }
+
+    #[test]
+    fn every_line_stays_within_rfc_5322_limits() {
+        let mut r = request();
+        r.headers[0].value = "word ".repeat(400).trim_end().to_owned();
+        r.subject = format!("{} {{{{name}}}}", "Grüße ".repeat(50));
+        r.html = Some(format!("<p>{}</p>", "y".repeat(5000)));
+        r.text = Some(format!("Subject-like {}", "z".repeat(3000)));
+        let text = text_of(&r);
+        for line in text.split("\r\n") {
+            assert!(
+                line.len() <= 998,
+                "a {}-byte line: {}",
+                line.len(),
+                &line[..80]
+            );
+        }
+        // A subject without spaces cannot be folded as text; it goes as encoded-words.
+        r.subject = "s".repeat(1500);
+        assert!(text_of(&r).split("\r\n").all(|l| l.len() <= 998));
+        // A custom header that cannot be folded is refused.
+        r.headers.push(Header {
+            name: "X-Unbroken".into(),
+            value: "x".repeat(2000),
+        });
+        let e = build(
+            &Templates::new(),
+            Decorations::NONE,
+            &r,
+            OffsetDateTime::now_utc(),
+        );
+        assert!(matches!(e, Err(RenderError::Header(_))));
     }
 
     #[test]
