@@ -303,6 +303,15 @@ mod tests {
         }
     }
 
+    fn build_now(r: &RequestedV1) -> Result<Vec<u8>, RenderError> {
+        build(
+            &Templates::new(),
+            Decorations::NONE,
+            r,
+            OffsetDateTime::now_utc(),
+        )
+    }
+
     fn text_of(r: &RequestedV1) -> String {
         let m = build(
             &Templates::new(),
@@ -365,12 +374,7 @@ mod tests {
             name: "X-Unbroken".into(),
             value: "x".repeat(2000),
         });
-        let e = build(
-            &Templates::new(),
-            Decorations::NONE,
-            &r,
-            OffsetDateTime::now_utc(),
-        );
+        let e = build_now(&r);
         assert!(matches!(e, Err(RenderError::Header(_))));
     }
 
@@ -390,29 +394,14 @@ mod tests {
         let mut r = request();
         r.data
             .insert("name".into(), "x\r\nBcc: victim@ok.test".into());
-        assert!(matches!(
-            build(
-                &Templates::new(),
-                Decorations::NONE,
-                &r,
-                OffsetDateTime::now_utc()
-            ),
-            Err(RenderError::UnsafeSubject)
-        ));
+        assert!(matches!(build_now(&r), Err(RenderError::UnsafeSubject)));
     }
 
     #[test]
     fn a_broken_template_names_its_part() {
         let mut r = request();
         r.html = Some("{{#if}}".into());
-        let e = build(
-            &Templates::new(),
-            Decorations::NONE,
-            &r,
-            OffsetDateTime::now_utc(),
-        )
-        .err()
-        .unwrap();
+        let e = build_now(&r).err().unwrap();
         assert!(
             matches!(e, RenderError::Template { part: "html", .. }),
             "{e}"
@@ -423,22 +412,9 @@ mod tests {
     fn strict_messages_fail_on_missing_variables() {
         let mut r = request();
         r.subject = "Hello {{missing}}".into();
-        assert!(build(
-            &Templates::new(),
-            Decorations::NONE,
-            &r,
-            OffsetDateTime::now_utc()
-        )
-        .is_ok());
+        assert!(build_now(&r).is_ok());
         r.options.strict = true;
-        let e = build(
-            &Templates::new(),
-            Decorations::NONE,
-            &r,
-            OffsetDateTime::now_utc(),
-        )
-        .err()
-        .unwrap();
+        let e = build_now(&r).err().unwrap();
         assert!(
             matches!(
                 e,

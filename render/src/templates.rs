@@ -415,39 +415,27 @@ mod tests {
     #[test]
     fn helpers_format_what_users_expect() {
         let data = json!({"n": 1234567.456, "d": "2026-11-22T09:05:00Z", "t": 1795348800, "q": "a b&c/é", "name": "", "tier": "pro"});
-        assert_eq!(
-            render("{{format_number n 2}}", data.clone()).unwrap(),
-            "1,234,567.46"
-        );
-        assert_eq!(
-            render("{{format_number -1000}}", data.clone()).unwrap(),
-            "-1,000"
-        );
-        assert_eq!(
-            render("{{format_date d \"%a %e %b %Y %H:%M\"}}", data.clone()).unwrap(),
-            "Sun 22 Nov 2026 09:05"
-        );
-        assert_eq!(
-            render("{{format_date t}}", data.clone()).unwrap(),
-            "2026-11-22"
-        );
-        assert_eq!(
-            render("{{url_encode q}}", data.clone()).unwrap(),
-            "a%20b%26c%2F%C3%A9"
-        );
-        assert_eq!(
-            render("{{default name \"friend\"}}", data.clone()).unwrap(),
-            "friend"
-        );
-        assert_eq!(
-            render("{{default tier \"free\"}}", data.clone()).unwrap(),
-            "pro"
-        );
-        assert_eq!(
-            render("{{#if (eq tier \"pro\")}}P{{else}}F{{/if}}", data.clone()).unwrap(),
-            "P"
-        );
-        assert_eq!(render("{{upper tier}}", data).unwrap(), "PRO");
+        let cases = [
+            ("{{format_number n 2}}", "1,234,567.46"),
+            ("{{format_number -1000}}", "-1,000"),
+            (
+                "{{format_date d \"%a %e %b %Y %H:%M\"}}",
+                "Sun 22 Nov 2026 09:05",
+            ),
+            ("{{format_date t}}", "2026-11-22"),
+            ("{{url_encode q}}", "a%20b%26c%2F%C3%A9"),
+            ("{{default name \"friend\"}}", "friend"),
+            ("{{default tier \"free\"}}", "pro"),
+            ("{{#if (eq tier \"pro\")}}P{{else}}F{{/if}}", "P"),
+            ("{{upper tier}}", "PRO"),
+        ];
+        for (template, expected) in cases {
+            assert_eq!(
+                render(template, data.clone()).unwrap(),
+                expected,
+                "{template}"
+            );
+        }
     }
 
     #[test]
