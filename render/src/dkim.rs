@@ -203,9 +203,15 @@ fn relaxed_body(body: &[u8], sink: &mut impl FnMut(&[u8])) {
     const FLUSH: usize = 8192;
     let mut buffer = Vec::with_capacity(FLUSH + 1024);
     let mut empty_lines = 0usize;
-    let mut lines = body.split(|&b| b == b'\n').peekable();
-    while let Some(raw) = lines.next() {
-        let line = if lines.peek().is_some() {
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (raw, next) = match memchr::memchr(b'\n', rest) {
+            Some(at) => (&rest[..at], &rest[at + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        let followed_by_lf = raw.len() < rest.len();
+        rest = next;
+        let line = if followed_by_lf {
             raw.strip_suffix(b"\r").unwrap_or(raw)
         } else {
             raw
@@ -223,8 +229,21 @@ fn relaxed_body(body: &[u8], sink: &mut impl FnMut(&[u8])) {
             buffer.extend_from_slice(b"\r\n");
         }
         empty_lines = 0;
+        let content = &line[..end];
+        // Most lines are already canonical: no tab, no run of spaces.
+        if memchr::memchr(b'\t', content).is_none()
+            && memchr::memmem::find(content, b"  ").is_none()
+        {
+            buffer.extend_from_slice(content);
+            buffer.extend_from_slice(b"\r\n");
+            if buffer.len() >= FLUSH {
+                sink(&buffer);
+                buffer.clear();
+            }
+            continue;
+        }
         // Copy runs between white space; each run of white space becomes one SP.
-        let mut rest = &line[..end];
+        let mut rest = content;
         while let Some(ws) = rest.iter().position(|&b| b == b' ' || b == b'\t') {
             buffer.extend_from_slice(&rest[..ws]);
             buffer.push(b' ');

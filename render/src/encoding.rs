@@ -14,7 +14,11 @@ const LINE: usize = 76;
 /// The encoded body (CRLF line ends) and the encoding used.
 pub fn encode(text: &str) -> (Vec<u8>, ContentTransferEncoding) {
     let bytes = text.as_bytes();
-    let non_ascii = bytes.iter().filter(|b| !b.is_ascii()).count();
+    let non_ascii = if bytes.is_ascii() {
+        0
+    } else {
+        bytes.iter().filter(|b| !b.is_ascii()).count()
+    };
     if non_ascii * 3 > bytes.len() {
         return (base64_lines(bytes), ContentTransferEncoding::Base64);
     }
@@ -64,9 +68,12 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 /// copying runs of literal bytes, since almost every byte of an HTML body is one.
 pub fn quoted_printable(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 8);
-    let mut lines = bytes.split(|&b| b == b'\n').peekable();
-    while let Some(raw) = lines.next() {
-        let broken = lines.peek().is_some();
+    let mut rest = bytes;
+    loop {
+        let (raw, broken) = match memchr::memchr(b'\n', rest) {
+            Some(at) => (&rest[..at], true),
+            None => (rest, false),
+        };
         // Only a CR before LF is part of the line break; a lone one is content.
         let line = if broken {
             raw.strip_suffix(b"\r").unwrap_or(raw)
@@ -74,9 +81,11 @@ pub fn quoted_printable(bytes: &[u8]) -> Vec<u8> {
             raw
         };
         encode_line(line, &mut out);
-        if broken {
-            out.extend_from_slice(b"\r\n");
+        if !broken {
+            break;
         }
+        out.extend_from_slice(b"\r\n");
+        rest = &rest[raw.len() + 1..];
     }
     out
 }
