@@ -408,6 +408,26 @@ pub fn mime_check(message: &Path, headers: &[&str]) -> Value {
     parsed
 }
 
+/// The decoded `text/html` part of `message`, as Python's `email` reads it.
+pub fn html_part(message: &Path) -> String {
+    mime_check(message, &[])["parts"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .find(|part| part["type"] == "text/html")
+        .and_then(|part| part["text"].as_str())
+        .expect("an HTML part")
+        .to_owned()
+}
+
+/// The id of the first message in a 202 answer.
+pub fn first_message_id(response: &Value) -> String {
+    response["messages"][0]["message_id"]
+        .as_str()
+        .expect("a message id")
+        .to_owned()
+}
+
 /// Runs dkimpy (Debian's python3-dkim) on `message` with the given key record.
 pub fn dkim_verifies(message: &Path, record: &(String, String)) -> bool {
     let output = std::process::Command::new("/usr/bin/python3")

@@ -46,10 +46,7 @@ async fn a_redelivered_ready_record_is_not_sent_twice() {
     let p = TestPipeline::start().await;
     let (status, body) = p.send(&message_to(&p, json!(["once@ok.test"]))).await;
     assert_eq!(status, 202, "{body}");
-    let id = body["messages"][0]["message_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = first_message_id(&body);
     p.wait_for_status(&id, "delivered", LIMIT).await;
 
     // The crash case: the record comes again after its delivery.

@@ -8,13 +8,6 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn first_message_id(body: &serde_json::Value) -> String {
-    body["messages"][0]["message_id"]
-        .as_str()
-        .expect("a message id")
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_delivered_dkim_signed_and_its_timeline_is_in_clickhouse() {
     let p = TestPipeline::start().await;

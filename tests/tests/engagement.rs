@@ -47,10 +47,7 @@ async fn opens_clicks_and_one_click_unsubscribe_each_write_one_event() {
     body["list_unsubscribe"] = json!(true);
     let (status, response) = p.send(&body).await;
     assert_eq!(status, 202, "{response}");
-    let id = response["messages"][0]["message_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = first_message_id(&response);
     p.wait_for_status(&id, "delivered", LIMIT).await;
 
     let dump = dumped_message(&id).expect("delivered to the sink");

@@ -53,10 +53,7 @@ async fn each_account_renders_with_its_own_partials_and_layouts() {
     body["html"] = json!("{{#> base}}<h1>Hello {{name}}</h1>{{/base}}");
     let (status, response) = p.send(&body).await;
     assert_eq!(status, 202, "{response}");
-    let id_a = response["messages"][0]["message_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id_a = first_message_id(&response);
 
     let body_b = json!({
         "from": format!("b@{other_domain}"),
@@ -74,24 +71,10 @@ async fn each_account_renders_with_its_own_partials_and_layouts() {
         .unwrap();
     assert_eq!(r.status(), 202);
     let response_b: serde_json::Value = r.json().await.unwrap();
-    let id_b = response_b["messages"][0]["message_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id_b = first_message_id(&response_b);
 
     p.wait_for_status(&id_a, "delivered", LIMIT).await;
-    let html_of = |id: &str| {
-        let dump = dumped_message(id).expect("delivered to the sink");
-        let parsed = mime_check(&dump, &[]);
-        parsed["parts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|part| part["type"] == "text/html")
-            .and_then(|part| part["text"].as_str())
-            .unwrap()
-            .to_owned()
-    };
+    let html_of = |id: &str| html_part(&dumped_message(id).expect("delivered to the sink"));
     let html_a = html_of(&id_a);
     assert!(
         html_a.contains(
