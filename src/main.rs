@@ -102,6 +102,17 @@ enum Admin {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Sets an account's tracking defaults (a message may override them).
+    Tracking {
+        #[arg(long)]
+        account: AccountId,
+        /// Add an open pixel to HTML messages.
+        #[arg(long, action = clap::ArgAction::Set)]
+        opens: bool,
+        /// Route HTML links through the click endpoint.
+        #[arg(long, action = clap::ArgAction::Set)]
+        clicks: bool,
+    },
     /// Turns Ed25519 + RSA dual DKIM signing of a sending domain on or off.
     DualSign {
         #[arg(long)]
@@ -332,6 +343,18 @@ async fn run_admin(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> 
                 .map_err(|e| anyhow::anyhow!("the partial does not compile: {e}"))?;
             store.put_partial(account, &name, &source).await?;
             println!("partial {name} saved");
+        }
+        Admin::Tracking {
+            account,
+            opens,
+            clicks,
+        } => {
+            let settings = sendmill_store::AccountSettings {
+                track_opens: opens,
+                track_clicks: clicks,
+            };
+            store.set_tracking_defaults(account, &settings).await?;
+            println!("tracking defaults: opens {opens}, clicks {clicks}");
         }
         Admin::DualSign {
             account,
