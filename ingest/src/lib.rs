@@ -473,3 +473,62 @@ fn check_metadata(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sendmill_store::AccountSettings;
+
+    fn principal(track_opens: bool, track_clicks: bool) -> Principal {
+        Principal {
+            account_id: sendmill_wire::AccountId::generate(),
+            key_id: uuid::Uuid::now_v7(),
+            key_prefix: "sm_test".into(),
+            scopes: vec![Scope::Send],
+            settings: AccountSettings {
+                track_opens,
+                track_clicks,
+            },
+        }
+    }
+
+    fn plan_json(principal: &Principal, body: serde_json::Value) -> Vec<RequestedV1> {
+        let request = SendRequest::parse(body.to_string().as_bytes()).unwrap();
+        plan(
+            principal,
+            request,
+            &Config::default(),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tracking_follows_the_account_unless_the_message_says_otherwise() {
+        let base = serde_json::json!({"from": "a@example.test", "to": ["b@ok.test"], "subject": "s", "text": "t"});
+        let on = principal(true, true);
+        let planned = plan_json(&on, base.clone());
+        assert!(planned[0].options.track_opens && planned[0].options.track_clicks);
+        let mut off = base.clone();
+        off["track_opens"] = serde_json::json!(false);
+        let planned = plan_json(&on, off);
+        assert!(!planned[0].options.track_opens && planned[0].options.track_clicks);
+        let planned = plan_json(&principal(false, false), base);
+        assert!(!planned[0].options.track_opens && !planned[0].options.track_clicks);
+    }
+
+    #[test]
+    fn campaigns_go_bulk_with_one_click_unsubscribe_by_default() {
+        let p = principal(false, false);
+        let mut body = serde_json::json!({"from": "a@example.test", "to": ["b@ok.test"], "subject": "s", "text": "t"});
+        let planned = plan_json(&p, body.clone());
+        assert_eq!(planned[0].lane, Lane::Transactional);
+        assert!(!planned[0].options.list_unsubscribe);
+        body["campaign_id"] = serde_json::json!("spring");
+        let planned = plan_json(&p, body.clone());
+        assert_eq!(planned[0].lane, Lane::Bulk);
+        assert!(planned[0].options.list_unsubscribe);
+        body["list_unsubscribe"] = serde_json::json!(false);
+        assert!(!plan_json(&p, body)[0].options.list_unsubscribe);
+    }
+}
