@@ -80,32 +80,19 @@ pub fn render(runs: usize, seconds: f64) -> anyhow::Result<RenderReport> {
         &sample,
         OffsetDateTime::now_utc(),
     )?;
+    // One message for a new recipient, rendered and signed as render does it.
+    let render_and_seal = |identity: &SendingIdentity| -> anyhow::Result<()> {
+        let request = request(&html, &text);
+        let now = OffsetDateTime::now_utc();
+        let unsigned = message::build(&templates, message::Decorations::NONE, &request, now)?;
+        identity.seal(&unsigned, &request, now)?;
+        Ok(())
+    };
     for _ in 0..runs {
         samples[0].push(rate(period, || raw_rsa.sign(tiny, 0).map(drop))?);
         samples[1].push(rate(period, || raw_ed.sign(tiny, 0).map(drop))?);
-        samples[2].push(rate(period, || {
-            let request = request(&html, &text);
-            let unsigned = message::build(
-                &templates,
-                message::Decorations::NONE,
-                &request,
-                OffsetDateTime::now_utc(),
-            )?;
-            rsa_only
-                .seal(&unsigned, &request, OffsetDateTime::now_utc())
-                .map(drop)
-        })?);
-        samples[3].push(rate(period, || {
-            let request = request(&html, &text);
-            let unsigned = message::build(
-                &templates,
-                message::Decorations::NONE,
-                &request,
-                OffsetDateTime::now_utc(),
-            )?;
-            dual.seal(&unsigned, &request, OffsetDateTime::now_utc())
-                .map(drop)
-        })?);
+        samples[2].push(rate(period, || render_and_seal(&rsa_only))?);
+        samples[3].push(rate(period, || render_and_seal(&dual))?);
         samples[4].push(rate(period, || {
             let request = request(&html, &text);
             message::build(

@@ -10,6 +10,7 @@
 #   defer.test             MX -> 127.0.0.4  answers RCPT with 451 4.7.1
 #   failover.test          MX 10 -> 127.0.0.5 (nothing listens), MX 20 -> 127.0.0.2
 #   nullmx.test            null MX (RFC 7505)
+#   nomx.test              no MX, an A record 127.0.0.2 (implicit MX, RFC 5321 §5.1)
 #   d1.test .. d10.test    MX -> 127.0.0.11 .. 127.0.0.20 (bench sinks, started on demand)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -96,7 +97,7 @@ mkdir -p "$dns/conf.d"
   echo "host-record=mx1.failover.test,127.0.0.5"
   echo "host-record=mx2.failover.test,127.0.0.2"
   echo "mx-host=nullmx.test,.,0"
-  echo "host-record=noMx.test,127.0.0.2"
+  echo "host-record=nomx.test,127.0.0.2"
   for n in $(seq 1 10); do
     echo "mx-host=d$n.test,mx.d$n.test,10"
     echo "host-record=mx.d$n.test,127.0.0.$((10 + n))"

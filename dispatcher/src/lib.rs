@@ -335,25 +335,21 @@ pub async fn run(
         shutdown: shutdown.clone(),
     });
     let deliveries = {
-        let d = dispatcher.clone();
         let spec = ConsumerSpec {
             stage: "dispatcher",
             group_id: config.group_id.clone(),
             topics: Lane::ALL.iter().map(|&l| kafka.topics.ready(l)).collect(),
             concurrency: config.concurrency,
         };
-        kafka::consumer::run(
+        kafka::consumer::run_shared(
             &kafka,
             spec,
-            move |record| {
-                let d = d.clone();
-                async move { d.handle_ready(record).await }
-            },
+            dispatcher.clone(),
+            |d, record| async move { d.handle_ready(record).await },
             shutdown.clone(),
         )
     };
     let retries = {
-        let d = dispatcher.clone();
         let spec = ConsumerSpec {
             stage: "retry",
             group_id: config.retry_group_id.clone(),
@@ -363,13 +359,11 @@ pub async fn run(
                 .collect(),
             concurrency: config.concurrency,
         };
-        kafka::consumer::run(
+        kafka::consumer::run_shared(
             &kafka,
             spec,
-            move |record| {
-                let d = d.clone();
-                async move { d.handle_retry(record).await }
-            },
+            dispatcher.clone(),
+            |d, record| async move { d.handle_retry(record).await },
             shutdown.clone(),
         )
     };

@@ -59,11 +59,6 @@ impl ApiError {
         }
     }
 
-    pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
-        self
-    }
-
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -137,13 +132,17 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// The SHA-256 of an API key.
+type KeyHash = [u8; 32];
+
 /// Resolves bearer keys to principals, caching answers for `ttl` (so a revoked key
-/// keeps working for at most that long).
+/// keeps working for at most that long). The cache is keyed by the key's SHA-256, as
+/// the database is: no plaintext key outlives its request.
 #[derive(Clone)]
 pub struct Authenticator {
     store: Store,
     ttl: Duration,
-    cache: Arc<Mutex<HashMap<String, (Principal, Instant)>>>,
+    cache: Arc<Mutex<HashMap<KeyHash, (Principal, Instant)>>>,
 }
 
 impl Authenticator {
@@ -156,7 +155,8 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, key: &str) -> Result<Principal, ApiError> {
-        if let Some((principal, at)) = self.cache.lock().expect("not poisoned").get(key) {
+        let hash = sendmill_store::keys::hash(key);
+        if let Some((principal, at)) = self.cache.lock().expect("not poisoned").get(&hash) {
             if at.elapsed() < self.ttl {
                 return Ok(principal.clone());
             }
@@ -174,7 +174,7 @@ impl Authenticator {
         if cache.len() > 100_000 {
             cache.clear();
         }
-        cache.insert(key.to_owned(), (principal.clone(), Instant::now()));
+        cache.insert(hash, (principal.clone(), Instant::now()));
         Ok(principal)
     }
 }

@@ -110,13 +110,11 @@ pub async fn run(
             .collect(),
         concurrency: config.concurrency,
     };
-    kafka::consumer::run(
+    kafka::consumer::run_shared(
         &kafka,
         spec,
-        move |record| {
-            let stage = stage.clone();
-            async move { stage.handle(record).await }
-        },
+        stage,
+        |stage, record| async move { stage.handle(record).await },
         shutdown,
     )
     .await

@@ -193,6 +193,29 @@ where
     Ok(())
 }
 
+/// [`run`] for the common case of a handler that is a method of state shared by every
+/// call: `run_shared(&kafka, spec, stage, |stage, record| async move { stage.handle(record).await }, shutdown)`.
+pub async fn run_shared<S, H, Fut>(
+    kafka: &KafkaConnection,
+    spec: ConsumerSpec,
+    state: Arc<S>,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), KafkaError>
+where
+    S: Send + Sync + 'static,
+    H: Fn(Arc<S>, Record) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Handled, HandlerError>> + Send + 'static,
+{
+    run(
+        kafka,
+        spec,
+        move |record| handler(state.clone(), record),
+        shutdown,
+    )
+    .await
+}
+
 type PartitionKey = (String, i32);
 
 struct Completion {
