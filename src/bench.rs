@@ -51,6 +51,8 @@ pub fn render(runs: usize, seconds: f64) -> anyhow::Result<RenderReport> {
         }),
         dual_sign,
         return_path_domain: "bounces.example.test".into(),
+        verified_at: None,
+        verification: None,
     };
     let rsa_only = SendingIdentity::new(&domain(false))?;
     let dual = SendingIdentity::new(&domain(true))?;
@@ -195,6 +197,8 @@ fn request(html: &str, text: &str) -> RequestedV1 {
             email: format!("r{}@d1.test", id.0.simple()),
             name: None,
         },
+        cc: Vec::new(),
+        envelope_to: None,
         reply_to: None,
         subject: "{{v3}} digest for {{v2}}".into(),
         html: Some(html.to_owned()),

@@ -80,6 +80,9 @@ enum Admin {
     CreateAccount {
         #[arg(long)]
         name: String,
+        /// An operator account: manages tenants and the global suppression list.
+        #[arg(long)]
+        operator: bool,
     },
     /// Creates an API key and prints it (the only time it is shown).
     CreateKey {
@@ -307,7 +310,13 @@ async fn connect_store(config: &SendmillConfig) -> anyhow::Result<Store> {
 async fn run_admin(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
     let store = connect_store(config).await?;
     match admin {
-        Admin::CreateAccount { name } => println!("{}", store.create_account(&name).await?),
+        Admin::CreateAccount { name, operator } => {
+            let id = store.create_account(&name).await?;
+            if operator {
+                store.set_operator(id, true).await?;
+            }
+            println!("{id}");
+        }
         Admin::CreateKey {
             account,
             name,

@@ -55,15 +55,21 @@ pub async fn start(
 ) -> anyhow::Result<Pipeline> {
     let kafka = KafkaConnection::new(brokers, config.kafka.clone());
     let needs = |s: Stage| stages.contains(&s);
-    let store = if needs(Stage::Ingest) || needs(Stage::Render) || needs(Stage::Analytics) {
-        Some(
-            Store::connect(&config.postgres.url, config.postgres.max_connections)
-                .await
-                .context("connecting to PostgreSQL")?,
-        )
-    } else {
-        None
-    };
+    // Every stage reads tenant data (the dispatcher: suppression lists).
+    let store = Some(
+        Store::connect(&config.postgres.url, config.postgres.max_connections)
+            .await
+            .context("connecting to PostgreSQL")?,
+    );
+    let redis = sendmill_platform::clients::redis(&config.redis)
+        .await
+        .context("connecting to Redis")?;
+    let suppressions = sendmill_platform::suppressions::SuppressionCache::new(
+        store.clone().expect("connected above"),
+        redis.clone(),
+        &config.redis.key_prefix,
+        std::time::Duration::from_secs(config.ingest.suppression_cache_secs),
+    );
     let mut pipeline = Pipeline {
         ingest_addr: None,
         analytics_addr: None,
@@ -77,11 +83,15 @@ pub async fn start(
         pipeline.ingest_addr = Some(listener.local_addr()?);
         let state = sendmill_ingest::AppState::new(
             config.ingest.clone(),
-            store.clone().expect("connected above"),
-            kafka.producer()?,
-            kafka.topics.clone(),
+            sendmill_ingest::Dependencies {
+                store: store.clone().expect("connected above"),
+                producer: kafka.producer()?,
+                topics: kafka.topics.clone(),
+                redis: redis.clone(),
+                redis_prefix: config.redis.key_prefix.clone(),
+            },
             shutdown.clone(),
-        );
+        )?;
         let token = shutdown.clone();
         pipeline.tasks.spawn(async move {
             let result = sendmill_ingest::serve(listener, state, token).await;
@@ -102,17 +112,17 @@ pub async fn start(
         });
     }
     if needs(Stage::Dispatch) {
-        let redis = sendmill_platform::clients::redis(&config.redis)
-            .await
-            .context("connecting to Redis")?;
-        let (kafka, cfg, prefix, token) = (
+        let (kafka, cfg, prefix, token, redis, suppressions) = (
             kafka.clone(),
             config.dispatcher.clone(),
             config.redis.key_prefix.clone(),
             shutdown.clone(),
+            redis.clone(),
+            suppressions.clone(),
         );
         pipeline.tasks.spawn(async move {
-            let result = sendmill_dispatcher::run(kafka, redis, prefix, cfg, token).await;
+            let result =
+                sendmill_dispatcher::run(kafka, redis, prefix, suppressions, cfg, token).await;
             (Stage::Dispatch, result.map_err(Into::into))
         });
     }
@@ -126,6 +136,7 @@ pub async fn start(
             &kafka,
             &config.tracking,
             &config.analytics,
+            suppressions.clone(),
         )?;
         let token = shutdown.clone();
         pipeline.tasks.spawn(async move {

@@ -222,8 +222,8 @@ pub async fn unsubscribe(
     };
     let source = claims.message_id.to_string();
     if let Err(error) = state
-        .store
-        .add_suppression(
+        .suppressions
+        .add_if_absent(
             claims.account_id,
             &claims.recipient,
             SuppressionReason::Unsubscribe,

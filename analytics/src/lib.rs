@@ -1,17 +1,21 @@
 //! # sendmill-analytics
 //!
-//! Consumes the events topic into ClickHouse and answers questions about it. For now:
-//! the `events` table and `GET /v1/messages/{id}`, a message's timeline, scoped to the
-//! caller's account.
+//! Consumes the events topic into ClickHouse and answers questions about it, always
+//! scoped to the caller's account: `GET /v1/messages` (messages by tag, status,
+//! recipient and time, paginated) and `GET /v1/messages/{id}` (a message's timeline).
 //!
 //! ## Layout
 //! - [`schema`]: ClickHouse migrations from `deploy/clickhouse/`.
 //! - [`row`]: the row an event becomes.
 //! - [`inserter`]: batched, at-least-once inserts.
 //! - [`engagement`]: open pixel, click redirects, unsubscribe pages and one-click POST.
+//! - [`messages`]: listing an account's messages with their current status.
+//! - [`openapi`]: the reading API's OpenAPI document, checked against [`routes`].
 
 pub mod engagement;
 pub mod inserter;
+pub mod messages;
+pub mod openapi;
 pub mod row;
 pub mod schema;
 
@@ -26,6 +30,7 @@ use sendmill_platform::{
     api::{request_id, ApiError, Authenticator, Caller},
     config::TrackingConfig,
     kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection},
+    suppressions::SuppressionCache,
     tracking::LinkSigner,
     CancellationToken,
 };
@@ -117,6 +122,8 @@ pub struct AppState {
     pub topics: sendmill_wire::Topics,
     /// `None` when no tracking secret is configured: every link token is then invalid.
     pub links: Option<LinkSigner>,
+    /// Unsubscribes go to PostgreSQL and the Redis copy the send path checks.
+    pub suppressions: SuppressionCache,
 }
 
 impl AppState {
@@ -126,8 +133,10 @@ impl AppState {
         kafka: &KafkaConnection,
         tracking: &TrackingConfig,
         config: &Config,
+        suppressions: SuppressionCache,
     ) -> Result<Self, kafka::KafkaError> {
         Ok(Self {
+            suppressions,
             clickhouse,
             auth: Authenticator::new(store.clone(), Duration::from_secs(config.auth_cache_secs)),
             store,
@@ -144,15 +153,30 @@ impl FromRef<AppState> for Authenticator {
     }
 }
 
+/// The developer-facing routes: the router is built from this table, and the OpenAPI
+/// test probes each to compare them with the document.
+pub fn routes() -> Vec<(&'static str, axum::routing::MethodRouter<AppState>)> {
+    vec![
+        ("/openapi.json", get(openapi::serve)),
+        ("/v1/messages", get(messages::list)),
+        ("/v1/messages/{id}", get(message_timeline)),
+    ]
+}
+
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/messages/{id}", get(message_timeline))
+    let mut router = Router::new();
+    for (path, methods) in routes() {
+        router = router.route(path, methods);
+    }
+    router
         .route("/t/o/{token}", get(engagement::open))
         .route("/t/c/{token}", get(engagement::click))
         .route(
             "/u/{token}",
             get(engagement::unsubscribe_page).post(engagement::unsubscribe),
         )
+        .fallback(sendmill_platform::api::no_route)
+        .method_not_allowed_fallback(sendmill_platform::api::wrong_method)
         .with_state(state)
         .merge(sendmill_platform::http::ops_router("analytics"))
         .layer(middleware::from_fn(request_id))

@@ -32,6 +32,7 @@ use redis::aio::ConnectionManager;
 use sendmill_platform::{
     backoff,
     kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection, Record},
+    suppressions::SuppressionCache,
     CancellationToken,
 };
 use sendmill_wire::{
@@ -311,6 +312,7 @@ pub struct Dispatcher {
     producer: kafka::Producer,
     redis: ConnectionManager,
     key_prefix: String,
+    suppressions: SuppressionCache,
     kafka: KafkaConnection,
     config: Config,
     shutdown: CancellationToken,
@@ -321,6 +323,7 @@ pub async fn run(
     kafka: KafkaConnection,
     redis: ConnectionManager,
     redis_key_prefix: String,
+    suppressions: SuppressionCache,
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), SetupError> {
@@ -330,6 +333,7 @@ pub async fn run(
         producer: kafka.producer()?,
         redis,
         key_prefix: redis_key_prefix,
+        suppressions,
         kafka: kafka.clone(),
         config: config.clone(),
         shutdown: shutdown.clone(),
@@ -439,10 +443,42 @@ impl Dispatcher {
             self.emit(&recorded).await?;
             return Ok(Handled::Done);
         }
+        // Checked again here: the address may have been suppressed since acceptance
+        // (a bounce of another message, an unsubscribe, a scheduled or retried send).
+        if let Some(suppressed) = self.suppressed(&ready).await? {
+            let mut event = EventV1::new(
+                EventType::Dropped,
+                "dispatcher",
+                ready.message_id,
+                ready.account_id,
+                &ready.recipient,
+                &ready.context,
+            );
+            event.reason = Some(suppressed);
+            metrics::counter!("sendmill_dispatch_suppressed_total").increment(1);
+            self.finish(event).await?;
+            return Ok(Handled::Done);
+        }
         let attempt = ready.attempts + 1;
         let outcome = self.deliverer.deliver(&ready).await;
         self.record_outcome(ready, attempt, outcome).await?;
         Ok(Handled::Done)
+    }
+
+    /// Why the recipient is suppressed for the account now, if it is.
+    async fn suppressed(&self, ready: &ReadyV1) -> Result<Option<String>, HandlerError> {
+        let recipients = [ready.recipient.clone()];
+        let found = backoff::until_ok("check suppressions", &self.shutdown, || {
+            self.suppressions.check(ready.account_id, &recipients)
+        })
+        .await?;
+        Ok(found.into_iter().next().flatten().map(|s| {
+            if s.global {
+                format!("suppressed ({}, global list)", s.reason)
+            } else {
+                format!("suppressed ({})", s.reason)
+            }
+        }))
     }
 
     async fn record_outcome(

@@ -4,8 +4,7 @@
 //! by the resolver for their TTL.
 
 use hickory_resolver::{
-    config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts},
-    net::{runtime::TokioRuntimeProvider, DnsError, NetError},
+    net::NetError,
     proto::{
         op::ResponseCode,
         rr::{Name, RData},
@@ -38,32 +37,8 @@ pub struct MxResolver {
 impl MxResolver {
     /// Uses `nameservers` (UDP and TCP), or the system's resolv.conf when empty.
     pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, NetError> {
-        let mut options = ResolverOpts::default();
-        options.timeout = timeout;
-        options.attempts = 2;
-        options.cache_size = 16_384;
-        let builder = if nameservers.is_empty() {
-            TokioResolver::builder_tokio()?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|addr| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = addr.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = addr.port();
-                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                    server.connections = vec![udp, tcp];
-                    server
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_parts(None, vec![], servers),
-                TokioRuntimeProvider::default(),
-            )
-        };
         Ok(Self {
-            resolver: builder.with_options(options).build()?,
+            resolver: sendmill_platform::dns::resolver(nameservers, timeout, 16_384)?,
         })
     }
 
@@ -122,10 +97,4 @@ fn fqdn(domain: &str) -> Result<Name, RouteError> {
     Name::from_ascii(&absolute).map_err(|_| RouteError::NoSuchDomain)
 }
 
-/// `Some(response code)` when the error says the name has no records of the type asked.
-fn no_records(error: &NetError) -> Option<ResponseCode> {
-    match error {
-        NetError::Dns(DnsError::NoRecordsFound(no)) => Some(no.response_code),
-        _ => None,
-    }
-}
+use sendmill_platform::dns::no_records;

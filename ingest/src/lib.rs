@@ -1,49 +1,66 @@
 //! # sendmill-ingest
 //!
-//! The front door. `POST /v1/messages` authenticates the caller's API key, parses and
-//! validates the request completely (nothing is produced for a request with any error),
-//! checks that the sender's domain belongs to the account, then writes one
-//! [`RequestedV1`] per recipient to the `requested` topic of its lane and an `accepted`
-//! event, and answers 202 with a message id per recipient.
+//! The front door: the developer API. `POST /v1/messages` authenticates the caller's API
+//! key, validates the request completely (nothing is written for a refused request),
+//! checks the sender's domain, the suppression lists and the account's limits, then
+//! writes one [`RequestedV1`](sendmill_wire::RequestedV1) per recipient copy to the
+//! `requested` topic of its lane (or holds it in PostgreSQL until `send_at`) and answers
+//! 202 with every recipient's message id or reason for refusal.
+//!
+//! Around it: API keys and tenants, sending domains with DNS verification, stored
+//! templates with versions and preview, suppression lists, cancelling scheduled mail,
+//! and the OpenAPI document of all of it at `/openapi.json`.
 //!
 //! Transactional mail (no `campaign_id`) and bulk mail travel in separate lanes so a
 //! campaign never delays a password reset.
 //!
 //! ## Layout
-//! - [`request`]: the JSON body and its parsing (unknown fields rejected, paths named).
+//! - [`request`]: the send body and its parsing (unknown fields rejected, paths named).
+//! - [`body`]: JSON, CSV and query extractors answering in the one error shape.
 //! - [`validate`]: addresses, header names and values, labels.
-//! - [`plan`]: a parsed request becomes validated wire records (pure, no I/O).
+//! - [`send`]: the send endpoint; [`send::plan`] turns a request into records (pure).
+//! - [`schedule`]: the releaser of held messages and cancelling.
+//! - [`keys`], [`domains`], [`templates`], [`suppressions`]: the management endpoints.
+//! - [`openapi`]: the API's contract, checked against [`routes`] by a test.
 
+#![recursion_limit = "512"]
+
+pub mod body;
+pub mod domains;
+pub mod keys;
+pub mod openapi;
 pub mod request;
+pub mod schedule;
+pub mod send;
+pub mod suppressions;
+pub mod templates;
 pub mod validate;
 
 use axum::{
-    body::Bytes,
-    extract::{rejection::BytesRejection, DefaultBodyLimit, FromRef, State},
-    http::{header, HeaderMap, StatusCode},
+    extract::{DefaultBodyLimit, FromRef},
     middleware,
-    routing::post,
-    Json, Router,
+    routing::{get, post, MethodRouter},
+    Router,
 };
-use request::SendRequest;
 use sendmill_platform::{
-    api::{request_id, ApiError, Authenticator, Caller},
-    backoff,
+    api::{request_id, Authenticator},
     config::override_string,
+    dns::TokioResolver,
     http::ops_router,
     kafka::Producer,
+    ratelimit::SendLimiter,
+    suppressions::SuppressionCache,
     CancellationToken,
 };
-use sendmill_store::{Principal, Scope, Store};
-use sendmill_wire::{
-    payload::domain_of, Attachment, BatchId, EmailAddress, EventType, EventV1, Header, Lane,
-    MessageContext, MessageId, RenderOptions, RequestedV1, Topics,
-};
-use serde::{Deserialize, Serialize};
+use sendmill_render::templates::AccountTemplates;
+use sendmill_store::Store;
+use sendmill_wire::Topics;
+use serde::Deserialize;
 use std::{sync::Arc, time::Duration};
-use time::OffsetDateTime;
 
-/// `[ingest]`: the send API.
+pub use send::{RecipientResult, RecipientStatus, SendResponse};
+
+/// `[ingest]`: the developer API.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -51,13 +68,38 @@ pub struct Config {
     pub listen: String,
     /// Largest accepted request body in bytes; larger ones get 413.
     pub max_body_bytes: usize,
-    /// Most recipients in one request.
+    /// Most recipient copies (to, cc and bcc together) in one request.
     pub max_recipients: usize,
-    /// Seconds an API key lookup is cached: a revoked key keeps working at most this long.
+    /// Seconds an API key lookup is cached: a revoked key keeps working at most this long
+    /// in other processes (the revoking one forgets it at once).
     pub auth_cache_secs: u64,
     /// Most bytes of attachments (decoded) in one message. Each recipient's record
     /// carries its own copy, so keep this well below the Kafka message size limit.
     pub max_attachment_bytes: usize,
+    /// Accept mail from sending domains whose DNS records were never verified. For local
+    /// development only: receivers reject unauthenticated mail.
+    pub allow_unverified_domains: bool,
+    /// Recipients per second an account may send unless its own limit says otherwise;
+    /// 0: unlimited.
+    pub default_send_rate_per_sec: u32,
+    /// Recipients per UTC day an account may send unless its own quota says otherwise;
+    /// 0: unlimited.
+    pub default_daily_quota: u64,
+    /// How far ahead `send_at` may be, in seconds.
+    pub max_schedule_ahead_secs: u64,
+    /// Milliseconds between looks for due scheduled messages (at most).
+    pub release_interval_ms: u64,
+    /// Seconds a request holds its Idempotency-Key before a retry may take it over.
+    pub idempotency_lease_secs: u64,
+    /// Seconds an Idempotency-Key and its answer are kept.
+    pub idempotency_retention_secs: u64,
+    /// Seconds a suppression list's Redis copy is trusted before it is rebuilt from
+    /// PostgreSQL.
+    pub suppression_cache_secs: u64,
+    /// Seconds an account's template partials are cached (previews, sandbox sends).
+    pub template_cache_secs: u64,
+    /// What tenants' DNS records must point at, and how they are checked.
+    pub domains: domains::DomainsConfig,
 }
 
 impl Default for Config {
@@ -68,6 +110,16 @@ impl Default for Config {
             max_recipients: 1000,
             auth_cache_secs: 30,
             max_attachment_bytes: 5 * 1024 * 1024,
+            allow_unverified_domains: false,
+            default_send_rate_per_sec: 5_000,
+            default_daily_quota: 0,
+            max_schedule_ahead_secs: 72 * 3600,
+            release_interval_ms: 1_000,
+            idempotency_lease_secs: 60,
+            idempotency_retention_secs: 24 * 3600,
+            suppression_cache_secs: 3600,
+            template_cache_secs: 30,
+            domains: domains::DomainsConfig::default(),
         }
     }
 }
@@ -78,10 +130,6 @@ impl Config {
     }
 }
 
-const MAX_TAGS: usize = 10;
-const MAX_METADATA: usize = 32;
-const MAX_METADATA_VALUE: usize = 1000;
-
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
@@ -90,6 +138,11 @@ pub struct AppState {
     pub topics: Topics,
     pub config: Arc<Config>,
     pub shutdown: CancellationToken,
+    pub suppressions: SuppressionCache,
+    pub limiter: SendLimiter,
+    pub templates: Arc<AccountTemplates>,
+    /// Uncached: verification must see what is published now.
+    pub resolver: Arc<TokioResolver>,
 }
 
 impl FromRef<AppState> for Authenticator {
@@ -98,437 +151,149 @@ impl FromRef<AppState> for Authenticator {
     }
 }
 
+/// What the ingest stage needs from outside.
+pub struct Dependencies {
+    pub store: Store,
+    pub producer: Producer,
+    pub topics: Topics,
+    pub redis: redis::aio::ConnectionManager,
+    pub redis_prefix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid ingest config: {0}")]
+pub struct SetupError(String);
+
 impl AppState {
     pub fn new(
         config: Config,
-        store: Store,
-        producer: Producer,
-        topics: Topics,
+        deps: Dependencies,
         shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            auth: Authenticator::new(store.clone(), Duration::from_secs(config.auth_cache_secs)),
-            store,
-            producer,
-            topics,
+    ) -> Result<Self, SetupError> {
+        let nameservers = sendmill_platform::dns::parse_nameservers(&config.domains.nameservers)
+            .map_err(SetupError)?;
+        let resolver = sendmill_platform::dns::resolver(
+            &nameservers,
+            Duration::from_secs(config.domains.dns_timeout_secs),
+            0,
+        )
+        .map_err(|e| SetupError(format!("DNS resolver: {e}")))?;
+        Ok(Self {
+            auth: Authenticator::new(
+                deps.store.clone(),
+                Duration::from_secs(config.auth_cache_secs),
+            ),
+            suppressions: SuppressionCache::new(
+                deps.store.clone(),
+                deps.redis.clone(),
+                &deps.redis_prefix,
+                Duration::from_secs(config.suppression_cache_secs),
+            ),
+            limiter: SendLimiter::new(deps.redis, &deps.redis_prefix),
+            templates: Arc::new(AccountTemplates::new(
+                deps.store.clone(),
+                Duration::from_secs(config.template_cache_secs),
+            )),
+            resolver: Arc::new(resolver),
+            store: deps.store,
+            producer: deps.producer,
+            topics: deps.topics,
             config: Arc::new(config),
             shutdown,
-        }
+        })
     }
+}
+
+/// Every route of the API with its handlers: the router is built from this table, and
+/// the OpenAPI test probes each path to compare the routes with the document.
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    use axum::routing::{delete, patch};
+    vec![
+        ("/openapi.json", get(openapi::serve)),
+        ("/v1/messages", post(send::send)),
+        ("/v1/messages/{id}", delete(schedule::cancel_message)),
+        ("/v1/batches/{id}", delete(schedule::cancel_batch)),
+        ("/v1/account", get(keys::me)),
+        (
+            "/v1/accounts",
+            get(keys::list_accounts).post(keys::create_account),
+        ),
+        ("/v1/accounts/{id}", patch(keys::update_account)),
+        ("/v1/keys", get(keys::list).post(keys::create)),
+        ("/v1/keys/{id}", delete(keys::revoke)),
+        ("/v1/domains", get(domains::list).post(domains::add)),
+        (
+            "/v1/domains/{domain}",
+            get(domains::get).delete(domains::delete),
+        ),
+        ("/v1/domains/{domain}/verify", post(domains::verify)),
+        (
+            "/v1/templates",
+            get(templates::list).post(templates::create),
+        ),
+        (
+            "/v1/templates/{id}",
+            get(templates::get).delete(templates::delete),
+        ),
+        ("/v1/templates/{id}/versions", post(templates::add_version)),
+        (
+            "/v1/templates/{id}/versions/{version}",
+            get(templates::get_version),
+        ),
+        ("/v1/templates/{id}/preview", post(templates::preview)),
+        (
+            "/v1/suppressions",
+            get(suppressions::list_account).post(suppressions::add_account),
+        ),
+        ("/v1/suppressions/import", post(suppressions::import)),
+        ("/v1/suppressions/export", get(suppressions::export)),
+        (
+            "/v1/suppressions/{email}",
+            get(suppressions::get_account).delete(suppressions::delete_account),
+        ),
+        (
+            "/v1/global-suppressions",
+            get(suppressions::list_global).post(suppressions::add_global),
+        ),
+        (
+            "/v1/global-suppressions/{email}",
+            get(suppressions::get_global).delete(suppressions::delete_global),
+        ),
+    ]
 }
 
 /// The ingest API with its ops endpoints.
 pub fn app(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/v1/messages", post(send))
+    let mut router = Router::new();
+    for (path, methods) in routes() {
+        router = router.route(path, methods);
+    }
+    router
+        .fallback(sendmill_platform::api::no_route)
+        .method_not_allowed_fallback(sendmill_platform::api::wrong_method)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
         .merge(ops_router("ingest"))
         .layer(middleware::from_fn(request_id))
 }
 
-/// Serves the API on `listener` until `shutdown`.
+/// Serves the API on `listener`, and releases scheduled messages, until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    sendmill_platform::http::serve("ingest", listener, app(state), shutdown).await
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SendResponse {
-    pub batch_id: BatchId,
-    pub messages: Vec<AcceptedMessage>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AcceptedMessage {
-    pub message_id: MessageId,
-    pub to: String,
-}
-
-async fn send(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<SendResponse>), ApiError> {
-    caller.require(Scope::Send)?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the request as Content-Type: application/json",
-        ));
-    }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "the request body exceeds {} bytes",
-                    state.config.max_body_bytes
-                ),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                rejection.body_text(),
-            )
-        }
-    })?;
-    let request = SendRequest::parse(&body).map_err(|e| ApiError {
-        field: (!e.field.is_empty()).then_some(e.field),
-        ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.message)
-    })?;
-    let messages = plan(&caller.0, request, &state.config, OffsetDateTime::now_utc())?;
-
-    let sender_domain = domain_of(&messages[0].from.email);
-    let known = state
-        .store
-        .sending_domain(caller.0.account_id, &sender_domain)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "sending domain lookup failed");
-            ApiError::unavailable("the tenant database")
-        })?;
-    if known.is_none() {
-        return Err(ApiError {
-            field: Some("from".into()),
-            ..ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_sending_domain",
-                format!("{sender_domain} is not a sending domain of this account; add it first"),
-            )
-        });
-    }
-
-    accept(&state, &messages).await?;
-    let response = SendResponse {
-        batch_id: messages[0].batch_id,
-        messages: messages
-            .iter()
-            .map(|m| AcceptedMessage {
-                message_id: m.message_id,
-                to: m.to.email.clone(),
-            })
-            .collect(),
-    };
-    metrics::counter!("sendmill_ingest_accepted_total").increment(messages.len() as u64);
-    Ok((StatusCode::ACCEPTED, Json(response)))
-}
-
-/// Writes the records, then their `accepted` events. A record that cannot be written
-/// within the deadline fails the request with 503 (the caller retries); events follow
-/// the records so that no `accepted` exists for a message that was never queued.
-async fn accept(state: &AppState, messages: &[RequestedV1]) -> Result<(), ApiError> {
-    let deadline = Duration::from_secs(15);
-    let produce = futures::future::try_join_all(messages.iter().map(|m| {
-        let key = m.message_id.to_string();
-        let topic = state.topics.requested(m.lane);
-        async move {
-            backoff::until_ok("produce requested", &state.shutdown, || {
-                state.producer.send(&topic, &key, m)
-            })
-            .await
-        }
-    }));
-    match tokio::time::timeout(deadline, produce).await {
-        Ok(Ok(_)) => {}
-        _ => return Err(ApiError::unavailable("the message queue")),
-    }
-    let events_topic = state.topics.events();
-    let events = futures::future::try_join_all(messages.iter().map(|m| {
-        let event = EventV1::new(
-            EventType::Accepted,
-            "ingest",
-            m.message_id,
-            m.account_id,
-            &m.to.email,
-            &m.context,
-        );
-        let key = m.message_id.to_string();
-        let topic = &events_topic;
-        async move {
-            backoff::until_ok("produce accepted", &state.shutdown, || {
-                state.producer.send(topic, &key, &event)
-            })
-            .await
-        }
-    }));
-    if !matches!(tokio::time::timeout(deadline, events).await, Ok(Ok(_))) {
-        // The messages are queued and will be sent; only their `accepted` events are
-        // missing from the timeline. Answering 503 would make the caller send twice.
-        tracing::error!(
-            count = messages.len(),
-            "accepted events could not be written"
-        );
-        metrics::counter!("sendmill_ingest_event_loss_total").increment(messages.len() as u64);
-    }
-    Ok(())
-}
-
-/// Validates a parsed request and turns it into one record per recipient. Pure: the
-/// whole request is checked before anything is produced.
-pub fn plan(
-    principal: &Principal,
-    request: SendRequest,
-    config: &Config,
-    now: OffsetDateTime,
-) -> Result<Vec<RequestedV1>, ApiError> {
-    use validate::*;
-
-    email(&request.from.email).map_err(|m| ApiError::invalid("from", m))?;
-    if let Some(name) = &request.from.name {
-        header_text(name, MAX_NAME).map_err(|m| ApiError::invalid("from.name", m))?;
-    }
-    if let Some(reply_to) = &request.reply_to {
-        email(&reply_to.email).map_err(|m| ApiError::invalid("reply_to", m))?;
-        if let Some(name) = &reply_to.name {
-            header_text(name, MAX_NAME).map_err(|m| ApiError::invalid("reply_to.name", m))?;
-        }
-    }
-    if request.to.is_empty() {
-        return Err(ApiError::invalid(
-            "to",
-            "at least one recipient is required",
-        ));
-    }
-    if request.to.len() > config.max_recipients {
-        return Err(ApiError::invalid(
-            "to",
-            format!("at most {} recipients per request", config.max_recipients),
-        ));
-    }
-    for (i, r) in request.to.iter().enumerate() {
-        email(&r.email).map_err(|m| ApiError::invalid(format!("to[{i}].email"), m))?;
-        if let Some(name) = &r.name {
-            header_text(name, MAX_NAME)
-                .map_err(|m| ApiError::invalid(format!("to[{i}].name"), m))?;
-        }
-        check_metadata(&r.metadata, &format!("to[{i}].metadata"))?;
-    }
-    if request.subject.trim().is_empty() {
-        return Err(ApiError::invalid("subject", "subject is required"));
-    }
-    header_text(&request.subject, MAX_SUBJECT).map_err(|m| ApiError::invalid("subject", m))?;
-    let html = request.html.filter(|h| !h.is_empty());
-    let text = request.text.filter(|t| !t.is_empty());
-    if html.is_none() && text.is_none() {
-        return Err(ApiError::invalid("html", "give html, text or both"));
-    }
-    for (name, value) in &request.headers {
-        header_name(name).map_err(|m| ApiError::invalid(format!("headers.{name}"), m))?;
-        header_value(value).map_err(|m| ApiError::invalid(format!("headers.{name}"), m))?;
-    }
-    if request.tags.len() > MAX_TAGS {
-        return Err(ApiError::invalid(
-            "tags",
-            format!("at most {MAX_TAGS} tags"),
-        ));
-    }
-    for (i, tag) in request.tags.iter().enumerate() {
-        label(tag).map_err(|m| ApiError::invalid(format!("tags[{i}]"), m))?;
-    }
-    check_metadata(&request.metadata, "metadata")?;
-    if let Some(campaign) = &request.campaign_id {
-        label(campaign).map_err(|m| ApiError::invalid("campaign_id", m))?;
-    }
-    if let Some(pool) = &request.ip_pool {
-        label(pool).map_err(|m| ApiError::invalid("ip_pool", m))?;
-    }
-
-    let attachments = decode_attachments(&request.attachments, config.max_attachment_bytes)?;
-    let batch_id = BatchId::generate();
-    let lane = if request.campaign_id.is_some() {
-        Lane::Bulk
-    } else {
-        Lane::Transactional
-    };
-    let settings = &principal.settings;
-    let options = RenderOptions {
-        strict: request.strict_templates,
-        track_opens: request.track_opens.unwrap_or(settings.track_opens),
-        track_clicks: request.track_clicks.unwrap_or(settings.track_clicks),
-        // Bulk senders must offer one-click unsubscribe (Gmail, Yahoo); others may.
-        list_unsubscribe: request.list_unsubscribe.unwrap_or(lane == Lane::Bulk),
-    };
-    let from = EmailAddress {
-        email: request.from.email,
-        name: request.from.name,
-    };
-    let reply_to = request.reply_to.map(|r| EmailAddress {
-        email: r.email,
-        name: r.name,
-    });
-    let headers: Vec<Header> = request
-        .headers
-        .into_iter()
-        .map(|(name, value)| Header { name, value })
-        .collect();
-    Ok(request
-        .to
-        .into_iter()
-        .map(|r| {
-            let mut data = request.data.clone();
-            data.extend(r.data);
-            let mut metadata = request.metadata.clone();
-            metadata.extend(r.metadata);
-            RequestedV1 {
-                message_id: MessageId::generate(),
-                account_id: principal.account_id,
-                batch_id,
-                lane,
-                accepted_at: now,
-                from: from.clone(),
-                to: EmailAddress {
-                    email: r.email,
-                    name: r.name,
-                },
-                reply_to: reply_to.clone(),
-                subject: request.subject.clone(),
-                html: html.clone(),
-                text: text.clone(),
-                headers: headers.clone(),
-                data,
-                context: MessageContext {
-                    tags: request.tags.clone(),
-                    metadata,
-                    campaign_id: request.campaign_id.clone(),
-                    ip_pool: request.ip_pool.clone(),
-                },
-                options: options.clone(),
-                attachments: attachments.clone(),
-            }
-        })
-        .collect())
-}
-
-fn decode_attachments(
-    inputs: &[request::AttachmentInput],
-    max_bytes: usize,
-) -> Result<Vec<Attachment>, ApiError> {
-    use base64::{engine::general_purpose::STANDARD, Engine};
-    let mut total = 0;
-    let mut attachments = Vec::with_capacity(inputs.len());
-    for (i, a) in inputs.iter().enumerate() {
-        let field = |name: &str| format!("attachments[{i}].{name}");
-        validate::filename(&a.filename).map_err(|m| ApiError::invalid(field("filename"), m))?;
-        validate::content_type(&a.content_type)
-            .map_err(|m| ApiError::invalid(field("content_type"), m))?;
-        if let Some(cid) = &a.content_id {
-            validate::content_id(cid).map_err(|m| ApiError::invalid(field("content_id"), m))?;
-        }
-        // Line breaks are common in base64 from other tools; they carry nothing.
-        let compact: String = a.content.split_ascii_whitespace().collect();
-        let content = STANDARD
-            .decode(compact.as_bytes())
-            .map_err(|_| ApiError::invalid(field("content"), "content is not valid base64"))?;
-        total += content.len();
-        if total > max_bytes {
-            return Err(ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                ..ApiError::invalid(
-                    "attachments",
-                    format!("attachments exceed {max_bytes} bytes in total"),
-                )
-            });
-        }
-        attachments.push(Attachment {
-            filename: a.filename.clone(),
-            content_type: a.content_type.to_ascii_lowercase(),
-            content,
-            content_id: a.content_id.clone(),
-        });
-    }
-    Ok(attachments)
-}
-
-fn check_metadata(
-    metadata: &std::collections::BTreeMap<String, String>,
-    field: &str,
-) -> Result<(), ApiError> {
-    if metadata.len() > MAX_METADATA {
-        return Err(ApiError::invalid(
-            field,
-            format!("at most {MAX_METADATA} metadata keys"),
-        ));
-    }
-    for (key, value) in metadata {
-        validate::label(key).map_err(|m| ApiError::invalid(format!("{field}.{key}"), m))?;
-        validate::header_text(value, MAX_METADATA_VALUE)
-            .map_err(|m| ApiError::invalid(format!("{field}.{key}"), m))?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sendmill_store::AccountSettings;
-
-    fn principal(track_opens: bool, track_clicks: bool) -> Principal {
-        Principal {
-            account_id: sendmill_wire::AccountId::generate(),
-            key_id: uuid::Uuid::now_v7(),
-            key_prefix: "sm_test".into(),
-            scopes: vec![Scope::Send],
-            settings: AccountSettings {
-                track_opens,
-                track_clicks,
-            },
-        }
-    }
-
-    fn plan_json(principal: &Principal, body: serde_json::Value) -> Vec<RequestedV1> {
-        let request = SendRequest::parse(body.to_string().as_bytes()).unwrap();
-        plan(
-            principal,
-            request,
-            &Config::default(),
-            OffsetDateTime::now_utc(),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn tracking_follows_the_account_unless_the_message_says_otherwise() {
-        let base = serde_json::json!({"from": "a@example.test", "to": ["b@ok.test"], "subject": "s", "text": "t"});
-        let on = principal(true, true);
-        let planned = plan_json(&on, base.clone());
-        assert!(planned[0].options.track_opens && planned[0].options.track_clicks);
-        let mut off = base.clone();
-        off["track_opens"] = serde_json::json!(false);
-        let planned = plan_json(&on, off);
-        assert!(!planned[0].options.track_opens && planned[0].options.track_clicks);
-        let planned = plan_json(&principal(false, false), base);
-        assert!(!planned[0].options.track_opens && !planned[0].options.track_clicks);
-    }
-
-    #[test]
-    fn campaigns_go_bulk_with_one_click_unsubscribe_by_default() {
-        let p = principal(false, false);
-        let mut body = serde_json::json!({"from": "a@example.test", "to": ["b@ok.test"], "subject": "s", "text": "t"});
-        let planned = plan_json(&p, body.clone());
-        assert_eq!(planned[0].lane, Lane::Transactional);
-        assert!(!planned[0].options.list_unsubscribe);
-        body["campaign_id"] = serde_json::json!("spring");
-        let planned = plan_json(&p, body.clone());
-        assert_eq!(planned[0].lane, Lane::Bulk);
-        assert!(planned[0].options.list_unsubscribe);
-        body["list_unsubscribe"] = serde_json::json!(false);
-        assert!(!plan_json(&p, body)[0].options.list_unsubscribe);
-    }
+    let releaser = tokio::spawn(schedule::run_releaser(
+        state.store.clone(),
+        state.producer.clone(),
+        state.topics.clone(),
+        Duration::from_millis(state.config.release_interval_ms),
+        shutdown.clone(),
+    ));
+    let served =
+        sendmill_platform::http::serve("ingest", listener, app(state), shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = releaser.await;
+    served
 }

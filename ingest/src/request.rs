@@ -3,11 +3,12 @@
 //! strings or `{"email", "name"}` objects.
 
 use serde::{
-    de::{self, MapAccess, Visitor},
+    de::{self, DeserializeOwned, MapAccess, Visitor},
     Deserialize, Deserializer,
 };
 use serde_json::{Map, Value};
 use std::{collections::BTreeMap, fmt, marker::PhantomData};
+use time::OffsetDateTime;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,7 +17,12 @@ pub struct SendRequest {
     pub to: Vec<Recipient>,
     #[serde(default)]
     pub reply_to: Option<Mailbox>,
-    pub subject: String,
+    /// Required unless `template` is given.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// A stored template instead of inline subject, html and text.
+    #[serde(default)]
+    pub template: Option<TemplateRef>,
     #[serde(default)]
     pub html: Option<String>,
     #[serde(default)]
@@ -50,6 +56,21 @@ pub struct SendRequest {
     pub list_unsubscribe: Option<bool>,
     #[serde(default)]
     pub attachments: Vec<AttachmentInput>,
+    /// Hold the messages until this instant (RFC 3339, at most 72 h ahead).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub send_at: Option<OffsetDateTime>,
+    /// Validate and render, answer as if accepted, but queue and send nothing.
+    #[serde(default)]
+    pub sandbox: bool,
+}
+
+/// A stored template by id, at a version or the latest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRef {
+    pub id: uuid::Uuid,
+    #[serde(default)]
+    pub version: Option<i32>,
 }
 
 /// A file: `content` is base64; `content_id` makes it inline (`<img src="cid:…">`).
@@ -79,6 +100,12 @@ pub struct Recipient {
     pub data: Map<String, Value>,
     /// Merged over the request's metadata for this recipient's events.
     pub metadata: BTreeMap<String, String>,
+    /// Shown in `Cc`; each gets a copy with its own message id.
+    pub cc: Vec<Mailbox>,
+    /// Not shown; each gets a copy with its own message id.
+    pub bcc: Vec<Mailbox>,
+    /// Merged over the request's headers for this recipient's copies.
+    pub headers: BTreeMap<String, String>,
 }
 
 /// The object form of [`Mailbox`].
@@ -101,6 +128,12 @@ struct RecipientFields {
     data: Map<String, Value>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    cc: Vec<Mailbox>,
+    #[serde(default)]
+    bcc: Vec<Mailbox>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 impl From<MailboxFields> for Mailbox {
@@ -119,6 +152,9 @@ impl From<RecipientFields> for Recipient {
             name: f.name,
             data: f.data,
             metadata: f.metadata,
+            cc: f.cc,
+            bcc: f.bcc,
+            headers: f.headers,
         }
     }
 }
@@ -141,6 +177,9 @@ impl FromAddressString for RecipientFields {
             name,
             data: Map::new(),
             metadata: BTreeMap::new(),
+            cc: Vec::new(),
+            bcc: Vec::new(),
+            headers: BTreeMap::new(),
         }
     }
 }
@@ -204,8 +243,15 @@ pub struct ParseError {
 
 impl SendRequest {
     pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
+        parse(body)
+    }
+}
+
+/// Parses a JSON body into `T`, naming the path of the first thing wrong.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
+    {
         let mut de = serde_json::Deserializer::from_slice(body);
-        let request: SendRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let request: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             ParseError {
@@ -267,8 +313,12 @@ mod tests {
         let e = SendRequest::parse(br#"{"from":"a@b.test","to":"x@y.test","subject":"s"}"#)
             .unwrap_err();
         assert_eq!(e.field, "to");
-        let e = SendRequest::parse(br#"{"from":"a@b.test","to":[]}"#).unwrap_err();
-        assert!(e.message.contains("subject"), "{}", e.message);
+        let e = SendRequest::parse(br#"{"from":"a@b.test","subject":"s"}"#).unwrap_err();
+        assert!(e.message.contains("`to`"), "{}", e.message);
+        let e =
+            SendRequest::parse(br#"{"from":"a@b.test","to":["x@y.test"],"send_at":"tomorrow"}"#)
+                .unwrap_err();
+        assert_eq!(e.field, "send_at");
         let e = SendRequest::parse(b"{not json").unwrap_err();
         assert!(!e.message.is_empty());
     }

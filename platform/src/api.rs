@@ -26,6 +26,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (429s).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -48,6 +50,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -103,13 +106,32 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let retry_after = match self.retry_after {
+            Some(secs) => Some(secs),
+            None if self.status == StatusCode::SERVICE_UNAVAILABLE => Some(5),
+            None => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
+}
+
+/// Router fallback: an unknown path, in the one error shape.
+pub async fn no_route() -> ApiError {
+    ApiError::not_found("route")
+}
+
+/// Router fallback: a known path with a method it does not take.
+pub async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not accept that method",
+    )
 }
 
 /// The request id header: taken from the caller when it sends a sane one, made up
@@ -179,10 +201,34 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// Drops a revoked key from this process's cache at once (other processes notice
+    /// within their cache TTL).
+    pub fn forget_key(&self, key_id: uuid::Uuid) {
+        self.cache
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, (principal, _)| principal.key_id != key_id);
+    }
+}
+
 /// The authenticated caller of a request.
 pub struct Caller(pub Principal);
 
 impl Caller {
+    /// Operators (an operator account's key with the `admin` scope) only.
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        if self.0.operator && self.0.has(Scope::Admin) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only an operator's admin key may do this",
+            ))
+        }
+    }
+
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.0.has(scope) {
             Ok(())

@@ -15,15 +15,23 @@
 //!   API-key authentication (cached).
 //! - [`backoff`]: retrying an infrastructure call until it succeeds or shutdown.
 //! - [`clients`]: Redis and ClickHouse clients built from config.
+//! - [`openapi`]: shared pieces of the OpenAPI documents.
+//! - [`dns`]: building a DNS resolver (MX routing, domain verification).
 //! - [`tracking`]: signed tokens in open, click and unsubscribe links.
+//! - [`suppressions`]: the Redis copy of the suppression lists the send path checks.
+//! - [`ratelimit`]: per-account send rate and daily quota in Redis.
 
 pub mod api;
 pub mod backoff;
 pub mod clients;
 pub mod config;
+pub mod dns;
 pub mod http;
 pub mod kafka;
+pub mod openapi;
+pub mod ratelimit;
 pub mod shutdown;
+pub mod suppressions;
 pub mod telemetry;
 pub mod tracking;
 

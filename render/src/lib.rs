@@ -175,7 +175,7 @@ impl Stage {
                     "render",
                     request.message_id,
                     request.account_id,
-                    &request.to.email,
+                    request.recipient(),
                     &request.context,
                 );
                 event.reason = Some(error.to_string());

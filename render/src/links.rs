@@ -24,7 +24,7 @@ impl Links {
             kind,
             message_id: request.message_id,
             account_id: request.account_id,
-            recipient: request.to.email.clone(),
+            recipient: request.recipient().to_owned(),
             campaign_id: request.context.campaign_id.clone(),
             link_index: None,
             url: None,

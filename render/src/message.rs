@@ -56,6 +56,27 @@ fn address_header(name: &'static str, address: &EmailAddress) -> Result<HeaderVa
     ))
 }
 
+/// A header of several mailboxes, one per folded line so no line grows past the limit.
+fn address_list_header(
+    name: &'static str,
+    addresses: &[EmailAddress],
+) -> Result<HeaderValue, RenderError> {
+    let mut plain = Vec::with_capacity(addresses.len());
+    let mut encoded = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        plain.push(mailbox(address)?.to_string());
+        encoded.push(crate::encoding::mailbox(
+            address.name.as_deref(),
+            &address.email,
+        ));
+    }
+    Ok(HeaderValue::dangerous_new_pre_encoded(
+        header_name(name),
+        plain.join(", "),
+        encoded.join(",\r\n "),
+    ))
+}
+
 fn mailbox(address: &EmailAddress) -> Result<Mailbox, RenderError> {
     if address.name.as_deref().is_some_and(|n| !one_line(n)) {
         return Err(RenderError::Header("display name".into()));
@@ -134,6 +155,9 @@ pub fn build(
         ))
         .date(now.into())
         .message_id(Some(format!("<{}@{}>", request.message_id, domain)));
+    if !request.cc.is_empty() {
+        builder = builder.raw_header(address_list_header("Cc", &request.cc)?);
+    }
     if let Some(reply_to) = &request.reply_to {
         builder = builder.raw_header(address_header("Reply-To", reply_to)?);
     }
@@ -285,6 +309,8 @@ mod tests {
                 email: "ada@ok.test".into(),
                 name: None,
             },
+            cc: Vec::new(),
+            envelope_to: None,
             reply_to: None,
             subject: "Hello {{name}}".into(),
             html: Some("<p>Hi {{name}}</p>".into()),

@@ -94,7 +94,7 @@ impl SendingIdentity {
             lane: request.lane,
             accepted_at: request.accepted_at,
             envelope_from: verp::return_path(request.message_id, &self.return_path_domain),
-            recipient: request.to.email.clone(),
+            recipient: request.recipient().to_owned(),
             context: request.context.clone(),
             attempts: 0,
             message,

@@ -181,6 +181,37 @@ impl AccountTemplates {
     }
 }
 
+/// Where a template source fails to compile, for the caller who saved it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// 1-based, when Handlebars could tell.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => {
+                write!(f, "line {line}, column {column}: {}", self.reason)
+            }
+            _ => f.write_str(&self.reason),
+        }
+    }
+}
+
+/// Compiles `source` without keeping it: what the template API checks before saving.
+pub fn check_syntax(source: &str) -> Result<(), SyntaxError> {
+    handlebars::Template::compile(source)
+        .map(|_| ())
+        .map_err(|error| SyntaxError {
+            line: error.pos().map(|(line, _)| line),
+            column: error.pos().map(|(_, column)| column),
+            reason: error.reason().to_string(),
+        })
+}
+
 /// A hash of a partial set, to tell whether a reload changed anything.
 pub fn fingerprint(partials: &[(String, String)]) -> [u8; 32] {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -406,6 +437,16 @@ fn strftime(date: OffsetDateTime, pattern: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syntax_errors_say_where() {
+        assert_eq!(check_syntax("Hello {{name}}"), Ok(()));
+        let error = check_syntax("line one\n<p>{{#if x}}open").unwrap_err();
+        assert!(error.line.is_some() && error.column.is_some(), "{error:?}");
+        assert!(error.to_string().starts_with("line "), "{error}");
+        let error = check_syntax("{{name").unwrap_err();
+        assert_eq!(error.line, Some(1), "{error:?}");
+    }
     use serde_json::json;
 
     fn render(source: &str, data: Value) -> Result<String, String> {

@@ -40,6 +40,8 @@ fn domain(dual_sign: bool) -> SendingDomain {
         }),
         dual_sign,
         return_path_domain: "bounces.example.test".into(),
+        verified_at: None,
+        verification: None,
     }
 }
 

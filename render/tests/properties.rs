@@ -50,6 +50,8 @@ fn domain() -> SendingDomain {
         }),
         dual_sign: true,
         return_path_domain: "bounces.example.test".into(),
+        verified_at: None,
+        verification: None,
     }
 }
 
@@ -100,6 +102,8 @@ fn request(case: &Case) -> RequestedV1 {
             email: "ada@ok.test".into(),
             name: Some(case.name.clone()),
         },
+        cc: Vec::new(),
+        envelope_to: None,
         reply_to: None,
         subject: format!("{} {{{{v}}}}", case.subject),
         html: Some("<p>{{v}}</p>".into()),

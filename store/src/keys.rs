@@ -22,7 +22,12 @@ pub fn generate() -> GeneratedKey {
 }
 
 pub fn hash(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+    hash_bytes(key.as_bytes())
+}
+
+/// SHA-256 of any bytes (request fingerprints for idempotency keys).
+pub fn hash_bytes(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// A cheap shape check that spares the database obviously wrong keys.

@@ -8,13 +8,26 @@
 //! - [`Store`]: the pool and the queries.
 //! - [`keys`]: API key generation and hashing.
 //! - [`dkim`]: DKIM key generation and the DNS record to publish.
+//! - [`templates`]: stored templates and their immutable versions.
+//! - [`idempotency`]: Idempotency-Key claims and stored answers.
+//! - [`schedule`]: messages held until their `send_at`, released or cancelled.
+//! - [`suppressions`]: per-account and global suppression lists.
+//! - [`held`]: rows locked in a transaction while a side effect (a Kafka write) happens.
 
 pub mod dkim;
+pub mod held;
+pub mod idempotency;
 pub mod keys;
+pub mod schedule;
+pub mod suppressions;
+pub mod templates;
+
+pub use suppressions::{Suppression, SuppressionReason};
 
 use sendmill_wire::AccountId;
 use sqlx::{postgres::PgPoolOptions, PgPool, Row};
 use std::{fmt, str::FromStr};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +103,43 @@ pub struct Principal {
     pub key_prefix: String,
     pub scopes: Vec<Scope>,
     pub settings: AccountSettings,
+    /// Operators manage tenants and the global suppression list.
+    pub operator: bool,
+    pub limits: AccountLimits,
+}
+
+/// Per-account send limits; `None` means the platform default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountLimits {
+    /// Recipients accepted per second.
+    pub send_rate_per_sec: Option<u32>,
+    /// Recipients accepted per UTC day.
+    pub daily_quota: Option<u64>,
+}
+
+/// An API key as listings show it: never the secret.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// An account as operators see it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AccountInfo {
+    pub id: AccountId,
+    pub name: String,
+    pub operator: bool,
+    pub limits: AccountLimits,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
 }
 
 /// Account-wide defaults a message may override.
@@ -97,26 +147,6 @@ pub struct Principal {
 pub struct AccountSettings {
     pub track_opens: bool,
     pub track_clicks: bool,
-}
-
-/// Why an address is suppressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SuppressionReason {
-    Bounce,
-    Complaint,
-    Unsubscribe,
-    Manual,
-}
-
-impl SuppressionReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SuppressionReason::Bounce => "bounce",
-            SuppressionReason::Complaint => "complaint",
-            SuppressionReason::Unsubscribe => "unsubscribe",
-            SuppressionReason::Manual => "manual",
-        }
-    }
 }
 
 impl Principal {
@@ -148,6 +178,10 @@ pub struct SendingDomain {
     pub dual_sign: bool,
     /// The domain of VERP return paths, where asynchronous bounces come back.
     pub return_path_domain: String,
+    /// When its DNS records were last found in place; `None`: never (or no longer).
+    pub verified_at: Option<OffsetDateTime>,
+    /// What the last verification found, record by record.
+    pub verification: Option<serde_json::Value>,
 }
 
 #[derive(Clone)]
@@ -186,6 +220,27 @@ impl SendingDomain {
             ));
         }
         records
+    }
+}
+
+fn account_from_row(r: &sqlx::postgres::PgRow) -> AccountInfo {
+    AccountInfo {
+        id: AccountId(r.get("id")),
+        name: r.get("name"),
+        operator: r.get("operator"),
+        limits: limits_from_row(r),
+        created_at: r.get("created_at"),
+    }
+}
+
+fn limits_from_row(r: &sqlx::postgres::PgRow) -> AccountLimits {
+    AccountLimits {
+        send_rate_per_sec: r
+            .get::<Option<i32>, _>("send_rate_per_sec")
+            .map(|v| v.max(0) as u32),
+        daily_quota: r
+            .get::<Option<i64>, _>("daily_quota")
+            .map(|v| v.max(0) as u64),
     }
 }
 
@@ -284,7 +339,8 @@ impl Store {
             return Ok(None);
         }
         let row = sqlx::query(
-            "SELECT k.id, k.account_id, k.prefix, k.scopes, a.track_opens, a.track_clicks
+            "SELECT k.id, k.account_id, k.prefix, k.scopes, a.track_opens, a.track_clicks,
+                    a.operator, a.send_rate_per_sec, a.daily_quota
              FROM api_keys k JOIN accounts a ON a.id = k.account_id
              WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
@@ -302,8 +358,85 @@ impl Store {
                     track_opens: r.get("track_opens"),
                     track_clicks: r.get("track_clicks"),
                 },
+                operator: r.get("operator"),
+                limits: limits_from_row(&r),
             }
         }))
+    }
+
+    /// The account's keys, newest first, revoked ones included.
+    pub async fn api_keys(&self, account_id: AccountId) -> Result<Vec<ApiKeyInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, prefix, scopes, created_at, revoked_at FROM api_keys
+             WHERE account_id = $1 ORDER BY created_at DESC, id DESC",
+        )
+        .bind(account_id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ApiKeyInfo {
+                id: r.get("id"),
+                name: r.get("name"),
+                prefix: r.get("prefix"),
+                scopes: r.get("scopes"),
+                created_at: r.get("created_at"),
+                revoked_at: r.get("revoked_at"),
+            })
+            .collect())
+    }
+
+    /// Makes the account an operator (or not).
+    pub async fn set_operator(&self, account_id: AccountId, on: bool) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE accounts SET operator = $2 WHERE id = $1")
+            .bind(account_id.0)
+            .bind(on)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets the account's send limits (`None`: the platform default).
+    pub async fn set_limits(
+        &self,
+        account_id: AccountId,
+        limits: AccountLimits,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE accounts SET send_rate_per_sec = $2, daily_quota = $3 WHERE id = $1",
+        )
+        .bind(account_id.0)
+        .bind(
+            limits
+                .send_rate_per_sec
+                .map(|v| v.min(i32::MAX as u32) as i32),
+        )
+        .bind(limits.daily_quota.map(|v| v.min(i64::MAX as u64) as i64))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn account(&self, id: AccountId) -> Result<Option<AccountInfo>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, operator, send_rate_per_sec, daily_quota, created_at
+             FROM accounts WHERE id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(account_from_row))
+    }
+
+    /// Every account, oldest first (operators only).
+    pub async fn accounts(&self) -> Result<Vec<AccountInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, operator, send_rate_per_sec, daily_quota, created_at
+             FROM accounts ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(account_from_row).collect())
     }
 
     /// Registers `domain` for the account with a fresh RSA-2048 DKIM key.
@@ -330,6 +463,8 @@ impl Store {
                 public_key: ed.public_base64,
             }),
             dual_sign: false,
+            verified_at: None,
+            verification: None,
         };
         let ed = sending.ed25519.as_ref().expect("just generated");
         let inserted = sqlx::query(
@@ -366,41 +501,89 @@ impl Store {
         let row = sqlx::query(
             "SELECT id, domain, dkim_selector, dkim_private_key, dkim_public_key,
                     dkim_ed25519_selector, dkim_ed25519_private_key, dkim_ed25519_public_key,
-                    dual_sign, return_path_domain
+                    dual_sign, return_path_domain, verified_at, verification
              FROM sending_domains WHERE account_id = $1 AND domain = $2",
         )
         .bind(account_id.0)
         .bind(domain.to_ascii_lowercase())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| {
-            let domain: String = r.get("domain");
-            let ed25519 = match (
-                r.get::<Option<String>, _>("dkim_ed25519_selector"),
-                r.get::<Option<Vec<u8>>, _>("dkim_ed25519_private_key"),
-                r.get::<Option<String>, _>("dkim_ed25519_public_key"),
-            ) {
-                (Some(selector), Some(private_pkcs8), Some(public_key)) => Some(Ed25519DkimKey {
-                    selector,
-                    private_pkcs8,
-                    public_key,
-                }),
-                _ => None,
-            };
-            SendingDomain {
-                id: r.get("id"),
-                account_id,
-                return_path_domain: r
-                    .get::<Option<String>, _>("return_path_domain")
-                    .unwrap_or_else(|| format!("bounces.{domain}")),
-                domain,
-                dkim_selector: r.get("dkim_selector"),
-                dkim_private_key_pkcs8: r.get("dkim_private_key"),
-                dkim_public_key: r.get("dkim_public_key"),
-                ed25519,
-                dual_sign: r.get("dual_sign"),
-            }
-        }))
+        Ok(row.map(|r| sending_domain_from_row(account_id, &r)))
+    }
+
+    /// The account's sending domains, by name.
+    pub async fn sending_domains(
+        &self,
+        account_id: AccountId,
+    ) -> Result<Vec<SendingDomain>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, domain, dkim_selector, dkim_private_key, dkim_public_key,
+                    dkim_ed25519_selector, dkim_ed25519_private_key, dkim_ed25519_public_key,
+                    dual_sign, return_path_domain, verified_at, verification
+             FROM sending_domains WHERE account_id = $1 ORDER BY domain",
+        )
+        .bind(account_id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| sending_domain_from_row(account_id, r))
+            .collect())
+    }
+
+    /// Removes the domain (and its keys); `false` when the account has no such domain.
+    pub async fn delete_sending_domain(
+        &self,
+        account_id: AccountId,
+        domain: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM sending_domains WHERE account_id = $1 AND domain = $2")
+            .bind(account_id.0)
+            .bind(domain.to_ascii_lowercase())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Stores a verification's findings; `verified` sets or clears `verified_at`.
+    pub async fn record_verification(
+        &self,
+        account_id: AccountId,
+        domain: &str,
+        verified: bool,
+        findings: &serde_json::Value,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let verified_at: Option<Option<OffsetDateTime>> = sqlx::query_scalar(
+            "UPDATE sending_domains
+             SET verification = $3,
+                 verified_at = CASE WHEN $4 THEN COALESCE(verified_at, now()) ELSE NULL END
+             WHERE account_id = $1 AND domain = $2
+             RETURNING verified_at",
+        )
+        .bind(account_id.0)
+        .bind(domain.to_ascii_lowercase())
+        .bind(sqlx::types::Json(findings))
+        .bind(verified)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(verified_at.flatten())
+    }
+
+    /// Marks a domain verified without looking at DNS (operators, local development).
+    pub async fn force_verified(
+        &self,
+        account_id: AccountId,
+        domain: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sending_domains SET verified_at = COALESCE(verified_at, now())
+             WHERE account_id = $1 AND domain = $2",
+        )
+        .bind(account_id.0)
+        .bind(domain.to_ascii_lowercase())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn set_tracking_defaults(
@@ -415,44 +598,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// Suppresses `email` for the account (kept as it is when already suppressed).
-    /// Returns whether it was newly added.
-    pub async fn add_suppression(
-        &self,
-        account_id: AccountId,
-        email: &str,
-        reason: SuppressionReason,
-        source: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO suppressions (account_id, email, reason, source)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, email) DO NOTHING",
-        )
-        .bind(account_id.0)
-        .bind(email.to_ascii_lowercase())
-        .bind(reason.as_str())
-        .bind(source)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// The reason `email` is suppressed for the account, if it is (and not expired).
-    pub async fn suppression(
-        &self,
-        account_id: AccountId,
-        email: &str,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT reason FROM suppressions
-             WHERE account_id = $1 AND email = $2 AND (expires_at IS NULL OR expires_at > now())",
-        )
-        .bind(account_id.0)
-        .bind(email.to_ascii_lowercase())
-        .fetch_optional(&self.pool)
-        .await?)
     }
 
     /// Creates or replaces the account's partial `name`. Syntax is checked by the caller
@@ -511,5 +656,38 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+fn sending_domain_from_row(account_id: AccountId, r: &sqlx::postgres::PgRow) -> SendingDomain {
+    let domain: String = r.get("domain");
+    let ed25519 = match (
+        r.get::<Option<String>, _>("dkim_ed25519_selector"),
+        r.get::<Option<Vec<u8>>, _>("dkim_ed25519_private_key"),
+        r.get::<Option<String>, _>("dkim_ed25519_public_key"),
+    ) {
+        (Some(selector), Some(private_pkcs8), Some(public_key)) => Some(Ed25519DkimKey {
+            selector,
+            private_pkcs8,
+            public_key,
+        }),
+        _ => None,
+    };
+    SendingDomain {
+        id: r.get("id"),
+        account_id,
+        return_path_domain: r
+            .get::<Option<String>, _>("return_path_domain")
+            .unwrap_or_else(|| format!("bounces.{domain}")),
+        domain,
+        dkim_selector: r.get("dkim_selector"),
+        dkim_private_key_pkcs8: r.get("dkim_private_key"),
+        dkim_public_key: r.get("dkim_public_key"),
+        ed25519,
+        dual_sign: r.get("dual_sign"),
+        verified_at: r.get("verified_at"),
+        verification: r
+            .get::<Option<sqlx::types::Json<serde_json::Value>>, _>("verification")
+            .map(|j| j.0),
     }
 }

@@ -50,3 +50,39 @@ uuid_id!(
     /// All messages created by one API request.
     BatchId
 );
+
+impl MessageId {
+    /// The id of the `index`th message of `batch`: the batch's timestamp (so ids still
+    /// sort by creation) and bits hashed from batch and index. A request replayed under
+    /// the same batch (an idempotent retry after a crash) yields the same ids, so the
+    /// dispatcher's barrier sends each message once however often it is queued.
+    pub fn derive(batch: BatchId, index: u32) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(batch.0.as_bytes());
+        hasher.update(index.to_be_bytes());
+        let digest = hasher.finalize();
+        let mut bytes = *batch.0.as_bytes();
+        bytes[6..].copy_from_slice(&digest[6..16]);
+        bytes[6] = (bytes[6] & 0x0f) | 0x70; // version 7
+        bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 9562 variant
+        Self(Uuid::from_bytes(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_message_ids_are_stable_distinct_v7_and_keep_the_batch_time() {
+        let batch = BatchId::generate();
+        let a = MessageId::derive(batch, 0);
+        assert_eq!(a, MessageId::derive(batch, 0));
+        assert_ne!(a, MessageId::derive(batch, 1));
+        assert_ne!(a, MessageId::derive(BatchId::generate(), 0));
+        assert_eq!(a.0.get_version_num(), 7);
+        assert_eq!(a.0.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(a.0.as_bytes()[..6], batch.0.as_bytes()[..6]);
+    }
+}

@@ -72,7 +72,14 @@ pub struct RequestedV1 {
     #[serde(with = "time::serde::rfc3339")]
     pub accepted_at: OffsetDateTime,
     pub from: EmailAddress,
+    /// The `To` of the message.
     pub to: EmailAddress,
+    /// The `Cc` of the message (every one of them gets a copy with its own id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cc: Vec<EmailAddress>,
+    /// The address this copy is delivered to when it is not `to` (a cc or bcc copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope_to: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<EmailAddress>,
     /// Handlebars template of the subject.
@@ -125,6 +132,13 @@ pub struct RenderOptions {
 
 impl WirePayload for RequestedV1 {
     const SCHEMA: &'static str = "sendmill.requested.v1";
+}
+
+impl RequestedV1 {
+    /// The address this copy is delivered to: `to`, or the cc/bcc address of a copy.
+    pub fn recipient(&self) -> &str {
+        self.envelope_to.as_deref().unwrap_or(&self.to.email)
+    }
 }
 
 /// `sendmill.ready.{lane}.v1`: a rendered, signed message for one recipient.

@@ -1,0 +1,226 @@
+//! Scheduled sending. Messages with a future `send_at` wait in PostgreSQL; the releaser
+//! (one per ingest process, sharing rows through `SKIP LOCKED`) produces each when due
+//! and marks it released in the same transaction, committed only after the broker took
+//! the record. `DELETE /v1/messages/{id}` and `DELETE /v1/batches/{id}` cancel pending
+//! messages, each ending with a `dropped` event; a message already released is past
+//! cancelling (409).
+
+use crate::AppState;
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+use sendmill_platform::{
+    api::{ApiError, Caller},
+    backoff,
+    kafka::{ProduceError, Producer},
+    CancellationToken,
+};
+use sendmill_store::{
+    held::Held,
+    schedule::{CancelTarget, ScheduledMessage},
+    Scope, Store, StoreError,
+};
+use sendmill_wire::{BatchId, EventType, EventV1, MessageId, RequestedV1, Topics};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Due messages taken per transaction.
+const RELEASE_BATCH: u32 = 500;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// Messages cancelled by this call.
+    pub cancelled: usize,
+    /// Messages of the target already released (too late to cancel).
+    pub already_released: usize,
+}
+
+fn unavailable(error: StoreError) -> ApiError {
+    tracing::error!(%error, "schedule store failed");
+    ApiError::unavailable("the tenant database")
+}
+
+pub async fn cancel_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Cancelled>, ApiError> {
+    caller.require(Scope::Send)?;
+    let id: MessageId = id
+        .parse()
+        .map_err(|_| ApiError::not_found("scheduled message"))?;
+    cancel(&state, &caller, CancelTarget::Message(id)).await
+}
+
+pub async fn cancel_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Cancelled>, ApiError> {
+    caller.require(Scope::Send)?;
+    let id: BatchId = id
+        .parse()
+        .map_err(|_| ApiError::not_found("scheduled batch"))?;
+    cancel(&state, &caller, CancelTarget::Batch(id)).await
+}
+
+async fn cancel(
+    state: &AppState,
+    caller: &Caller,
+    target: CancelTarget,
+) -> Result<Json<Cancelled>, ApiError> {
+    let account = caller.0.account_id;
+    let held = state
+        .store
+        .cancel_scheduled(account, target)
+        .await
+        .map_err(unavailable)?;
+    let cancelled = held.items.len();
+    if cancelled > 0 {
+        // The rows stay pending (locked) until every `dropped` event is written.
+        let events: Vec<EventV1> = held.items.iter().filter_map(dropped_event).collect();
+        let topic = state.topics.events();
+        let written = tokio::time::timeout(
+            Duration::from_secs(15),
+            futures::future::try_join_all(events.iter().map(|event| {
+                let key = event.message_id.to_string();
+                let topic = &topic;
+                async move {
+                    backoff::until_ok("produce dropped", &state.shutdown, || {
+                        state.producer.send(topic, &key, event)
+                    })
+                    .await
+                }
+            })),
+        )
+        .await;
+        if !matches!(written, Ok(Ok(_))) {
+            return Err(ApiError::unavailable("the message queue"));
+        }
+        held.commit().await.map_err(unavailable)?;
+    } else {
+        drop(held);
+    }
+    let states = state
+        .store
+        .scheduled_states(account, target)
+        .await
+        .map_err(unavailable)?;
+    if states.is_empty() {
+        return Err(ApiError::not_found("scheduled message"));
+    }
+    let already_released = states.iter().filter(|s| *s == "released").count();
+    if cancelled == 0 && already_released > 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_released",
+            "the message has already been released for sending and cannot be cancelled",
+        ));
+    }
+    Ok(Json(Cancelled {
+        cancelled,
+        already_released,
+    }))
+}
+
+fn dropped_event(held: &ScheduledMessage) -> Option<EventV1> {
+    let record: RequestedV1 = sendmill_wire::decode(&held.payload).ok()?;
+    let mut event = EventV1::new(
+        EventType::Dropped,
+        "ingest",
+        record.message_id,
+        record.account_id,
+        record.recipient(),
+        &record.context,
+    );
+    event.reason = Some("cancelled".into());
+    Some(event)
+}
+
+/// Releases due messages until `shutdown`, looking at most every `interval`.
+pub async fn run_releaser(
+    store: Store,
+    producer: Producer,
+    topics: Topics,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut last_purge = std::time::Instant::now();
+    while !shutdown.is_cancelled() {
+        match release_once(&store, &producer, &topics).await {
+            // A full batch: more may be due right away.
+            Ok(n) if n == RELEASE_BATCH as usize => continue,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "releasing scheduled messages failed"),
+        }
+        if last_purge.elapsed() > Duration::from_secs(3600) {
+            last_purge = std::time::Instant::now();
+            let day = Duration::from_secs(24 * 3600);
+            if let Err(error) = store.purge_scheduled(7 * day).await {
+                tracing::warn!(%error, "purging scheduled messages failed");
+            }
+            if let Err(error) = store.purge_idempotency_keys(day).await {
+                tracing::warn!(%error, "purging idempotency keys failed");
+            }
+        }
+        let wait = match store.next_due().await {
+            Ok(Some(at)) => {
+                let until = at - time::OffsetDateTime::now_utc();
+                Duration::try_from(until)
+                    .unwrap_or(Duration::ZERO)
+                    .min(interval)
+            }
+            _ => interval,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReleaseError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Produce(#[from] ProduceError),
+}
+
+/// One transaction: take due messages, produce them, commit. Returns how many.
+async fn release_once(
+    store: &Store,
+    producer: &Producer,
+    topics: &Topics,
+) -> Result<usize, ReleaseError> {
+    let held: Held<ScheduledMessage> = store.take_due(RELEASE_BATCH).await?;
+    let count = held.items.len();
+    if count == 0 {
+        return Ok(0);
+    }
+    let sends = held.items.iter().filter_map(|m| {
+        let record: RequestedV1 = match sendmill_wire::decode(&m.payload) {
+            Ok(r) => Some(r),
+            Err(error) => {
+                // Written by this code a moment ago; nothing else writes the table.
+                tracing::error!(%error, message_id = %m.message_id, "undecodable scheduled message");
+                None
+            }
+        }?;
+        Some(async move {
+            producer
+                .send(
+                    &topics.requested(record.lane),
+                    &record.message_id.to_string(),
+                    &record,
+                )
+                .await
+        })
+    });
+    futures::future::try_join_all(sends).await?;
+    held.commit().await?;
+    metrics::counter!("sendmill_ingest_released_total").increment(count as u64);
+    Ok(count)
+}
