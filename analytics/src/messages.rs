@@ -38,12 +38,12 @@ pub struct ListQuery {
 struct SummaryRow {
     #[serde(with = "clickhouse::serde::uuid")]
     message_id: uuid::Uuid,
-    recipient: String,
+    to_address: String,
     status: String,
     first_ms: u64,
     last_ms: u64,
-    tags: Vec<String>,
-    campaign_id: String,
+    message_tags: Vec<String>,
+    campaign: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -132,12 +132,14 @@ pub async fn list(
         outer.push("(first_ms < ? OR (first_ms = ? AND toString(message_id) < ?))".into());
     }
     // A terminal event outranks any later one (an open after delivery keeps it delivered).
+    // Aliases differ from column names: ClickHouse 18.16 would otherwise substitute the
+    // aggregates into the inner WHERE.
     let sql = format!(
-        "SELECT message_id, recipient, status, first_ms, last_ms, tags, campaign_id FROM (
-             SELECT message_id, any(recipient) AS recipient,
+        "SELECT message_id, to_address, status, first_ms, last_ms, message_tags, campaign FROM (
+             SELECT message_id, any(recipient) AS to_address,
                     argMax(event_type, if(event_type IN ({terminal}), 10000000000000, 0) + occurred_at_ms) AS status,
                     min(occurred_at_ms) AS first_ms, max(occurred_at_ms) AS last_ms,
-                    any(tags) AS tags, any(campaign_id) AS campaign_id
+                    any(tags) AS message_tags, any(campaign_id) AS campaign
              FROM events FINAL WHERE {inner} GROUP BY message_id)
          WHERE {outer}
          ORDER BY first_ms DESC, toString(message_id) DESC LIMIT {limit}",
@@ -174,12 +176,12 @@ pub async fn list(
             .into_iter()
             .map(|r| MessageSummary {
                 message_id: r.message_id,
-                to: r.recipient,
+                to: r.to_address,
                 status: r.status,
                 first_event_ms: r.first_ms,
                 last_event_ms: r.last_ms,
-                tags: r.tags,
-                campaign_id: r.campaign_id,
+                tags: r.message_tags,
+                campaign_id: r.campaign,
             })
             .collect(),
         next_cursor,

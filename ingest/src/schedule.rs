@@ -165,7 +165,7 @@ pub async fn run_releaser(
                 tracing::warn!(%error, "purging idempotency keys failed");
             }
         }
-        let wait = match store.next_due().await {
+        let wait = match store.next_due(topics.prefix()).await {
             Ok(Some(at)) => {
                 let until = at - time::OffsetDateTime::now_utc();
                 Duration::try_from(until)
@@ -195,7 +195,7 @@ async fn release_once(
     producer: &Producer,
     topics: &Topics,
 ) -> Result<usize, ReleaseError> {
-    let held: Held<ScheduledMessage> = store.take_due(RELEASE_BATCH).await?;
+    let held: Held<ScheduledMessage> = store.take_due(topics.prefix(), RELEASE_BATCH).await?;
     let count = held.items.len();
     if count == 0 {
         return Ok(0);

@@ -524,7 +524,13 @@ async fn write(
             .collect();
         state
             .store
-            .schedule(first.account_id, first.batch_id, at, &payloads)
+            .schedule(
+                state.topics.prefix(),
+                first.account_id,
+                first.batch_id,
+                at,
+                &payloads,
+            )
             .await
             .map_err(|error| {
                 tracing::error!(%error, "holding scheduled messages failed");

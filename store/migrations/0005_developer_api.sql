@@ -56,7 +56,10 @@ CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
 
 -- Messages with a future send_at, held here (durably) until the releaser produces them.
 CREATE TABLE scheduled_messages (
-    message_id  uuid PRIMARY KEY,
+    message_id    uuid PRIMARY KEY,
+    -- the Kafka topic prefix of the installation that holds it (several may share a
+    -- database, as tests do); its releasers take only their own
+    installation  text NOT NULL,
     account_id  uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
     batch_id    uuid NOT NULL,
     send_at     timestamptz NOT NULL,
@@ -66,7 +69,8 @@ CREATE TABLE scheduled_messages (
     state       text NOT NULL DEFAULT 'pending',
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX scheduled_messages_due ON scheduled_messages (send_at) WHERE state = 'pending';
+CREATE INDEX scheduled_messages_due ON scheduled_messages (installation, send_at)
+    WHERE state = 'pending';
 CREATE INDEX scheduled_messages_batch ON scheduled_messages (account_id, batch_id);
 
 -- Addresses no account may send to (operators' list: spam traps, legal requests).

@@ -37,6 +37,7 @@ impl Store {
     /// is kept as it is.
     pub async fn schedule(
         &self,
+        installation: &str,
         account_id: AccountId,
         batch_id: BatchId,
         send_at: OffsetDateTime,
@@ -45,8 +46,10 @@ impl Store {
         let ids: Vec<uuid::Uuid> = messages.iter().map(|(id, _)| id.0).collect();
         let payloads: Vec<&[u8]> = messages.iter().map(|(_, p)| p.as_slice()).collect();
         sqlx::query(
-            "INSERT INTO scheduled_messages (message_id, account_id, batch_id, send_at, payload)
-             SELECT id, $1, $2, $3, payload FROM UNNEST($4::uuid[], $5::bytea[]) AS m (id, payload)
+            "INSERT INTO scheduled_messages
+                 (message_id, account_id, batch_id, send_at, payload, installation)
+             SELECT id, $1, $2, $3, payload, $6
+             FROM UNNEST($4::uuid[], $5::bytea[]) AS m (id, payload)
              ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(account_id.0)
@@ -54,6 +57,7 @@ impl Store {
         .bind(send_at)
         .bind(&ids)
         .bind(&payloads)
+        .bind(installation)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -61,27 +65,34 @@ impl Store {
 
     /// Up to `limit` due messages, marked released in a transaction that commits when
     /// the caller commits the [`Held`] (after producing them).
-    pub async fn take_due(&self, limit: u32) -> Result<Held<ScheduledMessage>, StoreError> {
+    pub async fn take_due(
+        &self,
+        installation: &str,
+        limit: u32,
+    ) -> Result<Held<ScheduledMessage>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(
             "UPDATE scheduled_messages SET state = 'released', updated_at = now()
              WHERE message_id IN (
                  SELECT message_id FROM scheduled_messages
-                 WHERE state = 'pending' AND send_at <= now()
+                 WHERE installation = $2 AND state = 'pending' AND send_at <= now()
                  ORDER BY send_at LIMIT $1 FOR UPDATE SKIP LOCKED)
              RETURNING message_id, account_id, payload",
         )
         .bind(i64::from(limit))
+        .bind(installation)
         .fetch_all(&mut *tx)
         .await?;
         Ok(Held::new(tx, rows.iter().map(from_row).collect()))
     }
 
     /// When the next pending message is due, if any is pending.
-    pub async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+    pub async fn next_due(&self, installation: &str) -> Result<Option<OffsetDateTime>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT min(send_at) FROM scheduled_messages WHERE state = 'pending'",
+            "SELECT min(send_at) FROM scheduled_messages
+             WHERE installation = $1 AND state = 'pending'",
         )
+        .bind(installation)
         .fetch_one(self.pool())
         .await?)
     }

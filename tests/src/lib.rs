@@ -76,6 +76,7 @@ pub fn test_config(id: &str) -> SendmillConfig {
 
 /// A whole Sendmill in this process, with a tenant that may send from its own domain.
 pub struct TestPipeline {
+    pub stages: Vec<Stage>,
     pub config: SendmillConfig,
     pub broker: EmbeddedBroker,
     pub ingest: SocketAddr,
@@ -99,12 +100,21 @@ impl TestPipeline {
     }
 
     pub async fn start_stages(stages: &[Stage]) -> Self {
+        Self::start_configured(stages, |_| {}).await
+    }
+
+    /// `stages` with the test config changed by `tweak` first.
+    pub async fn start_configured(
+        stages: &[Stage],
+        tweak: impl FnOnce(&mut SendmillConfig),
+    ) -> Self {
         sendmill_platform::telemetry::init(&sendmill_platform::config::TelemetryConfig {
             log_filter: "warn".into(),
             ..Default::default()
         });
         let id = unique("t");
-        let config = test_config(&id);
+        let mut config = test_config(&id);
+        tweak(&mut config);
         let store = require_postgres(&config).await;
         if stages.contains(&Stage::Analytics) {
             sendmill_analytics::schema::migrate(&config.clickhouse)
@@ -116,9 +126,7 @@ impl TestPipeline {
                     )
                 });
         }
-        if stages.contains(&Stage::Dispatch) {
-            require_redis(&config).await;
-        }
+        require_redis(&config).await;
         let broker = EmbeddedBroker::start().expect("embedded broker starts");
         let topics = Topics::new(config.kafka.topic_prefix.clone());
         broker
@@ -137,22 +145,10 @@ impl TestPipeline {
             .unwrap()
             .plaintext;
 
-        let shutdown = CancellationToken::new();
-        let running = pipeline::start(
-            &config,
-            &broker.bootstrap_servers(),
-            stages,
-            shutdown.clone(),
-        )
-        .await
-        .expect("pipeline starts");
-        let ingest = running
-            .ingest_addr
-            .unwrap_or_else(|| "127.0.0.1:1".parse().unwrap());
-        let analytics = running.analytics_addr;
-        let handle =
-            tokio::spawn(async move { running.wait().await.map_err(|e| format!("{e:#}")) });
+        let (shutdown, ingest, analytics, handle) =
+            launch(&config, &broker.bootstrap_servers(), stages).await;
         TestPipeline {
+            stages: stages.to_vec(),
             topics,
             broker,
             ingest,
@@ -171,9 +167,98 @@ impl TestPipeline {
         }
     }
 
+    /// Stops the stages and starts them again on the same broker, database and names,
+    /// as a process restart would (the HTTP ports change).
+    pub async fn restart(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .expect("pipeline stops within 30 s")
+                .expect("pipeline task does not panic")
+                .expect("stages end cleanly");
+        }
+        let (shutdown, ingest, analytics, handle) =
+            launch(&self.config, &self.broker.bootstrap_servers(), &self.stages).await;
+        self.shutdown = shutdown;
+        self.ingest = ingest;
+        self.analytics = analytics;
+        self.running = Some(handle);
+    }
+
+    pub async fn store(&self) -> Store {
+        require_postgres(&self.config).await
+    }
+
+    /// Another tenant in the same installation: its own account, domain and key.
+    pub async fn tenant(&self, name: &str) -> Tenant {
+        let store = self.store().await;
+        let account = store.create_account(&unique(name)).await.unwrap();
+        let domain = format!("{}.example.test", unique(name));
+        store
+            .add_sending_domain(account, &domain, "s1")
+            .await
+            .unwrap();
+        let api_key = store
+            .create_api_key(account, "test", &Scope::ALL)
+            .await
+            .unwrap()
+            .plaintext;
+        Tenant {
+            account,
+            api_key,
+            domain,
+        }
+    }
+
+    /// A call to the ingest API with `key`: status, JSON body (Null when none) and headers.
+    pub async fn call(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        call(
+            &self.http,
+            key,
+            method,
+            &format!("http://{}{path}", self.ingest),
+            body,
+        )
+        .await
+    }
+
+    /// A call to the analytics API with `key`.
+    pub async fn call_analytics(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> (u16, Value) {
+        let addr = self.analytics.expect("analytics runs");
+        let (status, body, _) = call(
+            &self.http,
+            key,
+            method,
+            &format!("http://{addr}{path}"),
+            None,
+        )
+        .await;
+        (status, body)
+    }
+
     /// `POST /v1/messages` with a JSON body; returns status and parsed body.
     pub async fn send(&self, body: &Value) -> (u16, Value) {
         self.send_raw(body.to_string(), "application/json").await
+    }
+
+    /// `POST /v1/messages` with another tenant's key.
+    pub async fn send_as(&self, key: &str, body: &Value) -> (u16, Value) {
+        let (status, body, _) = self
+            .call(key, reqwest::Method::POST, "/v1/messages", Some(body))
+            .await;
+        (status, body)
     }
 
     pub async fn send_raw(&self, body: String, content_type: &str) -> (u16, Value) {
@@ -276,6 +361,58 @@ impl TestPipeline {
     }
 }
 
+/// Another tenant of a test installation.
+pub struct Tenant {
+    pub account: AccountId,
+    pub api_key: String,
+    pub domain: String,
+}
+
+async fn launch(
+    config: &SendmillConfig,
+    bootstrap: &str,
+    stages: &[Stage],
+) -> (
+    CancellationToken,
+    SocketAddr,
+    Option<SocketAddr>,
+    tokio::task::JoinHandle<Result<(), String>>,
+) {
+    let shutdown = CancellationToken::new();
+    let running = pipeline::start(config, bootstrap, stages, shutdown.clone())
+        .await
+        .expect("pipeline starts");
+    let ingest = running
+        .ingest_addr
+        .unwrap_or_else(|| "127.0.0.1:1".parse().unwrap());
+    let analytics = running.analytics_addr;
+    let handle = tokio::spawn(async move { running.wait().await.map_err(|e| format!("{e:#}")) });
+    (shutdown, ingest, analytics, handle)
+}
+
+pub async fn call(
+    http: &reqwest::Client,
+    key: &str,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut request = http.request(method, url).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("the API answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, value, headers)
+}
+
 /// A message body that the tenant may send: `to` as given, everything else fixed.
 pub fn message_to(pipeline: &TestPipeline, to: Value) -> Value {
     serde_json::json!({
@@ -334,6 +471,14 @@ async fn require_redis(config: &SendmillConfig) {
 
 /// Every record in `topic` on the broker at `bootstrap`.
 pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Vec<u8>> {
+    read_topic_timed(bootstrap, topic, partitions)
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect()
+}
+
+/// Every record in `topic` with its Kafka timestamp (ms since the epoch).
+pub fn read_topic_timed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i64, Vec<u8>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
@@ -357,7 +502,8 @@ pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Vec<u8>>
         while next < high && Instant::now() < deadline {
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
                 next = message.offset() + 1;
-                records.push(message.payload().unwrap_or_default().to_vec());
+                let at = message.timestamp().to_millis().unwrap_or_default();
+                records.push((at, message.payload().unwrap_or_default().to_vec()));
             }
         }
         assert!(

@@ -109,6 +109,99 @@ async fn invalid_requests_are_rejected_naming_the_field_and_produce_nothing() {
             422,
             "from",
         ),
+        // The developer API's fields.
+        (
+            with(
+                good.clone(),
+                &["to"],
+                json!([{"email": "ada@ok.test", "cc": ["nope"]}]),
+            ),
+            400,
+            "to[0].cc[0].email",
+        ),
+        (
+            with(
+                good.clone(),
+                &["to"],
+                json!([{"email": "ada@ok.test", "bcc": [{"email": "b@ok.test", "nmae": "B"}]}]),
+            ),
+            400,
+            "to[0].bcc[0].nmae",
+        ),
+        (
+            with(
+                good.clone(),
+                &["to"],
+                json!([{"email": "ada@ok.test", "headers": {"X-A": "1\r\nBcc: eve@evil.test"}}]),
+            ),
+            400,
+            "to[0].headers.X-A",
+        ),
+        (
+            with(
+                good.clone(),
+                &["to"],
+                json!([{"email": "ada@ok.test", "cc": vec!["c@ok.test"; 1000]}]),
+            ),
+            400,
+            "to",
+        ),
+        (with(good.clone(), &["send_at"], json!(12)), 400, "send_at"),
+        (
+            with(good.clone(), &["send_at"], json!("soon")),
+            400,
+            "send_at",
+        ),
+        (
+            with(good.clone(), &["send_at"], json!("2099-01-01T00:00:00Z")),
+            400,
+            "send_at",
+        ),
+        (
+            with(good.clone(), &["sandbox"], json!("yes")),
+            400,
+            "sandbox",
+        ),
+        (
+            with(
+                good.clone(),
+                &["template"],
+                json!({"id": "00000000-0000-7000-8000-000000000000"}),
+            ),
+            400,
+            "template",
+        ),
+        (
+            with(good.clone(), &["template"], json!({"id": "not-a-uuid"})),
+            400,
+            "template.id",
+        ),
+        // Unicode edge cases: non-ASCII addresses, direction overrides and NUL in names,
+        // a subject past its length in multi-byte characters.
+        (
+            with(good.clone(), &["to"], json!(["ädä@ok.test"])),
+            400,
+            "to[0].email",
+        ),
+        (
+            with(good.clone(), &["to"], json!(["a\u{200b}b@ok.test"])),
+            400,
+            "to[0].email",
+        ),
+        (
+            with(
+                good.clone(),
+                &["to"],
+                json!([{"email": "ada@ok.test", "name": "A\u{0}B"}]),
+            ),
+            400,
+            "to[0].name",
+        ),
+        (
+            with(good.clone(), &["subject"], json!("é".repeat(2001))),
+            400,
+            "subject",
+        ),
     ];
     for (body, status, field) in cases {
         let (got, error) = p.send(&body).await;
@@ -122,6 +215,23 @@ async fn invalid_requests_are_rejected_naming_the_field_and_produce_nothing() {
 
     let (status, error) = p.send_raw("{\"from\": ".into(), "application/json").await;
     assert_eq!(status, 400, "{error}");
+    // A lone surrogate is not Unicode: refused by the JSON parser, not passed on.
+    let lone = good
+        .to_string()
+        .replace("\"Hello {{name}}\"", "\"Hi \\ud800\"");
+    assert!(lone.contains("ud800"));
+    let (status, error) = p.send_raw(lone, "application/json").await;
+    assert_eq!(status, 400, "{error}");
+    let bad_key = p
+        .http
+        .post(format!("http://{}/v1/messages", p.ingest))
+        .bearer_auth(&p.api_key)
+        .header("idempotency-key", "")
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_key.status(), 400);
     let (status, error) = p.send_raw(good.to_string(), "text/plain").await;
     assert_eq!(status, 415, "{error}");
     let huge = with(good.clone(), &["html"], json!("x".repeat(11 * 1024 * 1024)));
