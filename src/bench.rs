@@ -210,3 +210,196 @@ fn request(html: &str, text: &str) -> RequestedV1 {
         attachments: vec![],
     }
 }
+
+/// What `sendmill bench ingest` measured: accepted recipients per second at the send API
+/// alone (HTTP, validation, PostgreSQL domain lookup, Redis suppression check and rate
+/// limit, idempotent produce to the embedded broker), per request shape.
+#[derive(Debug, serde::Serialize)]
+pub struct IngestReport {
+    pub runs: usize,
+    pub seconds_per_run: f64,
+    pub concurrency: usize,
+    pub html_bytes: usize,
+    pub shapes: Vec<IngestShape>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct IngestShape {
+    pub recipients_per_request: usize,
+    /// Median of the runs.
+    pub requests_per_sec: f64,
+    pub recipients_per_sec: f64,
+    /// Every run's recipients/s, for the spread.
+    pub recipients_per_sec_runs: Vec<f64>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Drives `POST /v1/messages` of an ingest started in this process with `concurrency`
+/// keep-alive connections, for 1- and 100-recipient requests carrying the ~15 KB
+/// template. Needs PostgreSQL and Redis (as configured); Kafka is the embedded broker.
+pub async fn ingest(
+    config: &crate::SendmillConfig,
+    runs: usize,
+    seconds: f64,
+    concurrency: usize,
+) -> anyhow::Result<IngestReport> {
+    use anyhow::Context;
+    use sendmill_store::{AccountLimits, Scope, Store};
+
+    let store = Store::connect(&config.postgres.url, config.postgres.max_connections)
+        .await
+        .context("connecting to PostgreSQL")?;
+    store.migrate().await?;
+    let mut config = config.clone();
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    config.kafka.topic_prefix = format!("bench{id}.");
+    config.redis.key_prefix = format!("bench{id}:");
+    config.ingest.listen = "127.0.0.1:0".into();
+    config.ingest.allow_unverified_domains = true;
+    let broker = sendmill_platform::kafka::EmbeddedBroker::start()
+        .context("starting the embedded broker")?;
+    let topics = sendmill_wire::Topics::new(config.kafka.topic_prefix.clone());
+    broker.create_topics(&topics.all(), config.kafka.partitions)?;
+
+    let account = store.create_account(&format!("bench-{id}")).await?;
+    // Limits high enough never to refuse, so the rate-limit script still runs.
+    store
+        .set_limits(
+            account,
+            AccountLimits {
+                send_rate_per_sec: Some(1_000_000_000),
+                daily_quota: None,
+            },
+        )
+        .await?;
+    let domain = format!("bench-{id}.example.test");
+    store.add_sending_domain(account, &domain, "s1").await?;
+    let key = store
+        .create_api_key(account, "bench", &[Scope::Send])
+        .await?
+        .plaintext;
+
+    let shutdown = sendmill_platform::CancellationToken::new();
+    let running = crate::pipeline::start(
+        &config,
+        &broker.bootstrap_servers(),
+        &[crate::Stage::Ingest],
+        shutdown.clone(),
+    )
+    .await?;
+    let addr = running.ingest_addr.context("ingest listens")?;
+    let waiting = tokio::spawn(running.wait());
+
+    let (html, text) = template();
+    let url = format!("http://{addr}/v1/messages");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let mut shapes = Vec::new();
+    for recipients in [1usize, 100] {
+        let to: Vec<serde_json::Value> = (0..recipients)
+            .map(|i| {
+                let data: serde_json::Map<String, serde_json::Value> = (1..=15)
+                    .map(|v| {
+                        (
+                            format!("v{v}"),
+                            serde_json::json!(format!("value {v} for {i}")),
+                        )
+                    })
+                    .collect();
+                serde_json::json!({"email": format!("r{i}@d{}.test", i % 10 + 1), "data": data})
+            })
+            .collect();
+        let body = serde_json::json!({
+            "from": format!("News <news@{domain}>"),
+            "to": to,
+            "subject": "{{v1}}: your {{v3}} digest",
+            "html": html,
+            "text": text,
+            "tags": ["bench"],
+        })
+        .to_string();
+        let mut per_run = Vec::new();
+        let mut latencies = Vec::new();
+        // One unmeasured warm-up run fills pools and caches.
+        for run in 0..=runs {
+            let (accepted, lat) =
+                drive(&client, &url, &key, &body, recipients, seconds, concurrency).await?;
+            if run > 0 {
+                per_run.push(accepted);
+                latencies.extend(lat);
+            }
+        }
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+        let recipients_per_sec = median(per_run.clone());
+        shapes.push(IngestShape {
+            recipients_per_request: recipients,
+            requests_per_sec: recipients_per_sec / recipients as f64,
+            recipients_per_sec,
+            recipients_per_sec_runs: per_run,
+            p50_ms: pick(0.5),
+            p99_ms: pick(0.99),
+        });
+    }
+    shutdown.cancel();
+    waiting.await??;
+    drop(broker);
+    Ok(IngestReport {
+        runs,
+        seconds_per_run: seconds,
+        concurrency,
+        html_bytes: html.len(),
+        shapes,
+    })
+}
+
+/// `concurrency` loops posting `body` for `seconds`: accepted recipients/s and each
+/// request's latency in ms. Anything but 202 stops the bench.
+async fn drive(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &str,
+    recipients: usize,
+    seconds: f64,
+    concurrency: usize,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs_f64(seconds);
+    let body = bytes::Bytes::from(body.to_owned());
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, url, key, body) =
+            (client.clone(), url.to_owned(), key.to_owned(), body.clone());
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            while std::time::Instant::now() < deadline {
+                let sent = std::time::Instant::now();
+                let response = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                let status = response.status();
+                let text = response.bytes().await?;
+                anyhow::ensure!(
+                    status == reqwest::StatusCode::ACCEPTED,
+                    "ingest answered {status}: {}",
+                    String::from_utf8_lossy(&text)
+                );
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        latencies.extend(done??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(((latencies.len() * recipients) as f64 / elapsed, latencies))
+}

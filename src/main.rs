@@ -72,6 +72,19 @@ enum Bench {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// Accepted recipients/s at the send API alone, for 1- and 100-recipient requests
+    /// (~15 KB HTML), against PostgreSQL, Redis and the embedded broker.
+    Ingest {
+        /// Measured runs per request shape (after one warm-up); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -157,6 +170,38 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Render { runs, seconds }) => {
             let report = sendmill::bench::render(runs.max(1), seconds)?;
             print_render_report(&report);
+            Ok(())
+        }
+        Command::Bench(Bench::Ingest {
+            runs,
+            seconds,
+            concurrency,
+        }) => {
+            let report =
+                sendmill::bench::ingest(&config, runs.max(1), seconds, concurrency.max(1)).await?;
+            println!(
+                "ingest bench: {} B HTML, {} runs x {} s after a warm-up, {} connections, medians",
+                report.html_bytes, report.runs, report.seconds_per_run, report.concurrency
+            );
+            for shape in &report.shapes {
+                println!(
+                    "  {:>3} recipient(s)/request: {:>8.0} recipients/s ({:>7.0} requests/s), p50 {:.1} ms, p99 {:.1} ms, runs {:?}",
+                    shape.recipients_per_request,
+                    shape.recipients_per_sec,
+                    shape.requests_per_sec,
+                    shape.p50_ms,
+                    shape.p99_ms,
+                    shape
+                        .recipients_per_sec_runs
+                        .iter()
+                        .map(|r| r.round() as u64)
+                        .collect::<Vec<_>>()
+                );
+            }
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("report encodes")
+            );
             Ok(())
         }
         Command::Seed {

@@ -822,24 +822,33 @@ async fn rate_limits_and_daily_quotas_answer_429_with_retry_after_and_produce_no
         )
         .await;
     assert_eq!(status, 202);
+    // A throttled send: 429, its code and a Retry-After within `max_wait` seconds.
+    let throttled = |key: String, body: Value, code: &'static str, max_wait: u64| {
+        let p = &p;
+        async move {
+            let (status, error, headers) = p
+                .call(&key, Method::POST, "/v1/messages", Some(&body))
+                .await;
+            assert_eq!(
+                (status, error["error"]["code"].as_str()),
+                (429, Some(code)),
+                "{error}"
+            );
+            let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(
+                (1..=max_wait).contains(&retry_after),
+                "Retry-After {retry_after}"
+            );
+        }
+    };
     let before = requested(&p).len();
-    let response = p
-        .http
-        .post(format!("http://{}/v1/messages", p.ingest))
-        .bearer_auth(&slow.api_key)
-        .json(&body(&slow.domain, json!(["r3@ok.test", "r4@ok.test"])))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 429);
-    let retry_after: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
-    let error: Value = response.json().await.unwrap();
-    assert_eq!(error["error"]["code"], "rate_limited");
+    throttled(
+        slow.api_key.clone(),
+        body(&slow.domain, json!(["r3@ok.test", "r4@ok.test"])),
+        "rate_limited",
+        2,
+    )
+    .await;
     assert_eq!(
         requested(&p).len(),
         before,
@@ -856,23 +865,13 @@ async fn rate_limits_and_daily_quotas_answer_429_with_retry_after_and_produce_no
         )
         .await;
     assert_eq!(status, 202);
-    let response = p
-        .http
-        .post(format!("http://{}/v1/messages", p.ingest))
-        .bearer_auth(&capped.api_key)
-        .json(&body(&capped.domain, json!(["q4@ok.test"])))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 429);
-    let retry_after: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=86_400).contains(&retry_after));
-    let error: Value = response.json().await.unwrap();
-    assert_eq!(error["error"]["code"], "quota_exceeded");
+    throttled(
+        capped.api_key.clone(),
+        body(&capped.domain, json!(["q4@ok.test"])),
+        "quota_exceeded",
+        86_400,
+    )
+    .await;
     // Another tenant is not affected by either.
     let (status, _) = p.send(&message_to(&p, json!(["free@ok.test"]))).await;
     assert_eq!(status, 202);
@@ -977,16 +976,20 @@ async fn a_domain_sends_only_once_its_dns_records_are_verified() {
         "{refused}"
     );
 
+    let verify = || async {
+        let (status, checked, _) = p
+            .call(
+                &p.api_key,
+                Method::POST,
+                &format!("/v1/domains/{domain}/verify"),
+                None,
+            )
+            .await;
+        (status, checked)
+    };
     // Nothing published yet (the server answers nothing): not verified.
     let empty = start_dns_on(port, &[]);
-    let (status, checked, _) = p
-        .call(
-            &p.api_key,
-            Method::POST,
-            &format!("/v1/domains/{domain}/verify"),
-            None,
-        )
-        .await;
+    let (status, checked) = verify().await;
     assert_eq!(
         (status, checked["verified"].as_bool()),
         (200, Some(false)),
@@ -1010,14 +1013,7 @@ async fn a_domain_sends_only_once_its_dns_records_are_verified() {
         .cloned()
         .collect();
     let dns = start_dns_on(port, &partial);
-    let (_, checked, _) = p
-        .call(
-            &p.api_key,
-            Method::POST,
-            &format!("/v1/domains/{domain}/verify"),
-            None,
-        )
-        .await;
+    let (_, checked) = verify().await;
     assert_eq!(checked["verified"], false);
     let failing: Vec<&str> = checked["checks"]
         .as_array()
@@ -1030,14 +1026,7 @@ async fn a_domain_sends_only_once_its_dns_records_are_verified() {
     drop(dns);
 
     let dns = start_dns_on(port, &records);
-    let (status, checked, _) = p
-        .call(
-            &p.api_key,
-            Method::POST,
-            &format!("/v1/domains/{domain}/verify"),
-            None,
-        )
-        .await;
+    let (status, checked) = verify().await;
     assert_eq!(
         (status, checked["verified"].as_bool()),
         (200, Some(true)),
