@@ -56,20 +56,28 @@ pub async fn start(
     let kafka = KafkaConnection::new(brokers, config.kafka.clone());
     let needs = |s: Stage| stages.contains(&s);
     // Every stage reads tenant data (the dispatcher: suppression lists).
-    let store = Some(
-        Store::connect(&config.postgres.url, config.postgres.max_connections)
-            .await
-            .context("connecting to PostgreSQL")?,
-    );
-    let redis = sendmill_platform::clients::redis(&config.redis)
+    let store = Store::connect(&config.postgres.url, config.postgres.max_connections)
         .await
-        .context("connecting to Redis")?;
-    let suppressions = sendmill_platform::suppressions::SuppressionCache::new(
-        store.clone().expect("connected above"),
-        redis.clone(),
-        &config.redis.key_prefix,
-        std::time::Duration::from_secs(config.ingest.suppression_cache_secs),
-    );
+        .context("connecting to PostgreSQL")?;
+    // Render alone needs no Redis; the others share one connection and one view of the
+    // suppression lists.
+    let redis = if needs(Stage::Ingest) || needs(Stage::Dispatch) || needs(Stage::Analytics) {
+        Some(
+            sendmill_platform::clients::redis(&config.redis)
+                .await
+                .context("connecting to Redis")?,
+        )
+    } else {
+        None
+    };
+    let suppressions = redis.clone().map(|redis| {
+        sendmill_platform::suppressions::SuppressionCache::new(
+            store.clone(),
+            redis,
+            &config.redis.key_prefix,
+            std::time::Duration::from_secs(config.ingest.suppression_cache_secs),
+        )
+    });
     let mut pipeline = Pipeline {
         ingest_addr: None,
         analytics_addr: None,
@@ -84,10 +92,10 @@ pub async fn start(
         let state = sendmill_ingest::AppState::new(
             config.ingest.clone(),
             sendmill_ingest::Dependencies {
-                store: store.clone().expect("connected above"),
+                store: store.clone(),
                 producer: kafka.producer()?,
                 topics: kafka.topics.clone(),
-                redis: redis.clone(),
+                redis: redis.clone().expect("connected above"),
                 redis_prefix: config.redis.key_prefix.clone(),
             },
             shutdown.clone(),
@@ -101,7 +109,7 @@ pub async fn start(
     if needs(Stage::Render) {
         let (kafka, store, cfg, tracking, token) = (
             kafka.clone(),
-            store.clone().expect("connected above"),
+            store.clone(),
             config.render.clone(),
             config.tracking.clone(),
             shutdown.clone(),
@@ -117,8 +125,8 @@ pub async fn start(
             config.dispatcher.clone(),
             config.redis.key_prefix.clone(),
             shutdown.clone(),
-            redis.clone(),
-            suppressions.clone(),
+            redis.clone().expect("connected above"),
+            suppressions.clone().expect("connected above"),
         );
         pipeline.tasks.spawn(async move {
             let result =
@@ -132,11 +140,11 @@ pub async fn start(
         pipeline.analytics_addr = Some(listener.local_addr()?);
         let state = sendmill_analytics::AppState::new(
             clickhouse.clone(),
-            store.clone().expect("connected above"),
+            store.clone(),
             &kafka,
             &config.tracking,
             &config.analytics,
-            suppressions.clone(),
+            suppressions.clone().expect("connected above"),
         )?;
         let token = shutdown.clone();
         pipeline.tasks.spawn(async move {

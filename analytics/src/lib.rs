@@ -164,19 +164,13 @@ pub fn routes() -> Vec<(&'static str, axum::routing::MethodRouter<AppState>)> {
 }
 
 pub fn app(state: AppState) -> Router {
-    let mut router = Router::new();
-    for (path, methods) in routes() {
-        router = router.route(path, methods);
-    }
-    router
+    sendmill_platform::api::router(routes())
         .route("/t/o/{token}", get(engagement::open))
         .route("/t/c/{token}", get(engagement::click))
         .route(
             "/u/{token}",
             get(engagement::unsubscribe_page).post(engagement::unsubscribe),
         )
-        .fallback(sendmill_platform::api::no_route)
-        .method_not_allowed_fallback(sendmill_platform::api::wrong_method)
         .with_state(state)
         .merge(sendmill_platform::http::ops_router("analytics"))
         .layer(middleware::from_fn(request_id))

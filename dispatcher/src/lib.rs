@@ -133,13 +133,7 @@ impl Config {
     }
 
     fn nameserver_addrs(&self) -> Result<Vec<SocketAddr>, SetupError> {
-        self.nameservers
-            .iter()
-            .map(|s| {
-                s.parse()
-                    .map_err(|_| SetupError::Config(format!("nameservers: {s:?} is not ip:port")))
-            })
-            .collect()
+        sendmill_platform::dns::parse_nameservers(&self.nameservers).map_err(SetupError::Config)
     }
 
     fn source_addr(&self) -> Result<Option<IpAddr>, SetupError> {

@@ -94,7 +94,7 @@ pub struct Config {
     /// Seconds an Idempotency-Key and its answer are kept.
     pub idempotency_retention_secs: u64,
     /// Seconds a suppression list's Redis copy is trusted before it is rebuilt from
-    /// PostgreSQL.
+    /// PostgreSQL (by whichever stage reads it next: ingest, dispatcher or analytics).
     pub suppression_cache_secs: u64,
     /// Seconds an account's template partials are cached (previews, sandbox sends).
     pub template_cache_secs: u64,
@@ -265,13 +265,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
 /// The ingest API with its ops endpoints.
 pub fn app(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
-    let mut router = Router::new();
-    for (path, methods) in routes() {
-        router = router.route(path, methods);
-    }
-    router
-        .fallback(sendmill_platform::api::no_route)
-        .method_not_allowed_fallback(sendmill_platform::api::wrong_method)
+    sendmill_platform::api::router(routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
         .merge(ops_router("ingest"))

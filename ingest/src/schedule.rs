@@ -13,7 +13,6 @@ use axum::{
 };
 use sendmill_platform::{
     api::{ApiError, Caller},
-    backoff,
     kafka::{ProduceError, Producer},
     CancellationToken,
 };
@@ -81,22 +80,7 @@ async fn cancel(
     if cancelled > 0 {
         // The rows stay pending (locked) until every `dropped` event is written.
         let events: Vec<EventV1> = held.items.iter().filter_map(dropped_event).collect();
-        let topic = state.topics.events();
-        let written = tokio::time::timeout(
-            Duration::from_secs(15),
-            futures::future::try_join_all(events.iter().map(|event| {
-                let key = event.message_id.to_string();
-                let topic = &topic;
-                async move {
-                    backoff::until_ok("produce dropped", &state.shutdown, || {
-                        state.producer.send(topic, &key, event)
-                    })
-                    .await
-                }
-            })),
-        )
-        .await;
-        if !matches!(written, Ok(Ok(_))) {
+        if !crate::send::produce_events(state, &events).await {
             return Err(ApiError::unavailable("the message queue"));
         }
         held.commit().await.map_err(unavailable)?;

@@ -582,6 +582,18 @@ async fn write(
             _ => {}
         }
     }
+    if !produce_events(state, &events).await {
+        // The messages are queued and will be sent; only events are missing from the
+        // timeline. Answering 503 would make the caller send twice.
+        tracing::error!(count = events.len(), "ingest events could not be written");
+        metrics::counter!("sendmill_ingest_event_loss_total").increment(events.len() as u64);
+    }
+    Ok(())
+}
+
+/// Writes `events`, retrying each until acknowledged or 15 s have passed; `false` when
+/// some could not be written in time.
+pub(crate) async fn produce_events(state: &AppState, events: &[EventV1]) -> bool {
     let topic = state.topics.events();
     let produce = futures::future::try_join_all(events.iter().map(|event| {
         let key = event.message_id.to_string();
@@ -593,13 +605,10 @@ async fn write(
             .await
         }
     }));
-    if !matches!(tokio::time::timeout(deadline, produce).await, Ok(Ok(_))) {
-        // The messages are queued and will be sent; only events are missing from the
-        // timeline. Answering 503 would make the caller send twice.
-        tracing::error!(count = events.len(), "ingest events could not be written");
-        metrics::counter!("sendmill_ingest_event_loss_total").increment(events.len() as u64);
-    }
-    Ok(())
+    matches!(
+        tokio::time::timeout(Duration::from_secs(15), produce).await,
+        Ok(Ok(_))
+    )
 }
 
 /// A validated request: per recipient copy, its result and (unless refused) its record.

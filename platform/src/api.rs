@@ -120,6 +120,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A router from a `(path, methods)` table, answering unknown paths and wrong methods in
+/// the one error shape. The table is what the OpenAPI tests probe.
+pub fn router<S: Clone + Send + Sync + 'static>(
+    routes: Vec<(&'static str, axum::routing::MethodRouter<S>)>,
+) -> axum::Router<S> {
+    routes
+        .into_iter()
+        .fold(axum::Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+}
+
 /// Router fallback: an unknown path, in the one error shape.
 pub async fn no_route() -> ApiError {
     ApiError::not_found("route")

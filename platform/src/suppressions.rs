@@ -132,10 +132,6 @@ impl SuppressionCache {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     fn keys(&self, list: List) -> [String; 3] {
         let base = match list {
             List::Account(id) => format!("{}supp:a:{id}", self.prefix),

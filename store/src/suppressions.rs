@@ -69,12 +69,6 @@ pub struct Suppression {
     pub expires_at: Option<OffsetDateTime>,
 }
 
-impl Suppression {
-    pub fn is_active(&self, now: OffsetDateTime) -> bool {
-        self.expires_at.is_none_or(|at| at > now)
-    }
-}
-
 /// A suppression to write: an upsert replaces reason and expiry of an existing one.
 #[derive(Clone, Debug)]
 pub struct NewSuppression {

@@ -133,17 +133,12 @@ impl TestPipeline {
             .create_topics(&topics.all(), config.kafka.partitions)
             .expect("topics are created");
 
-        let account = store.create_account(&id).await.unwrap();
-        let domain = format!("{id}.example.test");
-        let sending = store
-            .add_sending_domain(account, &domain, "s1")
-            .await
-            .unwrap();
-        let api_key = store
-            .create_api_key(account, "test", &Scope::ALL)
-            .await
-            .unwrap()
-            .plaintext;
+        let (tenant, sending) = create_tenant(&store, &id).await;
+        let Tenant {
+            account,
+            api_key,
+            domain,
+        } = tenant;
 
         let (shutdown, ingest, analytics, handle) =
             launch(&config, &broker.bootstrap_servers(), stages).await;
@@ -192,23 +187,7 @@ impl TestPipeline {
 
     /// Another tenant in the same installation: its own account, domain and key.
     pub async fn tenant(&self, name: &str) -> Tenant {
-        let store = self.store().await;
-        let account = store.create_account(&unique(name)).await.unwrap();
-        let domain = format!("{}.example.test", unique(name));
-        store
-            .add_sending_domain(account, &domain, "s1")
-            .await
-            .unwrap();
-        let api_key = store
-            .create_api_key(account, "test", &Scope::ALL)
-            .await
-            .unwrap()
-            .plaintext;
-        Tenant {
-            account,
-            api_key,
-            domain,
-        }
+        create_tenant(&self.store().await, &unique(name)).await.0
     }
 
     /// A call to the ingest API with `key`: status, JSON body (Null when none) and headers.
@@ -366,6 +345,27 @@ pub struct Tenant {
     pub account: AccountId,
     pub api_key: String,
     pub domain: String,
+}
+
+/// Account `name` with the sending domain `<name>.example.test` and an all-scopes key.
+async fn create_tenant(store: &Store, name: &str) -> (Tenant, sendmill_store::SendingDomain) {
+    let account = store.create_account(name).await.unwrap();
+    let domain = format!("{name}.example.test");
+    let sending = store
+        .add_sending_domain(account, &domain, "s1")
+        .await
+        .unwrap();
+    let api_key = store
+        .create_api_key(account, "test", &Scope::ALL)
+        .await
+        .unwrap()
+        .plaintext;
+    let tenant = Tenant {
+        account,
+        api_key,
+        domain,
+    };
+    (tenant, sending)
 }
 
 async fn launch(
