@@ -1,308 +1,84 @@
 //! # sendmill-dispatcher
 //!
-//! Consumes `ready` records and delivers each to its recipient's MX hosts over SMTP,
-//! then records the outcome:
-//! - delivered → `delivered` event;
-//! - permanent failure (5xx, null MX, no such domain) → `bounced` with a category;
-//! - temporary failure (4xx, no connection, timeout) → the record goes to the next retry
-//!   delay topic (1m, 5m, 15m, then hourly) and a `deferred` event is written; once the
-//!   message is older than the retry window it ends as `expired` instead.
+//! Consumes `ready` records and delivers each to its recipient's MX hosts over SMTP:
+//!
+//! 1. **Barrier.** A message whose outcome is recorded (Redis) or whose data already
+//!    reached a receiver (the local [`journal`]) is never sent again: its recorded event
+//!    is repeated instead, or it is reported delivered.
+//! 2. **Suppression**, checked again (authoritative): the address may have been
+//!    suppressed since acceptance.
+//! 3. **Routing.** MX lookup ([`mx`]), the recipient's [`provider`], the IP pool and a
+//!    source IP by weight ([`pools`]), skipping paused IPs and IPs out of warm-up quota.
+//! 4. **Shaping.** A token from the (IP or pool, provider) bucket in Redis ([`shaping`]);
+//!    without one the message waits on the timer wheel, and the consumer pauses its
+//!    partitions while the local queue is full.
+//! 5. **SMTP** over a pooled session from the chosen IP ([`smtp`]), MX hosts by
+//!    preference, the journal written the moment the data is out.
+//! 6. **Outcome.** The reply is classified by the config's rule table ([`outcome`]):
+//!    delivered → `delivered`; permanent → `bounced` (and a suppression when the rule says
+//!    so); temporary → the next retry delay topic and `deferred`, or `expired` past the
+//!    retry window. Rate-limit replies put the provider in backoff mode.
 //!
 //! A second loop consumes the delay topics: a record not yet due pauses its partition
 //! until it is (see `platform::kafka::consumer`); a due one goes back to `ready`.
 //!
 //! **Exactly one terminal event.** Before a terminal event is written, it is stored in
-//! Redis under the message id (`SET NX`), and a message with a stored terminal event is
-//! never attempted again: a redelivered record (crash before the offset was stored, a
-//! duplicate retry chain) re-writes the stored event with its original event id, which
-//! ClickHouse deduplicates, instead of sending the message twice.
-//!
-//! ## Layout
-//! - [`mx`]: MX routing with hickory-resolver.
-//! - [`smtp`]: sockets, pooled SMTP connections, lettre for the protocol.
-//! - [`outcome`]: the outcome type and reply classification.
+//! Redis under the message id (`SET NX`); a redelivered record re-writes the stored event
+//! with its original event id, which ClickHouse deduplicates.
 
+pub mod config;
+pub mod journal;
 pub mod mx;
 pub mod outcome;
+pub mod pools;
+pub mod provider;
+pub mod shaping;
 pub mod smtp;
 
-use lettre::address::{Address, Envelope};
+pub use config::{Config, SetupError};
+
 use outcome::{Delivered, Failure, FailureReason, Outcome};
 use redis::aio::ConnectionManager;
 use sendmill_platform::{
     backoff,
     kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection, Record},
+    pauses::{self, Target},
     suppressions::SuppressionCache,
     CancellationToken,
 };
 use sendmill_wire::{
-    BounceCategory, EventType, EventV1, Lane, MessageId, ReadyV1, RetryTier, RetryV1,
+    BounceCategory, EventType, EventV1, Lane, MessageId, ReadyV1, RetryTier, RetryV1, SmtpReply,
 };
-use serde::Deserialize;
-use std::{net::IpAddr, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::atomic::{AtomicBool, Ordering},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
 use time::OffsetDateTime;
+use tokio::{sync::Semaphore, time::Instant};
 
-/// `[dispatcher]`: delivery.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Kafka consumer group of the delivery loop.
-    pub group_id: String,
-    /// Kafka consumer group of the retry (delay topic) loop.
-    pub retry_group_id: String,
-    /// Deliveries in flight at once per process.
-    pub concurrency: usize,
-    /// Address of `/healthz` and `/metrics` when the dispatcher runs as its own process.
-    /// Env: `SENDMILL_DISPATCH_OPS_LISTEN`.
-    pub ops_listen: String,
-    /// Name announced in EHLO; empty: this machine's host name.
-    pub helo_name: String,
-    /// TCP port of receiving MX hosts (25 everywhere but in tests).
-    pub smtp_port: u16,
-    /// Source address outbound connections bind to; empty: the system's choice.
-    pub source_ip: String,
-    /// DNS servers for MX lookups, `ip:port`; empty: the system's resolv.conf.
-    /// Env: `SENDMILL_DNS_NAMESERVERS` (comma-separated).
-    pub nameservers: Vec<String>,
-    /// Seconds for a DNS query.
-    pub dns_timeout_secs: u64,
-    /// Seconds to establish a TCP connection to an MX host.
-    pub connect_timeout_secs: u64,
-    /// Seconds for the greeting and each SMTP command.
-    pub command_timeout_secs: u64,
-    /// Seconds for a whole transaction, message data included.
-    pub transaction_timeout_secs: u64,
-    /// Idle connections kept per MX address.
-    pub max_idle_per_host: usize,
-    /// Seconds an idle connection is kept for reuse.
-    pub idle_timeout_secs: u64,
-    /// Seconds after acceptance a message keeps being retried; then it expires (a hard
-    /// bounce with the last reply).
-    pub max_retry_age_secs: u64,
-    /// Seconds a message's terminal event is remembered in Redis (the dedupe barrier);
-    /// longer than any redelivery can come late.
-    pub terminal_ttl_secs: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            group_id: "sendmill-dispatcher".into(),
-            retry_group_id: "sendmill-retry".into(),
-            concurrency: 256,
-            ops_listen: "127.0.0.1:9103".into(),
-            helo_name: String::new(),
-            smtp_port: 25,
-            source_ip: String::new(),
-            nameservers: Vec::new(),
-            dns_timeout_secs: 5,
-            connect_timeout_secs: 30,
-            command_timeout_secs: 120,
-            transaction_timeout_secs: 600,
-            max_idle_per_host: 16,
-            idle_timeout_secs: 30,
-            max_retry_age_secs: 24 * 3600,
-            terminal_ttl_secs: 7 * 24 * 3600,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error("invalid dispatcher config: {0}")]
-    Config(String),
-    #[error("cannot build the DNS resolver: {0}")]
-    Dns(String),
-    #[error(transparent)]
-    Kafka(#[from] kafka::KafkaError),
-}
-
-impl Config {
-    pub fn apply_env(&mut self) {
-        sendmill_platform::config::override_string(&mut self.ops_listen, "DISPATCH_OPS_LISTEN");
-        if let Some(servers) = sendmill_platform::config::env_override("DNS_NAMESERVERS") {
-            self.nameservers = servers.split(',').map(|s| s.trim().to_owned()).collect();
-        }
-    }
-
-    /// Checks what serde cannot: addresses parse.
-    pub fn validate(&self) -> Result<(), SetupError> {
-        self.nameserver_addrs()?;
-        self.source_addr()?;
-        Ok(())
-    }
-
-    fn nameserver_addrs(&self) -> Result<Vec<SocketAddr>, SetupError> {
-        sendmill_platform::dns::parse_nameservers(&self.nameservers).map_err(SetupError::Config)
-    }
-
-    fn source_addr(&self) -> Result<Option<IpAddr>, SetupError> {
-        if self.source_ip.is_empty() {
-            return Ok(None);
-        }
-        self.source_ip.parse().map(Some).map_err(|_| {
-            SetupError::Config(format!("source_ip: {:?} is not an IP", self.source_ip))
-        })
-    }
-
-    fn helo(&self) -> String {
-        if !self.helo_name.is_empty() {
-            return self.helo_name.clone();
-        }
-        std::fs::read_to_string("/etc/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".into())
-    }
-}
-
-/// Delivers one message: route, then each MX host by preference until one answers.
-pub struct Deliverer {
-    resolver: mx::MxResolver,
-    smtp: smtp::SmtpClient,
-    source: Option<IpAddr>,
-}
-
-impl Deliverer {
-    pub fn new(config: &Config) -> Result<Self, SetupError> {
-        let resolver = mx::MxResolver::new(
-            &config.nameserver_addrs()?,
-            Duration::from_secs(config.dns_timeout_secs),
-        )
-        .map_err(|e| SetupError::Dns(e.to_string()))?;
-        let smtp = smtp::SmtpClient::new(smtp::SmtpSettings {
-            port: config.smtp_port,
-            helo: config.helo(),
-            connect_timeout: Duration::from_secs(config.connect_timeout_secs),
-            command_timeout: Duration::from_secs(config.command_timeout_secs),
-            transaction_timeout: Duration::from_secs(config.transaction_timeout_secs),
-            max_idle_per_host: config.max_idle_per_host,
-            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
-        });
-        Ok(Self {
-            resolver,
-            smtp,
-            source: config.source_addr()?,
-        })
-    }
-
-    pub async fn deliver(&self, ready: &ReadyV1) -> Outcome {
-        let source_ip = self.source.map(|ip| ip.to_string());
-        let envelope = match envelope(ready) {
-            Ok(e) => e,
-            Err(reason) => {
-                return Outcome::Permanent(Failure::new(reason, BounceCategory::BadMailbox))
-            }
-        };
-        let hosts = match self.resolver.route(&ready.recipient_domain()).await {
-            Ok(hosts) => hosts,
-            Err(mx::RouteError::NoSuchDomain) => {
-                return Outcome::Permanent(Failure::new(
-                    FailureReason::NoSuchDomain,
-                    BounceCategory::BadDomain,
-                ))
-            }
-            Err(mx::RouteError::NullMx) => {
-                return Outcome::Permanent(Failure::new(
-                    FailureReason::NullMx,
-                    BounceCategory::BadDomain,
-                ))
-            }
-            Err(mx::RouteError::Temporary(e)) => {
-                return Outcome::Temporary(Failure::new(
-                    FailureReason::Dns(e),
-                    BounceCategory::Routing,
-                ))
-            }
-        };
-
-        let mut last: Option<(String, smtp::SmtpError)> = None;
-        for host in &hosts {
-            for &addr in &host.addrs {
-                let started = std::time::Instant::now();
-                let result = self
-                    .smtp
-                    .send(self.source, addr, &envelope, &ready.message)
-                    .await;
-                metrics::histogram!("sendmill_smtp_send_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                match result {
-                    Ok(reply) => {
-                        return Outcome::Delivered(Delivered {
-                            mx_host: host.name.clone(),
-                            source_ip,
-                            reply,
-                        })
-                    }
-                    Err(error) if error.try_next_host() => last = Some((host.name.clone(), error)),
-                    Err(error) => return failure(Some(host.name.clone()), source_ip, error),
-                }
-            }
-        }
-        match last {
-            Some((host, error)) => failure(Some(host), source_ip, error),
-            None => Outcome::Temporary(Failure::new(
-                FailureReason::Connect("no MX host has an address".into()),
-                BounceCategory::Routing,
-            )),
-        }
-    }
-}
-
-fn envelope(ready: &ReadyV1) -> Result<Envelope, FailureReason> {
-    let bad = |what: &str| FailureReason::Protocol(format!("invalid envelope {what}"));
-    let from: Address = ready.envelope_from.parse().map_err(|_| bad("sender"))?;
-    let to: Address = ready.recipient.parse().map_err(|_| bad("recipient"))?;
-    Envelope::new(Some(from), vec![to]).map_err(|_| bad("addresses"))
-}
-
-fn failure(mx_host: Option<String>, source_ip: Option<String>, error: smtp::SmtpError) -> Outcome {
-    let (reason, reply, permanent, category) = match error {
-        smtp::SmtpError::Rejected { reply, permanent } => {
-            let category = outcome::categorize(&reply);
-            let reason = FailureReason::Rejected {
-                code: reply.code,
-                text: reply.text.clone(),
-            };
-            (reason, Some(reply), permanent, category)
-        }
-        smtp::SmtpError::Timeout(step) => (
-            FailureReason::Timeout(step),
-            None,
-            false,
-            BounceCategory::Routing,
-        ),
-        smtp::SmtpError::Connect { .. } => (
-            FailureReason::Connect(error.to_string()),
-            None,
-            false,
-            BounceCategory::Routing,
-        ),
-        smtp::SmtpError::Session(e) => (
-            FailureReason::Protocol(e),
-            None,
-            false,
-            BounceCategory::Protocol,
-        ),
-    };
-    let failure = Failure {
-        reason,
-        mx_host,
-        source_ip,
-        reply,
-        category,
-    };
-    if permanent {
-        Outcome::Permanent(failure)
-    } else {
-        Outcome::Temporary(failure)
-    }
+/// Where an attempt went, for its events.
+#[derive(Debug, Clone, Default)]
+pub struct Routed {
+    pub provider: Option<String>,
+    pub pool: Option<String>,
+    /// A rejection whose rule says to suppress the address.
+    pub suppress: bool,
 }
 
 /// Everything the dispatcher needs, built once per process.
 pub struct Dispatcher {
-    deliverer: Deliverer,
+    resolver: mx::MxResolver,
+    providers: provider::Providers,
+    pools: pools::Pools,
+    shaper: shaping::Shaper,
+    connections: smtp::ConnectionPool,
+    journal: journal::Journal,
+    sending: Semaphore,
+    pause_watch: PauseWatch,
     producer: kafka::Producer,
     redis: ConnectionManager,
     key_prefix: String,
@@ -322,22 +98,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), SetupError> {
     config.validate()?;
-    let dispatcher = Arc::new(Dispatcher {
-        deliverer: Deliverer::new(&config)?,
-        producer: kafka.producer()?,
+    let dispatcher = Arc::new(Dispatcher::new(
+        kafka.clone(),
         redis,
-        key_prefix: redis_key_prefix,
+        redis_key_prefix,
         suppressions,
-        kafka: kafka.clone(),
-        config: config.clone(),
-        shutdown: shutdown.clone(),
-    });
+        config.clone(),
+        shutdown.clone(),
+    )?);
     let deliveries = {
         let spec = ConsumerSpec {
             stage: "dispatcher",
             group_id: config.group_id.clone(),
             topics: Lane::ALL.iter().map(|&l| kafka.topics.ready(l)).collect(),
-            concurrency: config.concurrency,
+            concurrency: config.queue_capacity.max(config.concurrency),
         };
         kafka::consumer::run_shared(
             &kafka,
@@ -372,6 +146,55 @@ pub async fn run(
 }
 
 impl Dispatcher {
+    pub fn new(
+        kafka: KafkaConnection,
+        redis: ConnectionManager,
+        key_prefix: String,
+        suppressions: SuppressionCache,
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> Result<Self, SetupError> {
+        let resolver = mx::MxResolver::new(
+            &config.nameserver_addrs()?,
+            Duration::from_secs(config.dns_timeout_secs),
+        )
+        .map_err(|e| SetupError::Dns(e.to_string()))?;
+        let connections = smtp::ConnectionPool::new(smtp::SmtpSettings {
+            port: config.smtp_port,
+            connect_timeout: Duration::from_secs(config.connect_timeout_secs),
+            command_timeout: Duration::from_secs(config.command_timeout_secs),
+            data_timeout: Duration::from_secs(config.data_timeout_secs),
+            max_idle_per_host: config.max_idle_per_host,
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        });
+        let journal = journal::Journal::open(
+            Path::new(&config.journal_dir),
+            config.journal_segment_entries,
+            config.journal_segments,
+        )?;
+        Ok(Self {
+            resolver,
+            providers: provider::Providers::new(&config.providers),
+            pools: pools::Pools::new(&config),
+            shaper: shaping::Shaper::new(redis.clone(), &key_prefix, &config, shutdown.clone()),
+            connections,
+            journal,
+            sending: Semaphore::new(config.concurrency.max(1)),
+            pause_watch: PauseWatch::new(
+                redis.clone(),
+                &key_prefix,
+                Duration::from_millis(config.pause_refresh_ms),
+            ),
+            producer: kafka.producer()?,
+            redis,
+            key_prefix,
+            suppressions,
+            kafka,
+            config,
+            shutdown,
+        })
+    }
+
     fn terminal_key(&self, id: MessageId) -> String {
         format!("{}terminal:{id}", self.key_prefix)
     }
@@ -437,26 +260,296 @@ impl Dispatcher {
             self.emit(&recorded).await?;
             return Ok(Handled::Done);
         }
+        if self.journal.contains(ready.message_id) {
+            // Its data reached a receiver, but the process stopped (or the session broke)
+            // before the outcome was recorded: sending again would deliver it twice.
+            let mut event = new_event(EventType::Delivered, &ready);
+            event.attempt = ready.attempts.max(1);
+            event.reason = Some(
+                "the message data reached the receiver but its reply was not read (dispatcher restart or broken session); not sent again".into(),
+            );
+            metrics::counter!("sendmill_dispatch_unconfirmed_total").increment(1);
+            self.finish(event).await?;
+            return Ok(Handled::Done);
+        }
         // Checked again here: the address may have been suppressed since acceptance
         // (a bounce of another message, an unsubscribe, a scheduled or retried send).
         if let Some(suppressed) = self.suppressed(&ready).await? {
-            let mut event = EventV1::new(
-                EventType::Dropped,
-                "dispatcher",
-                ready.message_id,
-                ready.account_id,
-                &ready.recipient,
-                &ready.context,
-            );
+            let mut event = new_event(EventType::Dropped, &ready);
             event.reason = Some(suppressed);
             metrics::counter!("sendmill_dispatch_suppressed_total").increment(1);
             self.finish(event).await?;
             return Ok(Handled::Done);
         }
         let attempt = ready.attempts + 1;
-        let outcome = self.deliverer.deliver(&ready).await;
-        self.record_outcome(ready, attempt, outcome).await?;
+        let (outcome, routed) = self.deliver(&ready).await?;
+        self.record_outcome(ready, attempt, outcome, routed).await?;
         Ok(Handled::Done)
+    }
+
+    /// One delivery attempt: route, wait for a token, try MX hosts by preference.
+    async fn deliver(&self, ready: &ReadyV1) -> Result<(Outcome, Routed), HandlerError> {
+        let mut routed = Routed::default();
+        if !envelope_ok(&ready.envelope_from) || !envelope_ok(&ready.recipient) {
+            let reason = FailureReason::Protocol("invalid envelope address".into());
+            let failure = Failure::new(reason, BounceCategory::BadMailbox);
+            return Ok((Outcome::Permanent(failure), routed));
+        }
+        let domain = ready.recipient_domain();
+        let hosts = match self.resolver.route(&domain).await {
+            Ok(hosts) => hosts,
+            Err(error) => return Ok((route_failure(error), routed)),
+        };
+        let provider = self.providers.classify(&domain, &hosts);
+        let pool = self.pools.choose(
+            ready.account_id,
+            ready.lane,
+            ready.context.ip_pool.as_deref(),
+        );
+        routed.provider = Some(provider.name.clone());
+        routed.pool = Some(pool.name.clone());
+        let rule = self.shaper.rule(&provider.name).cloned();
+        let (max_connections, per_connection) = rule
+            .as_ref()
+            .map_or((0, 0), |r| (r.max_connections, r.messages_per_connection));
+        let tls = if provider.require_tls {
+            smtp::TlsMode::Required
+        } else {
+            smtp::TlsMode::Opportunistic
+        };
+        let addrs: Vec<SocketAddr> = hosts
+            .iter()
+            .flat_map(|h| h.addrs.iter())
+            .map(|&a| SocketAddr::new(a, self.config.smtp_port))
+            .collect();
+
+        // A source IP that is not paused and has quota, and a token for it.
+        let source = loop {
+            let paused = self.pause_watch.snapshot(&self.shutdown).await?;
+            let pool_paused = paused.contains(&Target::Pool(pool.name.clone()).member());
+            let picked = (!pool_paused)
+                .then(|| {
+                    self.pools.pick(pool, |ip| {
+                        paused.contains(&Target::Ip(ip).member())
+                            || self.shaper.is_exhausted(ip, &provider.name)
+                    })
+                })
+                .flatten();
+            let Some(source) = picked else {
+                let reason = if pool_paused || pool.ips.iter().all(|ip| paused.contains(&Target::Ip(ip.ip).member())) {
+                    format!("every IP of pool {} is paused", pool.name)
+                } else {
+                    format!("every IP of pool {} reached its warm-up cap for {} today", pool.name, provider.name)
+                };
+                metrics::counter!("sendmill_dispatch_no_source_total").increment(1);
+                let failure = Failure::new(FailureReason::NoSource(reason), BounceCategory::Routing);
+                return Ok((Outcome::Temporary(failure), routed));
+            };
+            let route = shaping::Route {
+                pool: &pool.name,
+                ip: source.ip,
+                provider: &provider.name,
+            };
+            match self.shaper.acquire(&route).await? {
+                shaping::Token::Granted => break source,
+                shaping::Token::WarmupExhausted => self.shaper.exhaust(source.ip, &provider.name),
+            }
+        };
+        let route = shaping::Route {
+            pool: &pool.name,
+            ip: source.ip,
+            provider: &provider.name,
+        };
+        let source_ip = (!source.ip.is_unspecified()).then(|| source.ip.to_string());
+        let bind = (!source.ip.is_unspecified()).then_some(source.ip);
+
+        let _sending = self.sending.acquire().await.expect("never closed");
+        let mut last: Option<(String, smtp::SmtpError)> = None;
+        for host in &hosts {
+            for &addr in &host.addrs {
+                let endpoint = smtp::Endpoint {
+                    source: bind,
+                    addr: SocketAddr::new(addr, self.config.smtp_port),
+                    host_name: &host.name,
+                    helo: &source.helo,
+                    tls,
+                };
+                let started = std::time::Instant::now();
+                let result = self
+                    .send_via(ready, &endpoint, &route, max_connections, per_connection, &addrs)
+                    .await?;
+                metrics::histogram!("sendmill_smtp_send_seconds", "provider" => provider.name.clone())
+                    .record(started.elapsed().as_secs_f64());
+                match result {
+                    Ok(reply) => {
+                        let delivered = Delivered {
+                            mx_host: host.name.clone(),
+                            source_ip,
+                            reply,
+                        };
+                        return Ok((Outcome::Delivered(delivered), routed));
+                    }
+                    Err(error) => {
+                        if let smtp::SmtpError::Rejected { reply, .. } = &error {
+                            let verdict = outcome::classify(&self.config.classify, reply);
+                            if verdict.category == BounceCategory::RateLimited {
+                                self.shaper.rate_limited(&route).await?;
+                            }
+                        }
+                        if error.try_next_host() {
+                            last = Some((host.name.clone(), error));
+                        } else {
+                            let outcome = self.failure(Some(host.name.clone()), source_ip, error, &mut routed);
+                            return Ok((outcome, routed));
+                        }
+                    }
+                }
+            }
+        }
+        let outcome = match last {
+            Some((host, error)) => self.failure(Some(host), source_ip, error, &mut routed),
+            None => Outcome::Temporary(Failure::new(
+                FailureReason::Connect("no MX host has an address".into()),
+                BounceCategory::Routing,
+            )),
+        };
+        Ok((outcome, routed))
+    }
+
+    /// One message over a pooled or new session to `endpoint`. A pooled session that
+    /// turns out dead before the data went out is replaced by a new one, once.
+    async fn send_via(
+        &self,
+        ready: &ReadyV1,
+        endpoint: &smtp::Endpoint<'_>,
+        route: &shaping::Route<'_>,
+        max_connections: usize,
+        per_connection: u32,
+        provider_addrs: &[SocketAddr],
+    ) -> Result<Result<SmtpReply, smtp::SmtpError>, HandlerError> {
+        let settings = self.connections.settings();
+        let data_sent = AtomicBool::new(false);
+        let journal_entry = || {
+            data_sent.store(true, Ordering::Relaxed);
+            if let Err(error) = self.journal.record(ready.message_id) {
+                metrics::counter!("sendmill_dispatch_journal_errors_total").increment(1);
+                tracing::error!(message_id = %ready.message_id, %error, "dedupe journal write failed");
+            }
+        };
+        if let Some(mut session) = self.connections.take_idle(endpoint.source, endpoint.addr) {
+            let result = session
+                .send(&ready.envelope_from, &ready.recipient, &ready.message, settings, journal_entry)
+                .await;
+            self.connections
+                .put_back(endpoint.source, endpoint.addr, session, per_connection);
+            let stale = matches!(result, Err(smtp::SmtpError::Session(_)) | Err(smtp::SmtpError::Timeout(_)));
+            if !(stale && !data_sent.load(Ordering::Relaxed)) {
+                return Ok(result);
+            }
+        }
+        // A new connection: the pause flags are read now, not from the cache.
+        let targets = [Target::Ip(route.ip), Target::Pool(route.pool.to_owned())];
+        let paused = backoff::until_ok("read pause flags", &self.shutdown, || {
+            let mut redis = self.redis.clone();
+            let targets = &targets;
+            async move { pauses::any_paused(&mut redis, &self.key_prefix, targets).await }
+        })
+        .await?;
+        if paused {
+            self.pause_watch.invalidate().await;
+            return Ok(Err(smtp::SmtpError::Session(format!(
+                "source {} (pool {}) was paused",
+                route.ip, route.pool
+            ))));
+        }
+        let slot = match self
+            .connections
+            .slot(endpoint.source, route.provider, max_connections, provider_addrs)
+            .await
+        {
+            Ok(slot) => slot,
+            Err(error) => return Ok(Err(error)),
+        };
+        let mut session = match smtp::Session::open(endpoint, settings, slot).await {
+            Ok(session) => session,
+            Err(error) => return Ok(Err(error)),
+        };
+        metrics::counter!("sendmill_smtp_connections_total", "provider" => route.provider.to_owned(), "tls" => if session.tls { "yes" } else { "no" }).increment(1);
+        let journal_entry = || {
+            if let Err(error) = self.journal.record(ready.message_id) {
+                metrics::counter!("sendmill_dispatch_journal_errors_total").increment(1);
+                tracing::error!(message_id = %ready.message_id, %error, "dedupe journal write failed");
+            }
+        };
+        let result = session
+            .send(&ready.envelope_from, &ready.recipient, &ready.message, settings, journal_entry)
+            .await;
+        self.connections
+            .put_back(endpoint.source, endpoint.addr, session, per_connection);
+        Ok(result)
+    }
+
+    fn failure(
+        &self,
+        mx_host: Option<String>,
+        source_ip: Option<String>,
+        error: smtp::SmtpError,
+        routed: &mut Routed,
+    ) -> Outcome {
+        let (reason, reply, permanent, category) = match error {
+            smtp::SmtpError::Rejected { reply, step } => {
+                let verdict = outcome::classify(&self.config.classify, &reply);
+                routed.suppress = verdict.suppress;
+                let reason = FailureReason::Rejected {
+                    step,
+                    code: reply.code,
+                    text: reply.text.clone(),
+                };
+                (reason, Some(reply), verdict.permanent, verdict.category)
+            }
+            smtp::SmtpError::Timeout(step) => (
+                FailureReason::Timeout(step),
+                None,
+                false,
+                BounceCategory::Routing,
+            ),
+            smtp::SmtpError::Connect { .. } => (
+                FailureReason::Connect(error.to_string()),
+                None,
+                false,
+                BounceCategory::Routing,
+            ),
+            smtp::SmtpError::TlsUnavailable(e) => (
+                FailureReason::Tls(e),
+                None,
+                false,
+                BounceCategory::TlsRequired,
+            ),
+            smtp::SmtpError::Unsupported(e) => (
+                FailureReason::Protocol(e),
+                None,
+                true,
+                BounceCategory::Protocol,
+            ),
+            smtp::SmtpError::Session(e) => (
+                FailureReason::Protocol(e),
+                None,
+                false,
+                BounceCategory::Protocol,
+            ),
+        };
+        let failure = Failure {
+            reason,
+            mx_host,
+            source_ip,
+            reply,
+            category,
+        };
+        if permanent {
+            Outcome::Permanent(failure)
+        } else {
+            Outcome::Temporary(failure)
+        }
     }
 
     /// Why the recipient is suppressed for the account now, if it is.
@@ -480,18 +573,20 @@ impl Dispatcher {
         ready: ReadyV1,
         attempt: u32,
         outcome: Outcome,
+        routed: Routed,
     ) -> Result<(), HandlerError> {
         let event = |event_type| {
-            let mut e = EventV1::new(
-                event_type,
-                "dispatcher",
-                ready.message_id,
-                ready.account_id,
-                &ready.recipient,
-                &ready.context,
-            );
+            let mut e = new_event(event_type, &ready);
             e.attempt = attempt;
-            e.provider = Some(ready.recipient_domain());
+            e.provider = Some(
+                routed
+                    .provider
+                    .clone()
+                    .unwrap_or_else(|| ready.recipient_domain()),
+            );
+            if routed.pool.is_some() {
+                e.context.ip_pool = routed.pool.clone();
+            }
             e
         };
         match outcome {
@@ -504,13 +599,17 @@ impl Dispatcher {
             }
             Outcome::Permanent(failure) => {
                 tracing::info!(message_id = %ready.message_id, reason = %failure, "bounced");
+                if routed.suppress {
+                    self.suppress_bounced(&ready, &failure).await?;
+                }
                 self.finish(failure_event(event(EventType::Bounced), failure))
                     .await
             }
             Outcome::Temporary(failure) => {
-                let tier = RetryTier::after_attempts(attempt);
+                let (tier, delay) = self.config.retry_delay(attempt);
+                let tier = RetryTier::ALL[tier];
                 let now = OffsetDateTime::now_utc();
-                let due_at = now + tier.delay();
+                let due_at = now + delay;
                 let deadline =
                     ready.accepted_at + Duration::from_secs(self.config.max_retry_age_secs);
                 if due_at > deadline {
@@ -540,6 +639,25 @@ impl Dispatcher {
         }
     }
 
+    /// A hard bounce whose rule says so puts the address on the account's list, so later
+    /// sends are dropped at ingest instead of hurting the IPs' reputation.
+    async fn suppress_bounced(&self, ready: &ReadyV1, failure: &Failure) -> Result<(), HandlerError> {
+        let source = format!("bounce of {}: {}", ready.message_id, failure.reason);
+        let added = backoff::until_ok("suppress bounced address", &self.shutdown, || {
+            self.suppressions.add_if_absent(
+                ready.account_id,
+                &ready.recipient,
+                sendmill_store::SuppressionReason::Bounce,
+                Some(&source),
+            )
+        })
+        .await?;
+        if added {
+            metrics::counter!("sendmill_dispatch_bounce_suppressions_total").increment(1);
+        }
+        Ok(())
+    }
+
     async fn handle_retry(&self, record: Record) -> Result<Handled, HandlerError> {
         let retry: RetryV1 = decode(&record)?;
         if retry.due_at > OffsetDateTime::now_utc() {
@@ -562,4 +680,83 @@ fn failure_event(mut event: EventV1, failure: Failure) -> EventV1 {
     event.reason = Some(failure.reason.to_string());
     event.smtp = failure.reply;
     event
+}
+
+fn new_event(event_type: EventType, ready: &ReadyV1) -> EventV1 {
+    EventV1::new(
+        event_type,
+        "dispatcher",
+        ready.message_id,
+        ready.account_id,
+        &ready.recipient,
+        &ready.context,
+    )
+}
+
+fn route_failure(error: mx::RouteError) -> Outcome {
+    match error {
+        mx::RouteError::NoSuchDomain => Outcome::Permanent(Failure::new(
+            FailureReason::NoSuchDomain,
+            BounceCategory::BadDomain,
+        )),
+        mx::RouteError::NullMx => Outcome::Permanent(Failure::new(
+            FailureReason::NullMx,
+            BounceCategory::BadDomain,
+        )),
+        mx::RouteError::Temporary(e) => Outcome::Temporary(Failure::new(
+            FailureReason::Dns(e),
+            BounceCategory::Routing,
+        )),
+    }
+}
+
+/// An envelope address we can put in `MAIL FROM:<…>` / `RCPT TO:<…>` as it is. Ingest
+/// validated it; this guards the protocol against anything that slipped through.
+fn envelope_ok(address: &str) -> bool {
+    address.contains('@')
+        && address.len() <= 254
+        && !address
+            .bytes()
+            .any(|b| b.is_ascii_control() || matches!(b, b'<' | b'>' | b' '))
+}
+
+/// The pause flags, read from Redis at most every `refresh` (new connections read them
+/// themselves, so a pause stops new connections at once).
+struct PauseWatch {
+    redis: ConnectionManager,
+    prefix: String,
+    refresh: Duration,
+    cached: tokio::sync::Mutex<(Arc<HashSet<String>>, Option<Instant>)>,
+}
+
+impl PauseWatch {
+    fn new(redis: ConnectionManager, prefix: &str, refresh: Duration) -> Self {
+        Self {
+            redis,
+            prefix: prefix.to_owned(),
+            refresh,
+            cached: tokio::sync::Mutex::new((Arc::default(), None)),
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Arc<HashSet<String>>, backoff::ShutDown> {
+        let mut cached = self.cached.lock().await;
+        if cached.1.is_some_and(|at| at.elapsed() < self.refresh) {
+            return Ok(cached.0.clone());
+        }
+        let flags = backoff::until_ok("read pause flags", shutdown, || {
+            let mut redis = self.redis.clone();
+            async move { pauses::paused(&mut redis, &self.prefix).await }
+        })
+        .await?;
+        *cached = (Arc::new(flags), Some(Instant::now()));
+        Ok(cached.0.clone())
+    }
+
+    async fn invalidate(&self) {
+        self.cached.lock().await.1 = None;
+    }
 }

@@ -2,6 +2,7 @@
 //! a temporary failure (retry later) or a permanent one (bounce), each with the MX host,
 //! the server's reply and a bounce category the rest of the pipeline acts on.
 
+use serde::Deserialize;
 use sendmill_wire::{BounceCategory, SmtpReply};
 
 #[derive(Debug, Clone)]
@@ -40,8 +41,16 @@ pub enum FailureReason {
     Connect(String),
     #[error("timed out during {0}")]
     Timeout(&'static str),
-    #[error("rejected: {code} {text}")]
-    Rejected { code: u16, text: String },
+    #[error("rejected at {step}: {code} {text}")]
+    Rejected {
+        step: &'static str,
+        code: u16,
+        text: String,
+    },
+    #[error("TLS required but unavailable: {0}")]
+    Tls(String),
+    #[error("no source IP may send: {0}")]
+    NoSource(String),
     #[error("SMTP session failed: {0}")]
     Protocol(String),
 }
@@ -90,46 +99,131 @@ pub fn reply(code: u16, text: &str) -> SmtpReply {
     }
 }
 
-/// The bounce category of a negative reply, from the enhanced code when there is one
-/// (RFC 3463 subjects: 1 addressing, 2 mailbox, 4 routing, 5 protocol, 7 policy), else
-/// from the basic code and text.
-pub fn categorize(reply: &SmtpReply) -> BounceCategory {
-    let text = reply.text.to_ascii_lowercase();
-    if text.contains("rate limit")
-        || text.contains("too many")
-        || (text.contains("try again later") && reply.code == 421)
-    {
-        return BounceCategory::RateLimited;
-    }
-    if let Some(enhanced) = &reply.enhanced {
-        let mut parts = enhanced.split('.').skip(1);
-        let subject = parts.next().unwrap_or("");
-        let detail = parts.next().unwrap_or("");
-        return match (subject, detail) {
-            ("1", "2") => BounceCategory::BadDomain,
-            ("1", _) => BounceCategory::BadMailbox,
-            ("2", "2") => BounceCategory::MailboxFull,
-            ("2", _) => BounceCategory::BadMailbox,
-            ("4", _) => BounceCategory::Routing,
-            ("5", _) => BounceCategory::Protocol,
-            ("7", "10") | ("7", "11") => BounceCategory::TlsRequired,
-            ("7", _) => BounceCategory::Policy,
-            _ => BounceCategory::Other,
-        };
-    }
-    match reply.code {
-        550 | 551 | 553
-            if ["user", "mailbox", "recipient", "address"]
-                .iter()
-                .any(|w| text.contains(w)) =>
-        {
-            BounceCategory::BadMailbox
+/// Whether a failure is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permanence {
+    Temporary,
+    Permanent,
+}
+
+/// `[[dispatcher.classify]]`: one row of the reply-classification table. Every given
+/// condition must hold; an empty one holds for any reply.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyRule {
+    /// Basic reply codes: exact (`550`) or with `x` for any digit (`55x`, `4xx`).
+    #[serde(default)]
+    pub codes: Vec<String>,
+    /// Enhanced status codes (RFC 3463): exact (`5.1.1`) or a prefix ending in a dot
+    /// (`5.7.`).
+    #[serde(default)]
+    pub enhanced: Vec<String>,
+    /// Case-insensitive phrases, any of which in the reply text matches.
+    #[serde(default)]
+    pub text: Vec<String>,
+    /// The bounce category of a matching reply.
+    pub category: BounceCategory,
+    /// Overrides the reply's code class (4xx temporary, 5xx permanent).
+    #[serde(default)]
+    pub outcome: Option<Permanence>,
+    /// Whether a permanent failure adds the recipient to the account's suppression list.
+    #[serde(default)]
+    pub suppress: bool,
+}
+
+impl ClassifyRule {
+    pub fn validate(&self) -> Result<(), String> {
+        for code in &self.codes {
+            let ok = code.len() == 3
+                && code.bytes().enumerate().all(|(i, b)| {
+                    b == b'x' || (b.is_ascii_digit() && (i > 0 || matches!(b, b'2'..=b'5')))
+                });
+            if !ok {
+                return Err(format!("classify: code pattern {code:?} is not like 550 or 5xx"));
+            }
         }
-        552 => BounceCategory::MailboxFull,
-        554 | 550 => BounceCategory::Policy,
-        421 => BounceCategory::RateLimited,
-        _ => BounceCategory::Other,
+        for enhanced in &self.enhanced {
+            if !enhanced.starts_with(['4', '5']) || enhanced.contains(|c: char| !c.is_ascii_digit() && c != '.') {
+                return Err(format!("classify: enhanced code {enhanced:?} is not like 5.1.1 or 5.7."));
+            }
+        }
+        if self.codes.is_empty() && self.enhanced.is_empty() && self.text.is_empty() {
+            return Err(format!("classify: a rule for {:?} matches every reply", self.category));
+        }
+        Ok(())
     }
+
+    fn matches(&self, reply: &SmtpReply, lowered_text: &str) -> bool {
+        let code = reply.code.to_string();
+        let code_ok = self.codes.is_empty()
+            || self.codes.iter().any(|pattern| {
+                pattern
+                    .bytes()
+                    .zip(code.bytes())
+                    .all(|(p, c)| p == b'x' || p == c)
+            });
+        let enhanced_ok = self.enhanced.is_empty()
+            || reply.enhanced.as_deref().is_some_and(|e| {
+                self.enhanced.iter().any(|pattern| {
+                    if pattern.ends_with('.') {
+                        e.starts_with(pattern.as_str())
+                    } else {
+                        e == pattern
+                    }
+                })
+            });
+        let text_ok = self.text.is_empty()
+            || self
+                .text
+                .iter()
+                .any(|phrase| lowered_text.contains(&phrase.to_ascii_lowercase()));
+        code_ok && enhanced_ok && text_ok
+    }
+}
+
+/// What the table makes of a negative reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub category: BounceCategory,
+    pub permanent: bool,
+    pub suppress: bool,
+}
+
+/// Classifies a negative reply by the first matching rule; without one, by code class.
+pub fn classify(rules: &[ClassifyRule], reply: &SmtpReply) -> Verdict {
+    let text = reply.text.to_ascii_lowercase();
+    let by_code = reply.code >= 500;
+    match rules.iter().find(|r| r.matches(reply, &text)) {
+        Some(rule) => {
+            let permanent = match rule.outcome {
+                Some(p) => p == Permanence::Permanent,
+                None => by_code,
+            };
+            Verdict {
+                category: rule.category,
+                permanent,
+                suppress: permanent && rule.suppress,
+            }
+        }
+        None => Verdict {
+            category: BounceCategory::Other,
+            permanent: by_code,
+            suppress: false,
+        },
+    }
+}
+
+/// The built-in table (`default_classify.toml`), used when the config gives none.
+pub fn default_rules() -> Vec<ClassifyRule> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Table {
+        classify: Vec<ClassifyRule>,
+    }
+    let table: Table =
+        toml::from_str(include_str!("default_classify.toml")).expect("the built-in table parses");
+    table.classify
 }
 
 #[cfg(test)]
@@ -183,8 +277,20 @@ mod tests {
             ),
             (451, "Local error", BounceCategory::Other),
         ];
-        for (code, text, expected) in cases {
-            assert_eq!(categorize(&reply(code, text)), expected, "{code} {text}");
+        let rules = default_rules();
+        for rule in &rules {
+            rule.validate().unwrap();
         }
+        for (code, text, expected) in cases {
+            assert_eq!(classify(&rules, &reply(code, text)).category, expected, "{code} {text}");
+        }
+        let unknown = classify(&rules, &reply(550, "5.1.1 User unknown"));
+        assert!(unknown.permanent && unknown.suppress);
+        let full = classify(&rules, &reply(452, "4.2.2 Over quota"));
+        assert!(!full.permanent && !full.suppress);
+        let greylisted = classify(&rules, &reply(451, "4.7.1 Greylisted"));
+        assert!(!greylisted.permanent);
+        let other = classify(&rules, &reply(599, "whatever"));
+        assert_eq!((other.category, other.permanent), (BounceCategory::Other, true));
     }
 }

@@ -20,6 +20,8 @@
 //! - [`tracking`]: signed tokens in open, click and unsubscribe links.
 //! - [`suppressions`]: the Redis copy of the suppression lists the send path checks.
 //! - [`ratelimit`]: per-account send rate and daily quota in Redis.
+//! - [`pauses`]: pause flags for source IPs and pools, set by ops and the reputation
+//!   monitor, obeyed by every dispatcher.
 
 pub mod api;
 pub mod backoff;
@@ -29,6 +31,7 @@ pub mod dns;
 pub mod http;
 pub mod kafka;
 pub mod openapi;
+pub mod pauses;
 pub mod ratelimit;
 pub mod shutdown;
 pub mod suppressions;

@@ -67,7 +67,11 @@ pub fn test_config(id: &str) -> SendmillConfig {
     config.dispatcher.helo_name = "sendmill.test".into();
     config.dispatcher.connect_timeout_secs = 5;
     config.dispatcher.command_timeout_secs = 10;
-    config.dispatcher.transaction_timeout_secs = 20;
+    config.dispatcher.data_timeout_secs = 20;
+    config.dispatcher.journal_dir = std::env::temp_dir()
+        .join(format!("sendmill-journal-{id}"))
+        .to_string_lossy()
+        .into_owned();
     // Links point at a host that does not exist; tests call the analytics address.
     config.tracking.base_url = TRACKING_BASE.into();
     config.tracking.secret = "test-only-link-secret-of-at-least-32-bytes".into();

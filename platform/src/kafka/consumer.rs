@@ -1,7 +1,11 @@
 //! The at-least-once consumer loop every stage runs.
 //!
 //! Records are handed to the handler concurrently (up to `concurrency` at once, across
-//! partitions). Per partition, [`OffsetTracker`] stores the offset of the last record
+//! partitions). When that many are held, the loop pauses every assigned partition and
+//! goes on polling — it never stops polling, which would cost it its group membership —
+//! and resumes them, from the first record it let go, once a quarter of the capacity is
+//! free again. A stage whose handlers wait (the dispatcher's token waits) thus holds a
+//! bounded queue. Per partition, [`OffsetTracker`] stores the offset of the last record
 //! below which every handler has finished, so a crash or rebalance redelivers unfinished
 //! records and never skips one. Handlers therefore see a record more than once now and
 //! then and must tolerate it (the stages do, by message id).
@@ -31,7 +35,7 @@ use std::{
     time::Duration,
 };
 use time::OffsetDateTime;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// One consumed record, detached from the client.
@@ -75,7 +79,8 @@ pub struct ConsumerSpec {
     pub stage: &'static str,
     pub group_id: String,
     pub topics: Vec<String>,
-    /// Records handled at once.
+    /// Records held at once (handled, or waiting inside the handler); at this many the
+    /// partitions are paused.
     pub concurrency: usize,
 }
 
@@ -110,7 +115,8 @@ where
     let dlq = kafka.producer()?;
     let dlq_topic = kafka.topics.dlq();
     let handler = Arc::new(handler);
-    let capacity = Arc::new(Semaphore::new(spec.concurrency.max(1)));
+    let capacity = spec.concurrency.max(1);
+    let mut full = CapacityPause::default();
     let mut in_flight: JoinSet<Completion> = JoinSet::new();
     let mut resume_timers: JoinSet<PartitionKey> = JoinSet::new();
     let mut tracker = OffsetTracker::default();
@@ -127,15 +133,15 @@ where
             Some(key) = resume_timers.join_next() => {
                 let key = key.expect("timer tasks do not panic");
                 if let Some(offset) = paused.remove(&key) {
-                    resume_at(&consumer, &key, offset);
+                    if full.active && full.partitions.contains(&key) {
+                        // Still paused for capacity: that resume reads from here.
+                        full.holds(&key, offset);
+                    } else {
+                        resume_at(&consumer, &key, offset);
+                    }
                 }
             }
-            permit = capacity.clone().acquire_owned() => {
-                let permit = permit.expect("semaphore is never closed");
-                let message = tokio::select! {
-                    m = consumer.recv() => m,
-                    _ = shutdown.cancelled() => break,
-                };
+            message = consumer.recv() => {
                 let message = match message {
                     Ok(m) => m,
                     Err(error) => {
@@ -146,6 +152,9 @@ where
                 let key = (message.topic().to_owned(), message.partition());
                 if paused.get(&key).is_some_and(|&from| message.offset() >= from) {
                     // Fetched before the pause took effect; it comes again after resume.
+                    continue;
+                }
+                if full.holds(&key, message.offset()) {
                     continue;
                 }
                 let record = Record {
@@ -167,10 +176,15 @@ where
                 };
                 in_flight.spawn(async move {
                     let outcome = task.run(record.clone()).await;
-                    drop(permit);
                     Completion { key, offset: record.offset, generation, outcome }
                 });
+                if in_flight.len() >= capacity && !full.active {
+                    full.pause(&consumer, spec.stage);
+                }
             }
+        }
+        if full.active && in_flight.len() <= capacity - capacity / 4 {
+            full.resume(&consumer, &mut paused, spec.stage);
         }
     }
 
@@ -325,6 +339,86 @@ fn on_completion(
         }
         Err(HandlerError::Interrupted) => {}
         Err(HandlerError::Poison(_)) => unreachable!("poison is turned into a dead letter"),
+    }
+}
+
+/// The partitions paused because the handlers hold `concurrency` records.
+#[derive(Default)]
+struct CapacityPause {
+    active: bool,
+    partitions: Vec<PartitionKey>,
+    /// Per partition, the first record received during the pause (dropped, so read again).
+    first_dropped: HashMap<PartitionKey, i64>,
+}
+
+impl CapacityPause {
+    fn pause(&mut self, consumer: &StreamConsumer, stage: &'static str) {
+        let assignment = match consumer.assignment() {
+            Ok(a) => a,
+            Err(error) => {
+                tracing::debug!(%error, "no assignment to pause");
+                return;
+            }
+        };
+        if let Err(error) = consumer.pause(&assignment) {
+            tracing::debug!(%error, "pause failed");
+        }
+        self.partitions = assignment
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        self.active = true;
+        metrics::counter!("sendmill_consumer_capacity_pauses_total", "stage" => stage).increment(1);
+        metrics::gauge!("sendmill_consumer_paused", "stage" => stage).set(1.0);
+        tracing::debug!(stage, "handlers full: partitions paused");
+    }
+
+    /// Whether a record arriving now is let go (to be read again after the resume).
+    fn holds(&mut self, key: &PartitionKey, offset: i64) -> bool {
+        if !self.active {
+            return false;
+        }
+        let first = self.first_dropped.entry(key.clone()).or_insert(offset);
+        *first = (*first).min(offset);
+        true
+    }
+
+    /// Resumes what the pause stopped, except partitions also waiting for a due time:
+    /// their own timer resumes them, from the earlier of the two offsets.
+    fn resume(
+        &mut self,
+        consumer: &StreamConsumer,
+        due_paused: &mut HashMap<PartitionKey, i64>,
+        stage: &'static str,
+    ) {
+        for key in self.partitions.drain(..) {
+            let dropped = self.first_dropped.remove(&key);
+            if let Some(from) = due_paused.get_mut(&key) {
+                if let Some(dropped) = dropped {
+                    *from = (*from).min(dropped);
+                }
+                continue;
+            }
+            match dropped {
+                Some(offset) => resume_at(consumer, &key, offset),
+                None => {
+                    let mut list = TopicPartitionList::new();
+                    list.add_partition(&key.0, key.1);
+                    if let Err(error) = consumer.resume(&list) {
+                        tracing::debug!(%error, "resume failed");
+                    }
+                }
+            }
+        }
+        // Records of partitions assigned during the pause.
+        for (key, offset) in self.first_dropped.drain() {
+            resume_at(consumer, &key, offset);
+        }
+        self.active = false;
+        metrics::counter!("sendmill_consumer_capacity_resumes_total", "stage" => stage).increment(1);
+        metrics::gauge!("sendmill_consumer_paused", "stage" => stage).set(0.0);
+        tracing::debug!(stage, "handlers have room: partitions resumed");
     }
 }
 
