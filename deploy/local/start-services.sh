@@ -11,7 +11,9 @@
 #   failover.test          MX 10 -> 127.0.0.5 (nothing listens), MX 20 -> 127.0.0.2
 #   nullmx.test            null MX (RFC 7505)
 #   nomx.test              no MX, an A record 127.0.0.2 (implicit MX, RFC 5321 §5.1)
-#   d1.test .. d10.test    MX -> 127.0.0.11 .. 127.0.0.20 (bench sinks, started on demand)
+#   ratelimited.test       MX -> 127.0.0.6  answers RCPT with 421 and hangs up
+#   d1.test .. d50.test    MX -> 127.0.0.11 .. 127.0.0.20, round robin (bench sinks,
+#                          started with BENCH_SINKS=1)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -98,9 +100,12 @@ mkdir -p "$dns/conf.d"
   echo "host-record=mx2.failover.test,127.0.0.2"
   echo "mx-host=nullmx.test,.,0"
   echo "host-record=nomx.test,127.0.0.2"
-  for n in $(seq 1 10); do
+  echo "mx-host=ratelimited.test,mx.ratelimited.test,10"
+  echo "host-record=mx.ratelimited.test,127.0.0.6"
+  # Bench domains: 50 domains (50 providers) over the 10 bench sinks.
+  for n in $(seq 1 50); do
     echo "mx-host=d$n.test,mx.d$n.test,10"
-    echo "host-record=mx.d$n.test,127.0.0.$((10 + n))"
+    echo "host-record=mx.d$n.test,127.0.0.$((11 + (n - 1) % 10))"
   done
 } >"$dns/dnsmasq.conf.new"
 # Restart only when the config changed (or dnsmasq is not running): DKIM records written
@@ -137,6 +142,7 @@ start_sink() {
 start_sink ok 127.0.0.2 -d "$sinks/ok/%Y%m%d/"
 start_sink bounce 127.0.0.3 -f RCPT -B "550 5.1.1 <rcpt>: Recipient address rejected: User unknown"
 start_sink defer 127.0.0.4 -r RCPT -b "451 4.7.1 Greylisted, please try again later"
+start_sink ratelimit 127.0.0.6 -Q RCPT
 if [ "${BENCH_SINKS:-0}" = 1 ]; then
   for n in $(seq 1 10); do start_sink "d$n" "127.0.0.$((10 + n))"; done
 fi
@@ -147,5 +153,5 @@ Local services for Sendmill:
   postgresql  postgres://sendmill:sendmill@127.0.0.1:5432/sendmill  (tests: sendmill_test)
   clickhouse  http://127.0.0.1:18123
   dns         127.0.0.1:5353  (MX records for *.test)
-  smtp-sink   127.0.0.2:25 accepts (dumps to $sinks/ok), 127.0.0.3:25 5xx, 127.0.0.4:25 4xx
+  smtp-sink   127.0.0.2:25 accepts (dumps to $sinks/ok), 127.0.0.3:25 5xx, 127.0.0.4:25 4xx, 127.0.0.6:25 421
 INFO

@@ -214,7 +214,8 @@ pub struct WarmupConfig {
 
 fn iso_date<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Date, D::Error> {
     let text = String::deserialize(deserializer)?;
-    let format = time::format_description::parse("[year]-[month]-[day]").expect("valid format");
+    let format = time::format_description::parse_borrowed::<2>("[year]-[month]-[day]")
+        .expect("valid format");
     Date::parse(&text, &format)
         .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a YYYY-MM-DD date")))
 }
@@ -300,7 +301,10 @@ impl Config {
             }
             for account in &pool.accounts {
                 if account.parse::<uuid::Uuid>().is_err() {
-                    return bad(format!("pools.{}.accounts: {account:?} is not a UUID", pool.name));
+                    return bad(format!(
+                        "pools.{}.accounts: {account:?} is not a UUID",
+                        pool.name
+                    ));
                 }
             }
         }
@@ -318,12 +322,17 @@ impl Config {
                 return bad(format!("routing.accounts: {account:?} is not a UUID"));
             }
             if !known(pool) {
-                return bad(format!("routing.accounts.{account}: no pool is named {pool:?}"));
+                return bad(format!(
+                    "routing.accounts.{account}: no pool is named {pool:?}"
+                ));
             }
         }
         for rule in &self.shaping {
             if rule.messages_per_sec < 0.0 || !rule.messages_per_sec.is_finite() {
-                return bad(format!("shaping.{}: messages_per_sec must be >= 0", rule.provider));
+                return bad(format!(
+                    "shaping.{}: messages_per_sec must be >= 0",
+                    rule.provider
+                ));
             }
         }
         for w in &self.warmup {
@@ -337,9 +346,10 @@ impl Config {
         if !(0.0..=1.0).contains(&self.backoff_min_factor) || self.backoff_min_factor == 0.0 {
             return bad("backoff_min_factor: must be in (0, 1]".into());
         }
-        if self.max_lease == 0 || self.journal_segments == 0 || self.journal_segment_entries == 0
-        {
-            return bad("max_lease, journal_segments and journal_segment_entries must be > 0".into());
+        if self.max_lease == 0 || self.journal_segments == 0 || self.journal_segment_entries == 0 {
+            return bad(
+                "max_lease, journal_segments and journal_segment_entries must be > 0".into(),
+            );
         }
         for rule in &self.classify {
             rule.validate().map_err(SetupError::Config)?;

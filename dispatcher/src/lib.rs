@@ -52,8 +52,8 @@ use sendmill_wire::{
 use std::{
     collections::HashSet,
     net::SocketAddr,
-    sync::atomic::{AtomicBool, Ordering},
     path::Path,
+    sync::atomic::{AtomicBool, Ordering},
     sync::Arc,
     time::Duration,
 };
@@ -336,13 +336,22 @@ impl Dispatcher {
                 })
                 .flatten();
             let Some(source) = picked else {
-                let reason = if pool_paused || pool.ips.iter().all(|ip| paused.contains(&Target::Ip(ip.ip).member())) {
+                let reason = if pool_paused
+                    || pool
+                        .ips
+                        .iter()
+                        .all(|ip| paused.contains(&Target::Ip(ip.ip).member()))
+                {
                     format!("every IP of pool {} is paused", pool.name)
                 } else {
-                    format!("every IP of pool {} reached its warm-up cap for {} today", pool.name, provider.name)
+                    format!(
+                        "every IP of pool {} reached its warm-up cap for {} today",
+                        pool.name, provider.name
+                    )
                 };
                 metrics::counter!("sendmill_dispatch_no_source_total").increment(1);
-                let failure = Failure::new(FailureReason::NoSource(reason), BounceCategory::Routing);
+                let failure =
+                    Failure::new(FailureReason::NoSource(reason), BounceCategory::Routing);
                 return Ok((Outcome::Temporary(failure), routed));
             };
             let route = shaping::Route {
@@ -376,7 +385,14 @@ impl Dispatcher {
                 };
                 let started = std::time::Instant::now();
                 let result = self
-                    .send_via(ready, &endpoint, &route, max_connections, per_connection, &addrs)
+                    .send_via(
+                        ready,
+                        &endpoint,
+                        &route,
+                        max_connections,
+                        per_connection,
+                        &addrs,
+                    )
                     .await?;
                 metrics::histogram!("sendmill_smtp_send_seconds", "provider" => provider.name.clone())
                     .record(started.elapsed().as_secs_f64());
@@ -399,7 +415,12 @@ impl Dispatcher {
                         if error.try_next_host() {
                             last = Some((host.name.clone(), error));
                         } else {
-                            let outcome = self.failure(Some(host.name.clone()), source_ip, error, &mut routed);
+                            let outcome = self.failure(
+                                Some(host.name.clone()),
+                                source_ip,
+                                error,
+                                &mut routed,
+                            );
                             return Ok((outcome, routed));
                         }
                     }
@@ -438,12 +459,21 @@ impl Dispatcher {
         };
         if let Some(mut session) = self.connections.take_idle(endpoint.source, endpoint.addr) {
             let result = session
-                .send(&ready.envelope_from, &ready.recipient, &ready.message, settings, journal_entry)
+                .send(
+                    &ready.envelope_from,
+                    &ready.recipient,
+                    &ready.message,
+                    settings,
+                    journal_entry,
+                )
                 .await;
             self.connections
                 .put_back(endpoint.source, endpoint.addr, session, per_connection);
-            let stale = matches!(result, Err(smtp::SmtpError::Session(_)) | Err(smtp::SmtpError::Timeout(_)));
-            if !(stale && !data_sent.load(Ordering::Relaxed)) {
+            let stale = matches!(
+                result,
+                Err(smtp::SmtpError::Session(_)) | Err(smtp::SmtpError::Timeout(_))
+            );
+            if !stale || data_sent.load(Ordering::Relaxed) {
                 return Ok(result);
             }
         }
@@ -464,7 +494,12 @@ impl Dispatcher {
         }
         let slot = match self
             .connections
-            .slot(endpoint.source, route.provider, max_connections, provider_addrs)
+            .slot(
+                endpoint.source,
+                route.provider,
+                max_connections,
+                provider_addrs,
+            )
             .await
         {
             Ok(slot) => slot,
@@ -482,7 +517,13 @@ impl Dispatcher {
             }
         };
         let result = session
-            .send(&ready.envelope_from, &ready.recipient, &ready.message, settings, journal_entry)
+            .send(
+                &ready.envelope_from,
+                &ready.recipient,
+                &ready.message,
+                settings,
+                journal_entry,
+            )
             .await;
         self.connections
             .put_back(endpoint.source, endpoint.addr, session, per_connection);
@@ -641,7 +682,11 @@ impl Dispatcher {
 
     /// A hard bounce whose rule says so puts the address on the account's list, so later
     /// sends are dropped at ingest instead of hurting the IPs' reputation.
-    async fn suppress_bounced(&self, ready: &ReadyV1, failure: &Failure) -> Result<(), HandlerError> {
+    async fn suppress_bounced(
+        &self,
+        ready: &ReadyV1,
+        failure: &Failure,
+    ) -> Result<(), HandlerError> {
         let source = format!("bounce of {}: {}", ready.message_id, failure.reason);
         let added = backoff::until_ok("suppress bounced address", &self.shutdown, || {
             self.suppressions.add_if_absent(
@@ -703,10 +748,9 @@ fn route_failure(error: mx::RouteError) -> Outcome {
             FailureReason::NullMx,
             BounceCategory::BadDomain,
         )),
-        mx::RouteError::Temporary(e) => Outcome::Temporary(Failure::new(
-            FailureReason::Dns(e),
-            BounceCategory::Routing,
-        )),
+        mx::RouteError::Temporary(e) => {
+            Outcome::Temporary(Failure::new(FailureReason::Dns(e), BounceCategory::Routing))
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! a temporary failure (retry later) or a permanent one (bounce), each with the MX host,
 //! the server's reply and a bounce category the rest of the pipeline acts on.
 
-use serde::Deserialize;
 use sendmill_wire::{BounceCategory, SmtpReply};
+use serde::Deserialize;
 
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -140,16 +140,25 @@ impl ClassifyRule {
                     b == b'x' || (b.is_ascii_digit() && (i > 0 || matches!(b, b'2'..=b'5')))
                 });
             if !ok {
-                return Err(format!("classify: code pattern {code:?} is not like 550 or 5xx"));
+                return Err(format!(
+                    "classify: code pattern {code:?} is not like 550 or 5xx"
+                ));
             }
         }
         for enhanced in &self.enhanced {
-            if !enhanced.starts_with(['4', '5']) || enhanced.contains(|c: char| !c.is_ascii_digit() && c != '.') {
-                return Err(format!("classify: enhanced code {enhanced:?} is not like 5.1.1 or 5.7."));
+            if !enhanced.starts_with(['4', '5'])
+                || enhanced.contains(|c: char| !c.is_ascii_digit() && c != '.')
+            {
+                return Err(format!(
+                    "classify: enhanced code {enhanced:?} is not like 5.1.1 or 5.7."
+                ));
             }
         }
         if self.codes.is_empty() && self.enhanced.is_empty() && self.text.is_empty() {
-            return Err(format!("classify: a rule for {:?} matches every reply", self.category));
+            return Err(format!(
+                "classify: a rule for {:?} matches every reply",
+                self.category
+            ));
         }
         Ok(())
     }
@@ -282,7 +291,11 @@ mod tests {
             rule.validate().unwrap();
         }
         for (code, text, expected) in cases {
-            assert_eq!(classify(&rules, &reply(code, text)).category, expected, "{code} {text}");
+            assert_eq!(
+                classify(&rules, &reply(code, text)).category,
+                expected,
+                "{code} {text}"
+            );
         }
         let unknown = classify(&rules, &reply(550, "5.1.1 User unknown"));
         assert!(unknown.permanent && unknown.suppress);
@@ -291,6 +304,9 @@ mod tests {
         let greylisted = classify(&rules, &reply(451, "4.7.1 Greylisted"));
         assert!(!greylisted.permanent);
         let other = classify(&rules, &reply(599, "whatever"));
-        assert_eq!((other.category, other.permanent), (BounceCategory::Other, true));
+        assert_eq!(
+            (other.category, other.permanent),
+            (BounceCategory::Other, true)
+        );
     }
 }

@@ -166,8 +166,14 @@ mod tests {
         assert_eq!(pools.choose(acme, Lane::Bulk, None).name, "acme");
         assert_eq!(pools.choose(acme, Lane::Bulk, Some("tx")).name, "tx");
         // A dedicated pool is not for others, whatever they ask.
-        assert_eq!(pools.choose(other, Lane::Transactional, Some("acme")).name, "tx");
-        assert_eq!(pools.choose(other, Lane::Transactional, Some("nope")).name, "tx");
+        assert_eq!(
+            pools.choose(other, Lane::Transactional, Some("acme")).name,
+            "tx"
+        );
+        assert_eq!(
+            pools.choose(other, Lane::Transactional, Some("nope")).name,
+            "tx"
+        );
     }
 
     #[test]
@@ -181,10 +187,11 @@ mod tests {
                 heavy += 1;
             }
         }
-        assert!((2700..3300).contains(&heavy), "{heavy} of 4000 on the weight-3 IP");
-        let only = pools
-            .pick(tx, |ip| ip.to_string() == "127.0.0.2")
-            .unwrap();
+        assert!(
+            (2700..3300).contains(&heavy),
+            "{heavy} of 4000 on the weight-3 IP"
+        );
+        let only = pools.pick(tx, |ip| ip.to_string() == "127.0.0.2").unwrap();
         assert_eq!(only.ip.to_string(), "127.0.0.3");
         assert_eq!(only.helo, "mta-127.0.0.3.test");
         assert!(pools.pick(tx, |_| true).is_none());

@@ -86,7 +86,9 @@ mod tests {
         assert!(google.require_tls);
         assert_eq!(providers.classify("gmail.com", &[]).name, "google");
         assert_eq!(
-            providers.classify("x.test", &[host("alt1.googlemail.com")]).name,
+            providers
+                .classify("x.test", &[host("alt1.googlemail.com")])
+                .name,
             "google"
         );
         // A suffix matches whole labels only.

@@ -226,7 +226,10 @@ impl Shaper {
             .rule(route.provider)
             .is_some_and(|r| r.per == ShapingScope::Pool);
         if per_pool {
-            format!("{}shape:pool:{}:{}", self.prefix, route.pool, route.provider)
+            format!(
+                "{}shape:pool:{}:{}",
+                self.prefix, route.pool, route.provider
+            )
         } else {
             format!("{}shape:ip:{}:{}", self.prefix, route.ip, route.provider)
         }

@@ -49,7 +49,10 @@ pub enum SmtpError {
     Timeout(&'static str),
     /// The server answered a step negatively.
     #[error("{step}: {} {}", reply.code, reply.text)]
-    Rejected { reply: SmtpReply, step: &'static str },
+    Rejected {
+        reply: SmtpReply,
+        step: &'static str,
+    },
     /// TLS is required and the server does not offer it, or the handshake failed.
     #[error("TLS required: {0}")]
     TlsUnavailable(String),
@@ -261,7 +264,10 @@ impl Session {
         }
         let name = ServerName::try_from(host_name.to_owned())
             .map_err(|_| SmtpError::TlsUnavailable(format!("bad TLS name {host_name:?}")))?;
-        let plain = std::mem::replace(&mut self.io, BufReader::new(Box::new(tokio::io::duplex(1).0)));
+        let plain = std::mem::replace(
+            &mut self.io,
+            BufReader::new(Box::new(tokio::io::duplex(1).0)),
+        );
         let connector = tokio_rustls::TlsConnector::from(TLS_CONFIG.clone());
         let tls = tokio::time::timeout(t, connector.connect(name, plain.into_inner()))
             .await
@@ -334,12 +340,27 @@ impl Session {
         steps.push(("DATA", "DATA\r\n".into()));
         self.dirty = true;
 
-        let mut replies = Vec::with_capacity(steps.len());
+        let mut replies: Vec<(&'static str, (u16, Vec<String>))> = Vec::with_capacity(steps.len());
         if self.caps.pipelining {
             let batch: String = steps.iter().map(|(_, c)| c.as_str()).collect();
             self.write(batch.as_bytes(), t, "MAIL FROM").await?;
             for (step, _) in &steps {
-                replies.push((*step, self.read_reply(t, step).await?));
+                let reply = match self.read_reply(t, step).await {
+                    Ok(reply) => reply,
+                    // The server hung up after refusing an earlier command: that refusal
+                    // is the answer.
+                    Err(_) if replies.iter().any(|(s, (c, _))| !expected(s, *c)) => {
+                        self.broken = true;
+                        break;
+                    }
+                    Err(error) => return Err(error),
+                };
+                let closing = reply.0 == 421;
+                replies.push((*step, reply));
+                if closing {
+                    self.broken = true;
+                    break;
+                }
             }
         } else {
             for (step, command) in &steps {
@@ -363,7 +384,7 @@ impl Session {
             if step == "RSET" {
                 return Err(SmtpError::Session(format!("RSET refused: {code}")));
             }
-            if data_accepted {
+            if data_accepted && !self.broken {
                 // A server that accepts DATA without a recipient: end it empty, then drop.
                 self.write(b".\r\n", t, "DATA").await?;
                 let _ = self.read_reply(t, "DATA").await;
@@ -374,7 +395,8 @@ impl Session {
 
         let started = Instant::now();
         let data = dot_stuffed(message);
-        self.write(&data, settings.data_timeout, "message data").await?;
+        self.write(&data, settings.data_timeout, "message data")
+            .await?;
         data_sent();
         self.sent += 1;
         let (code, lines) = self
@@ -396,7 +418,12 @@ impl Session {
         }
     }
 
-    async fn write(&mut self, bytes: &[u8], t: Duration, step: &'static str) -> Result<(), SmtpError> {
+    async fn write(
+        &mut self,
+        bytes: &[u8],
+        t: Duration,
+        step: &'static str,
+    ) -> Result<(), SmtpError> {
         let io = self.io.get_mut();
         tokio::time::timeout(t, async {
             io.write_all(bytes).await?;
@@ -548,12 +575,17 @@ static TLS_CONFIG: LazyLock<Arc<rustls::ClientConfig>> = LazyLock::new(|| {
     Arc::new(config)
 });
 
+/// (source IP, MX address).
+type HostKey = (Option<IpAddr>, SocketAddr);
+/// (source IP, provider).
+type ProviderKey = (Option<IpAddr>, String);
+
 /// Idle sessions per (source IP, MX address), and the connection caps per
 /// (source IP, provider).
 pub struct ConnectionPool {
     settings: SmtpSettings,
-    idle: Mutex<HashMap<(Option<IpAddr>, SocketAddr), Vec<(Session, Instant)>>>,
-    caps: Mutex<HashMap<(Option<IpAddr>, String), Arc<Semaphore>>>,
+    idle: Mutex<HashMap<HostKey, Vec<(Session, Instant)>>>,
+    caps: Mutex<HashMap<ProviderKey, Arc<Semaphore>>>,
 }
 
 impl ConnectionPool {
@@ -614,8 +646,7 @@ impl ConnectionPool {
         if let Some((session, _)) = evicted {
             close_in_background(session);
         }
-        match tokio::time::timeout(self.settings.connect_timeout, semaphore.acquire_owned()).await
-        {
+        match tokio::time::timeout(self.settings.connect_timeout, semaphore.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Some(permit)),
             _ => Err(SmtpError::Timeout("waiting for a connection slot")),
         }

@@ -68,6 +68,8 @@ pub fn test_config(id: &str) -> SendmillConfig {
     config.dispatcher.connect_timeout_secs = 5;
     config.dispatcher.command_timeout_secs = 10;
     config.dispatcher.data_timeout_secs = 20;
+    config.dispatcher.ops_listen = "127.0.0.1:0".into();
+    config.render.ops_listen = "127.0.0.1:0".into();
     config.dispatcher.journal_dir = std::env::temp_dir()
         .join(format!("sendmill-journal-{id}"))
         .to_string_lossy()
@@ -183,6 +185,13 @@ impl TestPipeline {
         self.ingest = ingest;
         self.analytics = analytics;
         self.running = Some(handle);
+    }
+
+    /// A Redis connection to the installation's Redis.
+    pub async fn redis(&self) -> redis::aio::ConnectionManager {
+        sendmill_platform::clients::redis(&self.config.redis)
+            .await
+            .expect("Redis answers")
     }
 
     pub async fn store(&self) -> Store {
@@ -302,6 +311,14 @@ impl TestPipeline {
     }
 
     /// Every record currently in `topic` (all partitions, from the start).
+    /// Every event on the events topic so far.
+    pub fn events(&self) -> Vec<sendmill_wire::EventV1> {
+        self.read_topic(&self.topics.events())
+            .iter()
+            .map(|b| sendmill_wire::decode(b).expect("events decode"))
+            .collect()
+    }
+
     pub fn read_topic(&self, topic: &str) -> Vec<Vec<u8>> {
         read_topic(
             &self.broker.bootstrap_servers(),
@@ -516,6 +533,72 @@ pub fn read_topic_timed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i
         );
     }
     records
+}
+
+/// A ready record built by hand, as render would write it: a minimal message whose
+/// Message-ID is `<id@domain>`.
+pub fn handmade_ready(
+    p: &TestPipeline,
+    recipient: &str,
+    accepted_at: time::OffsetDateTime,
+) -> sendmill_wire::ReadyV1 {
+    let id = sendmill_wire::MessageId::generate();
+    let message = format!(
+        "From: hello@{domain}\r\nTo: {recipient}\r\nSubject: handmade\r\nMessage-ID: <{id}@{domain}>\r\n\r\nbody\r\n",
+        domain = p.domain
+    );
+    sendmill_wire::ReadyV1 {
+        message_id: id,
+        account_id: p.account,
+        lane: sendmill_wire::Lane::Transactional,
+        accepted_at,
+        envelope_from: format!("hello@{}", p.domain),
+        recipient: recipient.into(),
+        context: sendmill_wire::MessageContext::default(),
+        attempts: 0,
+        message: message.into_bytes(),
+    }
+}
+
+/// Every smtp-sink dump (of the accepting sink) whose Message-ID is in `domain`, read
+/// once: message id → the dumps' headers (`X-Client-Addr`, `X-Helo-Args`, …), one map
+/// per dump.
+pub fn dumps_for_domain(
+    domain: &str,
+) -> std::collections::HashMap<String, Vec<Vec<(String, String)>>> {
+    let suffix = format!("@{domain}>");
+    let mut found: std::collections::HashMap<String, Vec<Vec<(String, String)>>> =
+        std::collections::HashMap::new();
+    let mut dirs = vec![local_dir().join("sinks/ok")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let headers: Vec<(String, String)> = text
+                .lines()
+                .take_while(|l| !l.is_empty())
+                .filter_map(|l| l.split_once(": "))
+                .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+                .collect();
+            let id = headers.iter().find_map(|(k, v)| {
+                (k.eq_ignore_ascii_case("Message-ID") && v.ends_with(&suffix))
+                    .then(|| v[1..v.len() - suffix.len()].to_owned())
+            });
+            if let Some(id) = id {
+                found.entry(id).or_default().push(headers);
+            }
+        }
+    }
+    found
 }
 
 /// The smtp-sink dump of the message whose Message-ID holds `message_id`.

@@ -3,10 +3,7 @@
 //! expired one bounces, and a record nobody can read is kept in the DLQ.
 
 use sendmill_tests::*;
-use sendmill_wire::{
-    decode, DeadLetterV1, EventType, EventV1, Lane, MessageContext, MessageId, ReadyV1, RetryTier,
-    RetryV1,
-};
+use sendmill_wire::{decode, DeadLetterV1, EventType, EventV1, Lane, ReadyV1, RetryTier, RetryV1};
 use serde_json::json;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -14,31 +11,14 @@ use time::OffsetDateTime;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn events_of(p: &TestPipeline, id: &str) -> Vec<EventV1> {
-    p.read_topic(&p.topics.events())
-        .iter()
-        .map(|b| decode::<EventV1>(b).unwrap())
+    p.events()
+        .into_iter()
         .filter(|e| e.message_id.to_string() == id)
         .collect()
 }
 
-/// A ready record built by hand, as render would write it.
 fn ready_to(p: &TestPipeline, recipient: &str, accepted_at: OffsetDateTime) -> ReadyV1 {
-    let id = MessageId::generate();
-    let message = format!(
-        "From: hello@{domain}\r\nTo: {recipient}\r\nSubject: handmade\r\nMessage-ID: <{id}@{domain}>\r\n\r\nbody\r\n",
-        domain = p.domain
-    );
-    ReadyV1 {
-        message_id: id,
-        account_id: p.account,
-        lane: Lane::Transactional,
-        accepted_at,
-        envelope_from: format!("hello@{}", p.domain),
-        recipient: recipient.into(),
-        context: MessageContext::default(),
-        attempts: 0,
-        message: message.into_bytes(),
-    }
+    handmade_ready(p, recipient, accepted_at)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

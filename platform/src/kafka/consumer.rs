@@ -416,7 +416,8 @@ impl CapacityPause {
             resume_at(consumer, &key, offset);
         }
         self.active = false;
-        metrics::counter!("sendmill_consumer_capacity_resumes_total", "stage" => stage).increment(1);
+        metrics::counter!("sendmill_consumer_capacity_resumes_total", "stage" => stage)
+            .increment(1);
         metrics::gauge!("sendmill_consumer_paused", "stage" => stage).set(0.0);
         tracing::debug!(stage, "handlers have room: partitions resumed");
     }

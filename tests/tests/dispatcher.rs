@@ -1,0 +1,507 @@
+//! The dispatcher at production depth, on real smtp-sink MX hosts, dnsmasq and Redis:
+//! pools and source IPs, pause flags, retry tiers to expiry, bounce categories and
+//! suppressions, backoff on 421 storms, MX failover, the local delay queue, and — with
+//! the `sendmill` binary as separate processes — a shared rate limit and a kill -9.
+
+use sendmill::{SendmillConfig, Stage};
+use sendmill_dispatcher::config::{PoolConfig, PoolIp, ProviderConfig, ShapingRule, ShapingScope};
+use sendmill_platform::pauses::{self, Target};
+use sendmill_tests::*;
+use sendmill_wire::{BounceCategory, EventType, EventV1, Lane, ReadyV1, RetryTier};
+use serde_json::json;
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+use time::OffsetDateTime;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+async fn preload(p: &TestPipeline, recipients: &[String]) -> Vec<ReadyV1> {
+    let producer = p.producer();
+    let topic = p.topics.ready(Lane::Transactional);
+    let mut records = Vec::with_capacity(recipients.len());
+    for recipient in recipients {
+        let ready = handmade_ready(p, recipient, OffsetDateTime::now_utc());
+        producer
+            .send(&topic, &ready.message_id.to_string(), &ready)
+            .await
+            .expect("produce ready");
+        records.push(ready);
+    }
+    records
+}
+
+/// Terminal events per message id, once every id in `ids` has at least one.
+async fn terminal_events(p: &TestPipeline, ids: &HashSet<String>) -> HashMap<String, Vec<EventV1>> {
+    poll_until(LIMIT * 2, || async {
+        let mut by_id: HashMap<String, Vec<EventV1>> = HashMap::new();
+        for e in p.events() {
+            let terminal = matches!(
+                e.event_type,
+                EventType::Delivered | EventType::Bounced | EventType::Expired | EventType::Dropped
+            );
+            let id = e.message_id.to_string();
+            if terminal && ids.contains(&id) {
+                by_id.entry(id).or_default().push(e);
+            }
+        }
+        (by_id.len() == ids.len()).then_some(by_id)
+    })
+    .await
+    .unwrap_or_else(|| panic!("not every one of {} messages ended", ids.len()))
+}
+
+fn sink_provider(name: &str) -> ProviderConfig {
+    ProviderConfig {
+        name: name.into(),
+        mx_suffixes: vec!["ok.test".into()],
+        domains: vec![],
+        require_tls: false,
+    }
+}
+
+fn limit(provider: &str, per_sec: f64) -> ShapingRule {
+    ShapingRule {
+        provider: provider.into(),
+        per: ShapingScope::Pool,
+        messages_per_sec: per_sec,
+        messages_per_hour: 0,
+        max_connections: 4,
+        messages_per_connection: 50,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_leave_from_pool_ips_and_a_paused_ip_gets_no_new_connections() {
+    let p = TestPipeline::start_configured(&[Stage::Dispatch], |c| {
+        c.dispatcher.pools = vec![PoolConfig {
+            name: "tx".into(),
+            accounts: vec![],
+            ips: ["127.0.0.7", "127.0.0.8"]
+                .iter()
+                .map(|ip| PoolIp {
+                    ip: ip.parse().unwrap(),
+                    ehlo: format!("mta-{ip}.sendmill.test"),
+                    weight: 1,
+                })
+                .collect(),
+        }];
+        // Every message reads the flags, so a pause counts from the next message.
+        c.dispatcher.pause_refresh_ms = 0;
+    })
+    .await;
+    let recipients: Vec<String> = (0..20).map(|i| format!("pool{i}@ok.test")).collect();
+    let first = preload(&p, &recipients).await;
+    let ids: HashSet<String> = first.iter().map(|r| r.message_id.to_string()).collect();
+    let ended = terminal_events(&p, &ids).await;
+    let dumps = dumps_for_domain(&p.domain);
+    let mut sources = HashSet::new();
+    for id in &ids {
+        assert_eq!(ended[id][0].event_type, EventType::Delivered);
+        assert_eq!(ended[id][0].context.ip_pool.as_deref(), Some("tx"));
+        let headers = &dumps[id][0];
+        let get = |name: &str| headers.iter().find(|(k, _)| k == name).unwrap().1.clone();
+        // The receiving side saw the chosen IP, announcing that IP's own EHLO name.
+        let addr = get("X-Client-Addr");
+        assert_eq!(get("X-Helo-Args"), format!("mta-{addr}.sendmill.test"));
+        assert_eq!(ended[id][0].source_ip.as_deref(), Some(addr.as_str()));
+        sources.insert(addr);
+    }
+    assert_eq!(sources.len(), 2, "both IPs carry traffic: {sources:?}");
+
+    let mut redis = p.redis().await;
+    let paused_ip = Target::Ip("127.0.0.7".parse().unwrap());
+    pauses::pause(&mut redis, &p.config.redis.key_prefix, &paused_ip, "test")
+        .await
+        .unwrap();
+    let recipients: Vec<String> = (0..20).map(|i| format!("paused{i}@ok.test")).collect();
+    let second = preload(&p, &recipients).await;
+    let ids: HashSet<String> = second.iter().map(|r| r.message_id.to_string()).collect();
+    terminal_events(&p, &ids).await;
+    let dumps = dumps_for_domain(&p.domain);
+    for id in &ids {
+        let addr = &dumps[id][0]
+            .iter()
+            .find(|(k, _)| k == "X-Client-Addr")
+            .unwrap()
+            .1;
+        assert_eq!(addr, "127.0.0.8", "a message left from the paused IP");
+    }
+
+    // With the whole pool paused, nothing leaves: the message is deferred.
+    pauses::pause(
+        &mut redis,
+        &p.config.redis.key_prefix,
+        &Target::Pool("tx".into()),
+        "test",
+    )
+    .await
+    .unwrap();
+    let held = preload(&p, &["held@ok.test".to_owned()]).await;
+    let id = held[0].message_id.to_string();
+    let deferred = poll_until(LIMIT, || async {
+        p.events()
+            .into_iter()
+            .find(|e| e.message_id.to_string() == id && e.event_type == EventType::Deferred)
+    })
+    .await
+    .expect("deferred while paused");
+    assert!(deferred.reason.unwrap().contains("paused"));
+    assert!(!dumps_for_domain(&p.domain).contains_key(&id));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_walks_every_retry_tier_and_expires_with_the_last_reply() {
+    let p = TestPipeline::start_configured(&[Stage::Dispatch], |c| {
+        c.dispatcher.retry_delays_secs = [1, 1, 1, 1];
+        c.dispatcher.max_retry_age_secs = 20;
+    })
+    .await;
+    let ready = preload(&p, &["walker@defer.test".to_owned()]).await;
+    let id = ready[0].message_id.to_string();
+    let ids = HashSet::from([id.clone()]);
+    let ended = terminal_events(&p, &ids).await;
+    let expired = &ended[&id][0];
+    assert_eq!(expired.event_type, EventType::Expired);
+    assert_eq!(expired.bounce_category, Some(BounceCategory::Expired));
+    assert_eq!(expired.smtp.as_ref().unwrap().code, 451, "the last reply");
+    let deferrals: Vec<EventV1> = p
+        .events()
+        .into_iter()
+        .filter(|e| e.message_id.to_string() == id && e.event_type == EventType::Deferred)
+        .collect();
+    assert!(deferrals.len() >= 4, "{} deferrals", deferrals.len());
+    assert!(
+        deferrals
+            .iter()
+            .all(|e| e.bounce_category == Some(BounceCategory::Policy)),
+        "{deferrals:?}"
+    );
+    // Each tier's topic carried the message once it was reached.
+    for tier in RetryTier::ALL {
+        let on_tier = p
+            .read_topic(&p.topics.retry(Lane::Transactional, tier))
+            .iter()
+            .filter(|b| {
+                sendmill_wire::decode::<sendmill_wire::RetryV1>(b)
+                    .is_ok_and(|r| r.ready.message_id.to_string() == id)
+            })
+            .count();
+        assert!(on_tier >= 1, "nothing on the {} tier", tier.as_str());
+    }
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_bounces_with_its_category_and_suppresses_the_address() {
+    let p = TestPipeline::start().await;
+    let (status, body) = p.send(&message_to(&p, json!(["gone@bounce.test"]))).await;
+    assert_eq!(status, 202, "{body}");
+    let id = first_message_id(&body);
+    let timeline = p.wait_for_status(&id, "bounced", LIMIT).await;
+    let bounced = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "bounced")
+        .unwrap();
+    assert_eq!(bounced["bounce_category"], "bad_mailbox", "{timeline}");
+    assert_eq!(bounced["smtp_code"], 550);
+    // The rule for 5.1.1 suppresses: the next send is refused at ingest.
+    let again = poll_until(LIMIT, || async {
+        let (status, body) = p.send(&message_to(&p, json!(["gone@bounce.test"]))).await;
+        (body["messages"][0]["status"] == "suppressed").then_some((status, body))
+    })
+    .await
+    .expect("the bounced address is suppressed");
+    let (status, body) = again;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        body["messages"][0]["reason"], "suppressed (bounce)",
+        "{body}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_421_storm_puts_the_provider_in_backoff() {
+    let p = TestPipeline::start_configured(&[Stage::Dispatch], |c| {
+        c.dispatcher.backoff_recovery_secs = 3600;
+    })
+    .await;
+    let recipients: Vec<String> = (0..10)
+        .map(|i| format!("storm{i}@ratelimited.test"))
+        .collect();
+    let records = preload(&p, &recipients).await;
+    let ids: HashSet<String> = records.iter().map(|r| r.message_id.to_string()).collect();
+    let deferred = poll_until(LIMIT, || async {
+        let deferred: Vec<EventV1> = p
+            .events()
+            .into_iter()
+            .filter(|e| {
+                ids.contains(&e.message_id.to_string()) && e.event_type == EventType::Deferred
+            })
+            .collect();
+        (deferred.len() == ids.len()).then_some(deferred)
+    })
+    .await
+    .expect("every message deferred");
+    assert!(
+        deferred
+            .iter()
+            .all(|e| e.bounce_category == Some(BounceCategory::RateLimited)
+                && e.smtp.as_ref().is_some_and(|r| r.code == 421)),
+        "{deferred:?}"
+    );
+    // The provider's bucket (every dispatcher's) is slowed down.
+    let mut redis = p.redis().await;
+    let key = format!(
+        "{}shape:ip:0.0.0.0:ratelimited.test",
+        p.config.redis.key_prefix
+    );
+    let factor: Option<String> = redis::cmd("HGET")
+        .arg(&key)
+        .arg("factor")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let factor: f64 = factor.expect("a backoff factor is stored").parse().unwrap();
+    assert!(factor <= 0.5, "factor {factor}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_failover_reaches_the_second_mx_when_the_first_refuses() {
+    let p = TestPipeline::start_configured(&[Stage::Dispatch], |_| {}).await;
+    let records = preload(&p, &["fail@failover.test".to_owned()]).await;
+    let id = records[0].message_id.to_string();
+    let ended = terminal_events(&p, &HashSet::from([id.clone()])).await;
+    assert_eq!(ended[&id][0].event_type, EventType::Delivered);
+    assert_eq!(ended[&id][0].mx_host.as_deref(), Some("mx2.failover.test"));
+    assert_eq!(ended[&id][0].provider.as_deref(), Some("failover.test"));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_delay_queue_pauses_the_partitions_and_resumes_them() {
+    let p = TestPipeline::start_configured(&[Stage::Ingest, Stage::Dispatch], |c| {
+        c.dispatcher.queue_capacity = 8;
+        c.dispatcher.concurrency = 4;
+        c.dispatcher.providers = vec![sink_provider("queue-sink")];
+        c.dispatcher.shaping = vec![limit("queue-sink", 20.0)];
+    })
+    .await;
+    let recipients: Vec<String> = (0..60).map(|i| format!("q{i}@ok.test")).collect();
+    let records = preload(&p, &recipients).await;
+    let ids: HashSet<String> = records.iter().map(|r| r.message_id.to_string()).collect();
+    let ended = terminal_events(&p, &ids).await;
+    assert!(ended
+        .values()
+        .all(|e| e.len() == 1 && e[0].event_type == EventType::Delivered));
+    let metrics = p
+        .http
+        .get(format!("http://{}/metrics", p.ingest))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains("stage=\"dispatcher\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        count("sendmill_consumer_capacity_pauses_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        count("sendmill_consumer_capacity_resumes_total") >= 1.0,
+        "{metrics}"
+    );
+    p.stop().await;
+}
+
+/// A `sendmill dispatch` process of the test's installation.
+struct DispatcherProcess {
+    child: Child,
+}
+
+impl DispatcherProcess {
+    fn start(p: &TestPipeline, config: &SendmillConfig, name: &str, extra: &str) -> Self {
+        let binary = binary();
+        let path = std::env::temp_dir().join(format!("{}{name}.toml", p.config.kafka.topic_prefix));
+        let toml = format!(
+            "[kafka]\ntopic_prefix = {prefix:?}\n[redis]\nkey_prefix = {redis:?}\n[postgres]\nurl = {pg:?}\n\
+             [dispatcher]\nnameservers = [\"127.0.0.1:5353\"]\nhelo_name = \"{name}.sendmill.test\"\n\
+             ops_listen = \"127.0.0.1:0\"\njournal_dir = {journal:?}\n{extra}\n",
+            prefix = config.kafka.topic_prefix,
+            redis = config.redis.key_prefix,
+            pg = config.postgres.url,
+            journal = format!("{}-{name}", config.dispatcher.journal_dir),
+        );
+        std::fs::write(&path, toml).unwrap();
+        let child = Command::new(&binary)
+            .args(["--config", path.to_str().unwrap(), "dispatch"])
+            .env("SENDMILL_KAFKA_BROKERS", p.broker.bootstrap_servers())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        Self { child }
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no shutdown path runs.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for DispatcherProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary() -> PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>/sendmill
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("sendmill");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test --workspace` builds it (or `cargo build --bin sendmill`)",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_limit_holds_within_ten_percent_across_two_dispatcher_processes() {
+    let p = TestPipeline::start_configured(&[], |_| {}).await;
+    let rate = 40.0;
+    let shaping = format!(
+        "[[dispatcher.providers]]\nname = \"shared-sink\"\nmx_suffixes = [\"ok.test\"]\n\
+         [[dispatcher.shaping]]\nprovider = \"shared-sink\"\nmessages_per_sec = {rate}\n"
+    );
+    // 45 s of traffic at the limit: more than the 30 s measured.
+    let recipients: Vec<String> = (0..1800).map(|i| format!("rate{i}@ok.test")).collect();
+    let records = preload(&p, &recipients).await;
+    let a = DispatcherProcess::start(&p, &p.config, "a", &shaping);
+    let b = DispatcherProcess::start(&p, &p.config, "b", &shaping);
+    let ids: HashSet<String> = records.iter().map(|r| r.message_id.to_string()).collect();
+    let delivered = poll_until(LIMIT, || async {
+        let mut at: Vec<OffsetDateTime> = p
+            .events()
+            .into_iter()
+            .filter(|e| {
+                e.event_type == EventType::Delivered && ids.contains(&e.message_id.to_string())
+            })
+            .map(|e| e.occurred_at)
+            .collect();
+        at.sort();
+        // 5 s to settle (the bucket starts full, the group forms), then 30 s.
+        let span = at.first().zip(at.last()).map(|(f, l)| *l - *f);
+        span.is_some_and(|s| s >= time::Duration::seconds(36))
+            .then_some(at)
+    })
+    .await
+    .expect("36 s of deliveries");
+    let start = delivered[0] + time::Duration::seconds(5);
+    let end = start + time::Duration::seconds(30);
+    let in_window = delivered
+        .iter()
+        .filter(|t| **t >= start && **t < end)
+        .count();
+    let measured = in_window as f64 / 30.0;
+    println!("limit {rate}/s, measured {measured:.2}/s over 30 s across two processes");
+    assert!(
+        (measured - rate).abs() <= rate * 0.10,
+        "measured {measured:.2}/s against a limit of {rate}/s"
+    );
+    // Both processes sent (each announces its own EHLO name).
+    let dumps = dumps_for_domain(&p.domain);
+    let helos: HashSet<String> = dumps
+        .values()
+        .flat_map(|d| d.iter())
+        .filter_map(|h| {
+            h.iter()
+                .find(|(k, _)| k == "X-Helo-Args")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert!(
+        helos.contains("a.sendmill.test") && helos.contains("b.sendmill.test"),
+        "{helos:?}"
+    );
+    drop((a, b));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_killed_mid_send_delivers_every_message_exactly_once_after_restart() {
+    let p = TestPipeline::start_configured(&[], |_| {}).await;
+    let recipients: Vec<String> = (0..5000).map(|i| format!("crash{i}@ok.test")).collect();
+    let records = preload(&p, &recipients).await;
+    let ids: HashSet<String> = records.iter().map(|r| r.message_id.to_string()).collect();
+    let first = DispatcherProcess::start(&p, &p.config, "crash", "");
+    // Kill it once a good part, not all, is out (counting dump files is cheap; other
+    // tests' dumps only make the kill come a little earlier).
+    let baseline = dump_file_count();
+    poll_until(LIMIT, || async {
+        (dump_file_count() >= baseline + 1000).then_some(())
+    })
+    .await
+    .expect("deliveries started");
+    first.kill();
+    let before_restart = dumps_for_domain(&p.domain).len();
+    assert!(
+        before_restart < ids.len(),
+        "killed after everything was sent"
+    );
+    let second = DispatcherProcess::start(&p, &p.config, "crash", "");
+    let ended = terminal_events(&p, &ids).await;
+    drop(second);
+    assert!(ended
+        .values()
+        .all(|e| e[0].event_type == EventType::Delivered));
+    let dumps = dumps_for_domain(&p.domain);
+    let missing = ids.iter().filter(|id| !dumps.contains_key(*id)).count();
+    let twice: Vec<&String> = dumps
+        .iter()
+        .filter(|(_, d)| d.len() > 1)
+        .map(|(id, _)| id)
+        .collect();
+    println!(
+        "killed with {before_restart} of {} at the sink; after restart: {missing} missing, {} twice",
+        ids.len(),
+        twice.len()
+    );
+    assert_eq!(missing, 0, "messages never reached the sink");
+    assert!(twice.is_empty(), "messages delivered twice: {twice:?}");
+    p.stop().await;
+}
+
+fn dump_file_count() -> usize {
+    let mut count = 0;
+    let mut dirs = vec![local_dir().join("sinks/ok")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            } else {
+                count += 1;
+            }
+        }
+    }
+    count
+}
