@@ -403,3 +403,245 @@ async fn drive(
     let elapsed = started.elapsed().as_secs_f64();
     Ok(((latencies.len() * recipients) as f64 / elapsed, latencies))
 }
+
+/// `bench deliver`: the dispatcher alone. Messages are pre-loaded into `ready`, then one
+/// dispatcher in this process sends them to the local smtp-sink bench hosts
+/// (`BENCH_SINKS=1 deploy/local/start-services.sh`: d1–d50.test over 127.0.0.11–20).
+#[derive(Debug, Serialize)]
+pub struct DeliverReport {
+    pub messages_per_run: usize,
+    pub message_bytes: usize,
+    pub runs: usize,
+    pub shapes: Vec<DeliverShape>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeliverShape {
+    pub domains: usize,
+    /// Medians of the runs.
+    pub delivered_per_sec: f64,
+    /// Delivered messages per CPU-second of this process (dispatcher and in-process
+    /// broker together): the per-core rate.
+    pub delivered_per_cpu_sec: f64,
+    pub delivered_per_sec_runs: Vec<f64>,
+    /// smtp-source straight into the same sinks, same message size and 64 sessions per
+    /// sink: the sinks' own ceiling.
+    pub sink_ceiling_per_sec: f64,
+}
+
+pub async fn deliver(
+    config: &crate::SendmillConfig,
+    runs: usize,
+    messages: usize,
+) -> anyhow::Result<DeliverReport> {
+    use sendmill_wire::{EventType, EventV1, ReadyV1};
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+
+    let store =
+        sendmill_store::Store::connect(&config.postgres.url, config.postgres.max_connections)
+            .await?;
+    // The dispatcher reads suppressions from PostgreSQL: its tables must exist.
+    store.migrate().await?;
+    drop(store);
+    let body_line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n";
+    let body = body_line.repeat(10_000 / body_line.len());
+    let mut shapes = Vec::new();
+    for domains in [1usize, 50] {
+        for n in 1..=domains.min(10) {
+            let addr = format!("127.0.0.{}:25", 10 + n);
+            tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "no bench sink at {addr} ({e}): run BENCH_SINKS=1 deploy/local/start-services.sh"
+                )
+            })?;
+        }
+        let mut per_run = Vec::new();
+        let mut per_cpu = Vec::new();
+        let mut message_bytes = 0;
+        for _ in 0..runs {
+            let mut config = config.clone();
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            config.kafka.topic_prefix = format!("bench{id}.");
+            config.redis.key_prefix = format!("bench{id}:");
+            config.dispatcher.ops_listen = "127.0.0.1:0".into();
+            config.dispatcher.journal_dir = std::env::temp_dir()
+                .join(format!("sendmill-bench-journal-{id}"))
+                .to_string_lossy()
+                .into_owned();
+            let broker = sendmill_platform::kafka::EmbeddedBroker::start()?;
+            let topics = sendmill_wire::Topics::new(config.kafka.topic_prefix.clone());
+            broker.create_topics(&topics.all(), config.kafka.partitions)?;
+            let kafka = sendmill_platform::kafka::KafkaConnection::new(
+                broker.bootstrap_servers(),
+                config.kafka.clone(),
+            );
+            let producer = kafka.producer()?;
+            let account = AccountId::generate();
+            let ready_topic = topics.ready(Lane::Transactional);
+            for chunk in (0..messages).collect::<Vec<_>>().chunks(1000) {
+                let sends = chunk.iter().map(|i| {
+                    let message_id = MessageId::generate();
+                    let to = format!("r{i}@d{}.test", i % domains + 1);
+                    let message = format!(
+                        "From: bench@bench.test\r\nTo: {to}\r\nSubject: bench {i}\r\nMessage-ID: <{message_id}@bench.test>\r\n\r\n{body}"
+                    );
+                    message_bytes = message.len();
+                    let ready = ReadyV1 {
+                        message_id,
+                        account_id: account,
+                        lane: Lane::Transactional,
+                        accepted_at: OffsetDateTime::now_utc(),
+                        envelope_from: "bounce@bench.test".into(),
+                        recipient: to,
+                        context: MessageContext::default(),
+                        attempts: 0,
+                        message: message.into_bytes(),
+                    };
+                    let (producer, topic) = (producer.clone(), ready_topic.clone());
+                    async move { producer.send(&topic, &message_id.to_string(), &ready).await }
+                });
+                for result in futures::future::join_all(sends).await {
+                    result?;
+                }
+            }
+
+            // Counts `delivered` events; the clock runs from the first to the last one, so
+            // the consumer group's join (seconds, once per start) is not counted.
+            let delivered = Arc::new(AtomicUsize::new(0));
+            let first_at = Arc::new(std::sync::OnceLock::<(Instant, f64)>::new());
+            let done = Arc::new(tokio::sync::Notify::new());
+            let counter_stop = sendmill_platform::CancellationToken::new();
+            let counter = {
+                let (delivered, done, kafka, first_at) =
+                    (delivered.clone(), done.clone(), kafka.clone(), first_at.clone());
+                let spec = sendmill_platform::kafka::ConsumerSpec {
+                    stage: "bench",
+                    group_id: format!("bench-count-{id}"),
+                    topics: vec![topics.events()],
+                    concurrency: 1024,
+                };
+                let stop = counter_stop.clone();
+                tokio::spawn(async move {
+                    sendmill_platform::kafka::consumer::run(
+                        &kafka,
+                        spec,
+                        move |record| {
+                            let (delivered, done, first_at) =
+                                (delivered.clone(), done.clone(), first_at.clone());
+                            async move {
+                                let event: EventV1 =
+                                    sendmill_platform::kafka::consumer::decode(&record)?;
+                                if event.event_type != EventType::Delivered {
+                                    // Not a figure worth printing: say why instead.
+                                    tracing::error!(kind = ?event.event_type, reason = ?event.reason, "a bench message was not delivered");
+                                    return Ok(sendmill_platform::kafka::Handled::Done);
+                                }
+                                first_at.get_or_init(|| (Instant::now(), process_cpu_seconds()));
+                                if delivered.fetch_add(1, Ordering::Relaxed) + 1 == messages {
+                                    done.notify_one();
+                                }
+                                Ok(sendmill_platform::kafka::Handled::Done)
+                            }
+                        },
+                        stop,
+                    )
+                    .await
+                })
+            };
+
+            let shutdown = sendmill_platform::CancellationToken::new();
+            let running = crate::pipeline::start(
+                &config,
+                &broker.bootstrap_servers(),
+                &[crate::Stage::Dispatch],
+                shutdown.clone(),
+            )
+            .await?;
+            let waiting = tokio::spawn(running.wait());
+            tokio::time::timeout(Duration::from_secs(600), done.notified())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "only {} of {messages} delivered within 600 s",
+                        delivered.load(Ordering::Relaxed)
+                    )
+                })?;
+            let (started, cpu_before) = *first_at.get().expect("a first delivery");
+            let elapsed = started.elapsed().as_secs_f64();
+            let cpu = process_cpu_seconds() - cpu_before;
+            // The first delivery opened the clock: the other messages were timed.
+            let messages_timed = messages - 1;
+            shutdown.cancel();
+            waiting.await??;
+            counter_stop.cancel();
+            counter.await??;
+            drop(broker);
+            let _ = std::fs::remove_dir_all(&config.dispatcher.journal_dir);
+            per_run.push(messages_timed as f64 / elapsed);
+            per_cpu.push(messages_timed as f64 / cpu.max(1e-3));
+        }
+        shapes.push(DeliverShape {
+            domains,
+            delivered_per_sec: median(per_run.clone()),
+            delivered_per_cpu_sec: median(per_cpu),
+            delivered_per_sec_runs: per_run,
+            sink_ceiling_per_sec: sink_ceiling(domains.min(10), messages, message_bytes).await?,
+        });
+    }
+    Ok(DeliverReport {
+        messages_per_run: messages,
+        message_bytes: body.len(),
+        runs,
+        shapes,
+    })
+}
+
+/// This process' user + system CPU seconds, from /proc (clock ticks of 1/100 s).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at its closing paren.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Messages/s that postfix's `smtp-source` pushes into `sinks` bench sinks at once
+/// (64 sessions each, `messages` in all, messages of `bytes`).
+async fn sink_ceiling(sinks: usize, messages: usize, bytes: usize) -> anyhow::Result<f64> {
+    let per_sink = messages / sinks;
+    let kbytes = (bytes / 1024).max(1);
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for n in 1..=sinks {
+        let child = std::process::Command::new("smtp-source")
+            .args([
+                "-s",
+                "64",
+                "-m",
+                &per_sink.to_string(),
+                "-l",
+                &(kbytes * 1024).to_string(),
+                "-f",
+                "bench@bench.test",
+                "-t",
+                &format!("sink@d{n}.test"),
+                &format!("127.0.0.{}:25", 10 + n),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("smtp-source (postfix) is required: {e}"))?;
+        children.push(child);
+    }
+    for mut child in children {
+        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+        anyhow::ensure!(status.success(), "smtp-source failed: {status}");
+    }
+    Ok((per_sink * sinks) as f64 / started.elapsed().as_secs_f64())
+}

@@ -85,6 +85,17 @@ enum Bench {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Delivered messages/s of one dispatcher (and per CPU-second) with messages
+    /// pre-loaded in `ready`, to 1 and to 50 destination domains on local smtp-sink hosts,
+    /// beside the sinks' own ceiling measured with smtp-source.
+    Deliver {
+        /// Runs per shape; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Messages per run (~10 KB each).
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -170,6 +181,28 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Render { runs, seconds }) => {
             let report = sendmill::bench::render(runs.max(1), seconds)?;
             print_render_report(&report);
+            Ok(())
+        }
+        Command::Bench(Bench::Deliver { runs, messages }) => {
+            let report = sendmill::bench::deliver(&config, runs.max(1), messages.max(1)).await?;
+            println!(
+                "deliver bench: {} messages of ~{} B per run, {} runs, medians",
+                report.messages_per_run, report.message_bytes, report.runs
+            );
+            for shape in &report.shapes {
+                println!(
+                    "  {:>2} domain(s): {:>6.0} delivered/s, {:>6.0} per CPU-second, runs {:?}; smtp-sink ceiling {:.0}/s",
+                    shape.domains,
+                    shape.delivered_per_sec,
+                    shape.delivered_per_cpu_sec,
+                    shape
+                        .delivered_per_sec_runs
+                        .iter()
+                        .map(|r| r.round() as u64)
+                        .collect::<Vec<_>>(),
+                    shape.sink_ceiling_per_sec
+                );
+            }
             Ok(())
         }
         Command::Bench(Bench::Ingest {
