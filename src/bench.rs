@@ -515,8 +515,12 @@ pub async fn deliver(
             let done = Arc::new(tokio::sync::Notify::new());
             let counter_stop = sendmill_platform::CancellationToken::new();
             let counter = {
-                let (delivered, done, kafka, first_at) =
-                    (delivered.clone(), done.clone(), kafka.clone(), first_at.clone());
+                let (delivered, done, kafka, first_at) = (
+                    delivered.clone(),
+                    done.clone(),
+                    kafka.clone(),
+                    first_at.clone(),
+                );
                 let spec = sendmill_platform::kafka::ConsumerSpec {
                     stage: "bench",
                     group_id: format!("bench-count-{id}"),
@@ -607,7 +611,12 @@ fn process_cpu_seconds() -> f64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }

@@ -149,6 +149,28 @@ enum Admin {
         #[arg(long, action = clap::ArgAction::Set)]
         on: bool,
     },
+    /// Pauses a source IP or an IP pool on every dispatcher: no new connections, no new
+    /// messages from it until `resume`.
+    Pause {
+        /// A source IP of a pool.
+        #[arg(long, conflicts_with = "pool", required_unless_present = "pool")]
+        ip: Option<std::net::IpAddr>,
+        /// A pool name.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Why, shown by `paused`.
+        #[arg(long, default_value = "paused by ops")]
+        reason: String,
+    },
+    /// Lifts a pause set by `pause` (or by the reputation monitor).
+    Resume {
+        #[arg(long, conflicts_with = "pool", required_unless_present = "pool")]
+        ip: Option<std::net::IpAddr>,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Lists paused IPs and pools with their reasons.
+    Paused,
     /// Adds a sending domain with a new DKIM key and prints the DNS record to publish.
     AddDomain {
         #[arg(long)]
@@ -386,8 +408,44 @@ async fn connect_store(config: &SendmillConfig) -> anyhow::Result<Store> {
 }
 
 async fn run_admin(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
+    use sendmill_platform::pauses::{self, Target};
+    let target = |ip: Option<std::net::IpAddr>, pool: Option<String>| match (ip, pool) {
+        (Some(ip), _) => Target::Ip(ip),
+        (None, Some(pool)) => Target::Pool(pool),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let prefix = &config.redis.key_prefix;
+    match admin {
+        Admin::Pause { ip, pool, reason } => {
+            let mut redis = sendmill_platform::clients::redis(&config.redis).await?;
+            let target = target(ip, pool);
+            pauses::pause(&mut redis, prefix, &target, &reason).await?;
+            println!("paused {}", target.member());
+            return Ok(());
+        }
+        Admin::Resume { ip, pool } => {
+            let mut redis = sendmill_platform::clients::redis(&config.redis).await?;
+            let target = target(ip, pool);
+            let was = pauses::resume(&mut redis, prefix, &target).await?;
+            println!(
+                "{} {}",
+                if was { "resumed" } else { "was not paused:" },
+                target.member()
+            );
+            return Ok(());
+        }
+        Admin::Paused => {
+            let mut redis = sendmill_platform::clients::redis(&config.redis).await?;
+            for (member, reason) in pauses::list(&mut redis, prefix).await? {
+                println!("{member}\t{reason}");
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let store = connect_store(config).await?;
     match admin {
+        Admin::Pause { .. } | Admin::Resume { .. } | Admin::Paused => unreachable!("handled above"),
         Admin::CreateAccount { name, operator } => {
             let id = store.create_account(&name).await?;
             if operator {

@@ -448,27 +448,11 @@ impl Dispatcher {
         per_connection: u32,
         provider_addrs: &[SocketAddr],
     ) -> Result<Result<SmtpReply, smtp::SmtpError>, HandlerError> {
-        let settings = self.connections.settings();
         let data_sent = AtomicBool::new(false);
-        let journal_entry = || {
-            data_sent.store(true, Ordering::Relaxed);
-            if let Err(error) = self.journal.record(ready.message_id) {
-                metrics::counter!("sendmill_dispatch_journal_errors_total").increment(1);
-                tracing::error!(message_id = %ready.message_id, %error, "dedupe journal write failed");
-            }
-        };
-        if let Some(mut session) = self.connections.take_idle(endpoint.source, endpoint.addr) {
-            let result = session
-                .send(
-                    &ready.envelope_from,
-                    &ready.recipient,
-                    &ready.message,
-                    settings,
-                    journal_entry,
-                )
+        if let Some(session) = self.connections.take_idle(endpoint.source, endpoint.addr) {
+            let result = self
+                .send_on(session, endpoint, ready, per_connection, &data_sent)
                 .await;
-            self.connections
-                .put_back(endpoint.source, endpoint.addr, session, per_connection);
             let stale = matches!(
                 result,
                 Err(smtp::SmtpError::Session(_)) | Err(smtp::SmtpError::Timeout(_))
@@ -505,12 +489,28 @@ impl Dispatcher {
             Ok(slot) => slot,
             Err(error) => return Ok(Err(error)),
         };
-        let mut session = match smtp::Session::open(endpoint, settings, slot).await {
+        let session = match smtp::Session::open(endpoint, self.connections.settings(), slot).await {
             Ok(session) => session,
             Err(error) => return Ok(Err(error)),
         };
         metrics::counter!("sendmill_smtp_connections_total", "provider" => route.provider.to_owned(), "tls" => if session.tls { "yes" } else { "no" }).increment(1);
+        Ok(self
+            .send_on(session, endpoint, ready, per_connection, &data_sent)
+            .await)
+    }
+
+    /// One transaction on `session`, journaling the message the moment its data is out;
+    /// the session goes back to the pool (or is closed) after.
+    async fn send_on(
+        &self,
+        mut session: smtp::Session,
+        endpoint: &smtp::Endpoint<'_>,
+        ready: &ReadyV1,
+        per_connection: u32,
+        data_sent: &AtomicBool,
+    ) -> Result<SmtpReply, smtp::SmtpError> {
         let journal_entry = || {
+            data_sent.store(true, Ordering::Relaxed);
             if let Err(error) = self.journal.record(ready.message_id) {
                 metrics::counter!("sendmill_dispatch_journal_errors_total").increment(1);
                 tracing::error!(message_id = %ready.message_id, %error, "dedupe journal write failed");
@@ -521,13 +521,13 @@ impl Dispatcher {
                 &ready.envelope_from,
                 &ready.recipient,
                 &ready.message,
-                settings,
+                self.connections.settings(),
                 journal_entry,
             )
             .await;
         self.connections
             .put_back(endpoint.source, endpoint.addr, session, per_connection);
-        Ok(result)
+        result
     }
 
     fn failure(

@@ -569,36 +569,41 @@ pub fn dumps_for_domain(
     let suffix = format!("@{domain}>");
     let mut found: std::collections::HashMap<String, Vec<Vec<(String, String)>>> =
         std::collections::HashMap::new();
-    let mut dirs = vec![local_dir().join("sinks/ok")];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+    for path in sink_dump_files() {
+        let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            let headers: Vec<(String, String)> = text
-                .lines()
-                .take_while(|l| !l.is_empty())
-                .filter_map(|l| l.split_once(": "))
-                .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-                .collect();
-            let id = headers.iter().find_map(|(k, v)| {
-                (k.eq_ignore_ascii_case("Message-ID") && v.ends_with(&suffix))
-                    .then(|| v[1..v.len() - suffix.len()].to_owned())
-            });
-            if let Some(id) = id {
-                found.entry(id).or_default().push(headers);
-            }
+        let headers: Vec<(String, String)> = text
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect();
+        let id = headers.iter().find_map(|(k, v)| {
+            (k.eq_ignore_ascii_case("Message-ID") && v.ends_with(&suffix))
+                .then(|| v[1..v.len() - suffix.len()].to_owned())
+        });
+        if let Some(id) = id {
+            found.entry(id).or_default().push(headers);
         }
     }
     found
+}
+
+/// Every file the accepting smtp-sink has dumped (all tests' messages).
+pub fn sink_dump_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![local_dir().join("sinks/ok")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
 }
 
 /// The smtp-sink dump of the message whose Message-ID holds `message_id`.
@@ -609,22 +614,10 @@ pub fn dumped_message(message_id: &str) -> Option<PathBuf> {
 /// Every smtp-sink dump holding `message_id`.
 pub fn dumped_messages(message_id: &str) -> Vec<PathBuf> {
     let needle = format!("Message-ID: <{message_id}@");
-    let mut found = Vec::new();
-    let mut dirs = vec![local_dir().join("sinks/ok")];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(&needle)) {
-                found.push(path);
-            }
-        }
-    }
-    found
+    sink_dump_files()
+        .into_iter()
+        .filter(|path| std::fs::read_to_string(path).is_ok_and(|t| t.contains(&needle)))
+        .collect()
 }
 
 /// Python's `email` (policy.strict) view of `message`: decoded parts and the headers asked

@@ -82,7 +82,7 @@ async fn a_message_is_delivered_dkim_signed_and_its_timeline_is_in_clickhouse() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_5xx_from_the_mx_is_a_categorized_bounce() {
+async fn a_5xx_from_the_mx_is_a_categorized_bounce_and_suppresses_the_address() {
     let p = TestPipeline::start().await;
     let (status, body) = p.send(&message_to(&p, json!(["nobody@bounce.test"]))).await;
     assert_eq!(status, 202, "{body}");
@@ -98,6 +98,14 @@ async fn a_5xx_from_the_mx_is_a_categorized_bounce() {
     assert_eq!(bounced["smtp_enhanced"], "5.1.1");
     assert_eq!(bounced["bounce_category"], "bad_mailbox");
     assert_eq!(p.stored_event_types(&id).await, ["accepted", "bounced"]);
+    // The rule for 5.1.1 suppresses the address: the next send is dropped at ingest.
+    let (status, body) = p.send(&message_to(&p, json!(["nobody@bounce.test"]))).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["messages"][0]["status"], "suppressed", "{body}");
+    assert_eq!(
+        body["messages"][0]["reason"], "suppressed (bounce)",
+        "{body}"
+    );
     p.stop().await;
 }
 
