@@ -61,12 +61,16 @@ use time::OffsetDateTime;
 use tokio::{sync::Semaphore, time::Instant};
 
 /// Where an attempt went, for its events.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Routed {
     pub provider: Option<String>,
     pub pool: Option<String>,
     /// A rejection whose rule says to suppress the address.
     pub suppress: bool,
+    /// The send slot, held until the outcome is recorded: it bounds how many messages
+    /// can be out at a receiver without a recorded outcome (what a crash leaves to the
+    /// journal), and keeps recording from falling behind sending.
+    sending: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Everything the dispatcher needs, built once per process.
@@ -77,7 +81,7 @@ pub struct Dispatcher {
     shaper: shaping::Shaper,
     connections: smtp::ConnectionPool,
     journal: journal::Journal,
-    sending: Semaphore,
+    sending: Arc<Semaphore>,
     pause_watch: PauseWatch,
     producer: kafka::Producer,
     redis: ConnectionManager,
@@ -179,7 +183,7 @@ impl Dispatcher {
             shaper: shaping::Shaper::new(redis.clone(), &key_prefix, &config, shutdown.clone()),
             connections,
             journal,
-            sending: Semaphore::new(config.concurrency.max(1)),
+            sending: Arc::new(Semaphore::new(config.concurrency.max(1))),
             pause_watch: PauseWatch::new(
                 redis.clone(),
                 &key_prefix,
@@ -372,7 +376,13 @@ impl Dispatcher {
         let source_ip = (!source.ip.is_unspecified()).then(|| source.ip.to_string());
         let bind = (!source.ip.is_unspecified()).then_some(source.ip);
 
-        let _sending = self.sending.acquire().await.expect("never closed");
+        routed.sending = Some(
+            self.sending
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed"),
+        );
         let mut last: Option<(String, smtp::SmtpError)> = None;
         for host in &hosts {
             for &addr in &host.addrs {
@@ -625,8 +635,8 @@ impl Dispatcher {
                     .clone()
                     .unwrap_or_else(|| ready.recipient_domain()),
             );
-            if routed.pool.is_some() {
-                e.context.ip_pool = routed.pool.clone();
+            if let Some(pool) = &routed.pool {
+                e.context.ip_pool = Some(pool.clone());
             }
             e
         };
