@@ -3,7 +3,9 @@
 //! the `sendmill` binary as separate processes — a shared rate limit and a kill -9.
 
 use sendmill::{SendmillConfig, Stage};
-use sendmill_dispatcher::config::{PoolConfig, PoolIp, ProviderConfig, ShapingRule, ShapingScope};
+use sendmill_dispatcher::config::{
+    PoolConfig, PoolIp, ProviderConfig, ShapingRule, ShapingScope, WarmupConfig,
+};
 use sendmill_platform::pauses::{self, Target};
 use sendmill_tests::*;
 use sendmill_wire::{BounceCategory, EventType, EventV1, Lane, ReadyV1, RetryTier};
@@ -148,6 +150,70 @@ async fn messages_leave_from_pool_ips_and_a_paused_ip_gets_no_new_connections() 
     .await
     .expect("deferred while paused");
     assert!(deferred.reason.unwrap().contains("paused"));
+    assert!(!dumps_for_domain(&p.domain).contains_key(&id));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warming_ip_stops_at_its_daily_cap_and_the_pool_carries_on() {
+    let p = TestPipeline::start_configured(&[Stage::Dispatch], |c| {
+        c.dispatcher.pools = vec![PoolConfig {
+            name: "warm".into(),
+            accounts: vec![],
+            ips: ["127.0.0.9", "127.0.0.10"]
+                .iter()
+                .map(|ip| PoolIp {
+                    ip: ip.parse().unwrap(),
+                    ehlo: String::new(),
+                    weight: 1,
+                })
+                .collect(),
+        }];
+        c.dispatcher.providers = vec![sink_provider("warm-sink")];
+        c.dispatcher.warmup = vec![WarmupConfig {
+            ip: "127.0.0.9".parse().unwrap(),
+            provider: "warm-sink".into(),
+            start: OffsetDateTime::now_utc().date(),
+            daily_caps: vec![3, 1000],
+        }];
+    })
+    .await;
+    let recipients: Vec<String> = (0..20).map(|i| format!("warm{i}@ok.test")).collect();
+    let records = preload(&p, &recipients).await;
+    let ids: HashSet<String> = records.iter().map(|r| r.message_id.to_string()).collect();
+    let ended = terminal_events(&p, &ids).await;
+    assert!(ended
+        .values()
+        .all(|e| e[0].event_type == EventType::Delivered));
+    let from_warming = ended
+        .values()
+        .filter(|e| e[0].source_ip.as_deref() == Some("127.0.0.9"))
+        .count();
+    assert_eq!(from_warming, 3, "day one's cap of the warming IP");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_requires_tls_is_not_sent_to_in_the_clear() {
+    let p = TestPipeline::start_configured(&[Stage::Dispatch], |c| {
+        c.dispatcher.providers = vec![ProviderConfig {
+            require_tls: true,
+            ..sink_provider("tls-only")
+        }];
+    })
+    .await;
+    let records = preload(&p, &["secret@ok.test".to_owned()]).await;
+    let id = records[0].message_id.to_string();
+    let deferred = poll_until(LIMIT, || async {
+        p.events()
+            .into_iter()
+            .find(|e| e.message_id.to_string() == id && e.event_type == EventType::Deferred)
+    })
+    .await
+    .expect("deferred");
+    // smtp-sink offers no STARTTLS.
+    assert_eq!(deferred.bounce_category, Some(BounceCategory::TlsRequired));
+    assert_eq!(deferred.provider.as_deref(), Some("tls-only"));
     assert!(!dumps_for_domain(&p.domain).contains_key(&id));
     p.stop().await;
 }
