@@ -12,6 +12,8 @@
 #   nullmx.test            null MX (RFC 7505)
 #   nomx.test              no MX, an A record 127.0.0.2 (implicit MX, RFC 5321 §5.1)
 #   ratelimited.test       MX -> 127.0.0.6  answers RCPT with 421 and hangs up
+#   tls.test               MX -> 127.0.0.21 postfix offering STARTTLS, relaying to the
+#                          accepting sink
 #   d1.test .. d50.test    MX -> 127.0.0.11 .. 127.0.0.20, round robin (bench sinks,
 #                          started with BENCH_SINKS=1)
 set -euo pipefail
@@ -100,6 +102,8 @@ mkdir -p "$dns/conf.d"
   echo "host-record=mx2.failover.test,127.0.0.2"
   echo "mx-host=nullmx.test,.,0"
   echo "host-record=nomx.test,127.0.0.2"
+  echo "mx-host=tls.test,mx.tls.test,10"
+  echo "host-record=mx.tls.test,127.0.0.21"
   echo "mx-host=ratelimited.test,mx.ratelimited.test,10"
   echo "host-record=mx.ratelimited.test,127.0.0.6"
   # Bench domains: 50 domains (50 providers) over the 10 bench sinks.
@@ -145,6 +149,56 @@ start_sink defer 127.0.0.4 -r RCPT -b "451 4.7.1 Greylisted, please try again la
 start_sink ratelimit 127.0.0.6 -Q RCPT
 if [ "${BENCH_SINKS:-0}" = 1 ]; then
   for n in $(seq 1 10); do start_sink "d$n" "127.0.0.$((10 + n))"; done
+fi
+
+# --- postfix with STARTTLS (127.0.0.21:25) ----------------------------------------------
+# A real MTA offering STARTTLS (self-signed certificate) for tls.test; it relays what it
+# accepts to the accepting smtp-sink, whose dump then carries postfix's Received header
+# saying whether the session was encrypted.
+pf=$dir/postfix-tls
+if port_open 127.0.0.21 25; then
+  log "postfix (STARTTLS): reusing 127.0.0.21:25"
+else
+  mkdir -p "$pf"
+  if [ ! -f "$pf/cert.pem" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=mx.tls.test \
+      -keyout "$pf/key.pem" -out "$pf/cert.pem" 2>/dev/null
+  fi
+  cat >"$pf/main.cf" <<MAIN
+compatibility_level = 3.6
+queue_directory = $pf/queue
+data_directory = $pf/data
+mail_owner = postfix
+# Postfix accepts only addresses of a configured interface here; the listener's own
+# address is set on the smtp service in master.cf instead.
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+myhostname = mx.tls.test
+mydestination =
+mynetworks = 127.0.0.0/8
+relay_domains = tls.test
+relay_transport = smtp:[127.0.0.2]:25
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_tls_cert_file = $pf/cert.pem
+smtpd_tls_key_file = $pf/key.pem
+smtpd_tls_security_level = may
+smtpd_tls_received_header = yes
+smtp_tls_security_level = none
+maillog_file = $pf/maillog
+MAIN
+  # Debian's services, none chrooted (the chroot would need a copy of /etc and /dev),
+  # smtpd on 127.0.0.21 only.
+  awk '/^[a-z]/ && NF >= 8 { $5 = "n" }
+       $1 == "smtp" && $2 == "inet" { $1 = "127.0.0.21:smtp" }
+       { print }' /etc/postfix/master.cf >"$pf/master.cf"
+  mkdir -p "$pf/queue" "$pf/data"
+  chown postfix "$pf/data"
+  postfix -c "$pf" set-permissions >/dev/null 2>&1 || true
+  # postfix reports fatal errors on a terminal only: `script` gives it one.
+  script -qc "postfix -c $pf start" "$pf/start.log" >/dev/null \
+    || die "postfix did not start: $(cat "$pf/start.log")"
+  wait_port 127.0.0.21 25 10 || die "postfix did not listen on 127.0.0.21:25 (see $pf/maillog)"
+  log "postfix (STARTTLS): started on 127.0.0.21:25"
 fi
 
 cat <<INFO

@@ -9,3 +9,6 @@ for pidfile in "$dir"/redis/redis.pid "$dir"/clickhouse/clickhouse.pid "$dir"/dn
   if pid_alive "$pidfile"; then kill "$(cat "$pidfile")" && log "stopped $(basename "$pidfile" .pid)"; fi
   rm -f "$pidfile"
 done
+if [ -f "$dir/postfix-tls/main.cf" ] && port_open 127.0.0.21 25; then
+  postfix -c "$dir/postfix-tls" stop >/dev/null 2>&1 && log "stopped postfix (STARTTLS)"
+fi

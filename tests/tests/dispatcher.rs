@@ -219,6 +219,32 @@ async fn a_provider_that_requires_tls_is_not_sent_to_in_the_clear() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_is_used_when_the_receiver_offers_it() {
+    let p = TestPipeline::start_configured(&[Stage::Dispatch], |_| {}).await;
+    // postfix on mx.tls.test offers STARTTLS with a self-signed certificate, then relays to
+    // the accepting sink with its own Received header.
+    let records = preload(&p, &["private@tls.test".to_owned()]).await;
+    let id = records[0].message_id.to_string();
+    let ended = terminal_events(&p, &HashSet::from([id.clone()])).await;
+    assert_eq!(
+        ended[&id][0].event_type,
+        EventType::Delivered,
+        "{:?}",
+        ended[&id]
+    );
+    assert_eq!(ended[&id][0].mx_host.as_deref(), Some("mx.tls.test"));
+    let dump = poll_until(LIMIT, || async { dumped_message(&id) })
+        .await
+        .expect("postfix relayed the message to the sink");
+    let text = std::fs::read_to_string(dump).unwrap();
+    assert!(
+        text.contains("(using TLSv1.3") || text.contains("(using TLSv1.2"),
+        "postfix did not see an encrypted session:\n{text}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_4xx_walks_every_retry_tier_and_expires_with_the_last_reply() {
     let p = TestPipeline::start_configured(&[Stage::Dispatch], |c| {
         c.dispatcher.retry_delays_secs = [1, 1, 1, 1];
