@@ -14,5 +14,9 @@ log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Tests that run the dispatcher as separate processes (kill -9, limits shared across
+# processes) start this binary; `cargo test` alone does not build it.
+log "cargo build --bin sendmill"
+cargo build --bin sendmill
 log "cargo test"
 cargo test --workspace
