@@ -311,6 +311,18 @@ impl TestPipeline {
     }
 
     /// Every record currently in `topic` (all partitions, from the start).
+    /// The Prometheus text of this process (every stage's metrics), from ingest.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.ingest))
+            .send()
+            .await
+            .expect("ingest answers /metrics")
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Every event on the events topic so far.
     pub fn events(&self) -> Vec<sendmill_wire::EventV1> {
         self.read_topic(&self.topics.events())

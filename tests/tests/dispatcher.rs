@@ -361,15 +361,7 @@ async fn a_full_delay_queue_pauses_the_partitions_and_resumes_them() {
     assert!(ended
         .values()
         .all(|e| e.len() == 1 && e[0].event_type == EventType::Delivered));
-    let metrics = p
-        .http
-        .get(format!("http://{}/metrics", p.ingest))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     let count = |name: &str| -> f64 {
         metrics
             .lines()

@@ -60,15 +60,7 @@ async fn a_message_is_delivered_dkim_signed_and_its_timeline_is_in_clickhouse() 
         .await
         .unwrap();
     assert_eq!(health["status"], "ok");
-    let metrics = p
-        .http
-        .get(format!("http://{}/metrics", p.ingest))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = p.metrics().await;
     for name in [
         "sendmill_ingest_accepted_total",
         "sendmill_rendered_total",
