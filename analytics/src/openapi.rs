@@ -22,13 +22,6 @@ fn build_document() -> Value {
     let text = json!({"type": "string"});
     let time = json!({"type": "string", "format": "date-time"});
     let paths = json!({
-        "/openapi.json": {
-            "get": {
-                "operationId": "openapi", "tags": ["meta"], "summary": "This document",
-                "security": [],
-                "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}
-            }
-        },
         "/v1/messages": {
             "get": operation("listMessages", "messages", "The account's messages, newest first, with their status",
                 vec![

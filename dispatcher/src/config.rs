@@ -4,6 +4,7 @@
 //! by `sendmill validate-config`), not code.
 
 use crate::outcome::ClassifyRule;
+use sendmill_wire::RetryTier;
 use serde::Deserialize;
 use std::{net::IpAddr, net::SocketAddr, time::Duration};
 use time::Date;
@@ -16,7 +17,8 @@ pub struct Config {
     pub group_id: String,
     /// Kafka consumer group of the retry (delay topic) loop.
     pub retry_group_id: String,
-    /// SMTP transactions in flight at once per process.
+    /// Messages sending at once per process: from the SMTP transaction until their
+    /// outcome is recorded (so it also bounds what a crash can leave to the journal).
     pub concurrency: usize,
     /// Messages a process holds at once, sending or waiting for a shaping token (the local
     /// delay queue). When it is full the `ready` partitions are paused until a quarter of
@@ -243,7 +245,7 @@ impl Default for Config {
             max_idle_per_host: 16,
             idle_timeout_secs: 30,
             max_retry_age_secs: 24 * 3600,
-            retry_delays_secs: [60, 300, 900, 3600],
+            retry_delays_secs: RetryTier::ALL.map(|t| t.delay().as_secs()),
             terminal_ttl_secs: 7 * 24 * 3600,
             journal_dir: "/var/lib/sendmill/dispatcher".into(),
             journal_segment_entries: 250_000,
@@ -406,5 +408,25 @@ impl Config {
     pub(crate) fn retry_delay(&self, attempts: u32) -> (usize, Duration) {
         let tier = (attempts.max(1) as usize - 1).min(self.retry_delays_secs.len() - 1);
         (tier, Duration::from_secs(self.retry_delays_secs[tier]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_walk_1m_5m_15m_then_hourly_by_default() {
+        let config = Config::default();
+        let delays: Vec<(usize, u64)> = (1..=6)
+            .map(|attempt| {
+                let (tier, delay) = config.retry_delay(attempt);
+                (tier, delay.as_secs())
+            })
+            .collect();
+        assert_eq!(
+            delays,
+            [(0, 60), (1, 300), (2, 900), (3, 3600), (3, 3600), (3, 3600)]
+        );
     }
 }

@@ -312,9 +312,9 @@ impl Dispatcher {
         );
         routed.provider = Some(provider.name.clone());
         routed.pool = Some(pool.name.clone());
-        let rule = self.shaper.rule(&provider.name).cloned();
-        let (max_connections, per_connection) = rule
-            .as_ref()
+        let (max_connections, per_connection) = self
+            .shaper
+            .rule(&provider.name)
             .map_or((0, 0), |r| (r.max_connections, r.messages_per_connection));
         let tls = if provider.require_tls {
             smtp::TlsMode::Required
@@ -481,7 +481,7 @@ impl Dispatcher {
         .await?;
         if paused {
             self.pause_watch.invalidate().await;
-            return Ok(Err(smtp::SmtpError::Session(format!(
+            return Ok(Err(smtp::SmtpError::SourcePaused(format!(
                 "source {} (pool {}) was paused",
                 route.ip, route.pool
             ))));
@@ -581,6 +581,12 @@ impl Dispatcher {
                 None,
                 true,
                 BounceCategory::Protocol,
+            ),
+            smtp::SmtpError::SourcePaused(e) => (
+                FailureReason::NoSource(e),
+                None,
+                false,
+                BounceCategory::Routing,
             ),
             smtp::SmtpError::Session(e) => (
                 FailureReason::Protocol(e),

@@ -38,10 +38,9 @@ impl Providers {
     pub fn classify(&self, domain: &str, hosts: &[MxHost]) -> Provider {
         let by_mx = |rule: &ProviderConfig| {
             hosts.iter().any(|h| {
-                let host = h.name.to_ascii_lowercase();
                 rule.mx_suffixes
                     .iter()
-                    .any(|suffix| host == *suffix || host.ends_with(&format!(".{suffix}")))
+                    .any(|suffix| has_label_suffix(&h.name, suffix))
             })
         };
         match self
@@ -59,6 +58,17 @@ impl Providers {
             },
         }
     }
+}
+
+/// Whether `host` is `suffix` or ends with `.suffix`, ignoring ASCII case (`suffix` is
+/// lower-case); no allocation, as this runs for every message.
+fn has_label_suffix(host: &str, suffix: &str) -> bool {
+    let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
+    if host.len() < suffix.len() || !host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    {
+        return false;
+    }
+    host.len() == suffix.len() || host[host.len() - suffix.len() - 1] == b'.'
 }
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ pub enum SmtpError {
     /// The session broke (connection closed, garbled reply).
     #[error("{0}")]
     Session(String),
+    /// The source IP or its pool was paused before a new connection was opened.
+    #[error("{0}")]
+    SourcePaused(String),
 }
 
 impl SmtpError {
@@ -75,7 +78,7 @@ impl SmtpError {
             // 421: the server is shutting the session down, not judging the message; a
             // refused greeting is the host's state, not the message's.
             SmtpError::Rejected { reply, step } => reply.code == 421 || *step == "greeting",
-            SmtpError::Unsupported(_) => false,
+            SmtpError::Unsupported(_) | SmtpError::SourcePaused(_) => false,
         }
     }
 }

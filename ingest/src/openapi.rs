@@ -62,13 +62,6 @@ fn paging() -> Vec<Value> {
 
 fn build_document() -> Value {
     let paths = json!({
-        "/openapi.json": {
-            "get": {
-                "operationId": "openapi", "tags": ["meta"], "summary": "This document",
-                "security": [],
-                "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}
-            }
-        },
         "/v1/messages": {
             "post": operation("sendMessages", "messages",
                 "Send (or schedule, or sandbox) a message to up to 1,000 recipients",

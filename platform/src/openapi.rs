@@ -4,14 +4,27 @@
 
 use serde_json::{json, Map, Value};
 
-/// A document with `paths` and `schemas` (the error schema is added).
+/// A document with `paths` and `schemas`; the error schema and the document's own
+/// `/openapi.json` path are added.
 pub fn document(
     title: &str,
     description: &str,
-    paths: Value,
+    mut paths: Value,
     mut schemas: Map<String, Value>,
 ) -> Value {
     schemas.insert("Error".into(), error_schema());
+    if let Some(paths) = paths.as_object_mut() {
+        paths.insert(
+            "/openapi.json".into(),
+            json!({
+                "get": {
+                    "operationId": "openapi", "tags": ["meta"], "summary": "This document",
+                    "security": [],
+                    "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}
+                }
+            }),
+        );
+    }
     json!({
         "openapi": "3.1.0",
         "info": {

@@ -56,6 +56,8 @@ impl RetryTier {
         }
     }
 
+    /// The delay the tier's topic is named after: the dispatcher's default for it
+    /// (`dispatcher.retry_delays_secs` may set another).
     pub fn delay(self) -> Duration {
         Duration::from_secs(match self {
             RetryTier::OneMinute => 60,
@@ -63,17 +65,6 @@ impl RetryTier {
             RetryTier::FifteenMinutes => 900,
             RetryTier::OneHour => 3600,
         })
-    }
-
-    /// The tier for the retry that follows `attempts` failed attempts: 1m, 5m, 15m, then
-    /// hourly.
-    pub fn after_attempts(attempts: u32) -> RetryTier {
-        match attempts {
-            0 | 1 => RetryTier::OneMinute,
-            2 => RetryTier::FiveMinutes,
-            3 => RetryTier::FifteenMinutes,
-            _ => RetryTier::OneHour,
-        }
     }
 }
 
@@ -157,21 +148,5 @@ mod tests {
         assert_eq!(all.len(), 2 * 6 + 2);
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
-    }
-
-    #[test]
-    fn retry_schedule_is_1m_5m_15m_then_hourly() {
-        let tiers: Vec<_> = (1..=6).map(RetryTier::after_attempts).collect();
-        assert_eq!(
-            tiers,
-            [
-                RetryTier::OneMinute,
-                RetryTier::FiveMinutes,
-                RetryTier::FifteenMinutes,
-                RetryTier::OneHour,
-                RetryTier::OneHour,
-                RetryTier::OneHour
-            ]
-        );
     }
 }
