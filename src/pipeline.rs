@@ -146,11 +146,62 @@ pub async fn start(
             &config.analytics,
             suppressions.clone().expect("connected above"),
         )?;
+        let (targets, wake) = (state.webhook_targets.clone(), state.wake_webhooks.clone());
         let token = shutdown.clone();
         pipeline.tasks.spawn(async move {
             let result = sendmill_analytics::serve(listener, state, token).await;
             (Stage::Analytics, result.map_err(Into::into))
         });
+        let (kafka2, store2, cfg, token, wake2) = (
+            kafka.clone(),
+            store.clone(),
+            config.analytics.webhooks.clone(),
+            shutdown.clone(),
+            wake.clone(),
+        );
+        pipeline.tasks.spawn(async move {
+            let result = sendmill_analytics::webhooks::run_fanout(
+                kafka2, store2, targets, cfg, wake2, token,
+            )
+            .await;
+            (Stage::Analytics, result.map_err(Into::into))
+        });
+        let (store2, cfg, token) = (
+            store.clone(),
+            config.analytics.webhooks.clone(),
+            shutdown.clone(),
+        );
+        pipeline.tasks.spawn(async move {
+            sendmill_analytics::webhooks::run_sender(store2, cfg, wake, token).await;
+            (Stage::Analytics, Ok(()))
+        });
+        let retention = sendmill_analytics::retention::Retention::new(
+            config.analytics.retention_days,
+            config.analytics.rollup_retention_days,
+        );
+        let (ch, every, token) = (
+            clickhouse.clone(),
+            std::time::Duration::from_secs(config.analytics.retention_check_secs.max(1)),
+            shutdown.clone(),
+        );
+        pipeline.tasks.spawn(async move {
+            retention.run(ch, every, token).await;
+            (Stage::Analytics, Ok(()))
+        });
+        if config.analytics.reputation.enabled {
+            let monitor = sendmill_analytics::reputation::Monitor::new(
+                redis.clone().expect("connected above"),
+                &config.redis.key_prefix,
+                store.clone(),
+                &kafka,
+                config.analytics.reputation.clone(),
+            )?;
+            let (kafka2, token) = (kafka.clone(), shutdown.clone());
+            pipeline.tasks.spawn(async move {
+                let result = sendmill_analytics::reputation::run(kafka2, monitor, token).await;
+                (Stage::Analytics, result.map_err(Into::into))
+            });
+        }
         let (kafka, cfg, token) = (kafka.clone(), config.analytics.clone(), shutdown.clone());
         pipeline.tasks.spawn(async move {
             let result = sendmill_analytics::run_inserter(kafka, clickhouse, cfg, token).await;

@@ -16,13 +16,18 @@ pub mod engagement;
 pub mod inserter;
 pub mod messages;
 pub mod openapi;
+pub mod reputation;
+pub mod retention;
 pub mod row;
 pub mod schema;
+pub mod stats;
+pub mod webhook_api;
+pub mod webhooks;
 
 use axum::{
     extract::{FromRef, Path, State},
     middleware,
-    routing::get,
+    routing::{get, post},
     Json, Router,
 };
 use row::EventRow;
@@ -37,7 +42,8 @@ use sendmill_platform::{
 use sendmill_store::{Scope, Store};
 use sendmill_wire::{EventType, EventV1, MessageId};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::Notify;
 
 /// `[analytics]`: the event store and its API.
 #[derive(Clone, Debug, Deserialize)]
@@ -53,6 +59,16 @@ pub struct Config {
     pub batch_wait_ms: u64,
     /// Seconds an API key lookup is cached.
     pub auth_cache_secs: u64,
+    /// Days of `events` kept; older day partitions are dropped.
+    pub retention_days: u32,
+    /// Days of the per-minute rollups kept (they are far smaller than `events`).
+    pub rollup_retention_days: u32,
+    /// Seconds between retention runs.
+    pub retention_check_secs: u64,
+    /// Customer webhooks.
+    pub webhooks: webhooks::WebhookConfig,
+    /// The reputation monitor.
+    pub reputation: reputation::ReputationConfig,
 }
 
 impl Default for Config {
@@ -63,6 +79,11 @@ impl Default for Config {
             batch_rows: 10_000,
             batch_wait_ms: 500,
             auth_cache_secs: 30,
+            retention_days: 90,
+            rollup_retention_days: 400,
+            retention_check_secs: 3_600,
+            webhooks: webhooks::WebhookConfig::default(),
+            reputation: reputation::ReputationConfig::default(),
         }
     }
 }
@@ -91,8 +112,9 @@ pub async fn run_inserter(
         stage: "analytics",
         group_id: config.group_id.clone(),
         topics: vec![kafka.topics.events()],
-        // Enough in flight to fill a batch.
-        concurrency: config.batch_rows,
+        // Enough in flight to fill the batch being written and the next few: at exactly
+        // one batch the partitions would pause (and refetch) on every batch.
+        concurrency: config.batch_rows * 4,
     };
     kafka::consumer::run(
         &kafka,
@@ -124,6 +146,11 @@ pub struct AppState {
     pub links: Option<LinkSigner>,
     /// Unsubscribes go to PostgreSQL and the Redis copy the send path checks.
     pub suppressions: SuppressionCache,
+    pub webhooks: webhooks::WebhookConfig,
+    /// The fan-out's endpoint cache, dropped for an account when its endpoints change.
+    pub webhook_targets: webhooks::TargetCache,
+    /// Wakes this process's webhook sender (new events, a replay).
+    pub wake_webhooks: Arc<Notify>,
 }
 
 impl AppState {
@@ -135,6 +162,7 @@ impl AppState {
         config: &Config,
         suppressions: SuppressionCache,
     ) -> Result<Self, kafka::KafkaError> {
+        let webhook_store = store.clone();
         Ok(Self {
             suppressions,
             clickhouse,
@@ -143,6 +171,12 @@ impl AppState {
             producer: kafka.producer()?,
             topics: kafka.topics.clone(),
             links: (!tracking.secret.is_empty()).then(|| LinkSigner::new(&tracking.secret)),
+            webhooks: config.webhooks.clone(),
+            webhook_targets: webhooks::TargetCache::new(
+                webhook_store,
+                Duration::from_secs(config.webhooks.endpoint_cache_secs),
+            ),
+            wake_webhooks: Arc::new(Notify::new()),
         })
     }
 }
@@ -160,6 +194,21 @@ pub fn routes() -> Vec<(&'static str, axum::routing::MethodRouter<AppState>)> {
         ("/openapi.json", get(openapi::serve)),
         ("/v1/messages", get(messages::list)),
         ("/v1/messages/{id}", get(message_timeline)),
+        ("/v1/stats", get(stats::get)),
+        (
+            "/v1/webhooks",
+            get(webhook_api::list).post(webhook_api::create),
+        ),
+        (
+            "/v1/webhooks/{id}",
+            get(webhook_api::get)
+                .patch(webhook_api::change)
+                .delete(webhook_api::delete),
+        ),
+        ("/v1/webhooks/{id}/secret", get(webhook_api::secret)),
+        ("/v1/webhooks/{id}/attempts", get(webhook_api::attempts)),
+        ("/v1/webhooks/{id}/deliveries", get(webhook_api::deliveries)),
+        ("/v1/webhooks/{id}/replay", post(webhook_api::replay)),
     ]
 }
 

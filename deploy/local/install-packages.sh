@@ -12,7 +12,13 @@ packages=(
   dnsmasq-base postfix
   # test peers and tools: dkimpy verifies signatures, kcat reads topics, swaks/curl poke
   python3 python3-dkim python3-dnspython kcat swaks curl ca-certificates
+  # PyPI test tools (standardwebhooks verifies our webhook signatures) live in a venv
+  python3-venv
+  # the dashboard test drives headless Chromium through playwright-core (npm)
+  chromium
 )
+# Node.js and npm from Debian unless a Node.js (which brings its own npm) is installed.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -33,4 +39,22 @@ if ! command -v cargo >/dev/null 2>&1; then
   # Debian's own cargo is older than the crates Sendmill builds with; a rustup toolchain
   # (>= the workspace rust-version) must already be on the machine.
   die "no cargo on PATH: install a Rust toolchain >= 1.95 (rustup) and re-run"
+fi
+
+# PyPI packages the tests use, in a venv beside the services (Debian's python3 refuses
+# system-wide pip installs). Pinned so that a test run is repeatable.
+venv=$SENDMILL_LOCAL_DIR/venv
+if ! "$venv/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1; then
+  log "installing PyPI test tools into $venv"
+  mkdir -p "$SENDMILL_LOCAL_DIR"
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check standardwebhooks==1.0.0
+fi
+
+# playwright-core drives Debian's chromium (it cannot download browsers here).
+node_dir=$SENDMILL_LOCAL_DIR/node
+if [ ! -d "$node_dir/node_modules/playwright-core" ]; then
+  log "installing playwright-core into $node_dir"
+  mkdir -p "$node_dir"
+  (cd "$node_dir" && npm install --silent --no-audit --no-fund playwright-core@1.49.1 >/dev/null)
 fi

@@ -330,6 +330,13 @@ impl Dispatcher {
         // A source IP that is not paused and has quota, and a token for it.
         let source = loop {
             let paused = self.pause_watch.snapshot(&self.shutdown).await?;
+            if paused.contains(&Target::Account(ready.account_id).member()) {
+                metrics::counter!("sendmill_dispatch_no_source_total").increment(1);
+                let reason = format!("sending of account {} is paused", ready.account_id);
+                let failure =
+                    Failure::new(FailureReason::NoSource(reason), BounceCategory::Routing);
+                return Ok((Outcome::Temporary(failure), routed));
+            }
             let pool_paused = paused.contains(&Target::Pool(pool.name.clone()).member());
             let picked = (!pool_paused)
                 .then(|| {

@@ -3,7 +3,7 @@
 //! strings or `{"email", "name"}` objects.
 
 use serde::{
-    de::{self, DeserializeOwned, MapAccess, Visitor},
+    de::{self, MapAccess, Visitor},
     Deserialize, Deserializer,
 };
 use serde_json::{Map, Value};
@@ -234,46 +234,11 @@ impl<'de> Deserialize<'de> for Recipient {
     }
 }
 
-/// A JSON body that does not parse into a request: the message and the path at fault.
-#[derive(Debug)]
-pub struct ParseError {
-    pub field: String,
-    pub message: String,
-}
+pub use sendmill_platform::body::{parse, ParseError};
 
 impl SendRequest {
     pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
         parse(body)
-    }
-}
-
-/// Parses a JSON body into `T`, naming the path of the first thing wrong.
-pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
-    {
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let request: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            ParseError {
-                field: if path == "." { String::new() } else { path },
-                message: clean_serde_message(&inner),
-            }
-        })?;
-        de.end().map_err(|e| ParseError {
-            field: String::new(),
-            message: clean_serde_message(&e),
-        })?;
-        Ok(request)
-    }
-}
-
-/// serde_json's message without its " at line L column C" tail, which means nothing to
-/// a caller who sent compact JSON.
-fn clean_serde_message(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    match text.rfind(" at line ") {
-        Some(i) => text[..i].to_owned(),
-        None => text,
     }
 }
 

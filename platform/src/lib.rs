@@ -13,6 +13,7 @@
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or ctrl-c.
 //! - [`api`]: the JSON error shape every HTTP API answers with, request ids, and bearer
 //!   API-key authentication (cached).
+//! - [`body`]: JSON bodies and query strings parsed into the one 4xx error shape.
 //! - [`backoff`]: retrying an infrastructure call until it succeeds or shutdown.
 //! - [`clients`]: Redis and ClickHouse clients built from config.
 //! - [`openapi`]: shared pieces of the OpenAPI documents.
@@ -25,6 +26,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod body;
 pub mod clients;
 pub mod config;
 pub mod dns;

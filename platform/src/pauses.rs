@@ -1,6 +1,6 @@
-//! Pause flags for source IPs and IP pools, kept in Redis so that ops (`sendmill admin
+//! Pause flags for source IPs, IP pools and accounts, kept in Redis so that ops (`sendmill admin
 //! pause`) and the reputation monitor can stop traffic on every dispatcher at once. The
-//! flags are one set of `ip:<address>` and `pool:<name>` members, plus the reason for
+//! flags are one set of `ip:<address>`, `pool:<name>` and `account:<id>` members, plus the reason for
 //! each in a hash, so a dispatcher reads all of them in one call.
 
 use redis::aio::ConnectionManager;
@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashSet};
 pub enum Target {
     Ip(std::net::IpAddr),
     Pool(String),
+    /// All sending of one account (the reputation monitor, or ops).
+    Account(sendmill_wire::AccountId),
 }
 
 impl Target {
@@ -18,6 +20,7 @@ impl Target {
         match self {
             Target::Ip(ip) => format!("ip:{ip}"),
             Target::Pool(name) => format!("pool:{name}"),
+            Target::Account(id) => format!("account:{id}"),
         }
     }
 }
@@ -30,34 +33,43 @@ fn reasons_key(prefix: &str) -> String {
     format!("{prefix}paused:why")
 }
 
-/// Pauses `target` on every dispatcher sharing this Redis and key prefix.
+/// Pauses `target` on every dispatcher sharing this Redis and key prefix; whether it was
+/// not paused before.
 pub async fn pause(
     redis: &mut ConnectionManager,
     prefix: &str,
     target: &Target,
     reason: &str,
-) -> redis::RedisResult<()> {
-    redis::pipe()
+) -> redis::RedisResult<bool> {
+    let (added, _): (u32, u32) = redis::pipe()
         .atomic()
         .sadd(set_key(prefix), target.member())
         .hset(reasons_key(prefix), target.member(), reason)
         .query_async(redis)
-        .await
+        .await?;
+    Ok(added > 0)
 }
 
-/// Lifts a pause; whether there was one.
+/// Lifts a pause; whether there was one. The target's reputation window starts afresh,
+/// so the monitor judges it on what it sends from now on, not on what paused it.
 pub async fn resume(
     redis: &mut ConnectionManager,
     prefix: &str,
     target: &Target,
 ) -> redis::RedisResult<bool> {
-    let (removed, _): (u32, u32) = redis::pipe()
+    let (removed, _, _): (u32, u32, u32) = redis::pipe()
         .atomic()
         .srem(set_key(prefix), target.member())
         .hdel(reasons_key(prefix), target.member())
+        .del(reputation_key(prefix, target))
         .query_async(redis)
         .await?;
     Ok(removed > 0)
+}
+
+/// The hash where the reputation monitor counts `target`'s recent outcomes.
+pub fn reputation_key(prefix: &str, target: &Target) -> String {
+    format!("{prefix}rep:{}", target.member())
 }
 
 /// Every paused target's member name.

@@ -6,14 +6,17 @@
 //!
 //! ## Layout
 //! - [`Store`]: the pool and the queries.
+//! - [`alerts`]: the reputation monitor's alerts.
 //! - [`keys`]: API key generation and hashing.
 //! - [`dkim`]: DKIM key generation and the DNS record to publish.
 //! - [`templates`]: stored templates and their immutable versions.
 //! - [`idempotency`]: Idempotency-Key claims and stored answers.
 //! - [`schedule`]: messages held until their `send_at`, released or cancelled.
 //! - [`suppressions`]: per-account and global suppression lists.
+//! - [`webhooks`]: customer webhook endpoints, their outbox and delivery attempts.
 //! - [`held`]: rows locked in a transaction while a side effect (a Kafka write) happens.
 
+pub mod alerts;
 pub mod dkim;
 pub mod held;
 pub mod idempotency;
@@ -21,6 +24,7 @@ pub mod keys;
 pub mod schedule;
 pub mod suppressions;
 pub mod templates;
+pub mod webhooks;
 
 pub use suppressions::{Suppression, SuppressionReason};
 

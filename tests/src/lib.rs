@@ -77,6 +77,14 @@ pub fn test_config(id: &str) -> SendmillConfig {
     // Links point at a host that does not exist; tests call the analytics address.
     config.tracking.base_url = TRACKING_BASE.into();
     config.tracking.secret = "test-only-link-secret-of-at-least-32-bytes".into();
+    // Test receivers listen on loopback and must not wait minutes between retries.
+    config.analytics.webhooks.allow_private_destinations = true;
+    config.analytics.webhooks.backoff_initial_ms = 200;
+    config.analytics.webhooks.backoff_max_secs = 1;
+    config.analytics.webhooks.poll_ms = 100;
+    // Tests that exercise the reputation monitor lower this; others send too few
+    // messages for their bounce rates to mean anything.
+    config.analytics.reputation.min_volume = 1_000_000;
     config
 }
 
@@ -687,4 +695,83 @@ pub fn dkim_verifies(message: &Path, record: &(String, String)) -> bool {
         String::from_utf8_lossy(&output.stderr)
     );
     output.status.success()
+}
+
+/// A `sendmill <stage>` process of the test's installation (same broker, topics, Redis
+/// prefix, databases), for tests that kill a stage with SIGKILL or run several.
+pub struct StageProcess {
+    child: std::process::Child,
+}
+
+impl StageProcess {
+    /// Starts `sendmill <subcommand>` with the installation's shared sections and
+    /// `sections` (TOML) for the stage.
+    pub fn start(
+        p: &TestPipeline,
+        config: &SendmillConfig,
+        subcommand: &str,
+        name: &str,
+        sections: &str,
+    ) -> Self {
+        let binary = sendmill_binary();
+        let path = std::env::temp_dir().join(format!("{}{name}.toml", p.config.kafka.topic_prefix));
+        let toml = format!(
+            "[kafka]\ntopic_prefix = {prefix:?}\n[redis]\nkey_prefix = {redis:?}\n[postgres]\nurl = {pg:?}\n\
+             [clickhouse]\ndatabase = {ch:?}\n{sections}\n",
+            prefix = config.kafka.topic_prefix,
+            redis = config.redis.key_prefix,
+            pg = config.postgres.url,
+            ch = config.clickhouse.database,
+        );
+        std::fs::write(&path, toml).unwrap();
+        let child = std::process::Command::new(&binary)
+            .args(["--config", path.to_str().unwrap(), subcommand])
+            .env("SENDMILL_KAFKA_BROKERS", p.broker.bootstrap_servers())
+            // SENDMILL_TEST_CHILD_LOG: a tracing filter for these processes when debugging.
+            .env(
+                "RUST_LOG",
+                std::env::var("SENDMILL_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        Self { child }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `sendmill` binary next to the running test binary.
+pub fn sendmill_binary() -> PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>/sendmill
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("sendmill");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test --workspace` builds it (or `cargo build --bin sendmill`)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port nothing listens on right now (for a process that must be told its
+/// port before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -11,8 +11,6 @@ use sendmill_tests::*;
 use sendmill_wire::{BounceCategory, EventType, EventV1, Lane, ReadyV1, RetryTier};
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     time::Duration,
 };
 use time::OffsetDateTime;
@@ -381,59 +379,17 @@ async fn a_full_delay_queue_pauses_the_partitions_and_resumes_them() {
 }
 
 /// A `sendmill dispatch` process of the test's installation.
-struct DispatcherProcess {
-    child: Child,
-}
+struct DispatcherProcess;
 
 impl DispatcherProcess {
-    fn start(p: &TestPipeline, config: &SendmillConfig, name: &str, extra: &str) -> Self {
-        let binary = binary();
-        let path = std::env::temp_dir().join(format!("{}{name}.toml", p.config.kafka.topic_prefix));
-        let toml = format!(
-            "[kafka]\ntopic_prefix = {prefix:?}\n[redis]\nkey_prefix = {redis:?}\n[postgres]\nurl = {pg:?}\n\
-             [dispatcher]\nnameservers = [\"127.0.0.1:5353\"]\nhelo_name = \"{name}.sendmill.test\"\n\
+    fn start(p: &TestPipeline, config: &SendmillConfig, name: &str, extra: &str) -> StageProcess {
+        let section = format!(
+            "[dispatcher]\nnameservers = [\"127.0.0.1:5353\"]\nhelo_name = \"{name}.sendmill.test\"\n\
              ops_listen = \"127.0.0.1:0\"\njournal_dir = {journal:?}\n{extra}\n",
-            prefix = config.kafka.topic_prefix,
-            redis = config.redis.key_prefix,
-            pg = config.postgres.url,
             journal = format!("{}-{name}", config.dispatcher.journal_dir),
         );
-        std::fs::write(&path, toml).unwrap();
-        let child = Command::new(&binary)
-            .args(["--config", path.to_str().unwrap(), "dispatch"])
-            .env("SENDMILL_KAFKA_BROKERS", p.broker.bootstrap_servers())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        Self { child }
+        StageProcess::start(p, config, "dispatch", name, &section)
     }
-
-    fn kill(mut self) {
-        // SIGKILL: no shutdown path runs.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for DispatcherProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary() -> PathBuf {
-    // target/<profile>/deps/<this test> → target/<profile>/sendmill
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("sendmill");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test --workspace` builds it (or `cargo build --bin sendmill`)",
-        path.display()
-    );
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@
 //! - [`topics`]: topic names per lane, retry tier and prefix.
 //! - [`payload`]: the versioned record types and their JSON codec.
 //! - [`event`]: the event record every stage emits.
+//! - [`alert`]: alerts for ops (the reputation monitor pausing an IP or account).
 //! - [`verp`]: return paths that name their message, for matching bounces.
 //!
 //! ## Evolution
@@ -18,12 +19,14 @@
 //! producer's records. A breaking change is a new `V2` type on a new `.v2` topic. The
 //! golden fixtures under `tests/fixtures/` are decoded by the tests forever.
 
+pub mod alert;
 pub mod event;
 pub mod ids;
 pub mod payload;
 pub mod topics;
 pub mod verp;
 
+pub use alert::AlertV1;
 pub use event::{BounceCategory, EventType, EventV1, SmtpReply};
 pub use ids::{AccountId, BatchId, EventId, MessageId};
 pub use payload::{

@@ -111,6 +111,10 @@ impl Topics {
         format!("{}sendmill.dlq.v1", self.prefix)
     }
 
+    pub fn alerts(&self) -> String {
+        format!("{}sendmill.alerts.v1", self.prefix)
+    }
+
     /// Every topic, for creating them on a broker.
     pub fn all(&self) -> Vec<String> {
         let mut all = Vec::new();
@@ -123,6 +127,7 @@ impl Topics {
         }
         all.push(self.events());
         all.push(self.dlq());
+        all.push(self.alerts());
         all
     }
 }
@@ -145,7 +150,7 @@ mod tests {
         );
         assert_eq!(topics.events(), "t1.sendmill.events.v1");
         let all = topics.all();
-        assert_eq!(all.len(), 2 * 6 + 2);
+        assert_eq!(all.len(), 2 * 6 + 3);
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
     }
