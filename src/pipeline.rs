@@ -145,6 +145,8 @@ pub async fn start(
             &config.tracking,
             &config.analytics,
             suppressions.clone().expect("connected above"),
+            redis.clone().expect("connected above"),
+            &config.redis.key_prefix,
         )?;
         let (targets, wake) = (state.webhook_targets.clone(), state.wake_webhooks.clone());
         let token = shutdown.clone();

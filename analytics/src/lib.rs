@@ -12,6 +12,7 @@
 //! - [`messages`]: listing an account's messages with their current status.
 //! - [`openapi`]: the reading API's OpenAPI document, checked against [`routes`].
 
+pub mod dashboard;
 pub mod engagement;
 pub mod inserter;
 pub mod messages;
@@ -69,6 +70,10 @@ pub struct Config {
     pub webhooks: webhooks::WebhookConfig,
     /// The reputation monitor.
     pub reputation: reputation::ReputationConfig,
+    /// Key that signs dashboard sessions; empty: a random key per process (sessions end
+    /// with it). Set it when several analytics processes serve the dashboard. Env:
+    /// `SENDMILL_DASHBOARD_SECRET`.
+    pub dashboard_secret: String,
 }
 
 impl Default for Config {
@@ -84,6 +89,7 @@ impl Default for Config {
             retention_check_secs: 3_600,
             webhooks: webhooks::WebhookConfig::default(),
             reputation: reputation::ReputationConfig::default(),
+            dashboard_secret: String::new(),
         }
     }
 }
@@ -91,6 +97,7 @@ impl Default for Config {
 impl Config {
     pub fn apply_env(&mut self) {
         sendmill_platform::config::override_string(&mut self.listen, "ANALYTICS_LISTEN");
+        sendmill_platform::config::override_string(&mut self.dashboard_secret, "DASHBOARD_SECRET");
     }
 }
 
@@ -151,6 +158,10 @@ pub struct AppState {
     pub webhook_targets: webhooks::TargetCache,
     /// Wakes this process's webhook sender (new events, a replay).
     pub wake_webhooks: Arc<Notify>,
+    /// Pause flags (the dashboard lists and resumes them).
+    pub redis: redis::aio::ConnectionManager,
+    pub redis_prefix: String,
+    pub sessions: dashboard::Sessions,
 }
 
 impl AppState {
@@ -161,6 +172,8 @@ impl AppState {
         tracking: &TrackingConfig,
         config: &Config,
         suppressions: SuppressionCache,
+        redis: redis::aio::ConnectionManager,
+        redis_prefix: &str,
     ) -> Result<Self, kafka::KafkaError> {
         let webhook_store = store.clone();
         Ok(Self {
@@ -177,6 +190,9 @@ impl AppState {
                 Duration::from_secs(config.webhooks.endpoint_cache_secs),
             ),
             wake_webhooks: Arc::new(Notify::new()),
+            redis,
+            redis_prefix: redis_prefix.to_owned(),
+            sessions: dashboard::Sessions::new(&config.dashboard_secret),
         })
     }
 }
@@ -220,6 +236,7 @@ pub fn app(state: AppState) -> Router {
             "/u/{token}",
             get(engagement::unsubscribe_page).post(engagement::unsubscribe),
         )
+        .merge(dashboard::router())
         .with_state(state)
         .merge(sendmill_platform::http::ops_router("analytics"))
         .layer(middleware::from_fn(request_id))

@@ -84,3 +84,17 @@ impl Store {
         Ok(done.rows_affected())
     }
 }
+
+impl Store {
+    /// Whether `key_id` is an unrevoked key of an operator account with the `admin`
+    /// scope (dashboard sessions re-check this on every request).
+    pub async fn operator_key_active(&self, key_id: uuid::Uuid) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM api_keys k JOIN accounts a ON a.id = k.account_id
+             WHERE k.id = $1 AND k.revoked_at IS NULL AND a.operator AND 'admin' = ANY (k.scopes))",
+        )
+        .bind(key_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}
