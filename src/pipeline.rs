@@ -139,14 +139,16 @@ pub async fn start(
         let listener = bind(&config.analytics.listen).await?;
         pipeline.analytics_addr = Some(listener.local_addr()?);
         let state = sendmill_analytics::AppState::new(
-            clickhouse.clone(),
-            store.clone(),
+            sendmill_analytics::Dependencies {
+                clickhouse: clickhouse.clone(),
+                store: store.clone(),
+                suppressions: suppressions.clone().expect("connected above"),
+                redis: redis.clone().expect("connected above"),
+                redis_prefix: config.redis.key_prefix.clone(),
+            },
             &kafka,
             &config.tracking,
             &config.analytics,
-            suppressions.clone().expect("connected above"),
-            redis.clone().expect("connected above"),
-            &config.redis.key_prefix,
         )?;
         let (targets, wake) = (state.webhook_targets.clone(), state.wake_webhooks.clone());
         let token = shutdown.clone();

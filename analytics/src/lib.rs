@@ -164,17 +164,31 @@ pub struct AppState {
     pub sessions: dashboard::Sessions,
 }
 
+/// What the analytics API talks to.
+pub struct Dependencies {
+    pub clickhouse: clickhouse::Client,
+    pub store: Store,
+    /// Unsubscribes go to PostgreSQL and the Redis copy the send path checks.
+    pub suppressions: SuppressionCache,
+    /// Pause flags, under this key prefix.
+    pub redis: redis::aio::ConnectionManager,
+    pub redis_prefix: String,
+}
+
 impl AppState {
     pub fn new(
-        clickhouse: clickhouse::Client,
-        store: Store,
+        deps: Dependencies,
         kafka: &KafkaConnection,
         tracking: &TrackingConfig,
         config: &Config,
-        suppressions: SuppressionCache,
-        redis: redis::aio::ConnectionManager,
-        redis_prefix: &str,
     ) -> Result<Self, kafka::KafkaError> {
+        let Dependencies {
+            clickhouse,
+            store,
+            suppressions,
+            redis,
+            redis_prefix,
+        } = deps;
         let webhook_store = store.clone();
         Ok(Self {
             suppressions,
@@ -191,7 +205,7 @@ impl AppState {
             ),
             wake_webhooks: Arc::new(Notify::new()),
             redis,
-            redis_prefix: redis_prefix.to_owned(),
+            redis_prefix,
             sessions: dashboard::Sessions::new(&config.dashboard_secret),
         })
     }

@@ -312,6 +312,11 @@ impl Shaper {
                 }
             };
             metrics::counter!("sendmill_shaping_waits_total").increment(1);
+            metrics::histogram!("sendmill_shaping_wait_seconds").record(
+                wake_at
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs_f64(),
+            );
             tokio::select! {
                 _ = tokio::time::sleep_until(wake_at) => {}
                 _ = self.shutdown.cancelled() => return Err(backoff::ShutDown("shaping wait")),

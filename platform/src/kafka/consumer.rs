@@ -122,10 +122,12 @@ where
     let mut tracker = OffsetTracker::default();
     let mut paused: HashMap<PartitionKey, i64> = HashMap::new();
 
+    let mut lag_tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = lag_tick.tick() => report_lag(&consumer, spec.stage),
             Some(done) = in_flight.join_next() => {
                 let done = done.expect("handler tasks catch their own panics");
                 on_completion(&consumer, &mut tracker, &mut paused, &mut resume_timers, done);
@@ -420,6 +422,31 @@ impl CapacityPause {
             .increment(1);
         metrics::gauge!("sendmill_consumer_paused", "stage" => stage).set(0.0);
         tracing::debug!(stage, "handlers have room: partitions resumed");
+    }
+}
+
+/// `sendmill_consumer_lag{stage, topic, partition}`: records between this consumer's
+/// position and the end of each assigned partition. The end is asked of the broker (one
+/// short call per partition every few seconds; rdkafka does not expose librdkafka's
+/// cached watermarks).
+fn report_lag(consumer: &StreamConsumer, stage: &'static str) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    for element in positions.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_millis(200))
+        else {
+            continue;
+        };
+        let lag = match element.offset() {
+            Offset::Offset(position) => (high - position).max(0),
+            // Nothing consumed yet: everything up to the end is waiting.
+            _ => high.max(0),
+        };
+        metrics::gauge!("sendmill_consumer_lag", "stage" => stage, "topic" => topic.to_owned(),
+            "partition" => partition.to_string())
+        .set(lag as f64);
     }
 }
 
