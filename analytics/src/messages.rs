@@ -66,7 +66,11 @@ pub struct MessagePage {
     pub next_cursor: Option<String>,
 }
 
-fn time_param(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
+/// An optional RFC 3339 query parameter, or a 400 naming it.
+pub(crate) fn time_param(
+    name: &str,
+    value: Option<&str>,
+) -> Result<Option<OffsetDateTime>, ApiError> {
     value
         .map(|v| {
             OffsetDateTime::parse(v, &Rfc3339)

@@ -7,7 +7,7 @@
 //! itself for domains and tags. All three count distinct event ids, so a redelivered
 //! event never counts twice and the answers agree with each other.
 
-use crate::AppState;
+use crate::{messages::time_param, AppState};
 use axum::{
     extract::{Query, State},
     Json,
@@ -261,15 +261,6 @@ pub async fn get(
     report(&state.clickhouse, visibility, &query)
         .await
         .map(Json)
-}
-
-fn time_param(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
-    value
-        .map(|v| {
-            OffsetDateTime::parse(v, &Rfc3339)
-                .map_err(|_| ApiError::invalid(name, "must be an RFC 3339 time"))
-        })
-        .transpose()
 }
 
 fn rfc3339(unix: i64) -> String {

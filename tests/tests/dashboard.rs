@@ -49,12 +49,10 @@ async fn bounces_pause_the_ip_and_the_dashboard_shows_and_resumes_it() {
         let id = send(&p, &format!("ok{i}@ok.test")).await;
         p.wait_for_status(&id, "delivered", LIMIT).await;
     }
-    let mut bounced = Vec::new();
+    // The monitor may pause the IP before the last of these is tried (those are then
+    // deferred), so the test waits for the pause, not for every bounce.
     for i in 0..12 {
-        bounced.push(send(&p, &format!("gone{i}@bounce.test")).await);
-    }
-    for id in &bounced {
-        p.wait_for_status(id, "bounced", LIMIT).await;
+        send(&p, &format!("gone{i}@bounce.test")).await;
     }
     let mut redis = p.redis().await;
     let paused = poll_until(LIMIT, || {

@@ -103,6 +103,15 @@ fn received_events(receiver: &Receiver) -> Vec<(i64, Value)> {
         .collect()
 }
 
+/// The ids of the events received so far, verified with secret `secret`.
+fn received_ids(receiver: &Receiver, secret: i64) -> HashSet<String> {
+    received_events(receiver)
+        .into_iter()
+        .filter(|(index, _)| *index == secret)
+        .map(|(_, e)| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 async fn analytics(
     p: &TestPipeline,
     method: reqwest::Method,
@@ -199,10 +208,7 @@ async fn signed_events_reach_the_receiver_in_order_through_outages_and_replays()
     let expected = topic_event_ids(&p, &first);
     assert!(expected.len() >= 8, "{expected:?}");
     let arrived = poll_until(LIMIT, || async {
-        let got: HashSet<String> = received_events(&receiver)
-            .into_iter()
-            .map(|(_, e)| e["event_id"].as_str().unwrap().to_owned())
-            .collect();
+        let got = received_ids(&receiver, 0);
         expected.is_subset(&got).then_some(got)
     })
     .await;
@@ -255,11 +261,9 @@ async fn signed_events_reach_the_receiver_in_order_through_outages_and_replays()
     receiver.fail(false);
     let expected = topic_event_ids(&p, &second);
     let arrived = poll_until(LIMIT, || async {
-        let got: HashSet<String> = received_events(&receiver)
-            .into_iter()
-            .map(|(_, e)| e["event_id"].as_str().unwrap().to_owned())
-            .collect();
-        expected.is_subset(&got).then_some(())
+        expected
+            .is_subset(&received_ids(&receiver, 0))
+            .then_some(())
     })
     .await;
     assert!(
@@ -359,12 +363,7 @@ async fn signed_events_reach_the_receiver_in_order_through_outages_and_replays()
         "{replayed}"
     );
     let arrived = poll_until(LIMIT, || async {
-        let got: HashSet<String> = received_events(&receiver)
-            .into_iter()
-            .filter(|(secret, _)| *secret == 1)
-            .map(|(_, e)| e["event_id"].as_str().unwrap().to_owned())
-            .collect();
-        (got == delivered).then_some(())
+        (received_ids(&receiver, 1) == delivered).then_some(())
     })
     .await;
     assert!(arrived.is_some(), "the replayed events did not arrive");

@@ -96,7 +96,7 @@ where
     H: Fn(Record) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Handled, HandlerError>> + Send + 'static,
 {
-    let consumer: StreamConsumer = kafka
+    let consumer: Arc<StreamConsumer> = kafka
         .client_config()
         .set("group.id", &spec.group_id)
         .set("enable.auto.commit", "true")
@@ -107,7 +107,8 @@ where
             "session.timeout.ms",
             kafka.config.session_timeout_ms.to_string(),
         )
-        .create()?;
+        .create()
+        .map(Arc::new)?;
     let topic_refs: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
     tracing::info!(stage = spec.stage, group = %spec.group_id, topics = ?spec.topics, "consuming");
@@ -123,11 +124,18 @@ where
     let mut paused: HashMap<PartitionKey, i64> = HashMap::new();
 
     let mut lag_tick = tokio::time::interval(Duration::from_secs(10));
+    let mut lag_report = None;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = lag_tick.tick() => report_lag(&consumer, spec.stage),
+            _ = lag_tick.tick() => {
+                // Asking the broker blocks: off the runtime's threads, one at a time.
+                if lag_report.as_ref().is_none_or(|r: &tokio::task::JoinHandle<()>| r.is_finished()) {
+                    let (consumer, stage) = (consumer.clone(), spec.stage);
+                    lag_report = Some(tokio::task::spawn_blocking(move || report_lag(&consumer, stage)));
+                }
+            }
             Some(done) = in_flight.join_next() => {
                 let done = done.expect("handler tasks catch their own panics");
                 on_completion(&consumer, &mut tracker, &mut paused, &mut resume_timers, done);
