@@ -242,13 +242,7 @@ async fn api_stats(
     query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<stats::StatsReport>, ApiError> {
     let Query(query) = query.map_err(|r| ApiError::invalid("query", r.body_text()))?;
-    let visibility = match &query.account_id {
-        Some(id) => Visibility::Account(
-            id.parse()
-                .map_err(|_| ApiError::invalid("account_id", "not an account id"))?,
-        ),
-        None => Visibility::Everyone,
-    };
+    let visibility = Visibility::for_operator(query.account_id.as_deref())?;
     stats::report(&state.clickhouse, visibility, &query)
         .await
         .map(Json)

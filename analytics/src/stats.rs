@@ -242,6 +242,14 @@ impl Visibility {
                 "account_id",
                 "only operators may name an account",
             )),
+            requested => Self::for_operator(requested),
+        }
+    }
+
+    /// What an operator asked for: one account, or every account.
+    pub fn for_operator(requested: Option<&str>) -> Result<Self, ApiError> {
+        match requested {
+            None => Ok(Self::Everyone),
             Some(id) => id
                 .parse()
                 .map(Self::Account)

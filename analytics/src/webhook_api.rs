@@ -321,13 +321,11 @@ fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
 /// Checks the endpoint is the caller's, so an empty list means "none yet", not "not
 /// yours".
 async fn owned(state: &AppState, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
-    state
-        .store
-        .webhook(caller.0.account_id, id)
-        .await
-        .map_err(unavailable)?
-        .map(|_| ())
-        .ok_or_else(|| ApiError::not_found("webhook"))
+    match state.store.owns_webhook(caller.0.account_id, id).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::not_found("webhook")),
+        Err(error) => Err(unavailable(error)),
+    }
 }
 
 pub async fn attempts(

@@ -271,16 +271,9 @@ pub async fn run_sender(
                 }
             }
         }
-        let poll = Duration::from_millis(config.poll_ms);
-        let wait = match store.next_webhook_due().await {
-            Ok(Some(due)) => {
-                let until = due - OffsetDateTime::now_utc();
-                Duration::try_from(until)
-                    .unwrap_or(Duration::ZERO)
-                    .clamp(Duration::from_millis(10), poll)
-            }
-            _ => poll,
-        };
+        // An endpoint falls due (its backoff ends, another process queues events) at
+        // most one poll late.
+        let wait = Duration::from_millis(config.poll_ms);
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -360,7 +353,7 @@ async fn deliver(
             .await
         {
             Ok(batch) if batch.is_empty() => {
-                return give_back(store, &endpoint, "nothing pending").await;
+                return release(store, &endpoint).await;
             }
             Ok(batch) => batch,
             Err(error) => return give_back(store, &endpoint, error).await,
@@ -442,10 +435,13 @@ async fn deliver(
     }
 }
 
+/// Gives the endpoint back after an error of our own (not the endpoint's).
 async fn give_back(store: &Store, endpoint: &Claimed, why: impl std::fmt::Display) {
-    if why.to_string() != "nothing pending" {
-        tracing::warn!(endpoint = %endpoint.id, error = %why, "webhooks: giving the endpoint back");
-    }
+    tracing::warn!(endpoint = %endpoint.id, error = %why, "webhooks: giving the endpoint back");
+    release(store, endpoint).await;
+}
+
+async fn release(store: &Store, endpoint: &Claimed) {
     if let Err(error) = store.release_webhook_endpoint(endpoint.id).await {
         tracing::warn!(%error, "webhooks: cannot release an endpoint (its lease will run out)");
     }

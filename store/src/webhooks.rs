@@ -56,7 +56,7 @@ pub struct EndpointChange {
 }
 
 /// An endpoint the fan-out writes events for.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Target {
     pub id: Uuid,
     pub event_types: Vec<String>,
@@ -90,14 +90,14 @@ pub struct Claimed {
     pub failures: i32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct PendingEvent {
     pub seq: i64,
     pub event_id: Uuid,
     pub payload: serde_json::Value,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct Attempt {
     pub webhook_id: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -118,7 +118,7 @@ pub struct AttemptRecord {
     pub duration_ms: i32,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct Delivery {
     pub event_id: Uuid,
     pub message_id: Uuid,
@@ -304,21 +304,24 @@ impl Store {
 
     /// The account's enabled endpoints, for the fan-out.
     pub async fn webhook_targets(&self, account_id: AccountId) -> Result<Vec<Target>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT id, event_types FROM webhook_endpoints WHERE account_id = $1 AND enabled",
         )
         .bind(account_id.0)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Target {
-                    id: r.try_get("id")?,
-                    event_types: r.try_get("event_types")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        .await?)
+    }
+
+    /// Whether the account has endpoint `id` (cheaper than [`Store::webhook`], which
+    /// counts the endpoint's queue).
+    pub async fn owns_webhook(&self, account_id: AccountId, id: Uuid) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE account_id = $1 AND id = $2)",
+        )
+        .bind(account_id.0)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Puts events in the outbox; an event already there for that endpoint is skipped.
@@ -375,17 +378,6 @@ impl Store {
         .map_err(|e: sqlx::Error| e.into())
     }
 
-    /// When the next endpoint with pending events falls due (`None`: none waits).
-    pub async fn next_webhook_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT min(greatest(e.retry_at, e.lease_until)) FROM webhook_endpoints e
-             WHERE e.enabled AND EXISTS (SELECT 1 FROM webhook_deliveries d
-                                         WHERE d.endpoint_id = e.id AND d.status = 'pending')",
-        )
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     /// Moves the endpoint's events queued longer than `retry_for` to the dead-letter
     /// queue; returns how many.
     pub async fn dead_letter_expired(
@@ -412,7 +404,7 @@ impl Store {
         endpoint_id: Uuid,
         limit: i64,
     ) -> Result<Vec<PendingEvent>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT seq, event_id, payload FROM webhook_deliveries
              WHERE endpoint_id = $1 AND status = 'pending'
              ORDER BY occurred_at, seq LIMIT $2",
@@ -420,17 +412,7 @@ impl Store {
         .bind(endpoint_id)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PendingEvent {
-                    seq: r.try_get("seq")?,
-                    event_id: r.try_get("event_id")?,
-                    payload: r.try_get("payload")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        .await?)
     }
 
     /// Records an attempt and its outcome in one transaction: on success the events are
@@ -520,7 +502,7 @@ impl Store {
         endpoint_id: Uuid,
         limit: i64,
     ) -> Result<Vec<Attempt>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT a.webhook_id, a.attempted_at, a.events, a.status_code, a.error, a.duration_ms
              FROM webhook_attempts a JOIN webhook_endpoints e ON e.id = a.endpoint_id
              WHERE e.account_id = $1 AND a.endpoint_id = $2
@@ -530,20 +512,7 @@ impl Store {
         .bind(endpoint_id)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Attempt {
-                    webhook_id: r.try_get("webhook_id")?,
-                    attempted_at: r.try_get("attempted_at")?,
-                    events: r.try_get("events")?,
-                    status_code: r.try_get("status_code")?,
-                    error: r.try_get("error")?,
-                    duration_ms: r.try_get("duration_ms")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        .await?)
     }
 
     /// The endpoint's deliveries in `status` (`pending`, `delivered` or `dead`), newest
@@ -555,7 +524,7 @@ impl Store {
         status: &str,
         limit: i64,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT d.event_id, d.message_id, d.event_type, d.status, d.attempts, d.queued_at,
                     d.delivered_at, d.last_error
              FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
@@ -567,22 +536,7 @@ impl Store {
         .bind(status)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Delivery {
-                    event_id: r.try_get("event_id")?,
-                    message_id: r.try_get("message_id")?,
-                    event_type: r.try_get("event_type")?,
-                    status: r.try_get("status")?,
-                    attempts: r.try_get("attempts")?,
-                    queued_at: r.try_get("queued_at")?,
-                    delivered_at: r.try_get("delivered_at")?,
-                    last_error: r.try_get("last_error")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        .await?)
     }
 
     /// Puts the endpoint's dead-lettered events queued since `since` back in the queue

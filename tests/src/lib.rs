@@ -211,6 +211,17 @@ impl TestPipeline {
         create_tenant(&self.store().await, &unique(name)).await.0
     }
 
+    /// An operator tenant (its key has every scope, `admin` included).
+    pub async fn operator(&self, name: &str) -> Tenant {
+        let operator = self.tenant(name).await;
+        self.store()
+            .await
+            .set_operator(operator.account, true)
+            .await
+            .unwrap();
+        operator
+    }
+
     /// A call to the ingest API with `key`: status, JSON body (Null when none) and headers.
     pub async fn call(
         &self,

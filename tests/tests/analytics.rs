@@ -91,12 +91,7 @@ async fn events_land_once_through_a_kill_rollups_match_and_stats_stay_in_their_a
         .await
         .expect("ClickHouse migrates");
     let other = p.tenant("other").await;
-    let operator = p.tenant("operator").await;
-    p.store()
-        .await
-        .set_operator(operator.account, true)
-        .await
-        .unwrap();
+    let operator = p.operator("operator").await;
 
     let ours = events_for(p.account, 1_000, "ours", "a");
     let theirs = events_for(other.account, 50, "theirs", "b");

@@ -138,12 +138,7 @@ async fn bounces_pause_the_ip_and_the_dashboard_shows_and_resumes_it() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401, "a tenant's key is not an operator's");
-    let operator = p.tenant("ops").await;
-    p.store()
-        .await
-        .set_operator(operator.account, true)
-        .await
-        .unwrap();
+    let operator = p.operator("ops").await;
 
     let node_dir = local_dir().join("node/node_modules/playwright-core");
     assert!(

@@ -228,9 +228,7 @@ async fn one_tenant_can_never_reach_anothers_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_create_tenants_whose_keys_work() {
     let p = TestPipeline::start_stages(&[Stage::Ingest]).await;
-    let store = p.store().await;
-    let operator = p.tenant("operator").await;
-    store.set_operator(operator.account, true).await.unwrap();
+    let operator = p.operator("operator").await;
     let (status, created, _) = p
         .call(
             &operator.api_key,
@@ -631,12 +629,7 @@ async fn suppressed_recipients_are_dropped_at_ingest_and_at_dispatch_without_an_
     let (status, held) = p.send(&body).await;
     assert_eq!(status, 202);
     let held_id = ids(&held)[0].clone();
-    let operator = p.tenant("ops").await;
-    p.store()
-        .await
-        .set_operator(operator.account, true)
-        .await
-        .unwrap();
+    let operator = p.operator("ops").await;
     let (status, _, _) = p
         .call(
             &operator.api_key,
