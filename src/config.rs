@@ -49,6 +49,7 @@ impl SendmillConfig {
 
     pub fn apply_env(&mut self) {
         self.kafka.apply_env();
+        self.telemetry.apply_env();
         self.redis.apply_env();
         self.postgres.apply_env();
         self.clickhouse.apply_env();
@@ -61,6 +62,7 @@ impl SendmillConfig {
 
     /// What serde cannot check.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.telemetry.validate()?;
         self.tracking.validate()?;
         self.dispatcher
             .validate()

@@ -182,11 +182,26 @@ enum Admin {
     },
 }
 
+impl Command {
+    /// `service.name` of this process's spans.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::All => "sendmill",
+            Command::Ingest => "sendmill-ingest",
+            Command::Render => "sendmill-render",
+            Command::Dispatch => "sendmill-dispatcher",
+            Command::Analytics => "sendmill-analytics",
+            _ => "sendmill-cli",
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = SendmillConfig::load(cli.config.as_deref())?;
-    telemetry::init(&config.telemetry);
+    // Held to the end of main: dropping it exports the spans still queued.
+    let _telemetry = telemetry::init(&config.telemetry, cli.command.service_name())?;
     match cli.command {
         Command::All => run_all(&config).await,
         Command::Ingest => run_stages(&config, &[Stage::Ingest]).await,

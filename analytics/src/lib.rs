@@ -130,6 +130,7 @@ pub async fn run_inserter(
             let inserter = inserter.clone();
             async move {
                 let event: EventV1 = decode(&record)?;
+                sendmill_platform::traces::annotate_event(&event);
                 inserter
                     .add(EventRow::from(&event))
                     .await

@@ -246,6 +246,7 @@ impl Dispatcher {
     }
 
     async fn emit(&self, event: &EventV1) -> Result<(), HandlerError> {
+        sendmill_platform::traces::annotate_event(event);
         let topic = self.kafka.topics.events();
         let key = event.message_id.to_string();
         backoff::until_ok("produce event", &self.shutdown, || {

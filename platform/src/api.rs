@@ -2,8 +2,9 @@
 //! (`{"error":{"code","message","field"}}`), a request id on every response and log line,
 //! and bearer API-key authentication with a short-lived cache in front of PostgreSQL.
 
+use crate::traces::TraceHeaders;
 use axum::{
-    extract::{FromRef, FromRequestParts, Request},
+    extract::{FromRef, FromRequestParts, MatchedPath, Request},
     http::{header, request::Parts, HeaderValue, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -150,6 +151,7 @@ pub async fn wrong_method() -> ApiError {
 
 /// The request id header: taken from the caller when it sends a sane one, made up
 /// otherwise, echoed on the response and attached to every log line of the request.
+/// The request's span continues the caller's W3C `traceparent`, when it sends one.
 pub const REQUEST_ID: &str = "x-request-id";
 
 pub async fn request_id(mut request: Request, next: Next) -> Response {
@@ -162,8 +164,22 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let value = HeaderValue::from_str(&id).expect("request ids are visible ASCII");
     request.headers_mut().insert(REQUEST_ID, value.clone());
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
-    let mut response = next.run(request).instrument(span).await;
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| request.uri().path(), MatchedPath::as_str);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        request_id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    TraceHeaders::from_http(request.headers()).continue_in(&span);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     response.headers_mut().insert(REQUEST_ID, value);
     response
 }

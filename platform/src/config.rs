@@ -196,6 +196,14 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// A tracing filter, e.g. `info,sendmill_dispatcher=debug`. `RUST_LOG` overrides it.
     pub log_filter: String,
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
+    /// `http://127.0.0.1:4318`; spans are posted as OTLP JSON to `<url>/v1/traces`. Empty:
+    /// no spans are exported and no trace context is written into Kafka records.
+    /// Env: `SENDMILL_OTLP_ENDPOINT`.
+    pub otlp_endpoint: String,
+    /// Share of new traces kept, 0.0 to 1.0. A message's later spans follow the decision
+    /// made where its trace began, so a trace is kept whole or not at all.
+    pub trace_sample_ratio: f64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -211,7 +219,32 @@ impl Default for TelemetryConfig {
         Self {
             log_format: LogFormat::Json,
             log_filter: "info,sqlx=warn".into(),
+            otlp_endpoint: String::new(),
+            trace_sample_ratio: 1.0,
         }
+    }
+}
+
+impl TelemetryConfig {
+    pub fn apply_env(&mut self) {
+        override_string(&mut self.otlp_endpoint, "OTLP_ENDPOINT");
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err(ConfigError::Invalid(
+                "telemetry.trace_sample_ratio must be between 0.0 and 1.0".into(),
+            ));
+        }
+        if !(self.otlp_endpoint.is_empty()
+            || self.otlp_endpoint.starts_with("https://")
+            || self.otlp_endpoint.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid(
+                "telemetry.otlp_endpoint must be empty or an http(s) URL".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -8,7 +8,9 @@
 //!   for endpoints and secrets.
 //! - [`kafka`]: the idempotent producer, the at-least-once consumer loop (offsets stored
 //!   only after the handler's side effect), the embedded broker, topic creation.
-//! - [`telemetry`]: tracing subscriber and the Prometheus recorder.
+//! - [`telemetry`]: tracing subscriber, the optional OTLP span exporter and the
+//!   Prometheus recorder.
+//! - [`traces`]: W3C trace context carried in Kafka record and HTTP headers.
 //! - [`http`]: `/healthz` and `/metrics`, and serving a router until shutdown.
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or ctrl-c.
 //! - [`api`]: the JSON error shape every HTTP API answers with, request ids, and bearer
@@ -38,6 +40,7 @@ pub mod ratelimit;
 pub mod shutdown;
 pub mod suppressions;
 pub mod telemetry;
+pub mod traces;
 pub mod tracking;
 
 pub use tokio_util::sync::CancellationToken;

@@ -122,10 +122,18 @@ impl TestPipeline {
         stages: &[Stage],
         tweak: impl FnOnce(&mut SendmillConfig),
     ) -> Self {
-        sendmill_platform::telemetry::init(&sendmill_platform::config::TelemetryConfig {
-            log_filter: "warn".into(),
-            ..Default::default()
-        });
+        // Without an exporter there is nothing to keep; a test that exports spans
+        // installs its own subscriber first, and this call then changes nothing.
+        drop(
+            sendmill_platform::telemetry::init(
+                &sendmill_platform::config::TelemetryConfig {
+                    log_filter: "warn".into(),
+                    ..Default::default()
+                },
+                "sendmill-test",
+            )
+            .expect("no exporter to build"),
+        );
         let id = unique("t");
         let mut config = test_config(&id);
         tweak(&mut config);

@@ -17,9 +17,13 @@
 //!
 //! [`HandlerError::Poison`] sends the record to the DLQ with the reason; a panicking
 //! handler counts as poison. [`HandlerError::Interrupted`] (shutdown) stores nothing.
+//!
+//! Each record is handled inside a span named after the stage that continues the trace
+//! context the record's producer wrote (see [`crate::traces`]).
 
 use super::{KafkaConnection, Producer};
 use crate::backoff;
+use crate::traces::TraceHeaders;
 use futures::FutureExt;
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -37,6 +41,7 @@ use std::{
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// One consumed record, detached from the client.
 #[derive(Clone, Debug)]
@@ -46,6 +51,8 @@ pub struct Record {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// The trace context the producer wrote; the record's span continues it.
+    pub trace: TraceHeaders,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +180,7 @@ where
                     offset: message.offset(),
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    trace: message.headers().map(TraceHeaders::from_kafka).unwrap_or_default(),
                 };
                 drop(message);
                 let generation = tracker.begin(&key, record.offset);
@@ -184,9 +192,11 @@ where
                     dlq_topic: dlq_topic.clone(),
                     shutdown: shutdown.clone(),
                 };
+                let span = record_span(spec.stage, &record);
                 in_flight.spawn(async move {
-                    let outcome = task.run(record.clone()).await;
-                    Completion { key, offset: record.offset, generation, outcome }
+                    let offset = record.offset;
+                    let outcome = task.run(record).instrument(span).await;
+                    Completion { key, offset, generation, outcome }
                 });
                 if in_flight.len() >= capacity && !full.active {
                     full.pause(&consumer, spec.stage);
@@ -305,6 +315,29 @@ where
             other => other,
         }
     }
+}
+
+/// The span a record is handled in: named after the stage, a child of the span that
+/// produced the record, and carrying the record key (the message id, on every topic that
+/// carries messages or their events).
+fn record_span(stage: &'static str, record: &Record) -> tracing::Span {
+    let key = record
+        .key
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "record",
+        otel.name = stage,
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.destination.name = %record.topic,
+        messaging.kafka.partition = record.partition,
+        messaging.kafka.offset = record.offset,
+        messaging.kafka.message.key = %key,
+    );
+    record.trace.continue_in(&span);
+    span
 }
 
 fn on_completion(

@@ -1,5 +1,7 @@
-//! The idempotent producer every stage writes with.
+//! The idempotent producer every stage writes with. Each record carries its payload's
+//! schema and the W3C trace context of the span that wrote it.
 
+use crate::traces::TraceHeaders;
 use rdkafka::{
     error::KafkaError,
     message::{Header, OwnedHeaders},
@@ -61,10 +63,10 @@ impl Producer {
         bytes: &[u8],
         schema: &str,
     ) -> Result<(), ProduceError> {
-        let headers = OwnedHeaders::new().insert(Header {
+        let headers = TraceHeaders::current().add_to_kafka(OwnedHeaders::new().insert(Header {
             key: SCHEMA_HEADER,
             value: Some(schema),
-        });
+        }));
         let record = FutureRecord::to(topic)
             .key(key)
             .payload(bytes)
