@@ -41,14 +41,23 @@ if ! command -v cargo >/dev/null 2>&1; then
   die "no cargo on PATH: install a Rust toolchain >= 1.95 (rustup) and re-run"
 fi
 
+# cargo-fuzz (crates.io) builds and runs the libFuzzer targets under fuzz/.
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz 0.13.2" ]; then
+  log "installing cargo-fuzz from crates.io"
+  cargo install --quiet --locked cargo-fuzz --version 0.13.2
+fi
+
 # PyPI packages the tests use, in a venv beside the services (Debian's python3 refuses
 # system-wide pip installs). Pinned so that a test run is repeatable.
+# standardwebhooks verifies webhook signatures; schemathesis fuzzes the HTTP APIs from
+# their OpenAPI documents.
 venv=$SENDMILL_LOCAL_DIR/venv
-if ! "$venv/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1 \
+  || [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version 4.32.5" ]; then
   log "installing PyPI test tools into $venv"
   mkdir -p "$SENDMILL_LOCAL_DIR"
-  /usr/bin/python3 -m venv --system-site-packages "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check standardwebhooks==1.0.0
+  [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check standardwebhooks==1.0.0 schemathesis==4.32.5
 fi
 
 # playwright-core drives Debian's chromium (it cannot download browsers here).

@@ -1,6 +1,7 @@
 //! Request bodies of the JSON endpoints: `Content-Type: application/json`, within the
 //! size limit, parsed with the path of the first thing wrong (unknown fields included).
-//! Every failure is a 4xx in the one error shape, never a 500. Shared by every API.
+//! Every failure is a 4xx in the one error shape, never a 500. Strings holding NUL are
+//! refused (no text column can store them). Shared by every API.
 
 use crate::api::ApiError;
 use axum::{
@@ -99,6 +100,15 @@ where
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        if let Some((name, _)) = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            return Err(ApiError {
+                field: Some(name.replace('\0', "%00")),
+                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", NUL_MESSAGE)
+            });
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Self(q.0))
@@ -136,8 +146,62 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
             field: String::new(),
             message: clean_serde_message(&e),
         })?;
+        if has_nul_escape(body) {
+            return Err(ParseError {
+                field: nul_path(body).unwrap_or_default(),
+                message: NUL_MESSAGE.into(),
+            });
+        }
         Ok(request)
     }
+}
+
+const NUL_MESSAGE: &str = "text may not contain NUL characters (\\u0000)";
+
+/// Whether a JSON text that parsed holds a `\u0000` escape in a string. NUL is the one
+/// character JSON can carry that no text column (PostgreSQL's, a MIME header's) can
+/// hold, so it is refused at the door rather than half-way through a write. In valid
+/// JSON a backslash only ever starts an escape, so stepping over escapes finds exactly
+/// the real ones (`\\u0000` is a backslash and the text "u0000").
+fn has_nul_escape(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some(at) = memchr::memchr(b'\\', rest) {
+        match rest.get(at + 1) {
+            Some(b'u') if rest.get(at + 2..at + 6) == Some(b"0000") => return true,
+            Some(_) => rest = &rest[at + 2..],
+            None => return false,
+        }
+    }
+    false
+}
+
+/// The path (`to[2].name`, `metadata.note`) of the first string or key holding NUL.
+fn nul_path(body: &[u8]) -> Option<String> {
+    fn find(value: &serde_json::Value, path: &str) -> Option<String> {
+        let join = |key: &str| {
+            if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match value {
+            serde_json::Value::String(s) => s.contains('\0').then(|| path.to_owned()),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| find(item, &format!("{path}[{i}]"))),
+            serde_json::Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+                if key.contains('\0') {
+                    Some(join(&key.replace('\0', "\\u0000")))
+                } else {
+                    find(item, &join(key))
+                }
+            }),
+            _ => None,
+        }
+    }
+    find(&serde_json::from_slice(body).ok()?, "")
 }
 
 /// serde_json's message without its " at line L column C" tail, which means nothing to
@@ -147,5 +211,40 @@ fn clean_serde_message(e: &serde_json::Error) -> String {
     match text.rfind(" at line ") {
         Some(i) => text[..i].to_owned(),
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Doc {
+        name: String,
+        #[serde(default)]
+        tags: Vec<String>,
+        #[serde(default)]
+        metadata: HashMap<String, String>,
+    }
+
+    #[test]
+    fn nul_in_a_string_is_refused_naming_its_path() {
+        let e = parse::<Doc>(br#"{"name":"a","tags":["ok","b\u0000d"]}"#).unwrap_err();
+        assert_eq!(e.field, "tags[1]");
+        assert!(e.message.contains("NUL"), "{}", e.message);
+        let e = parse::<Doc>(br#"{"name":"a\u0000"}"#).unwrap_err();
+        assert_eq!(e.field, "name");
+        let e = parse::<Doc>(br#"{"name":"a","metadata":{"k\u0000":"v"}}"#).unwrap_err();
+        assert_eq!(e.field, "metadata.k\\u0000");
+    }
+
+    #[test]
+    fn an_escaped_backslash_before_u0000_is_plain_text() {
+        let doc = parse::<Doc>(br#"{"name":"C:\\u0000\\"}"#).unwrap();
+        assert_eq!(doc.name, "C:\\u0000\\");
+        assert!(!has_nul_escape(br#"{"name":"\\\\u0000"}"#));
+        assert!(has_nul_escape(br#"{"name":"\\\u0000"}"#));
     }
 }

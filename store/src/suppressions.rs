@@ -166,7 +166,9 @@ impl Store {
         .await?)
     }
 
-    /// Creates or replaces entries of `list` in one statement.
+    /// Creates or replaces entries of `list` in one statement. An address given twice
+    /// keeps its last entry, as one upsert after another would (one statement may not
+    /// touch a row twice).
     pub async fn upsert_suppressions(
         &self,
         list: List,
@@ -175,10 +177,14 @@ impl Store {
         if entries.is_empty() {
             return Ok(0);
         }
-        let emails: Vec<String> = entries
-            .iter()
-            .map(|e| e.email.to_ascii_lowercase())
-            .collect();
+        let mut last_of: std::collections::HashMap<String, usize> = Default::default();
+        for (i, entry) in entries.iter().enumerate() {
+            last_of.insert(entry.email.to_ascii_lowercase(), i);
+        }
+        let mut kept: Vec<(String, usize)> = last_of.into_iter().collect();
+        kept.sort_unstable_by_key(|&(_, i)| i);
+        let entries: Vec<&NewSuppression> = kept.iter().map(|&(_, i)| &entries[i]).collect();
+        let emails: Vec<String> = kept.into_iter().map(|(email, _)| email).collect();
         let reasons: Vec<&str> = entries.iter().map(|e| e.reason.as_str()).collect();
         let sources: Vec<Option<String>> = entries.iter().map(|e| e.source.clone()).collect();
         let expiries: Vec<Option<OffsetDateTime>> = entries.iter().map(|e| e.expires_at).collect();
