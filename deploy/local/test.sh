@@ -20,3 +20,5 @@ log "cargo build --bin sendmill"
 cargo build --bin sendmill
 log "cargo test"
 cargo test --workspace
+log "fuzz targets, ${SENDMILL_FUZZ_SECONDS:-30}s each"
+"$here/fuzz.sh" "${SENDMILL_FUZZ_SECONDS:-30}"

@@ -87,10 +87,14 @@ pub fn enhanced_code(text: &str) -> Option<String> {
 
 /// A reply split into code, enhanced code and text.
 pub fn reply(code: u16, text: &str) -> SmtpReply {
+    // Trimmed first: the code is the first word, and servers that put two spaces (or
+    // other white space) before it would otherwise have its length cut from the wrong
+    // place, mangling the text or, on a multi-byte space, splitting a character.
+    let text = text.trim();
     let enhanced = enhanced_code(text);
     let text = match &enhanced {
         Some(e) => text[e.len()..].trim().to_owned(),
-        None => text.trim().to_owned(),
+        None => text.to_owned(),
     };
     SmtpReply {
         code,
@@ -238,6 +242,19 @@ pub fn default_rules() -> Vec<ClassifyRule> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn white_space_before_the_enhanced_code_is_not_part_of_it() {
+        for text in [
+            "  4.7.0 try later",
+            "\u{2003}\u{2003}4.7.0 try later",
+            "4.7.0  try later ",
+        ] {
+            let split = reply(421, text);
+            assert_eq!(split.enhanced.as_deref(), Some("4.7.0"), "{text:?}");
+            assert_eq!(split.text, "try later", "{text:?}");
+        }
+    }
 
     #[test]
     fn splits_enhanced_codes_from_text() {

@@ -460,15 +460,9 @@ impl Session {
                 if !line.ends_with(b"\n") {
                     return Err(garbled("reply line too long"));
                 }
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end_matches(['\r', '\n']);
-                let code: u16 = text
-                    .get(..3)
-                    .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|c| c.parse().ok())
-                    .ok_or_else(|| garbled("garbled reply"))?;
-                let more = text.as_bytes().get(3) == Some(&b'-');
-                lines.push(text.get(4..).unwrap_or("").to_owned());
+                let ReplyLine { code, more, text } =
+                    ReplyLine::parse(&line).ok_or_else(|| garbled("garbled reply"))?;
+                lines.push(text);
                 if !more {
                     return Ok((code, lines));
                 }
@@ -479,6 +473,34 @@ impl Session {
         })
         .await
         .map_err(|_| SmtpError::Timeout(step))?
+    }
+}
+
+/// One line of a server's reply (RFC 5321 §4.2): `250-text` or `250 text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyLine {
+    pub code: u16,
+    /// A hyphen after the code: more lines of the same reply follow.
+    pub more: bool,
+    pub text: String,
+}
+
+impl ReplyLine {
+    /// Reads one line, its CRLF included or not; `None` when it does not start with a
+    /// three-digit code. Text that is not UTF-8 is kept with replacement characters.
+    pub fn parse(line: &[u8]) -> Option<Self> {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        let code = text
+            .get(..3)
+            .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))?
+            .parse()
+            .ok()?;
+        Some(Self {
+            code,
+            more: text.as_bytes().get(3) == Some(&b'-'),
+            text: text.get(4..).unwrap_or("").to_owned(),
+        })
     }
 }
 

@@ -1176,8 +1176,10 @@ async fn nul_characters_and_repeated_addresses_get_a_clear_answer() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["field"], "cursor", "{body}");
     let (status, body) = p
-        .send(&json!({"from": format!("a@{}", p.domain), "to": ["x@ok.test"],
-            "subject": "s", "html": "<p>a\u{0}</p>"}))
+        .send(
+            &json!({"from": format!("a@{}", p.domain), "to": ["x@ok.test"],
+            "subject": "s", "html": "<p>a\u{0}</p>"}),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["field"], "html", "{body}");

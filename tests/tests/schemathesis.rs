@@ -22,6 +22,8 @@ fn schemathesis(api: &str, base: &str, key: &str) {
         binary.display()
     );
     let output = Command::new(&binary)
+        // It keeps a cache in its working directory; not in the source tree.
+        .current_dir(std::env::temp_dir())
         .args([
             "run",
             &format!("{base}/openapi.json"),
