@@ -32,7 +32,7 @@ use rdkafka::{
 };
 use sendmill_wire::{DeadLetterV1, WirePayload};
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     future::Future,
     panic::AssertUnwindSafe,
     sync::Arc,
@@ -357,7 +357,7 @@ fn on_completion(
             }
         }
         Ok(Handled::NotBefore(due)) => {
-            if tracker.is_stale(&done.key, done.generation) {
+            if tracker.is_stale(&done.key, done.generation, done.offset) {
                 return;
             }
             tracker.rewind(&done.key, done.offset);
@@ -518,7 +518,8 @@ pub(crate) struct OffsetTracker {
 
 #[derive(Default)]
 struct PartitionProgress {
-    in_flight: BTreeSet<i64>,
+    /// Offset → the generation it was received in.
+    in_flight: BTreeMap<i64, u64>,
     /// The lowest offset this consumer received: nothing below it is ours to store.
     first_received: Option<i64>,
     highest_done: Option<i64>,
@@ -531,15 +532,17 @@ impl OffsetTracker {
     /// Registers a received record; returns the generation to report its completion with.
     pub(crate) fn begin(&mut self, key: &PartitionKey, offset: i64) -> u64 {
         let p = self.partitions.entry(key.clone()).or_default();
-        p.in_flight.insert(offset);
+        p.in_flight.insert(offset, p.generation);
         p.first_received = Some(p.first_received.map_or(offset, |f| f.min(offset)));
         p.generation
     }
 
-    pub(crate) fn is_stale(&self, key: &PartitionKey, generation: u64) -> bool {
+    /// Whether a completion no longer counts: its record was let go by a rewind (it
+    /// will be read again) or was received again since.
+    pub(crate) fn is_stale(&self, key: &PartitionKey, generation: u64, offset: i64) -> bool {
         self.partitions
             .get(key)
-            .is_none_or(|p| p.generation != generation)
+            .is_none_or(|p| p.in_flight.get(&offset) != Some(&generation))
     }
 
     /// Marks a record done; returns the offset to store if it advanced.
@@ -549,14 +552,14 @@ impl OffsetTracker {
         generation: u64,
         offset: i64,
     ) -> Option<i64> {
-        let p = self.partitions.get_mut(key)?;
-        if p.generation != generation {
+        if self.is_stale(key, generation, offset) {
             return None;
         }
+        let p = self.partitions.get_mut(key)?;
         p.in_flight.remove(&offset);
         p.highest_done = Some(p.highest_done.map_or(offset, |h| h.max(offset)));
-        let safe = match p.in_flight.first() {
-            Some(&oldest) => oldest - 1,
+        let safe = match p.in_flight.first_key_value() {
+            Some((&oldest, _)) => oldest - 1,
             None => p.highest_done?,
         };
         let ours = p.first_received.is_some_and(|f| safe >= f);
@@ -569,10 +572,12 @@ impl OffsetTracker {
     }
 
     /// The partition will be re-read from `offset`: forget it and everything after.
+    /// Records before it still in flight are not re-read, so they stay tracked: their
+    /// completions count, and no offset past them is stored until they finish.
     pub(crate) fn rewind(&mut self, key: &PartitionKey, offset: i64) {
         let p = self.partitions.entry(key.clone()).or_default();
         p.generation += 1;
-        p.in_flight.clear();
+        p.in_flight.retain(|&o, _| o < offset);
         p.highest_done = p.highest_done.map(|h| h.min(offset - 1));
     }
 }
@@ -614,6 +619,22 @@ mod tests {
         t.begin(&key(), 7);
         assert_eq!(t.complete(&key(), g1, 7), None);
         assert_eq!(t.complete(&key(), g1, 6), Some(7));
+    }
+
+    #[test]
+    fn a_record_before_the_rewind_point_still_counts() {
+        // 5 and 6 in flight; 6 is not due yet and rewinds the partition to 6 first.
+        let mut t = OffsetTracker::default();
+        let g0 = t.begin(&key(), 5);
+        t.begin(&key(), 6);
+        t.rewind(&key(), 6);
+        // 5 is not read again, so its answer (done, or not due either) must count...
+        assert!(!t.is_stale(&key(), g0, 5));
+        assert!(t.is_stale(&key(), g0, 6));
+        // ...and nothing past it is stored before it finishes.
+        let g1 = t.begin(&key(), 6);
+        assert_eq!(t.complete(&key(), g1, 6), None);
+        assert_eq!(t.complete(&key(), g0, 5), Some(6));
     }
 
     #[test]

@@ -1,0 +1,389 @@
+//! The fault suite: under steady load through `sendmill` stage processes, one fault
+//! after another — each stage killed with SIGKILL and restarted, then the MX host
+//! answering 4xx, then 421 and hanging up — and afterwards every accepted message is
+//! accounted for: exactly one terminal event in ClickHouse, delivered at most once to
+//! the sink, and the sink's count equal to `delivered` in ClickHouse. Prints the table.
+//!
+//! The MX host is this test's own smtp-sink on 127.0.0.2 (ok.test's MX) at a port of its
+//! own; the dispatcher is told that port, so the test can change how the sink answers.
+
+use sendmill_tests::*;
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// Messages per second the load generator offers.
+const RATE: u64 = 25;
+/// How long each phase lasts under load.
+const PHASE: Duration = Duration::from_secs(4);
+const DRAIN: Duration = Duration::from_secs(180);
+const TERMINAL: &str = "('delivered','bounced','expired','dropped','failed')";
+
+/// How the test's MX host answers.
+#[derive(Clone, Copy, Debug)]
+enum SinkMode {
+    Accept,
+    /// 451 at RCPT.
+    SoftReject,
+    /// 421 and hang up at RCPT.
+    Disconnect,
+}
+
+struct Sink {
+    child: Child,
+    port: u16,
+    dumps: PathBuf,
+}
+
+impl Sink {
+    fn start(port: u16, dumps: &Path, mode: SinkMode) -> Self {
+        let mut args: Vec<String> = vec!["-u".into(), "nobody".into(), "-m".into(), "256".into()];
+        match mode {
+            SinkMode::Accept => args.extend(["-d".into(), format!("{}/", dumps.display())]),
+            SinkMode::SoftReject => args.extend([
+                "-r".into(),
+                "RCPT".into(),
+                "-b".into(),
+                "451 4.3.0 fault suite: try again later".into(),
+            ]),
+            SinkMode::Disconnect => args.extend(["-Q".into(), "RCPT".into()]),
+        }
+        args.extend([format!("127.0.0.2:{port}"), "256".into()]);
+        let child = Command::new("smtp-sink")
+            .args(&args)
+            .spawn()
+            .expect("smtp-sink (Debian postfix) is required: run deploy/local/install-packages.sh");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "smtp-sink did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sink {
+            child,
+            port,
+            dumps: dumps.to_owned(),
+        }
+    }
+
+    fn switch(mut self, mode: SinkMode) -> Self {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        Sink::start(self.port, &self.dumps, mode)
+    }
+
+    /// Message id → how many times the sink took it.
+    fn delivered(&self) -> HashMap<String, usize> {
+        let mut seen = HashMap::new();
+        for entry in std::fs::read_dir(&self.dumps).unwrap().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let id = text.lines().find_map(|l| {
+                let rest = l.strip_prefix("Message-ID: <")?;
+                Some(rest.split('@').next()?.to_owned())
+            });
+            if let Some(id) = id {
+                *seen.entry(id).or_insert(0) += 1;
+            }
+        }
+        seen
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The four stages as processes, restartable one by one under the same names (so a
+/// restarted dispatcher finds its journal).
+struct Stages {
+    processes: BTreeMap<&'static str, StageProcess>,
+    sections: BTreeMap<&'static str, String>,
+}
+
+impl Stages {
+    fn start(p: &TestPipeline, sections: BTreeMap<&'static str, String>) -> Self {
+        let mut stages = Stages {
+            processes: BTreeMap::new(),
+            sections,
+        };
+        for stage in ["ingest", "render", "dispatch", "analytics"] {
+            stages.restart(p, stage);
+        }
+        stages
+    }
+
+    fn restart(&mut self, p: &TestPipeline, stage: &'static str) {
+        let process = StageProcess::start(
+            p,
+            &p.config,
+            stage,
+            &format!("fault-{stage}"),
+            &self.sections[stage],
+        );
+        self.processes.insert(stage, process);
+    }
+
+    fn kill(&mut self, stage: &'static str) {
+        self.processes.remove(stage).expect("the stage runs").kill();
+    }
+}
+
+/// Accepted message id → the phase it was accepted in.
+type Accepted = Arc<Mutex<Vec<(String, &'static str)>>>;
+
+/// Offers `RATE` messages a second until `stop`, each with its own idempotency key,
+/// retrying a request until it gets its 202 (through an ingest restart: same key, so
+/// never two acceptances of one request).
+async fn load(
+    http: reqwest::Client,
+    url: String,
+    key: String,
+    from: String,
+    phase: Arc<Mutex<&'static str>>,
+    accepted: Accepted,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE));
+    let mut in_flight = tokio::task::JoinSet::new();
+    for n in 0u64.. {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let current = *phase.lock().unwrap();
+        let (http, url, key, accepted) = (http.clone(), url.clone(), key.clone(), accepted.clone());
+        let body = serde_json::json!({
+            "from": from,
+            "to": [format!("fault{n}@ok.test")],
+            "subject": "fault suite",
+            "text": format!("message {n}"),
+        });
+        let idempotency = format!("{}-{n}", unique("fault"));
+        in_flight.spawn(async move {
+            let started = Instant::now();
+            loop {
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("idempotency-key", &idempotency)
+                    .json(&body)
+                    .send()
+                    .await;
+                if let Ok(response) = response {
+                    if response.status().as_u16() == 202 {
+                        let body: serde_json::Value = response.json().await.unwrap();
+                        accepted
+                            .lock()
+                            .unwrap()
+                            .push((first_message_id(&body), current));
+                        return;
+                    }
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "request {idempotency} was never accepted"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_message_ends_once_through_stage_kills_and_mx_failures() {
+    // The in-process pipeline provides the broker, databases and the tenant only.
+    let p = TestPipeline::start_configured(&[], |_| {}).await;
+    sendmill_analytics::schema::migrate(&p.config.clickhouse)
+        .await
+        .expect("ClickHouse migrates");
+    let dumps = std::env::temp_dir().join(unique("fault-sink"));
+    std::fs::create_dir_all(&dumps).unwrap();
+    // smtp-sink drops to `nobody` before it writes its dumps.
+    std::fs::set_permissions(&dumps, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let sink_port = free_port();
+    let mut sink = Sink::start(sink_port, &dumps, SinkMode::Accept);
+
+    let ingest_port = free_port();
+    let analytics_port = free_port();
+    let sections = BTreeMap::from([
+        (
+            "ingest",
+            format!(
+                "[ingest]\nlisten = \"127.0.0.1:{ingest_port}\"\nallow_unverified_domains = true\n\
+                 idempotency_lease_secs = 5\n"
+            ),
+        ),
+        ("render", "[render]\nops_listen = \"127.0.0.1:0\"\n".to_owned()),
+        (
+            "dispatch",
+            format!(
+                "[dispatcher]\nnameservers = [\"127.0.0.1:5353\"]\nsmtp_port = {sink_port}\n\
+                 ops_listen = \"127.0.0.1:0\"\njournal_dir = {journal:?}\nretry_delays_secs = [1, 2, 3, 5]\n\
+                 connect_timeout_secs = 5\ncommand_timeout_secs = 10\n",
+                journal = format!("{}-faults", p.config.dispatcher.journal_dir),
+            ),
+        ),
+        (
+            "analytics",
+            format!(
+                "[analytics]\nlisten = \"127.0.0.1:{analytics_port}\"\nbatch_rows = 200\nbatch_wait_ms = 100\n\
+                 [analytics.reputation]\nenabled = false\n"
+            ),
+        ),
+    ]);
+    let mut stages = Stages::start(&p, sections);
+
+    let phase = Arc::new(Mutex::new("steady"));
+    let accepted = Accepted::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let loader = tokio::spawn(load(
+        p.http.clone(),
+        format!("http://127.0.0.1:{ingest_port}/v1/messages"),
+        p.api_key.clone(),
+        format!("faults@{}", p.domain),
+        phase.clone(),
+        accepted.clone(),
+        stop.clone(),
+    ));
+    let enter = |name: &'static str| *phase.lock().unwrap() = name;
+
+    tokio::time::sleep(PHASE).await;
+    for stage in ["ingest", "render", "dispatch", "analytics"] {
+        enter(match stage {
+            "ingest" => "kill -9 ingest",
+            "render" => "kill -9 render",
+            "dispatch" => "kill -9 dispatcher",
+            _ => "kill -9 analytics",
+        });
+        tokio::time::sleep(PHASE / 2).await;
+        stages.kill(stage);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stages.restart(&p, stage);
+        tokio::time::sleep(PHASE / 2).await;
+    }
+    enter("MX answers 451");
+    sink = sink.switch(SinkMode::SoftReject);
+    tokio::time::sleep(PHASE).await;
+    enter("MX answers 421, hangs up");
+    sink = sink.switch(SinkMode::Disconnect);
+    tokio::time::sleep(PHASE).await;
+    enter("recovered");
+    sink = sink.switch(SinkMode::Accept);
+    tokio::time::sleep(PHASE).await;
+    stop.cancel();
+    loader.await.unwrap();
+
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() as u64 >= RATE * 10,
+        "too little load: {}",
+        accepted.len()
+    );
+    let ch = sendmill_platform::clients::clickhouse(&p.config.clickhouse);
+    let account = p.account.to_string();
+    let terminal_events = || async {
+        ch.query(&format!(
+            "SELECT toString(message_id), event_type FROM events FINAL \
+             WHERE account_id = toUUID(?) AND event_type IN {TERMINAL}"
+        ))
+        .bind(&account)
+        .fetch_all::<(String, String)>()
+        .await
+        .expect("ClickHouse answers")
+    };
+    let finished = poll_until(DRAIN, || async {
+        let events = terminal_events().await;
+        (events.len() >= accepted.len()).then_some(events)
+    })
+    .await;
+    let events = match finished {
+        Some(events) => events,
+        None => terminal_events().await,
+    };
+
+    let mut terminal: HashMap<String, Vec<String>> = HashMap::new();
+    for (id, event_type) in events {
+        terminal.entry(id).or_default().push(event_type);
+    }
+    let at_sink = sink.delivered();
+    let mut table: BTreeMap<&str, [usize; 5]> = BTreeMap::new();
+    let order = [
+        "steady",
+        "kill -9 ingest",
+        "kill -9 render",
+        "kill -9 dispatcher",
+        "kill -9 analytics",
+        "MX answers 451",
+        "MX answers 421, hangs up",
+        "recovered",
+    ];
+    for (id, accepted_in) in &accepted {
+        let row = table.entry(accepted_in).or_default();
+        let ends = terminal.get(id).map_or(0, Vec::len);
+        let delivered = terminal
+            .get(id)
+            .is_some_and(|t| t.iter().any(|e| e == "delivered"));
+        let sunk = at_sink.get(id).copied().unwrap_or(0);
+        row[0] += 1;
+        row[1] += usize::from(delivered);
+        row[2] += usize::from(ends == 0);
+        row[3] += usize::from(ends > 1 || sunk > 1);
+        row[4] += usize::from(delivered != (sunk == 1));
+    }
+    println!(
+        "\n| fault | accepted | delivered | lost | duplicated | sink ≠ ClickHouse |\n|---|---|---|---|---|---|"
+    );
+    for name in order {
+        let [a, d, l, dup, mismatch] = table.get(name).copied().unwrap_or_default();
+        println!("| {name} | {a} | {d} | {l} | {dup} | {mismatch} |");
+    }
+    let lost: Vec<&str> = accepted
+        .iter()
+        .filter(|(id, _)| !terminal.contains_key(id))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    for id in lost.iter().take(10) {
+        let history = ch
+            .query("SELECT event_type, stage, reason FROM events FINAL WHERE message_id = toUUID(?) ORDER BY occurred_at_ms")
+            .bind(*id)
+            .fetch_all::<(String, String, String)>()
+            .await
+            .expect("ClickHouse answers");
+        println!("unfinished {id}: {history:?}");
+    }
+    for name in order {
+        let [a, _, lost, duplicated, mismatch] = table.get(name).copied().unwrap_or_default();
+        assert!(a > 0, "no message was accepted during {name}");
+        assert_eq!(
+            (lost, duplicated, mismatch),
+            (0, 0, 0),
+            "{name}: see the table above"
+        );
+    }
+    let sink_total: usize = at_sink.values().sum();
+    let delivered_total = terminal
+        .values()
+        .filter(|t| t.iter().any(|e| e == "delivered"))
+        .count();
+    assert_eq!(
+        sink_total, delivered_total,
+        "messages at the sink vs delivered in ClickHouse"
+    );
+
+    drop(stages);
+    drop(sink);
+    let _ = std::fs::remove_dir_all(&dumps);
+    p.stop().await;
+}
