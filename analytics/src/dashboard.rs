@@ -18,7 +18,7 @@ use crate::{
 use aws_lc_rs::{constant_time, hmac};
 use axum::{
     body::Bytes,
-    extract::{FromRequestParts, Query, State},
+    extract::{FromRequestParts, State},
     http::{header, request::Parts, HeaderMap, StatusCode},
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -28,6 +28,7 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use clickhouse::Row;
 use sendmill_platform::{
     api::ApiError,
+    body::QueryParams,
     pauses::{self, Target},
 };
 use serde::{Deserialize, Serialize};
@@ -239,9 +240,9 @@ async fn logout() -> Response {
 async fn api_stats(
     _: Operator,
     State(state): State<AppState>,
-    query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<QueryParams<StatsQuery>, ApiError>,
 ) -> Result<Json<stats::StatsReport>, ApiError> {
-    let Query(query) = query.map_err(|r| ApiError::invalid("query", r.body_text()))?;
+    let QueryParams(query) = query?;
     let visibility = Visibility::for_operator(query.account_id.as_deref())?;
     stats::report(&state.clickhouse, visibility, &query)
         .await
@@ -279,7 +280,7 @@ struct BounceReason {
 async fn api_bounces(
     _: Operator,
     State(state): State<AppState>,
-    Query(window): Query<Window>,
+    QueryParams(window): QueryParams<Window>,
 ) -> Result<Json<Vec<BounceReason>>, ApiError> {
     state
         .clickhouse
@@ -312,7 +313,7 @@ struct Funnel {
 async fn api_campaigns(
     _: Operator,
     State(state): State<AppState>,
-    Query(window): Query<Window>,
+    QueryParams(window): QueryParams<Window>,
 ) -> Result<Json<Vec<Funnel>>, ApiError> {
     // Distinct messages at each step: a message opened twice counts once.
     state
@@ -360,7 +361,7 @@ struct PipelineView {
 async fn api_pipeline(
     _: Operator,
     State(state): State<AppState>,
-    Query(window): Query<Window>,
+    QueryParams(window): QueryParams<Window>,
 ) -> Result<Json<PipelineView>, ApiError> {
     let since = window.since();
     let throughput = state

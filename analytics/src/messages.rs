@@ -4,13 +4,13 @@
 //! the caller's account; the time window keeps the scan to a few day partitions.
 
 use crate::AppState;
-use axum::{
-    extract::{Query, State},
-    Json,
-};
+use axum::{extract::State, Json};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use clickhouse::Row;
-use sendmill_platform::api::{ApiError, Caller};
+use sendmill_platform::{
+    api::{ApiError, Caller},
+    body::QueryParams,
+};
 use sendmill_store::Scope;
 use sendmill_wire::EventType;
 use serde::{Deserialize, Serialize};
@@ -96,10 +96,10 @@ fn encode_cursor(ms: u64, id: uuid::Uuid) -> String {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<QueryParams<ListQuery>, ApiError>,
 ) -> Result<Json<MessagePage>, ApiError> {
     caller.require(Scope::Stats)?;
-    let Query(query) = query.map_err(|r| ApiError::invalid("query", r.body_text()))?;
+    let QueryParams(query) = query?;
     let now = OffsetDateTime::now_utc();
     let since = time_param("since", query.since.as_deref())?.unwrap_or(now - DEFAULT_WINDOW);
     let until = time_param("until", query.until.as_deref())?.unwrap_or(now);

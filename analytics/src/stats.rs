@@ -8,12 +8,12 @@
 //! event never counts twice and the answers agree with each other.
 
 use crate::{messages::time_param, AppState};
-use axum::{
-    extract::{Query, State},
-    Json,
-};
+use axum::{extract::State, Json};
 use clickhouse::Row;
-use sendmill_platform::api::{ApiError, Caller};
+use sendmill_platform::{
+    api::{ApiError, Caller},
+    body::QueryParams,
+};
 use sendmill_store::Scope;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -261,10 +261,10 @@ impl Visibility {
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<QueryParams<StatsQuery>, ApiError>,
 ) -> Result<Json<StatsReport>, ApiError> {
     caller.require(Scope::Stats)?;
-    let Query(query) = query.map_err(|r| ApiError::invalid("query", r.body_text()))?;
+    let QueryParams(query) = query?;
     let visibility = Visibility::of(&caller, query.account_id.as_deref())?;
     report(&state.clickhouse, visibility, &query)
         .await

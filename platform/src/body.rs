@@ -101,9 +101,13 @@ where
         state: &S,
     ) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
-        if let Some((name, _)) = url::form_urlencoded::parse(query.as_bytes())
-            .find(|(name, value)| name.contains('\0') || value.contains('\0'))
-        {
+        // A URI cannot carry a raw NUL, so only a `%00` decodes to one: the query is
+        // decoded a second time (to name the parameter) only when that is there.
+        let nul = query.contains("%00").then(|| {
+            url::form_urlencoded::parse(query.as_bytes())
+                .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        });
+        if let Some(Some((name, _))) = nul {
             return Err(ApiError {
                 field: Some(name.replace('\0', "%00")),
                 ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", NUL_MESSAGE)

@@ -34,8 +34,12 @@ pub struct TraceHeaders {
 impl TraceHeaders {
     /// The context of the current span; empty when spans are not exported.
     pub fn current() -> Self {
-        let context = tracing::Span::current().context();
         let mut headers = Self::default();
+        // Every produce asks: without an exporter there is no context to look up.
+        if !EXPORTING.load(Ordering::Relaxed) {
+            return headers;
+        }
+        let context = tracing::Span::current().context();
         TraceContextPropagator::new().inject_context(&context, &mut headers);
         headers
     }
@@ -90,7 +94,7 @@ impl TraceHeaders {
     /// Makes `span` a child of this context. A missing or malformed `traceparent` leaves
     /// `span` the root of a new trace; so does a process that does not export spans.
     pub fn continue_in(&self, span: &tracing::Span) {
-        if self.traceparent.is_none() {
+        if self.traceparent.is_none() || !EXPORTING.load(Ordering::Relaxed) {
             return;
         }
         let parent = TraceContextPropagator::new().extract(self);
