@@ -49,11 +49,11 @@ fuzz_target!(|body: &[u8]| {
     let Ok(request) = SendRequest::parse(body) else {
         return;
     };
-    let config = Config::default();
+    static CONFIG: OnceLock<Config> = OnceLock::new();
     let Ok(planned) = plan(
         principal(),
         request,
-        &config,
+        CONFIG.get_or_init(Config::default),
         OffsetDateTime::UNIX_EPOCH,
         BatchId::generate(),
     ) else {

@@ -151,9 +151,10 @@ pub async fn wrong_method() -> ApiError {
 
 /// The request id header: taken from the caller when it sends a sane one, made up
 /// otherwise, echoed on the response and attached to every log line of the request.
-/// The request's span continues the caller's W3C `traceparent`, when it sends one.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// Gives every request its id and its span; the span continues the caller's W3C
+/// `traceparent`, when it sends one, and records the response status.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     let id = request
         .headers()

@@ -219,6 +219,13 @@ where
             done,
         );
     }
+    // The lag report holds the consumer too: waited for here, so that the consumer is
+    // closed by this loop while the broker is still there. Left to the report's thread,
+    // the last reference could be dropped after the broker went, and closing then blocks
+    // that thread (and the runtime's shutdown) for good.
+    if let Some(report) = lag_report {
+        let _ = report.await;
+    }
     if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored since the last auto-commit is also a "no offset" error.
         tracing::debug!(stage = spec.stage, %error, "final commit");
