@@ -349,10 +349,12 @@ async fn a_full_delay_queue_pauses_the_partitions_and_resumes_them() {
         c.dispatcher.queue_capacity = 8;
         c.dispatcher.concurrency = 4;
         c.dispatcher.providers = vec![sink_provider("queue-sink")];
-        c.dispatcher.shaping = vec![limit("queue-sink", 20.0)];
+        // Slow enough that the full queue goes longer than the consumer's grace
+        // without a slot freeing.
+        c.dispatcher.shaping = vec![limit("queue-sink", 2.0)];
     })
     .await;
-    let recipients: Vec<String> = (0..60).map(|i| format!("q{i}@ok.test")).collect();
+    let recipients: Vec<String> = (0..14).map(|i| format!("q{i}@ok.test")).collect();
     let records = preload(&p, &recipients).await;
     let ids: HashSet<String> = records.iter().map(|r| r.message_id.to_string()).collect();
     let ended = terminal_events(&p, &ids).await;

@@ -132,7 +132,10 @@ where
 
     let mut lag_tick = tokio::time::interval(Duration::from_secs(10));
     let mut lag_report = None;
+    // Since when every handler slot has been taken without one finishing.
+    let mut full_since: Option<tokio::time::Instant> = None;
     loop {
+        let pause_at = full_since.map(|since| since + FULL_BEFORE_PAUSE);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -147,6 +150,9 @@ where
                 let done = done.expect("handler tasks catch their own panics");
                 on_completion(&consumer, &mut tracker, &mut paused, &mut resume_timers, done);
             }
+            _ = sleep_until_some(pause_at), if !full.active => {
+                full.pause(&consumer, spec.stage);
+            }
             Some(key) = resume_timers.join_next() => {
                 let key = key.expect("timer tasks do not panic");
                 if let Some(offset) = paused.remove(&key) {
@@ -158,7 +164,10 @@ where
                     }
                 }
             }
-            message = consumer.recv() => {
+            // At capacity nothing more is read (librdkafka keeps fetched records queued)
+            // until a handler finishes or the partitions are paused; paused, what was
+            // already fetched is read and let go, to be read again after the resume.
+            message = consumer.recv(), if in_flight.len() < capacity || full.active => {
                 let message = match message {
                     Ok(m) => m,
                     Err(error) => {
@@ -198,10 +207,12 @@ where
                     let outcome = task.run(record).instrument(span).await;
                     Completion { key, offset, generation, outcome }
                 });
-                if in_flight.len() >= capacity && !full.active {
-                    full.pause(&consumer, spec.stage);
-                }
             }
+        }
+        if in_flight.len() < capacity {
+            full_since = None;
+        } else if full_since.is_none() {
+            full_since = Some(tokio::time::Instant::now());
         }
         if full.active && in_flight.len() <= capacity - capacity / 4 {
             full.resume(&consumer, &mut paused, spec.stage);
@@ -389,6 +400,19 @@ fn on_completion(
         }
         Err(HandlerError::Interrupted) => {}
         Err(HandlerError::Poison(_)) => unreachable!("poison is turned into a dead letter"),
+    }
+}
+
+/// How long every handler slot may stay taken, none finishing, before the partitions are
+/// paused. Fast handlers (render) free a slot within milliseconds and never cause a
+/// pause, whose resume costs a refetch; slow ones (deliveries waiting for shaping tokens)
+/// pause, so the consumer keeps polling and stays in its group however long they wait.
+const FULL_BEFORE_PAUSE: Duration = Duration::from_millis(250);
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
