@@ -160,6 +160,11 @@ impl WirePayload for EventV1 {
 impl EventV1 {
     /// A bare event of `event_type` for one message, stamped now; callers fill in what
     /// they know.
+    ///
+    /// A terminal event's id is its message's id: a message ends once, so whoever
+    /// reports its end again (a stage that lost its dedupe state and redid the work, a
+    /// journal replay) writes the same event, which ClickHouse collapses and the webhook
+    /// outbox refuses. Every other event gets a new id.
     pub fn new(
         event_type: EventType,
         stage: &str,
@@ -169,7 +174,11 @@ impl EventV1 {
         context: &MessageContext,
     ) -> Self {
         Self {
-            event_id: EventId::generate(),
+            event_id: if event_type.is_terminal() {
+                EventId(message_id.0)
+            } else {
+                EventId::generate()
+            },
             event_type,
             occurred_at: OffsetDateTime::now_utc(),
             message_id,
@@ -192,5 +201,33 @@ impl EventV1 {
 
     pub fn recipient_domain(&self) -> String {
         crate::payload::domain_of(&self.recipient)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_has_one_terminal_event_id_and_new_ids_for_the_rest() {
+        let message = MessageId::generate();
+        let event = |t| {
+            EventV1::new(
+                t,
+                "test",
+                message,
+                AccountId::generate(),
+                "a@b.test",
+                &MessageContext::default(),
+            )
+        };
+        let delivered = event(EventType::Delivered);
+        assert_eq!(delivered.event_id, event(EventType::Delivered).event_id);
+        assert_eq!(delivered.event_id, event(EventType::Bounced).event_id);
+        assert_ne!(
+            event(EventType::Deferred).event_id,
+            event(EventType::Deferred).event_id
+        );
+        assert_ne!(event(EventType::Deferred).event_id, delivered.event_id);
     }
 }
