@@ -96,6 +96,40 @@ enum Bench {
         #[arg(long, default_value_t = 20_000)]
         messages: usize,
     },
+    /// The whole pipeline as separate processes, from the send API to the bench sinks
+    /// (~15 KB HTML, 15 variables, RSA-2048 DKIM): accepted/s, delivered/s, 202-to-delivery
+    /// latency, CPU per 1,000 messages and peak RSS per process, lag over time; then the
+    /// ceilings (smtp-sink, RSA-2048, Redis EVALSHA) and, with --postfix, postfix over the
+    /// same sinks.
+    Pipeline {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Recipients per second offered; without it, as fast as ingest answers.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Recipients per request.
+        #[arg(long, default_value_t = 1)]
+        recipients: usize,
+        /// Destination domains d1..dN.test (on the ten bench sinks).
+        #[arg(long, default_value_t = 10)]
+        domains: usize,
+        /// Seconds to wait after the load for every message to end.
+        #[arg(long, default_value_t = 300.0)]
+        drain_timeout: f64,
+        /// Also relay the same message through Debian's postfix to the same sinks.
+        #[arg(long)]
+        postfix: bool,
+        /// The script that runs postfix for --postfix.
+        #[arg(long, default_value = "deploy/local/postfix-bench.sh")]
+        postfix_script: PathBuf,
+        /// Also write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -242,6 +276,37 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(Bench::Pipeline {
+            seconds,
+            rate,
+            concurrency,
+            recipients,
+            domains,
+            drain_timeout,
+            postfix,
+            postfix_script,
+            report,
+        }) => {
+            let options = sendmill::bench::pipeline::PipelineOptions {
+                seconds,
+                rate,
+                concurrency: concurrency.max(1),
+                recipients_per_request: recipients.clamp(1, 1000),
+                domains: domains.clamp(1, 50),
+                drain_timeout,
+                postfix,
+                postfix_script,
+            };
+            let figures = sendmill::bench::pipeline::pipeline(&config, &options).await?;
+            print_pipeline_report(&figures);
+            let json = serde_json::to_string_pretty(&figures)?;
+            if let Some(path) = report {
+                std::fs::write(&path, &json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("{json}");
+            Ok(())
+        }
         Command::Bench(Bench::Ingest {
             runs,
             seconds,
@@ -309,6 +374,79 @@ fn print_render_report(r: &sendmill::bench::RenderReport) {
         1e6 / r.seal_only,
     );
     println!("{}", serde_json::to_string(r).expect("report encodes"));
+}
+
+#[allow(
+    clippy::print_stdout,
+    reason = "a report for the person who ran the command"
+)]
+fn print_pipeline_report(r: &sendmill::bench::pipeline::PipelineReport) {
+    let offered = r
+        .offered_rate
+        .map_or("as fast as ingest answers".to_owned(), |rate| {
+            format!("{rate:.0} recipients/s offered")
+        });
+    println!(
+        "pipeline bench: {} s of load, {offered}, {} in flight, {} recipient(s)/request, \
+         {} domains, {} B HTML -> {} B signed messages, broker: {}",
+        r.seconds,
+        r.concurrency,
+        r.recipients_per_request,
+        r.domains,
+        r.html_bytes,
+        r.message_bytes,
+        r.broker
+    );
+    println!(
+        "  accepted   {:>8} ({:.0}/s){}",
+        r.accepted,
+        r.accepted_per_sec,
+        if r.refused_requests.is_empty() {
+            String::new()
+        } else {
+            format!(", refused requests {:?}", r.refused_requests)
+        }
+    );
+    println!(
+        "  delivered  {:>8} ({:.0}/s under load after {:.0} s, {:.0}/s first request to last delivery; drained in {:.1} s)",
+        r.delivered, r.delivered_per_sec, r.settle_seconds, r.delivered_per_sec_overall, r.drain_seconds
+    );
+    println!(
+        "  not delivered {:?}, deferrals {}, unfinished {}",
+        r.not_delivered, r.deferred, r.unfinished
+    );
+    let l = &r.latency_ms;
+    println!(
+        "  202 -> delivered: p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} messages)",
+        l.p50, l.p95, l.p99, l.max, l.samples
+    );
+    println!(
+        "  machine busy {:.0}% of {} cores; per process (CPU s, per 1,000 delivered, RSS MiB):",
+        r.machine_busy * 100.0,
+        r.cores
+    );
+    for p in &r.processes {
+        println!(
+            "    {:<40} {:>8.1} s {:>7.3} s {:>8.0} MiB",
+            p.name, p.cpu_seconds, p.cpu_seconds_per_1000, p.rss_mib
+        );
+    }
+    let c = &r.ceilings;
+    println!(
+        "  ceilings: smtp-sink {:.0}/s, raw RSA-2048 {:.0}/s per core, Redis EVALSHA {:.0}/s",
+        c.smtp_sink_per_sec, c.rsa2048_signatures_per_core, c.redis_evalsha_per_sec
+    );
+    if let Some(p) = &r.postfix {
+        println!(
+            "  postfix: {} of {} delivered in {:.1} s = {:.0}/s (machine busy {:.0}%); Sendmill/postfix = {:.2}",
+            p.delivered,
+            p.messages,
+            p.seconds,
+            p.delivered_per_sec,
+            p.machine_busy * 100.0,
+            p.sendmill_ratio
+        );
+    }
 }
 
 async fn run_all(config: &SendmillConfig) -> anyhow::Result<()> {

@@ -13,6 +13,8 @@ use sendmill_wire::{
 };
 use serde::Serialize;
 use std::time::{Duration, Instant};
+
+pub mod pipeline;
 use time::OffsetDateTime;
 
 #[derive(Debug, Serialize)]
@@ -128,7 +130,7 @@ pub fn render(runs: usize, seconds: f64) -> anyhow::Result<RenderReport> {
 }
 
 /// Calls `work` for `period`; returns calls per second.
-fn rate<E: Into<anyhow::Error>>(
+pub(crate) fn rate<E: Into<anyhow::Error>>(
     period: Duration,
     mut work: impl FnMut() -> Result<(), E>,
 ) -> anyhow::Result<f64> {
@@ -141,7 +143,7 @@ fn rate<E: Into<anyhow::Error>>(
     Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
 }
@@ -209,6 +211,36 @@ fn request(html: &str, text: &str) -> RequestedV1 {
         options: RenderOptions::default(),
         attachments: vec![],
     }
+}
+
+/// A `POST /v1/messages` body from news@`domain` with the ~15 KB template and 15
+/// variables per recipient, to `recipients` addresses spread over d1–d`domains`.test,
+/// their local parts numbered from `first`.
+pub fn send_body(
+    domain: &str,
+    html: &str,
+    text: &str,
+    recipients: usize,
+    first: usize,
+    domains: usize,
+) -> String {
+    let to: Vec<serde_json::Value> = (first..first + recipients)
+        .map(|i| {
+            let data: serde_json::Map<String, serde_json::Value> = (1..=15)
+                .map(|v| (format!("v{v}"), serde_json::json!(format!("value {v} for {i}"))))
+                .collect();
+            serde_json::json!({"email": format!("r{i}@d{}.test", i % domains.max(1) + 1), "data": data})
+        })
+        .collect();
+    serde_json::json!({
+        "from": format!("News <news@{domain}>"),
+        "to": to,
+        "subject": "{{v1}}: your {{v3}} digest",
+        "html": html,
+        "text": text,
+        "tags": ["bench"],
+    })
+    .to_string()
 }
 
 /// What `sendmill bench ingest` measured: accepted recipients per second at the send API
@@ -298,28 +330,7 @@ pub async fn ingest(
         .build()?;
     let mut shapes = Vec::new();
     for recipients in [1usize, 100] {
-        let to: Vec<serde_json::Value> = (0..recipients)
-            .map(|i| {
-                let data: serde_json::Map<String, serde_json::Value> = (1..=15)
-                    .map(|v| {
-                        (
-                            format!("v{v}"),
-                            serde_json::json!(format!("value {v} for {i}")),
-                        )
-                    })
-                    .collect();
-                serde_json::json!({"email": format!("r{i}@d{}.test", i % 10 + 1), "data": data})
-            })
-            .collect();
-        let body = serde_json::json!({
-            "from": format!("News <news@{domain}>"),
-            "to": to,
-            "subject": "{{v1}}: your {{v3}} digest",
-            "html": html,
-            "text": text,
-            "tags": ["bench"],
-        })
-        .to_string();
+        let body = send_body(&domain, &html, &text, recipients, 0, 10);
         let mut per_run = Vec::new();
         let mut latencies = Vec::new();
         // One unmeasured warm-up run fills pools and caches.
@@ -603,27 +614,29 @@ pub async fn deliver(
     })
 }
 
-/// This process' user + system CPU seconds, from /proc (clock ticks of 1/100 s).
+/// This process' user + system CPU seconds.
 fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds("self").unwrap_or(0.0)
+}
+
+/// User + system CPU seconds of process `pid` ("self" for this one), from /proc (clock
+/// ticks of 1/100 s); `None` once it is gone.
+pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at its closing paren.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
+    Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// Messages/s that postfix's `smtp-source` pushes into `sinks` bench sinks at once
 /// (64 sessions each, `messages` in all, messages of `bytes`).
-async fn sink_ceiling(sinks: usize, messages: usize, bytes: usize) -> anyhow::Result<f64> {
+pub(crate) async fn sink_ceiling(
+    sinks: usize,
+    messages: usize,
+    bytes: usize,
+) -> anyhow::Result<f64> {
     let per_sink = messages / sinks;
     let kbytes = (bytes / 1024).max(1);
     let started = Instant::now();

@@ -8,11 +8,13 @@
 //!   redelivers, never skips. Poison records go to the DLQ with the reason. A handler may
 //!   answer "not before T" (delay topics): the partition is paused and rewound to that
 //!   record until T, never blocked.
+//! - [`lag::LagProbe`]: consumer-group lag asked of the broker from outside the group.
 //! - [`EmbeddedBroker`]: librdkafka's in-memory mock cluster for `sendmill all`,
 //!   `sendmill dev-broker` and tests. Nothing in it is durable.
 
 pub mod consumer;
 mod embedded;
+pub mod lag;
 mod producer;
 
 pub use consumer::{ConsumerSpec, Handled, HandlerError, Record};
