@@ -27,6 +27,7 @@
 //! with its original event id, which ClickHouse deduplicates.
 
 pub mod config;
+mod inflight;
 pub mod journal;
 pub mod mx;
 pub mod outcome;
@@ -81,6 +82,7 @@ pub struct Dispatcher {
     shaper: shaping::Shaper,
     connections: smtp::ConnectionPool,
     journal: journal::Journal,
+    handling: inflight::MessageLocks,
     sending: Arc<Semaphore>,
     pause_watch: PauseWatch,
     producer: kafka::Producer,
@@ -183,6 +185,7 @@ impl Dispatcher {
             shaper: shaping::Shaper::new(redis.clone(), &key_prefix, &config, shutdown.clone()),
             connections,
             journal,
+            handling: inflight::MessageLocks::default(),
             sending: Arc::new(Semaphore::new(config.concurrency.max(1))),
             pause_watch: PauseWatch::new(
                 redis.clone(),
@@ -260,6 +263,7 @@ impl Dispatcher {
 
     async fn handle_ready(&self, record: Record) -> Result<Handled, HandlerError> {
         let ready: ReadyV1 = decode(&record)?;
+        let _handling = self.handling.lock(ready.message_id).await;
         if let Some(recorded) = self.recorded_terminal(ready.message_id).await? {
             // Redelivered after its outcome was recorded: repeat the event, not the send.
             self.emit(&recorded).await?;
