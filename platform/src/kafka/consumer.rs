@@ -160,7 +160,7 @@ where
                         // Still paused for capacity: that resume reads from here.
                         full.holds(&key, offset);
                     } else {
-                        resume_at(&consumer, &key, offset);
+                        resume_at(&consumer, &key, offset, &mut paused, &mut resume_timers);
                     }
                 }
             }
@@ -215,7 +215,7 @@ where
             full_since = Some(tokio::time::Instant::now());
         }
         if full.active && in_flight.len() <= capacity - capacity / 4 {
-            full.resume(&consumer, &mut paused, spec.stage);
+            full.resume(&consumer, &mut paused, &mut resume_timers, spec.stage);
         }
     }
 
@@ -464,6 +464,7 @@ impl CapacityPause {
         &mut self,
         consumer: &StreamConsumer,
         due_paused: &mut HashMap<PartitionKey, i64>,
+        resume_timers: &mut JoinSet<PartitionKey>,
         stage: &'static str,
     ) {
         for key in self.partitions.drain(..) {
@@ -475,7 +476,7 @@ impl CapacityPause {
                 continue;
             }
             match dropped {
-                Some(offset) => resume_at(consumer, &key, offset),
+                Some(offset) => resume_at(consumer, &key, offset, due_paused, resume_timers),
                 None => {
                     let mut list = TopicPartitionList::new();
                     list.add_partition(&key.0, key.1);
@@ -487,7 +488,7 @@ impl CapacityPause {
         }
         // Records of partitions assigned during the pause.
         for (key, offset) in self.first_dropped.drain() {
-            resume_at(consumer, &key, offset);
+            resume_at(consumer, &key, offset, due_paused, resume_timers);
         }
         self.active = false;
         metrics::counter!("sendmill_consumer_capacity_resumes_total", "stage" => stage)
@@ -522,15 +523,32 @@ fn report_lag(consumer: &StreamConsumer, stage: &'static str) {
     }
 }
 
-fn resume_at(consumer: &StreamConsumer, key: &PartitionKey, offset: i64) {
-    // Seek before resuming, so nothing after `offset` is fetched first.
+/// Seeks a paused partition back to `offset` and resumes it. If the seek fails (the
+/// broker unreachable), the partition stays paused and is tried again shortly: resumed
+/// without the seek it would read on after records that were let go, and those would
+/// never be handled.
+fn resume_at(
+    consumer: &StreamConsumer,
+    key: &PartitionKey,
+    offset: i64,
+    paused: &mut HashMap<PartitionKey, i64>,
+    resume_timers: &mut JoinSet<PartitionKey>,
+) {
     if let Err(error) = consumer.seek(
         &key.0,
         key.1,
         Offset::Offset(offset),
         Duration::from_secs(5),
     ) {
-        tracing::debug!(topic = %key.0, partition = key.1, %error, "seek failed");
+        tracing::warn!(topic = %key.0, partition = key.1, offset, %error, "seek failed: staying paused, trying again");
+        let from = paused.entry(key.clone()).or_insert(offset);
+        *from = (*from).min(offset);
+        let key = key.clone();
+        resume_timers.spawn(async move {
+            tokio::time::sleep(SEEK_RETRY).await;
+            key
+        });
+        return;
     }
     let mut list = TopicPartitionList::new();
     list.add_partition(&key.0, key.1);
@@ -538,6 +556,8 @@ fn resume_at(consumer: &StreamConsumer, key: &PartitionKey, offset: i64) {
         tracing::debug!(%error, "resume failed");
     }
 }
+
+const SEEK_RETRY: Duration = Duration::from_millis(500);
 
 /// Which offsets of each partition may be stored: everything below the oldest record
 /// still in flight. Records arrive in offset order per partition (until a rewind), so
