@@ -233,6 +233,7 @@ pub async fn delete(
         .await
         .map_err(unavailable)?
     {
+        state.senders.forget(caller.0.account_id, &name);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("sending domain"))

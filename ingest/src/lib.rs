@@ -32,6 +32,7 @@ pub mod openapi;
 pub mod request;
 pub mod schedule;
 pub mod send;
+pub mod senders;
 pub mod suppressions;
 pub mod templates;
 pub mod validate;
@@ -73,6 +74,10 @@ pub struct Config {
     /// Seconds an API key lookup is cached: a revoked key keeps working at most this long
     /// in other processes (the revoking one forgets it at once).
     pub auth_cache_secs: u64,
+    /// Seconds a sending domain found allowed to send is remembered: a deleted domain
+    /// keeps working at most this long in other ingest processes. Refusals are not
+    /// remembered, so a domain added or verified works at once.
+    pub sending_domain_cache_secs: u64,
     /// Most bytes of attachments (decoded) in one message. Each recipient's record
     /// carries its own copy, so keep this well below the Kafka message size limit.
     pub max_attachment_bytes: usize,
@@ -109,6 +114,7 @@ impl Default for Config {
             max_body_bytes: 10 * 1024 * 1024,
             max_recipients: 1000,
             auth_cache_secs: 30,
+            sending_domain_cache_secs: 30,
             max_attachment_bytes: 5 * 1024 * 1024,
             allow_unverified_domains: false,
             default_send_rate_per_sec: 5_000,
@@ -141,6 +147,7 @@ pub struct AppState {
     pub suppressions: SuppressionCache,
     pub limiter: SendLimiter,
     pub templates: Arc<AccountTemplates>,
+    pub senders: Arc<senders::SenderCache>,
     /// Uncached: verification must see what is published now.
     pub resolver: Arc<TokioResolver>,
 }
@@ -194,6 +201,9 @@ impl AppState {
                 deps.store.clone(),
                 Duration::from_secs(config.template_cache_secs),
             )),
+            senders: Arc::new(senders::SenderCache::new(Duration::from_secs(
+                config.sending_domain_cache_secs,
+            ))),
             resolver: Arc::new(resolver),
             store: deps.store,
             producer: deps.producer,

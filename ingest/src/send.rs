@@ -354,6 +354,9 @@ async fn check_sender(
     planned: &Planned,
 ) -> Result<(), ApiError> {
     let sender_domain = domain_of(&planned.from.email);
+    if state.senders.allowed(principal.account_id, &sender_domain) {
+        return Ok(());
+    }
     let domain = state
         .store
         .sending_domain(principal.account_id, &sender_domain)
@@ -379,7 +382,10 @@ async fn check_sender(
                 ),
             ))
         }
-        Some(_) => Ok(()),
+        Some(_) => {
+            state.senders.remember(principal.account_id, &sender_domain);
+            Ok(())
+        }
     }
 }
 
