@@ -563,6 +563,7 @@ pub async fn pipeline(
         .map(|p| super::cpu_seconds(&p.pid()).unwrap_or(0.0))
         .collect();
     let machine_before = machine_ticks();
+    let bench_cpu_before = super::process_cpu_seconds();
     let started = Instant::now();
     let started_wall = OffsetDateTime::now_utc();
     let load_until = started + Duration::from_secs_f64(options.seconds);
@@ -674,7 +675,7 @@ pub async fn pipeline(
             rss_mib: peak_rss_mib(&p.pid()).unwrap_or(0.0),
         });
     }
-    let bench_cpu = super::process_cpu_seconds();
+    let bench_cpu = super::process_cpu_seconds() - bench_cpu_before;
     for (name, (cpu, rss)) in other_processes_cpu() {
         let before = others_before.get(&name).map(|b| b.0).unwrap_or(0.0);
         figures.push(ProcessFigures {

@@ -735,11 +735,13 @@ impl StageProcess {
         let binary = sendmill_binary();
         let path = std::env::temp_dir().join(format!("{}{name}.toml", p.config.kafka.topic_prefix));
         let toml = format!(
-            "[kafka]\ntopic_prefix = {prefix:?}\n[redis]\nkey_prefix = {redis:?}\n[postgres]\nurl = {pg:?}\n\
-             [clickhouse]\ndatabase = {ch:?}\n{sections}\n",
+            "[kafka]\ntopic_prefix = {prefix:?}\n[redis]\nurl = {redis_url:?}\nkey_prefix = {redis:?}\n\
+             [postgres]\nurl = {pg:?}\n[clickhouse]\nurl = {ch_url:?}\ndatabase = {ch:?}\n{sections}\n",
             prefix = config.kafka.topic_prefix,
+            redis_url = config.redis.url,
             redis = config.redis.key_prefix,
             pg = config.postgres.url,
+            ch_url = config.clickhouse.url,
             ch = config.clickhouse.database,
         );
         std::fs::write(&path, toml).unwrap();
@@ -769,6 +771,149 @@ impl Drop for StageProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A redis-server of the test's own on a free port, keeping nothing on disk, so a
+/// test can kill it and start it again empty.
+pub struct RedisProcess {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl RedisProcess {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is required: run deploy/local/install-packages.sh");
+        wait_for_port(port, "redis-server");
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then a new, empty server on the same port.
+    pub fn restart_empty(mut self) -> Self {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        Self::start_on(self.port)
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A clickhouse-server of the test's own (Debian's config with its own ports and
+/// folder), so a test can stop it and start it again on the same data.
+pub struct ClickHouseProcess {
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+    pub http_port: u16,
+}
+
+impl ClickHouseProcess {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("clickhouse"));
+        for sub in ["data", "tmp", "user_files", "format_schemas", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let (http_port, tcp_port, interserver_port) = (free_port(), free_port(), free_port());
+        let config = std::fs::read_to_string("/etc/clickhouse-server/config.xml")
+            .expect("clickhouse-server is required: run deploy/local/install-packages.sh");
+        let d = dir.display();
+        let config = config
+            .replace(
+                "<http_port>8123</http_port>",
+                &format!("<http_port>{http_port}</http_port>"),
+            )
+            .replace(
+                "<tcp_port>9000</tcp_port>",
+                &format!("<tcp_port>{tcp_port}</tcp_port>"),
+            )
+            .replace(
+                "<interserver_http_port>9009</interserver_http_port>",
+                &format!("<interserver_http_port>{interserver_port}</interserver_http_port>"),
+            )
+            .replace("/var/lib/clickhouse/tmp/", &format!("{d}/tmp/"))
+            .replace(
+                "/var/lib/clickhouse/user_files/",
+                &format!("{d}/user_files/"),
+            )
+            .replace(
+                "/var/lib/clickhouse/format_schemas/",
+                &format!("{d}/format_schemas/"),
+            )
+            .replace("/var/lib/clickhouse/", &format!("{d}/data/"))
+            .replace("/var/log/clickhouse-server/", &format!("{d}/log/"))
+            .replace("<listen_host>::1</listen_host>", "");
+        std::fs::write(dir.join("config.xml"), config).unwrap();
+        std::fs::copy("/etc/clickhouse-server/users.xml", dir.join("users.xml")).unwrap();
+        let mut server = Self {
+            child: None,
+            dir,
+            http_port,
+        };
+        server.resume();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// SIGKILL: the server is gone until [`ClickHouseProcess::resume`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts the server on its data and waits for it to answer.
+    pub fn resume(&mut self) {
+        let child = std::process::Command::new("clickhouse-server")
+            .arg(format!(
+                "--config-file={}",
+                self.dir.join("config.xml").display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("clickhouse-server is required: run deploy/local/install-packages.sh");
+        self.child = Some(child);
+        wait_for_port(self.http_port, "clickhouse-server");
+    }
+}
+
+impl Drop for ClickHouseProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits up to 30 s for something to accept connections on 127.0.0.1:`port`.
+fn wait_for_port(port: u16, what: &str) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{what} did not listen on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -20,6 +20,17 @@ impl EmbeddedBroker {
         self.cluster.bootstrap_servers()
     }
 
+    /// Takes the broker off the network (open connections dropped, new ones refused)
+    /// or back on, keeping every record: what clients see of a broker restart.
+    pub fn set_reachable(&self, reachable: bool) -> Result<(), KafkaError> {
+        // The mock cluster's one broker has id 1.
+        if reachable {
+            self.cluster.broker_up(1)
+        } else {
+            self.cluster.broker_down(1)
+        }
+    }
+
     pub fn create_topics(&self, topics: &[String], partitions: i32) -> Result<(), KafkaError> {
         for topic in topics {
             self.cluster.create_topic(topic, partitions, 1)?;
