@@ -297,7 +297,12 @@ async fn main() -> anyhow::Result<()> {
                 postfix,
                 postfix_script,
             };
-            let figures = sendmill::bench::pipeline::pipeline(&config, &options).await?;
+            // Interrupted, the bench's future is dropped, and with it its processes.
+            let interrupted = shutdown::on_signals();
+            let figures = tokio::select! {
+                figures = sendmill::bench::pipeline::pipeline(&config, &options) => figures?,
+                _ = interrupted.cancelled() => bail!("interrupted"),
+            };
             print_pipeline_report(&figures);
             let json = serde_json::to_string_pretty(&figures)?;
             if let Some(path) = report {
@@ -459,7 +464,9 @@ async fn run_all(config: &SendmillConfig) -> anyhow::Result<()> {
         tracing::warn!(
             %brokers,
             "NO KAFKA CONFIGURED: using the embedded in-memory broker. Nothing is durable: \
-             queued messages are lost when this process stops. Set kafka.brokers for production."
+             queued messages are lost when this process stops, and each partition keeps only \
+             its newest ~5 MB, so a stage that falls further behind loses records. Set \
+             kafka.brokers for production."
         );
         embedded = Some(broker);
         brokers

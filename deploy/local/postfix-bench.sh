@@ -27,39 +27,18 @@ port_open "$listen" 25 && die "something already listens on $listen:25"
 
 pf=$SENDMILL_LOCAL_DIR/postfix-bench
 rm -rf "$pf"
-mkdir -p "$pf/queue" "$pf/data"
 transport=""
 relay=""
 for n in $(seq 1 "$domains"); do
   transport="$transport d$n.test=smtp:[127.0.0.$((11 + (n - 1) % 10))]:25"
   relay="$relay d$n.test"
 done
-cat >"$pf/main.cf" <<MAIN
-compatibility_level = 3.6
-queue_directory = $pf/queue
-data_directory = $pf/data
-mail_owner = postfix
-inet_interfaces = loopback-only
-inet_protocols = ipv4
+postfix_start "$pf" "$listen" <<MAIN
 myhostname = postfix-bench.test
-mydestination =
-mynetworks = 127.0.0.0/8
 relay_domains =$relay
 transport_maps = inline:{$(echo "$transport" | sed 's/^ //; s/ /, /g')}
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-smtp_tls_security_level = none
-maillog_file = $pf/maillog
 MAIN
-# Debian's services, none chrooted, smtpd on $listen only (as start-services.sh does).
-awk -v l="$listen" '/^[a-z]/ && NF >= 8 { $5 = "n" }
-     $1 == "smtp" && $2 == "inet" { $1 = l ":smtp" }
-     { print }' /etc/postfix/master.cf >"$pf/master.cf"
-chown postfix "$pf/data"
-postfix -c "$pf" set-permissions >/dev/null 2>&1 || true
-script -qc "postfix -c $pf start" "$pf/start.log" >/dev/null \
-  || die "postfix did not start: $(cat "$pf/start.log")"
 trap 'postfix -c "$pf" stop >/dev/null 2>&1 || true' EXIT
-wait_port "$listen" 25 10 || die "postfix did not listen on $listen:25 (see $pf/maillog)"
 
 queued() { find "$pf/queue/maildrop" "$pf/queue/incoming" "$pf/queue/active" \
   "$pf/queue/deferred" "$pf/queue/hold" -type f 2>/dev/null | wc -l; }

@@ -164,40 +164,15 @@ else
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=mx.tls.test \
       -keyout "$pf/key.pem" -out "$pf/cert.pem" 2>/dev/null
   fi
-  cat >"$pf/main.cf" <<MAIN
-compatibility_level = 3.6
-queue_directory = $pf/queue
-data_directory = $pf/data
-mail_owner = postfix
-# Postfix accepts only addresses of a configured interface here; the listener's own
-# address is set on the smtp service in master.cf instead.
-inet_interfaces = loopback-only
-inet_protocols = ipv4
+  postfix_start "$pf" 127.0.0.21 <<MAIN
 myhostname = mx.tls.test
-mydestination =
-mynetworks = 127.0.0.0/8
 relay_domains = tls.test
 relay_transport = smtp:[127.0.0.2]:25
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_tls_cert_file = $pf/cert.pem
 smtpd_tls_key_file = $pf/key.pem
 smtpd_tls_security_level = may
 smtpd_tls_received_header = yes
-smtp_tls_security_level = none
-maillog_file = $pf/maillog
 MAIN
-  # Debian's services, none chrooted (the chroot would need a copy of /etc and /dev),
-  # smtpd on 127.0.0.21 only.
-  awk '/^[a-z]/ && NF >= 8 { $5 = "n" }
-       $1 == "smtp" && $2 == "inet" { $1 = "127.0.0.21:smtp" }
-       { print }' /etc/postfix/master.cf >"$pf/master.cf"
-  mkdir -p "$pf/queue" "$pf/data"
-  chown postfix "$pf/data"
-  postfix -c "$pf" set-permissions >/dev/null 2>&1 || true
-  # postfix reports fatal errors on a terminal only: `script` gives it one.
-  script -qc "postfix -c $pf start" "$pf/start.log" >/dev/null \
-    || die "postfix did not start: $(cat "$pf/start.log")"
-  wait_port 127.0.0.21 25 10 || die "postfix did not listen on 127.0.0.21:25 (see $pf/maillog)"
   log "postfix (STARTTLS): started on 127.0.0.21:25"
 fi
 

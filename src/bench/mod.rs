@@ -277,7 +277,7 @@ pub async fn ingest(
     concurrency: usize,
 ) -> anyhow::Result<IngestReport> {
     use anyhow::Context;
-    use sendmill_store::{AccountLimits, Scope, Store};
+    use sendmill_store::Store;
 
     let store = Store::connect(&config.postgres.url, config.postgres.max_connections)
         .await
@@ -294,23 +294,8 @@ pub async fn ingest(
     let topics = sendmill_wire::Topics::new(config.kafka.topic_prefix.clone());
     broker.create_topics(&topics.all(), config.kafka.partitions)?;
 
-    let account = store.create_account(&format!("bench-{id}")).await?;
-    // Limits high enough never to refuse, so the rate-limit script still runs.
-    store
-        .set_limits(
-            account,
-            AccountLimits {
-                send_rate_per_sec: Some(1_000_000_000),
-                daily_quota: None,
-            },
-        )
-        .await?;
-    let domain = format!("bench-{id}.example.test");
-    store.add_sending_domain(account, &domain, "s1").await?;
-    let key = store
-        .create_api_key(account, "bench", &[Scope::Send])
-        .await?
-        .plaintext;
+    let (domain, key) = tenant(&store, &id).await?;
+    let domain = domain.domain;
 
     let shutdown = sendmill_platform::CancellationToken::new();
     let running = crate::pipeline::start(
@@ -364,6 +349,34 @@ pub async fn ingest(
         html_bytes: html.len(),
         shapes,
     })
+}
+
+/// A bench tenant: an account whose limits never refuse (so the rate-limit script
+/// still runs), its sending domain `bench-ID.example.test` with a new RSA-2048 key, and
+/// a send key.
+pub(crate) async fn tenant(
+    store: &sendmill_store::Store,
+    id: &str,
+) -> anyhow::Result<(SendingDomain, String)> {
+    use sendmill_store::{AccountLimits, Scope};
+    let account = store.create_account(&format!("bench-{id}")).await?;
+    store
+        .set_limits(
+            account,
+            AccountLimits {
+                send_rate_per_sec: Some(1_000_000_000),
+                daily_quota: None,
+            },
+        )
+        .await?;
+    let domain = store
+        .add_sending_domain(account, &format!("bench-{id}.example.test"), "s1")
+        .await?;
+    let key = store
+        .create_api_key(account, "bench", &[Scope::Send])
+        .await?
+        .plaintext;
+    Ok((domain, key))
 }
 
 /// `concurrency` loops posting `body` for `seconds`: accepted recipients/s and each

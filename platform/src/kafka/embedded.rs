@@ -1,7 +1,10 @@
 //! The embedded broker: librdkafka's mock cluster, a Kafka-protocol broker in memory.
 //! Other processes (and kcat) reach it over TCP at `bootstrap_servers()`. It has no admin
 //! API for topics, so topics are created through the mock API here. Nothing survives the
-//! process: say so to whoever starts it.
+//! process: say so to whoever starts it. It also keeps only the newest ~5 MB (or 100,000
+//! record batches) of each partition, a limit librdkafka does not let us change: a
+//! consumer group further behind than that is reset to the oldest record kept, and the
+//! records between are lost to it.
 
 use rdkafka::{error::KafkaError, mocking::MockCluster, producer::DefaultProducerContext};
 
