@@ -474,14 +474,7 @@ pub async fn deliver(
     let body = body_line.repeat(10_000 / body_line.len());
     let mut shapes = Vec::new();
     for domains in [1usize, 50] {
-        for n in 1..=domains.min(10) {
-            let addr = format!("127.0.0.{}:25", 10 + n);
-            tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "no bench sink at {addr} ({e}): run BENCH_SINKS=1 deploy/local/start-services.sh"
-                )
-            })?;
-        }
+        require_bench_sinks(domains.min(10)).await?;
         let mut per_run = Vec::new();
         let mut per_cpu = Vec::new();
         let mut message_bytes = 0;
@@ -625,6 +618,20 @@ pub async fn deliver(
         runs,
         shapes,
     })
+}
+
+/// The first `sinks` bench sinks (127.0.0.11 on) accept connections, or an error saying
+/// how to start them.
+pub(crate) async fn require_bench_sinks(sinks: usize) -> anyhow::Result<()> {
+    for n in 1..=sinks {
+        let addr = format!("127.0.0.{}:25", 10 + n);
+        tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "no bench sink at {addr} ({e}): run BENCH_SINKS=1 deploy/local/start-services.sh"
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// This process' user + system CPU seconds.

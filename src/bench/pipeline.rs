@@ -214,14 +214,14 @@ impl Process {
         name: &'static str,
         config_file: &Path,
         subcommand: &str,
-        env: &[(&str, &str)],
+        env: &[(&str, String)],
         dir: &Path,
     ) -> anyhow::Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log)?;
         let child = Command::new(std::env::current_exe()?)
             .args(["--config", &config_file.to_string_lossy(), subcommand])
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("SENDMILL_BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
@@ -392,14 +392,7 @@ pub async fn pipeline(
 ) -> anyhow::Result<PipelineReport> {
     use sendmill_store::Store;
 
-    for n in 1..=options.domains.clamp(1, 10) {
-        let addr = format!("127.0.0.{}:25", 10 + n);
-        tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
-            anyhow::anyhow!(
-                "no bench sink at {addr} ({e}): run BENCH_SINKS=1 deploy/local/start-services.sh"
-            )
-        })?;
-    }
+    super::require_bench_sinks(options.domains.clamp(1, 10)).await?;
     let run = Run::new(base)?;
     let config = &run.config;
 
@@ -436,7 +429,6 @@ pub async fn pipeline(
         config.kafka.brokers.clone()
     };
     let env = run.endpoint_env(&brokers);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for (name, subcommand) in [
         ("ingest", "ingest"),
         ("render", "render"),
@@ -492,8 +484,9 @@ pub async fn pipeline(
             .await
         })
     };
+    let (group_names, groups): (Vec<&str>, Vec<GroupTopics>) =
+        groups(config, &kafka).into_iter().unzip();
     let probe = {
-        let groups: Vec<GroupTopics> = groups(config, &kafka).into_iter().map(|(_, g)| g).collect();
         let kafka = kafka.clone();
         Arc::new(
             tokio::task::spawn_blocking(move || {
@@ -502,7 +495,6 @@ pub async fn pipeline(
             .await??,
         )
     };
-    let group_names: Vec<&str> = groups(config, &kafka).iter().map(|(n, _)| *n).collect();
 
     let (html, text) = template();
     let url = format!("http://{}/v1/messages", run.ingest);
@@ -718,15 +710,32 @@ pub async fn pipeline(
     let delivered = latencies.len() as u64;
     let accepted = load.accepted.load(Ordering::Relaxed);
     let ended = seen.terminal.load(Ordering::Relaxed) - baseline_terminal;
-    let message_bytes = sample_message(&sending, &html, &text)?.len();
-    let report_without_ceilings = |ceilings, postfix| PipelineReport {
+    let delivered_per_sec = delivered_under_load as f64 / (load_seconds - settle).max(1e-3);
+    let sample = sample_message(&sending, &html, &text)?;
+
+    eprintln!("bench: measuring the ceilings…");
+    let ceilings = Ceilings {
+        smtp_sink_per_sec: super::sink_ceiling(options.domains.clamp(1, 10), 20_000, sample.len())
+            .await?,
+        rsa2048_signatures_per_core: rsa_rate(&sending)?,
+        redis_evalsha_per_sec: evalsha_rate(base).await?,
+    };
+    let postfix = if options.postfix {
+        eprintln!("bench: postfix over the same sinks…");
+        let file = run.dir.join("message.eml");
+        std::fs::write(&file, &sample)?;
+        Some(postfix(options, &file, delivered_per_sec).await?)
+    } else {
+        None
+    };
+    let report = PipelineReport {
         seconds: options.seconds,
         offered_rate: options.rate,
         concurrency: options.concurrency,
         recipients_per_request: options.recipients_per_request,
         domains: options.domains,
         html_bytes: html.len(),
-        message_bytes,
+        message_bytes: sample.len(),
         broker: if config.kafka.brokers.is_empty() {
             "embedded (sendmill dev-broker)".into()
         } else {
@@ -734,52 +743,26 @@ pub async fn pipeline(
         },
         accepted,
         accepted_per_sec: accepted as f64 / load_seconds,
-        refused_requests: load.refused.lock().expect("not poisoned").clone(),
+        refused_requests: std::mem::take(&mut *load.refused.lock().expect("not poisoned")),
         delivered,
-        delivered_per_sec: delivered_under_load as f64 / (load_seconds - settle).max(1e-3),
+        delivered_per_sec,
         settle_seconds: settle,
         delivered_per_sec_overall: delivered as f64 / last_delivery.max(1e-3),
         drain_seconds: finished
             .duration_since(load_ended_at.unwrap_or(load_until))
             .as_secs_f64(),
-        not_delivered: seen.not_delivered.lock().expect("not poisoned").clone(),
+        not_delivered: std::mem::take(&mut *seen.not_delivered.lock().expect("not poisoned")),
         deferred: seen.deferred.load(Ordering::Relaxed),
         unfinished: accepted.saturating_sub(ended),
-        latency_ms: percentiles(latencies.clone()),
-        processes: Vec::new(),
+        latency_ms: percentiles(latencies),
+        processes: figures,
         machine_busy,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        delivered_over_time: per_second.clone(),
-        lag_over_time: Vec::new(),
+        delivered_over_time: per_second,
+        lag_over_time,
         ceilings,
         postfix,
     };
-
-    eprintln!("bench: measuring the ceilings…");
-    let ceilings = Ceilings {
-        smtp_sink_per_sec: super::sink_ceiling(options.domains.clamp(1, 10), 20_000, message_bytes)
-            .await?,
-        rsa2048_signatures_per_core: rsa_rate(&sending)?,
-        redis_evalsha_per_sec: evalsha_rate(base).await?,
-    };
-    let postfix = if options.postfix {
-        eprintln!("bench: postfix over the same sinks…");
-        let sample = run.dir.join("message.eml");
-        std::fs::write(&sample, sample_message(&sending, &html, &text)?)?;
-        Some(
-            postfix(
-                options,
-                &sample,
-                delivered_under_load as f64 / (load_seconds - settle).max(1e-3),
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
-    let mut report = report_without_ceilings(ceilings, postfix);
-    report.processes = figures;
-    report.lag_over_time = lag_over_time;
     let _ = std::fs::remove_dir_all(&run.dir);
     Ok(report)
 }

@@ -793,7 +793,7 @@ impl RedisProcess {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is required: run deploy/local/install-packages.sh");
-        wait_for_port(port, "redis-server");
+        wait_for_port("127.0.0.1", port, "redis-server");
         Self { child, port }
     }
 
@@ -894,7 +894,7 @@ impl ClickHouseProcess {
             .spawn()
             .expect("clickhouse-server is required: run deploy/local/install-packages.sh");
         self.child = Some(child);
-        wait_for_port(self.http_port, "clickhouse-server");
+        wait_for_port("127.0.0.1", self.http_port, "clickhouse-server");
     }
 }
 
@@ -905,13 +905,13 @@ impl Drop for ClickHouseProcess {
     }
 }
 
-/// Waits up to 30 s for something to accept connections on 127.0.0.1:`port`.
-fn wait_for_port(port: u16, what: &str) {
+/// Waits up to 30 s for something to accept connections on `host`:`port`.
+pub fn wait_for_port(host: &str, port: u16, what: &str) {
     let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpStream::connect((host, port)).is_err() {
         assert!(
             started.elapsed() < std::time::Duration::from_secs(30),
-            "{what} did not listen on 127.0.0.1:{port}"
+            "{what} did not listen on {host}:{port}"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

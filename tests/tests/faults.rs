@@ -62,14 +62,7 @@ impl Sink {
             .args(&args)
             .spawn()
             .expect("smtp-sink (Debian postfix) is required: run deploy/local/install-packages.sh");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "smtp-sink did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port("127.0.0.2", port, "smtp-sink");
         Sink {
             child,
             port,
