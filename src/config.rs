@@ -76,10 +76,16 @@ impl SendmillConfig {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|_| ConfigError::Invalid(format!("{name}: {addr:?} is not ip:port")))?;
         }
-        if self.kafka.partitions < 1 {
-            return Err(ConfigError::Invalid(
-                "kafka.partitions must be at least 1".into(),
-            ));
+        self.kafka.validate()?;
+        // A requested record carries its attachments base64-encoded (4/3) in JSON, and
+        // the ready record the MIME built from them (base64 again): both must fit.
+        let largest_record = self.ingest.max_attachment_bytes / 3 * 4 + 1024 * 1024;
+        if largest_record > self.kafka.max_message_bytes as usize {
+            return Err(ConfigError::Invalid(format!(
+                "kafka.max_message_bytes ({}) cannot hold a message at \
+                 ingest.max_attachment_bytes ({}): it needs at least {largest_record}",
+                self.kafka.max_message_bytes, self.ingest.max_attachment_bytes
+            )));
         }
         Ok(())
     }

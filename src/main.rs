@@ -3,9 +3,12 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use sendmill::{pipeline, SendmillConfig, Stage};
-use sendmill_platform::{kafka::EmbeddedBroker, kafka::KafkaConnection, shutdown, telemetry};
+use sendmill_platform::{
+    kafka::{admin, KafkaConnection},
+    shutdown, telemetry,
+};
 use sendmill_store::{Scope, Store};
-use sendmill_wire::{AccountId, Topics};
+use sendmill_wire::AccountId;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -24,8 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every stage in one process; with no brokers configured, on an embedded in-memory
-    /// broker (nothing is durable).
+    /// Every stage in one process.
     All,
     /// The send API.
     Ingest,
@@ -35,11 +37,12 @@ enum Command {
     Dispatch,
     /// Events into ClickHouse and the analytics API.
     Analytics,
-    /// Serves the embedded broker to other processes and kcat, and writes its address
-    /// where the single-stage subcommands look for it.
-    DevBroker,
-    /// Applies the PostgreSQL and ClickHouse schemas and creates the Kafka topics.
+    /// Applies the PostgreSQL and ClickHouse schemas, and creates the Kafka topics or
+    /// reconciles them with the configured settings (partitions, configs).
     Migrate,
+    /// Kafka administration.
+    #[command(subcommand)]
+    Kafka(KafkaCommand),
     /// Checks the config file and prints the settings in effect.
     ValidateConfig,
     /// Accounts, API keys and sending domains.
@@ -130,6 +133,14 @@ enum Bench {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum KafkaCommand {
+    /// Lists every topic with the settings `migrate` gives it, and exits non-zero when
+    /// the cluster differs (a topic missing, too few partitions, another replication
+    /// factor or config).
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -242,8 +253,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Render => run_stages(&config, &[Stage::Render]).await,
         Command::Dispatch => run_stages(&config, &[Stage::Dispatch]).await,
         Command::Analytics => run_stages(&config, &[Stage::Analytics]).await,
-        Command::DevBroker => dev_broker(&config).await,
         Command::Migrate => migrate(&config).await,
+        Command::Kafka(KafkaCommand::Check) => kafka_check(&config).await,
         Command::ValidateConfig => {
             println!("config ok\n{config:#?}");
             Ok(())
@@ -455,34 +466,11 @@ fn print_pipeline_report(r: &sendmill::bench::pipeline::PipelineReport) {
 }
 
 async fn run_all(config: &SendmillConfig) -> anyhow::Result<()> {
-    let token = shutdown::on_signals();
-    // The embedded broker is not Send; it lives on this (the main) task for the whole run.
-    let mut embedded = None;
-    let brokers = if config.kafka.brokers.is_empty() {
-        let broker = start_embedded(config)?;
-        let brokers = broker.bootstrap_servers();
-        tracing::warn!(
-            %brokers,
-            "NO KAFKA CONFIGURED: using the embedded in-memory broker. Nothing is durable: \
-             queued messages are lost when this process stops, and each partition keeps only \
-             its newest ~5 MB, so a stage that falls further behind loses records. Set \
-             kafka.brokers for production."
-        );
-        embedded = Some(broker);
-        brokers
-    } else {
-        config.kafka.brokers.clone()
-    };
-    let running = pipeline::start(config, &brokers, &Stage::ALL, token).await?;
-    announce(&running);
-    let result = running.wait().await;
-    drop(embedded);
-    result
+    run_stages(config, &Stage::ALL).await
 }
 
 async fn run_stages(config: &SendmillConfig, stages: &[Stage]) -> anyhow::Result<()> {
-    let brokers = brokers_for_stage(config)?;
-    let running = pipeline::start(config, &brokers, stages, shutdown::on_signals()).await?;
+    let running = pipeline::start(config, stages, shutdown::on_signals()).await?;
     announce(&running);
     running.wait().await
 }
@@ -499,43 +487,6 @@ fn announce(running: &pipeline::Pipeline) {
     }
 }
 
-fn start_embedded(config: &SendmillConfig) -> anyhow::Result<EmbeddedBroker> {
-    let broker = EmbeddedBroker::start().context("starting the embedded broker")?;
-    let topics = Topics::new(config.kafka.topic_prefix.clone());
-    broker
-        .create_topics(&topics.all(), config.kafka.partitions)
-        .context("creating topics on the embedded broker")?;
-    Ok(broker)
-}
-
-/// The configured brokers, or the address a running `sendmill dev-broker` advertised.
-fn brokers_for_stage(config: &SendmillConfig) -> anyhow::Result<String> {
-    if !config.kafka.brokers.is_empty() {
-        return Ok(config.kafka.brokers.clone());
-    }
-    let file = &config.kafka.dev_broker_file;
-    match std::fs::read_to_string(file) {
-        Ok(addr) if !addr.trim().is_empty() => Ok(addr.trim().to_owned()),
-        _ => bail!(
-            "no Kafka brokers configured (kafka.brokers / SENDMILL_KAFKA_BROKERS) and no \
-             dev broker advertised in {file}: start `sendmill dev-broker`, or run `sendmill all`"
-        ),
-    }
-}
-
-async fn dev_broker(config: &SendmillConfig) -> anyhow::Result<()> {
-    let broker = start_embedded(config)?;
-    let brokers = broker.bootstrap_servers();
-    let file = &config.kafka.dev_broker_file;
-    std::fs::write(file, &brokers).with_context(|| format!("writing {file}"))?;
-    tracing::warn!(%brokers, %file, "embedded broker serving; nothing is durable");
-    println!("{brokers}");
-    shutdown::on_signals().cancelled().await;
-    let _ = std::fs::remove_file(file);
-    drop(broker);
-    Ok(())
-}
-
 async fn migrate(config: &SendmillConfig) -> anyhow::Result<()> {
     let store = Store::connect(&config.postgres.url, 2)
         .await
@@ -546,17 +497,55 @@ async fn migrate(config: &SendmillConfig) -> anyhow::Result<()> {
         .await
         .context("ClickHouse migrations")?;
     tracing::info!(?applied, "ClickHouse schema is up to date");
-    if config.kafka.brokers.is_empty() {
-        tracing::info!("no brokers configured: topics are created by the embedded broker");
-    } else {
-        let kafka = KafkaConnection::new(config.kafka.brokers.clone(), config.kafka.clone());
-        kafka
-            .ensure_topics(&kafka.topics.all())
-            .await
-            .context("creating Kafka topics")?;
-        tracing::info!("Kafka topics exist");
+    let kafka = KafkaConnection::new(config.kafka.brokers.clone(), config.kafka.clone());
+    let done = admin::reconcile(&kafka, &admin::plan(&kafka))
+        .await
+        .context("reconciling Kafka topics")?;
+    tracing::info!(
+        created = done.created.len(),
+        partitions_added = done.partitions_added.len(),
+        configs_altered = done.configs_altered.len(),
+        "Kafka topics are up to date"
+    );
+    for drift in &done.left {
+        tracing::warn!(%drift, "left for an operator");
     }
     Ok(())
+}
+
+async fn kafka_check(config: &SendmillConfig) -> anyhow::Result<()> {
+    let kafka = KafkaConnection::new(config.kafka.brokers.clone(), config.kafka.clone());
+    let specs = admin::plan(&kafka);
+    let drift = admin::check(&kafka, &specs).await?;
+    for spec in &specs {
+        let configs: Vec<String> = spec
+            .configs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "{}\tpartitions={}\treplication_factor={}\t{}",
+            spec.name,
+            spec.partitions,
+            spec.replication_factor,
+            configs.join(",")
+        );
+    }
+    if drift.is_empty() {
+        println!(
+            "ok: {} topics as configured on {}",
+            specs.len(),
+            kafka.brokers
+        );
+        return Ok(());
+    }
+    for d in &drift {
+        println!("DRIFT {d}");
+    }
+    bail!(
+        "{} differences; `sendmill migrate` reconciles all but replication factors",
+        drift.len()
+    )
 }
 
 async fn connect_store(config: &SendmillConfig) -> anyhow::Result<Store> {

@@ -3,7 +3,11 @@
 //! are told to stop, so a process never limps on with a dead stage.
 
 use anyhow::Context;
-use sendmill_platform::{http, kafka::KafkaConnection, CancellationToken};
+use sendmill_platform::{
+    backoff, http,
+    kafka::{admin, KafkaConnection},
+    CancellationToken,
+};
 use sendmill_store::Store;
 use std::net::SocketAddr;
 use tokio::{net::TcpListener, task::JoinSet};
@@ -46,14 +50,16 @@ pub struct Pipeline {
     shutdown: CancellationToken,
 }
 
-/// Starts `stages` against the Kafka cluster at `brokers`.
+/// Starts `stages` against the configured Kafka cluster. Waits (saying so, and until
+/// `shutdown`) for the cluster to answer, then refuses to start when a topic is missing:
+/// topics are `sendmill migrate`'s, never auto-created. Other drift is a warning.
 pub async fn start(
     config: &SendmillConfig,
-    brokers: &str,
     stages: &[Stage],
     shutdown: CancellationToken,
 ) -> anyhow::Result<Pipeline> {
-    let kafka = KafkaConnection::new(brokers, config.kafka.clone());
+    let kafka = KafkaConnection::new(config.kafka.brokers.clone(), config.kafka.clone());
+    check_kafka(&kafka, &shutdown).await?;
     let needs = |s: Stage| stages.contains(&s);
     // Every stage reads tenant data (the dispatcher: suppression lists).
     let store = Store::connect(&config.postgres.url, config.postgres.max_connections)
@@ -233,6 +239,33 @@ pub async fn start(
         });
     }
     Ok(pipeline)
+}
+
+async fn check_kafka(kafka: &KafkaConnection, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let specs = admin::plan(kafka);
+    let drift = backoff::until_ok("reach Kafka", shutdown, || admin::check(kafka, &specs))
+        .await
+        .context("shut down while waiting for Kafka")?;
+    let missing: Vec<String> = drift
+        .iter()
+        .filter_map(|d| match d {
+            admin::Drift::Missing { topic } => Some(topic.clone()),
+            _ => None,
+        })
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "Kafka at {} lacks {} topics ({}): run `sendmill migrate` first",
+            kafka.brokers,
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    for d in &drift {
+        tracing::warn!(drift = %d, "a Kafka topic differs from the config; `sendmill migrate` reconciles it");
+    }
+    tracing::info!(brokers = %kafka.brokers, "Kafka answers, every topic exists");
+    Ok(())
 }
 
 async fn bind(addr: &str) -> anyhow::Result<TcpListener> {

@@ -41,6 +41,23 @@ if ! command -v cargo >/dev/null 2>&1; then
   die "no cargo on PATH: install a Rust toolchain >= 1.95 (rustup) and re-run"
 fi
 
+# Apache Kafka's broker (KRaft) from Maven Central: kafka/pom.xml names the pinned
+# release and a log4j2 binding; the jars are cached under $SENDMILL_LOCAL_DIR/kafka/libs.
+command -v java >/dev/null 2>&1 || die "no java on PATH: install OpenJDK 17 (Kafka's broker runs on it)"
+command -v mvn >/dev/null 2>&1 || die "no mvn on PATH: install Maven (it fetches Kafka's jars)"
+kafka_libs=$SENDMILL_LOCAL_DIR/kafka/libs
+kafka_stamp=$kafka_libs/.pom.sha256
+kafka_pom=$(cd "$(dirname "$0")" && pwd)/kafka/pom.xml
+if [ "$(cat "$kafka_stamp" 2>/dev/null)" != "$(sha256sum <"$kafka_pom")" ]; then
+  log "fetching Apache Kafka's jars from Maven Central into $kafka_libs"
+  rm -rf "$kafka_libs"
+  mkdir -p "$kafka_libs"
+  mvn -B -q -f "$kafka_pom" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies \
+    -DoutputDirectory="$kafka_libs" -DincludeScope=runtime
+  sha256sum <"$kafka_pom" >"$kafka_stamp"
+fi
+
 # cargo-fuzz (crates.io) builds and runs the libFuzzer targets under fuzz/.
 if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz 0.13.2" ]; then
   log "installing cargo-fuzz from crates.io"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: installs what is missing, starts the local services, builds
-# Sendmill, creates a development tenant and runs every stage in one process (embedded
-# broker) in the background. Prints the API key, a curl that sends a message, and where
+# Sendmill, creates the Kafka topics and a development tenant, and runs every stage in
+# one process in the background, on the local Apache Kafka broker. Prints the API key, a curl that sends a message, and where
 # to see it delivered. Stop it with deploy/local/stop.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +17,8 @@ bin=$repo/target/release/sendmill
 config=$here/sendmill.toml
 export SENDMILL_CONFIG=$config
 
-"$bin" migrate 2>/dev/null
+"$bin" migrate 2>"$SENDMILL_LOCAL_DIR/migrate.log" \
+  || die "sendmill migrate failed: $(tail -5 "$SENDMILL_LOCAL_DIR/migrate.log")"
 key=$("$bin" seed --domain example.test --dnsmasq-dir "$SENDMILL_LOCAL_DIR/dnsmasq/conf.d" 2>/dev/null)
 # dnsmasq reads the new DKIM record only on start.
 RESTART_DNS=1 "$here/start-services.sh" >/dev/null 2>&1
@@ -39,7 +40,9 @@ curl -fsS http://127.0.0.1:8080/healthz >/dev/null || die "sendmill did not answ
 cat <<INFO
 
 Sendmill is running (pid $(cat "$pidfile"), log $SENDMILL_LOCAL_DIR/sendmill.log).
-Kafka is the embedded in-memory broker: nothing queued survives a restart.
+Kafka: Apache Kafka on 127.0.0.1:9092 (data in $SENDMILL_LOCAL_DIR/kafka/broker);
+queued mail survives a restart of Sendmill and of the broker.
+  SENDMILL_CONFIG=$config $bin kafka check   # every topic and its settings
 
 API key (shown once):
   export SENDMILL_API_KEY=$key

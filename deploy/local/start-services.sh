@@ -4,6 +4,9 @@
 # postfix's smtp-sink as the MX hosts of those domains. Idempotent; prints where each
 # service listens. Stop what it started with stop-services.sh.
 #
+# Apache Kafka: one combined KRaft node (broker 127.0.0.1:9092, controller :9093) on
+# the jars install-packages.sh fetched, its data under $SENDMILL_LOCAL_DIR/kafka/broker.
+#
 # Test domains (dnsmasq on 127.0.0.1:5353), every MX host on port 25:
 #   ok.test, example.test  MX -> 127.0.0.2  accepts everything, dumps each message
 #   bounce.test            MX -> 127.0.0.3  answers RCPT with 550 5.1.1
@@ -33,6 +36,16 @@ else
   log "redis: started on 127.0.0.1:6379"
 fi
 
+# --- Apache Kafka (127.0.0.1:9092) -------------------------------------------------------
+if kcat -b 127.0.0.1:9092 -L -m 5 >/dev/null 2>&1; then
+  log "kafka: reusing 127.0.0.1:9092"
+else
+  "$(dirname "$0")/kafka-node.sh" "$dir/kafka/broker" 1 127.0.0.1 9092 9093 1@127.0.0.1:9093 >/dev/null
+  kcat -b 127.0.0.1:9092 -L -m 10 >/dev/null 2>&1 \
+    || die "kafka started but answers no metadata request (see $dir/kafka/broker/server.log)"
+  log "kafka: started on 127.0.0.1:9092 (data in $dir/kafka/broker)"
+fi
+
 # --- PostgreSQL ------------------------------------------------------------------------
 if pg_isready -q -h 127.0.0.1 -p 5432; then
   log "postgresql: reusing 127.0.0.1:5432"
@@ -40,6 +53,8 @@ else
   ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
   [ -d "/etc/postgresql/$ver/main" ] || as_root pg_createcluster "$ver" main >/dev/null
   as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+  # stop-services.sh stops only a cluster this script started.
+  echo "$ver" >"$dir/postgresql.started"
   wait_port 127.0.0.1 5432 30 || die "postgresql did not start"
   log "postgresql: started $ver on 127.0.0.1:5432"
 fi
@@ -178,6 +193,7 @@ fi
 
 cat <<INFO
 Local services for Sendmill:
+  kafka       127.0.0.1:9092  (Apache Kafka, KRaft; topics by \`sendmill migrate\`)
   redis       redis://127.0.0.1:6379
   postgresql  postgres://sendmill:sendmill@127.0.0.1:5432/sendmill  (tests: sendmill_test)
   clickhouse  http://127.0.0.1:18123

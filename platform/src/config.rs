@@ -56,22 +56,47 @@ pub fn override_string(field: &mut String, name: &str) {
     }
 }
 
-/// Kafka (or any Kafka-protocol broker).
+/// Kafka (Apache Kafka 4.x, or any Kafka-protocol service): every record between the
+/// stages. Topics are created and reconciled by `sendmill migrate` with the settings
+/// below (see `sendmill_platform::kafka::admin`); nothing relies on auto-creation.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
-    /// Bootstrap servers, `host:port,host:port`. Empty: `sendmill all` starts the embedded
-    /// in-memory broker, and the single-stage subcommands use the one `sendmill
-    /// dev-broker` advertises in `dev_broker_file`. Env: `SENDMILL_KAFKA_BROKERS`.
+    /// Bootstrap servers, `host:port,host:port`. Default: the local broker
+    /// `deploy/local` starts. Env: `SENDMILL_KAFKA_BROKERS`.
     pub brokers: String,
     /// Prepended to every topic name, so installations sharing a cluster stay apart.
     pub topic_prefix: String,
-    /// Partitions of each topic created by `sendmill migrate` or the embedded broker.
+    /// Partitions of each topic `sendmill migrate` creates; an existing topic with fewer
+    /// is grown to this many (never shrunk). The ceiling on consumers per stage.
     pub partitions: i32,
-    /// Replication factor of topics created by `sendmill migrate`.
+    /// Replication factor of each topic `sendmill migrate` creates (3 in production, 1
+    /// on a single local broker). An existing topic's is reported by `sendmill kafka
+    /// check`, not changed (that is a partition reassignment).
     pub replication_factor: i32,
-    /// Where `sendmill dev-broker` writes its bootstrap address for the other processes.
-    pub dev_broker_file: String,
+    /// `min.insync.replicas` of every topic: with the producer's `acks=all`, a record is
+    /// acknowledged (and the send API answers 202) only once this many replicas have it.
+    /// At most `replication_factor`; 2 with 3 replicas survives one broker lost.
+    pub min_insync_replicas: i32,
+    /// `retention.ms` of the message topics (requested, ready, retry), in hours. At least
+    /// 168 (7 days): a record must outlive any outage a stage could be down for.
+    pub queue_retention_hours: u32,
+    /// `retention.ms` of the events and alerts topics, in hours (ClickHouse and the
+    /// webhook outbox are their durable homes; the topic is a buffer and a replay window).
+    pub events_retention_hours: u32,
+    /// `retention.ms` of the dead-letter topic, in hours.
+    pub dlq_retention_hours: u32,
+    /// The largest record, bytes: the producer's `message.max.bytes`, every topic's
+    /// `max.message.bytes` and the consumers' fetch limits. Must hold a message at the
+    /// attachment limit (5 MiB, base64 and JSON: ~7 MiB) with its rendered MIME; the
+    /// brokers' `message.max.bytes` / `replica.fetch.max.bytes` must be at least this.
+    pub max_message_bytes: u32,
+    /// A stable identity for this process in its consumer groups (Kafka static
+    /// membership, KIP-345), e.g. a StatefulSet pod name: a restart within
+    /// `session_timeout_ms` gets its partitions back without a rebalance. Each consumer
+    /// appends its group id. Empty: dynamic membership. Two live processes must never
+    /// share one. Env: `SENDMILL_KAFKA_INSTANCE_ID`.
+    pub group_instance_id: String,
     /// Consumer session timeout; a crashed consumer's partitions move after this long.
     pub session_timeout_ms: u32,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,
@@ -82,14 +107,16 @@ pub struct KafkaConfig {
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
-            brokers: String::new(),
+            brokers: "127.0.0.1:9092".into(),
             topic_prefix: String::new(),
             partitions: 8,
             replication_factor: 3,
-            dev_broker_file: std::env::temp_dir()
-                .join("sendmill-dev-broker")
-                .display()
-                .to_string(),
+            min_insync_replicas: 2,
+            queue_retention_hours: 7 * 24,
+            events_retention_hours: 7 * 24,
+            dlq_retention_hours: 30 * 24,
+            max_message_bytes: 32 * 1024 * 1024,
+            group_instance_id: String::new(),
             session_timeout_ms: 10_000,
             client: BTreeMap::new(),
         }
@@ -99,9 +126,37 @@ impl Default for KafkaConfig {
 impl KafkaConfig {
     pub fn apply_env(&mut self) {
         override_string(&mut self.brokers, "KAFKA_BROKERS");
+        override_string(&mut self.group_instance_id, "KAFKA_INSTANCE_ID");
         if let Some(password) = env_override("KAFKA_SASL_PASSWORD") {
             self.client.insert("sasl.password".into(), password);
         }
+    }
+
+    /// What serde cannot check.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(format!("kafka.{m}")));
+        if self.brokers.trim().is_empty() {
+            return invalid("brokers must name at least one host:port");
+        }
+        if self.partitions < 1 {
+            return invalid("partitions must be at least 1");
+        }
+        if self.replication_factor < 1 {
+            return invalid("replication_factor must be at least 1");
+        }
+        if self.min_insync_replicas < 1 || self.min_insync_replicas > self.replication_factor {
+            return invalid("min_insync_replicas must be between 1 and replication_factor");
+        }
+        if self.queue_retention_hours < 7 * 24 {
+            return invalid("queue_retention_hours must be at least 168 (7 days)");
+        }
+        if self.events_retention_hours < 1 || self.dlq_retention_hours < 1 {
+            return invalid("events_retention_hours and dlq_retention_hours must be at least 1");
+        }
+        if self.max_message_bytes < 1024 * 1024 {
+            return invalid("max_message_bytes must be at least 1 MiB (1048576)");
+        }
+        Ok(())
     }
 }
 

@@ -245,7 +245,7 @@ pub fn send_body(
 
 /// What `sendmill bench ingest` measured: accepted recipients per second at the send API
 /// alone (HTTP, validation, PostgreSQL domain lookup, Redis suppression check and rate
-/// limit, idempotent produce to the embedded broker), per request shape.
+/// limit, idempotent produce to Kafka), per request shape.
 #[derive(Debug, serde::Serialize)]
 pub struct IngestReport {
     pub runs: usize,
@@ -269,7 +269,8 @@ pub struct IngestShape {
 
 /// Drives `POST /v1/messages` of an ingest started in this process with `concurrency`
 /// keep-alive connections, for 1- and 100-recipient requests carrying the ~15 KB
-/// template. Needs PostgreSQL and Redis (as configured); Kafka is the embedded broker.
+/// template. Needs PostgreSQL, Redis and Kafka (as configured); the run's topics are
+/// created under a prefix of their own and deleted afterwards.
 pub async fn ingest(
     config: &crate::SendmillConfig,
     runs: usize,
@@ -289,22 +290,14 @@ pub async fn ingest(
     config.redis.key_prefix = format!("bench{id}:");
     config.ingest.listen = "127.0.0.1:0".into();
     config.ingest.allow_unverified_domains = true;
-    let broker = sendmill_platform::kafka::EmbeddedBroker::start()
-        .context("starting the embedded broker")?;
-    let topics = sendmill_wire::Topics::new(config.kafka.topic_prefix.clone());
-    broker.create_topics(&topics.all(), config.kafka.partitions)?;
+    let broker = BenchTopics::create(&config).await?;
 
     let (domain, key) = tenant(&store, &id).await?;
     let domain = domain.domain;
 
     let shutdown = sendmill_platform::CancellationToken::new();
-    let running = crate::pipeline::start(
-        &config,
-        &broker.bootstrap_servers(),
-        &[crate::Stage::Ingest],
-        shutdown.clone(),
-    )
-    .await?;
+    let running =
+        crate::pipeline::start(&config, &[crate::Stage::Ingest], shutdown.clone()).await?;
     let addr = running.ingest_addr.context("ingest listens")?;
     let waiting = tokio::spawn(running.wait());
 
@@ -341,7 +334,7 @@ pub async fn ingest(
     }
     shutdown.cancel();
     waiting.await??;
-    drop(broker);
+    broker.delete().await;
     Ok(IngestReport {
         runs,
         seconds_per_run: seconds,
@@ -488,13 +481,9 @@ pub async fn deliver(
                 .join(format!("sendmill-bench-journal-{id}"))
                 .to_string_lossy()
                 .into_owned();
-            let broker = sendmill_platform::kafka::EmbeddedBroker::start()?;
-            let topics = sendmill_wire::Topics::new(config.kafka.topic_prefix.clone());
-            broker.create_topics(&topics.all(), config.kafka.partitions)?;
-            let kafka = sendmill_platform::kafka::KafkaConnection::new(
-                broker.bootstrap_servers(),
-                config.kafka.clone(),
-            );
+            let broker = BenchTopics::create(&config).await?;
+            let topics = broker.kafka.topics.clone();
+            let kafka = broker.kafka.clone();
             let producer = kafka.producer()?;
             let account = AccountId::generate();
             let ready_topic = topics.ready(Lane::Transactional);
@@ -574,13 +563,9 @@ pub async fn deliver(
             };
 
             let shutdown = sendmill_platform::CancellationToken::new();
-            let running = crate::pipeline::start(
-                &config,
-                &broker.bootstrap_servers(),
-                &[crate::Stage::Dispatch],
-                shutdown.clone(),
-            )
-            .await?;
+            let running =
+                crate::pipeline::start(&config, &[crate::Stage::Dispatch], shutdown.clone())
+                    .await?;
             let waiting = tokio::spawn(running.wait());
             tokio::time::timeout(Duration::from_secs(600), done.notified())
                 .await
@@ -599,7 +584,7 @@ pub async fn deliver(
             waiting.await??;
             counter_stop.cancel();
             counter.await??;
-            drop(broker);
+            broker.delete().await;
             let _ = std::fs::remove_dir_all(&config.dispatcher.journal_dir);
             per_run.push(messages_timed as f64 / elapsed);
             per_cpu.push(messages_timed as f64 / cpu.max(1e-3));
@@ -686,4 +671,34 @@ pub(crate) async fn sink_ceiling(
         anyhow::ensure!(status.success(), "smtp-source failed: {status}");
     }
     Ok((per_sink * sinks) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A bench run's own topics on the configured cluster (`kafka.brokers`), created as
+/// `sendmill migrate` creates them under the run's prefix, deleted by [`BenchTopics::delete`].
+pub struct BenchTopics {
+    pub kafka: sendmill_platform::kafka::KafkaConnection,
+}
+
+impl BenchTopics {
+    pub async fn create(config: &crate::SendmillConfig) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use sendmill_platform::kafka::{admin, KafkaConnection};
+        let kafka = KafkaConnection::new(config.kafka.brokers.clone(), config.kafka.clone());
+        admin::reconcile(&kafka, &admin::plan(&kafka))
+            .await
+            .with_context(|| {
+                format!("creating the bench's topics on Kafka at {}", kafka.brokers)
+            })?;
+        Ok(Self { kafka })
+    }
+
+    /// Best effort: a failure is logged, the figures stand.
+    pub async fn delete(self) {
+        let topics = self.kafka.topics.all();
+        if let Err(error) =
+            sendmill_platform::kafka::admin::delete_topics(&self.kafka, &topics).await
+        {
+            tracing::warn!(%error, "could not delete the bench's topics");
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! `sendmill bench pipeline`: the whole pipeline, measured from the outside.
 //!
-//! Ingest, render, dispatcher and analytics run as four `sendmill` processes (and, with
-//! no brokers configured, a fifth serving the embedded broker), exactly as they are
-//! deployed, so each one's CPU time and peak memory can be read from /proc. A load
+//! Ingest, render, dispatcher and analytics run as four `sendmill` processes on the
+//! configured Kafka (`kafka.brokers`, the run's topics under a prefix of their own),
+//! exactly as they are deployed, so each one's CPU time and peak memory can be read from
+//! /proc; so are the Kafka broker's (a local `java … kafka.Kafka`), Redis', PostgreSQL's,
+//! ClickHouse's and the sinks'. A load
 //! generator in this process posts the ~15 KB, 15-variable template to the real send API
 //! over keep-alive HTTP, at a fixed offered rate or as fast as ingest answers; every
 //! message is RSA-2048 DKIM-signed and delivered over SMTP to the smtp-sink hosts of N
@@ -11,10 +13,7 @@
 //! its `delivered` event's timestamp. Consumer-group lag is asked of the broker every
 //! second.
 //!
-//! The embedded broker (librdkafka's mock cluster) keeps only the newest ~5 MB of each
-//! partition: a stage that falls further behind than that loses records. Offer a rate
-//! the pipeline keeps up with (`--rate`), or configure a real broker; a run that lost
-//! records says so (`unfinished`).
+//! A message that never reached an end by the drain timeout is reported `unfinished`.
 //!
 //! Afterwards, in the same run, the ceilings the figure cannot pass: smtp-source straight
 //! into the same sinks, the raw RSA-2048 signing rate, and the rate of the send API's
@@ -31,7 +30,7 @@ use sendmill_wire::{EventType, EventV1, Lane, MessageId, RetryTier};
 use serde::Serialize;
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{BufRead, IsTerminal, Write},
+    io::{IsTerminal, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -227,12 +226,7 @@ impl Process {
                 std::env::var("SENDMILL_BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
-            // Only the broker prints (its address); the stages log to stderr.
-            .stdout(if subcommand == "dev-broker" {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting sendmill {subcommand}"))?;
@@ -284,7 +278,6 @@ impl Run {
         std::fs::create_dir_all(&dir)?;
         let mut config = base.clone();
         config.kafka.topic_prefix = format!("bench{id}.");
-        config.kafka.dev_broker_file = dir.join("broker").to_string_lossy().into_owned();
         config.redis.key_prefix = format!("bench{id}:");
         config.clickhouse.database = format!("sendmill_bench_{id}");
         config.dispatcher.journal_dir = dir.join("journal").to_string_lossy().into_owned();
@@ -309,7 +302,8 @@ impl Run {
             format!("[{}]", quoted.join(", "))
         };
         let toml = format!(
-            "[kafka]\ntopic_prefix = {:?}\ndev_broker_file = {:?}\npartitions = {}\n\
+            "[kafka]\ntopic_prefix = {:?}\npartitions = {}\nreplication_factor = {}\n\
+             min_insync_replicas = {}\n\
              [redis]\nkey_prefix = {:?}\n\
              [clickhouse]\ndatabase = {:?}\n\
              [telemetry]\nlog_format = \"text\"\n\
@@ -319,8 +313,9 @@ impl Run {
              [dispatcher]\nops_listen = \"{}\"\nnameservers = {}\nhelo_name = {:?}\njournal_dir = {:?}\n\
              [analytics]\nlisten = \"{}\"\n",
             c.kafka.topic_prefix,
-            c.kafka.dev_broker_file,
             c.kafka.partitions,
+            c.kafka.replication_factor,
+            c.kafka.min_insync_replicas,
             c.redis.key_prefix,
             c.clickhouse.database,
             self.ingest,
@@ -408,26 +403,8 @@ pub async fn pipeline(
 
     let config_file = run.write_config()?;
     let mut processes = Vec::new();
-    let brokers = if config.kafka.brokers.is_empty() {
-        let mut broker = Process::spawn("broker", &config_file, "dev-broker", &[], &run.dir)?;
-        let stdout = broker.child.stdout.take().context("broker stdout")?;
-        let address = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            std::io::BufReader::new(stdout).read_line(&mut line)?;
-            anyhow::Ok(line.trim().to_owned())
-        })
-        .await??;
-        if address.is_empty() {
-            broker.check_alive()?;
-            bail!("the dev broker printed no address");
-        }
-        processes.push(broker);
-        address
-    } else {
-        let kafka = KafkaConnection::new(config.kafka.brokers.clone(), config.kafka.clone());
-        kafka.ensure_topics(&kafka.topics.all()).await?;
-        config.kafka.brokers.clone()
-    };
+    let topics = super::BenchTopics::create(config).await?;
+    let brokers = config.kafka.brokers.clone();
     let env = run.endpoint_env(&brokers);
     for (name, subcommand) in [
         ("ingest", "ingest"),
@@ -678,6 +655,7 @@ pub async fn pipeline(
     let _ = reader.await;
     drop(processes);
     drop_database(&run.config).await;
+    topics.delete().await;
 
     // The figures.
     let load_seconds = load_ended_at
@@ -736,11 +714,7 @@ pub async fn pipeline(
         domains: options.domains,
         html_bytes: html.len(),
         message_bytes: sample.len(),
-        broker: if config.kafka.brokers.is_empty() {
-            "embedded (sendmill dev-broker)".into()
-        } else {
-            config.kafka.brokers.clone()
-        },
+        broker: format!("Apache Kafka at {}", config.kafka.brokers),
         accepted,
         accepted_per_sec: accepted as f64 / load_seconds,
         refused_requests: std::mem::take(&mut *load.refused.lock().expect("not poisoned")),
@@ -945,7 +919,8 @@ fn status_kib(pid: &str, field: &str) -> Option<f64> {
 /// The services the pipeline leans on, by command name: CPU seconds and RSS (MiB)
 /// summed over their processes.
 fn other_processes_cpu() -> BTreeMap<String, (f64, f64)> {
-    const NAMES: [&str; 5] = [
+    const NAMES: [&str; 6] = [
+        "java",
         "clickhouse-serv",
         "redis-server",
         "postgres",
@@ -966,10 +941,16 @@ fn other_processes_cpu() -> BTreeMap<String, (f64, f64)> {
         };
         let comm = comm.trim();
         if let Some(name) = NAMES.iter().find(|n| comm == **n) {
-            let name = if *name == "clickhouse-serv" {
-                "clickhouse-server"
-            } else {
-                name
+            let name = match *name {
+                "clickhouse-serv" => "clickhouse-server",
+                "java" => {
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    if !String::from_utf8_lossy(&cmdline).contains("kafka.Kafka") {
+                        continue;
+                    }
+                    "kafka"
+                }
+                name => name,
             };
             let slot = found.entry(name.to_owned()).or_default();
             slot.0 += super::cpu_seconds(&pid).unwrap_or(0.0);

@@ -2,19 +2,24 @@
 //!
 //! A harness for tests that cross stage boundaries, against the real services that
 //! `deploy/local/start-services.sh` runs: PostgreSQL, Redis, ClickHouse, dnsmasq with
-//! the `*.test` MX records, smtp-sink MX hosts, and dkimpy. Kafka is the embedded
-//! broker, one per test. A service that is missing fails the test with a message saying
-//! how to start it; nothing is skipped.
+//! the `*.test` MX records, smtp-sink MX hosts, dkimpy, and Apache Kafka (the local
+//! broker, `SENDMILL_TEST_KAFKA_BROKERS`, default 127.0.0.1:9092). A service that is
+//! missing fails the test with a message saying how to start it; nothing is skipped.
 //!
-//! Every [`TestPipeline`] has its own broker, topic prefix, ClickHouse database, Redis key
-//! prefix, account and ports, so tests run in parallel and re-run cleanly.
+//! Every [`TestPipeline`] has its own topic prefix (its topics created as `sendmill
+//! migrate` creates them, and deleted when it is dropped), consumer groups, ClickHouse
+//! database, Redis key prefix, account and ports, so tests run in parallel and re-run
+//! cleanly.
 
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     ClientConfig, Message, Offset, TopicPartitionList,
 };
 use sendmill::{pipeline, SendmillConfig, Stage};
-use sendmill_platform::{kafka::EmbeddedBroker, CancellationToken};
+use sendmill_platform::{
+    kafka::{admin, KafkaConnection},
+    CancellationToken,
+};
 use sendmill_store::{Scope, Store};
 use sendmill_wire::{AccountId, Topics};
 use serde_json::Value;
@@ -29,6 +34,42 @@ pub fn local_dir() -> PathBuf {
     PathBuf::from(
         std::env::var("SENDMILL_LOCAL_DIR").unwrap_or_else(|_| "/var/tmp/sendmill-local".into()),
     )
+}
+
+/// The Kafka cluster tests run on: `SENDMILL_TEST_KAFKA_BROKERS`, else the local broker
+/// `deploy/local/start-services.sh` starts.
+pub fn kafka_brokers() -> String {
+    std::env::var("SENDMILL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Creates the installation's topics as `sendmill migrate` does; fails the test, saying
+/// how to start Kafka, when the broker does not answer.
+pub async fn require_kafka(config: &SendmillConfig) {
+    let kafka = KafkaConnection::new(config.kafka.brokers.clone(), config.kafka.clone());
+    admin::reconcile(&kafka, &admin::plan(&kafka))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Apache Kafka is required at {} (run deploy/local/start-services.sh): {e}",
+                config.kafka.brokers
+            )
+        });
+}
+
+/// Deletes the installation's topics (from `Drop`, so on a blocking thread of its own).
+fn delete_topics(config: &SendmillConfig) {
+    let kafka = KafkaConnection::new(config.kafka.brokers.clone(), config.kafka.clone());
+    let topics = kafka.topics.all();
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        if let Err(error) = runtime.block_on(admin::delete_topics(&kafka, &topics)) {
+            eprintln!("could not delete the test's topics: {error}");
+        }
+    })
+    .join();
 }
 
 pub fn repo_root() -> PathBuf {
@@ -52,8 +93,12 @@ pub fn test_config(id: &str) -> SendmillConfig {
     config.postgres.url = std::env::var("SENDMILL_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://sendmill:sendmill@127.0.0.1:5432/sendmill_test".into());
     config.postgres.max_connections = 4;
+    config.kafka.brokers = kafka_brokers();
     config.kafka.topic_prefix = format!("{id}.");
     config.kafka.partitions = 2;
+    // One local broker.
+    config.kafka.replication_factor = 1;
+    config.kafka.min_insync_replicas = 1;
     config.redis.key_prefix = format!("{id}:");
     config.clickhouse.database = id.to_owned();
     config.ingest.listen = "127.0.0.1:0".into();
@@ -92,7 +137,6 @@ pub fn test_config(id: &str) -> SendmillConfig {
 pub struct TestPipeline {
     pub stages: Vec<Stage>,
     pub config: SendmillConfig,
-    pub broker: EmbeddedBroker,
     pub ingest: SocketAddr,
     pub analytics: Option<SocketAddr>,
     pub api_key: String,
@@ -149,11 +193,8 @@ impl TestPipeline {
                 });
         }
         require_redis(&config).await;
-        let broker = EmbeddedBroker::start().expect("embedded broker starts");
+        require_kafka(&config).await;
         let topics = Topics::new(config.kafka.topic_prefix.clone());
-        broker
-            .create_topics(&topics.all(), config.kafka.partitions)
-            .expect("topics are created");
 
         let (tenant, sending) = create_tenant(&store, &id).await;
         let Tenant {
@@ -162,12 +203,10 @@ impl TestPipeline {
             domain,
         } = tenant;
 
-        let (shutdown, ingest, analytics, handle) =
-            launch(&config, &broker.bootstrap_servers(), stages).await;
+        let (shutdown, ingest, analytics, handle) = launch(&config, stages).await;
         TestPipeline {
             stages: stages.to_vec(),
             topics,
-            broker,
             ingest,
             analytics,
             api_key,
@@ -195,8 +234,7 @@ impl TestPipeline {
                 .expect("pipeline task does not panic")
                 .expect("stages end cleanly");
         }
-        let (shutdown, ingest, analytics, handle) =
-            launch(&self.config, &self.broker.bootstrap_servers(), &self.stages).await;
+        let (shutdown, ingest, analytics, handle) = launch(&self.config, &self.stages).await;
         self.shutdown = shutdown;
         self.ingest = ingest;
         self.analytics = analytics;
@@ -360,7 +398,7 @@ impl TestPipeline {
 
     pub fn read_topic(&self, topic: &str) -> Vec<Vec<u8>> {
         read_topic(
-            &self.broker.bootstrap_servers(),
+            &self.config.kafka.brokers,
             topic,
             self.config.kafka.partitions,
         )
@@ -376,16 +414,13 @@ impl TestPipeline {
         self.producer()
             .send(topic, key, payload)
             .await
-            .expect("the embedded broker takes the record");
+            .expect("the broker takes the record");
     }
 
     pub fn producer(&self) -> sendmill_platform::kafka::Producer {
-        sendmill_platform::kafka::KafkaConnection::new(
-            self.broker.bootstrap_servers(),
-            self.config.kafka.clone(),
-        )
-        .producer()
-        .expect("producer")
+        KafkaConnection::new(self.config.kafka.brokers.clone(), self.config.kafka.clone())
+            .producer()
+            .expect("producer")
     }
 
     pub async fn stop(mut self) {
@@ -397,6 +432,15 @@ impl TestPipeline {
                 .expect("pipeline task does not panic");
             result.expect("stages end cleanly");
         }
+    }
+}
+
+impl Drop for TestPipeline {
+    /// Stops the stages still running and deletes the installation's topics, so the
+    /// shared broker does not gather thousands of partitions over test runs.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        delete_topics(&self.config);
     }
 }
 
@@ -430,7 +474,6 @@ async fn create_tenant(store: &Store, name: &str) -> (Tenant, sendmill_store::Se
 
 async fn launch(
     config: &SendmillConfig,
-    bootstrap: &str,
     stages: &[Stage],
 ) -> (
     CancellationToken,
@@ -439,7 +482,7 @@ async fn launch(
     tokio::task::JoinHandle<Result<(), String>>,
 ) {
     let shutdown = CancellationToken::new();
-    let running = pipeline::start(config, bootstrap, stages, shutdown.clone())
+    let running = pipeline::start(config, stages, shutdown.clone())
         .await
         .expect("pipeline starts");
     let ingest = running
@@ -735,9 +778,13 @@ impl StageProcess {
         let binary = sendmill_binary();
         let path = std::env::temp_dir().join(format!("{}{name}.toml", p.config.kafka.topic_prefix));
         let toml = format!(
-            "[kafka]\ntopic_prefix = {prefix:?}\n[redis]\nurl = {redis_url:?}\nkey_prefix = {redis:?}\n\
+            "[kafka]\ntopic_prefix = {prefix:?}\npartitions = {partitions}\nreplication_factor = {rf}\n\
+             min_insync_replicas = {isr}\n[redis]\nurl = {redis_url:?}\nkey_prefix = {redis:?}\n\
              [postgres]\nurl = {pg:?}\n[clickhouse]\nurl = {ch_url:?}\ndatabase = {ch:?}\n{sections}\n",
             prefix = config.kafka.topic_prefix,
+            partitions = config.kafka.partitions,
+            rf = config.kafka.replication_factor,
+            isr = config.kafka.min_insync_replicas,
             redis_url = config.redis.url,
             redis = config.redis.key_prefix,
             pg = config.postgres.url,
@@ -747,7 +794,7 @@ impl StageProcess {
         std::fs::write(&path, toml).unwrap();
         let child = std::process::Command::new(&binary)
             .args(["--config", path.to_str().unwrap(), subcommand])
-            .env("SENDMILL_KAFKA_BROKERS", p.broker.bootstrap_servers())
+            .env("SENDMILL_KAFKA_BROKERS", &config.kafka.brokers)
             // SENDMILL_TEST_CHILD_LOG: a tracing filter for these processes when debugging.
             .env(
                 "RUST_LOG",
@@ -802,10 +849,10 @@ impl RedisProcess {
     }
 
     /// SIGKILL, then a new, empty server on the same port.
-    pub fn restart_empty(mut self) -> Self {
+    pub fn restart_empty(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        Self::start_on(self.port)
+        *self = Self::start_on(self.port);
     }
 }
 
@@ -901,6 +948,140 @@ impl ClickHouseProcess {
 impl Drop for ClickHouseProcess {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Apache Kafka nodes of the test's own (KRaft, each a combined broker and controller,
+/// started by `deploy/local/kafka-node.sh` on the jars `install-packages.sh` fetched), so
+/// a test can SIGKILL a broker and start it again on its data. One node, or a cluster of
+/// several on their own loopback addresses.
+pub struct KafkaCluster {
+    dir: PathBuf,
+    nodes: Vec<KafkaNode>,
+}
+
+struct KafkaNode {
+    id: usize,
+    host: String,
+    port: u16,
+    controller_port: u16,
+    pid: Option<u32>,
+}
+
+impl KafkaCluster {
+    /// One node per host in `hosts` (e.g. `["127.0.0.31", "127.0.0.32", "127.0.0.33"]`),
+    /// every one a voter of the controller quorum; returns once all serve.
+    pub fn start(hosts: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(unique("kafka"));
+        let nodes = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| KafkaNode {
+                id: i + 1,
+                host: host.to_string(),
+                port: free_port(),
+                controller_port: free_port(),
+                pid: None,
+            })
+            .collect();
+        let mut cluster = Self { dir, nodes };
+        let cluster_id = uuid::Uuid::new_v4().simple().to_string()[..22].to_owned();
+        // A quorum of several needs its voters up together: start them side by side.
+        let ids: Vec<usize> = (0..cluster.nodes.len()).collect();
+        let pids: Vec<u32> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ids
+                .iter()
+                .map(|&i| {
+                    let command = cluster.command(i, &cluster_id);
+                    scope.spawn(move || run_kafka_node(command))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (node, pid) in cluster.nodes.iter_mut().zip(pids) {
+            node.pid = Some(pid);
+        }
+        cluster
+    }
+
+    /// Bootstrap servers of every node.
+    pub fn brokers(&self) -> String {
+        let list: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}:{}", n.host, n.port))
+            .collect();
+        list.join(",")
+    }
+
+    /// SIGKILL node `i` (0-based): no shutdown path runs, the page cache keeps what it
+    /// wrote.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(pid) = self.nodes[i].pid.take() {
+            kill_pid(pid);
+        }
+    }
+
+    /// Starts node `i` again on its data and waits for it to serve.
+    pub fn restart(&mut self, i: usize) {
+        let command = self.command(i, "unused: the node has its cluster id");
+        self.nodes[i].pid = Some(run_kafka_node(command));
+    }
+
+    fn command(&self, i: usize, cluster_id: &str) -> std::process::Command {
+        let voters: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}@{}:{}", n.id, n.host, n.controller_port))
+            .collect();
+        let n = &self.nodes[i];
+        let mut command =
+            std::process::Command::new(repo_root().join("deploy/local/kafka-node.sh"));
+        command
+            .arg(self.dir.join(format!("node{}", n.id)))
+            .args([n.id.to_string(), n.host.clone(), n.port.to_string()])
+            .args([n.controller_port.to_string(), voters.join(",")])
+            .env("KAFKA_CLUSTER_ID", cluster_id)
+            .env("KAFKA_HEAP", "-Xms128m -Xmx384m")
+            .env("SENDMILL_LOCAL_DIR", local_dir());
+        command
+    }
+}
+
+fn run_kafka_node(mut command: std::process::Command) -> u32 {
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bash runs deploy/local/kafka-node.sh");
+    assert!(
+        output.status.success(),
+        "a Kafka node did not start (is Kafka installed? run deploy/local/install-packages.sh): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("kafka-node.sh prints the pid")
+}
+
+fn kill_pid(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    // Gone once /proc no longer has it (it is not our child: nothing to reap).
+    let started = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && started.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -528,7 +528,7 @@ async fn scheduled_messages_wait_for_send_at_survive_a_restart_and_can_be_cancel
 
     let released = poll_until(Duration::from_secs(30), || async {
         let records = read_topic_timed(
-            &p.broker.bootstrap_servers(),
+            &p.config.kafka.brokers,
             &p.topics.requested(Lane::Transactional),
             p.config.kafka.partitions,
         );

@@ -115,16 +115,22 @@ impl Topics {
         format!("{}sendmill.alerts.v1", self.prefix)
     }
 
-    /// Every topic, for creating them on a broker.
-    pub fn all(&self) -> Vec<String> {
-        let mut all = Vec::new();
+    /// The topics accepted messages wait in (requested, ready, retry), per lane.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = Vec::new();
         for lane in Lane::ALL {
-            all.push(self.requested(lane));
-            all.push(self.ready(lane));
+            queues.push(self.requested(lane));
+            queues.push(self.ready(lane));
             for tier in RetryTier::ALL {
-                all.push(self.retry(lane, tier));
+                queues.push(self.retry(lane, tier));
             }
         }
+        queues
+    }
+
+    /// Every topic, for creating them on a broker.
+    pub fn all(&self) -> Vec<String> {
+        let mut all = self.queues();
         all.push(self.events());
         all.push(self.dlq());
         all.push(self.alerts());

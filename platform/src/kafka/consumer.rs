@@ -104,16 +104,7 @@ where
     Fut: Future<Output = Result<Handled, HandlerError>> + Send + 'static,
 {
     let consumer: Arc<StreamConsumer> = kafka
-        .client_config()
-        .set("group.id", &spec.group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "session.timeout.ms",
-            kafka.config.session_timeout_ms.to_string(),
-        )
+        .consumer_config(&spec.group_id)
         .create()
         .map(Arc::new)?;
     let topic_refs: Vec<&str> = spec.topics.iter().map(String::as_str).collect();

@@ -9,26 +9,24 @@
 //!   answer "not before T" (delay topics): the partition is paused and rewound to that
 //!   record until T, never blocked.
 //! - [`lag::LagProbe`]: consumer-group lag asked of the broker from outside the group.
-//! - [`EmbeddedBroker`]: librdkafka's in-memory mock cluster for `sendmill all`,
-//!   `sendmill dev-broker` and tests. Nothing in it is durable.
+//! - [`admin`]: every topic's settings, and `migrate`'s reconciliation of a cluster with
+//!   them (topics are never auto-created).
+//!
+//! There is no in-memory broker: librdkafka's mock cluster keeps ~5 MB per partition
+//! and nothing across a restart, so a stage that falls behind silently loses records.
+//! Every process, test and benchmark runs on Apache Kafka (`deploy/local` starts one).
 
+pub mod admin;
 pub mod consumer;
-mod embedded;
 pub mod lag;
 mod producer;
 
 pub use consumer::{ConsumerSpec, Handled, HandlerError, Record};
-pub use embedded::EmbeddedBroker;
 pub use producer::{ProduceError, Producer};
 pub use rdkafka::error::KafkaError;
 
 use crate::config::KafkaConfig;
-use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    types::RDKafkaErrorCode,
-    ClientConfig,
-};
+use rdkafka::ClientConfig;
 use sendmill_wire::Topics;
 
 /// Where and how a stage talks to Kafka.
@@ -60,32 +58,40 @@ impl KafkaConnection {
     }
 
     pub fn producer(&self) -> Result<Producer, KafkaError> {
-        Producer::new(self.client_config())
+        Producer::new(self.client_config(), self.config.max_message_bytes)
     }
 
-    /// Creates `topics` on a real cluster (admin API), leaving existing ones alone.
-    pub async fn ensure_topics(&self, topics: &[String]) -> Result<(), KafkaError> {
-        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
-        let new: Vec<NewTopic<'_>> = topics
-            .iter()
-            .map(|t| {
-                NewTopic::new(
-                    t,
-                    self.config.partitions,
-                    TopicReplication::Fixed(self.config.replication_factor),
-                )
-            })
-            .collect();
-        for result in admin.create_topics(&new, &AdminOptions::new()).await? {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                        tracing::error!(%topic, ?code, "cannot create topic");
-                    })
-                }
-            }
+    /// Settings of a consumer in `group_id` (the at-least-once loop's; see [`consumer`]):
+    /// offsets stored by the loop after each side effect and committed every second,
+    /// cooperative-sticky assignment (a rebalance moves only the partitions that change
+    /// owner; the others keep flowing), static membership when `group_instance_id` is
+    /// set, fetch limits that take the largest record.
+    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut c = self.client_config();
+        // librdkafka fetches up to `fetch.max.bytes` per request and refuses responses
+        // over `receive.message.max.bytes`, which must exceed it.
+        let fetch_max = self.config.max_message_bytes.max(50 * 1024 * 1024);
+        c.set("group.id", group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "session.timeout.ms",
+                self.config.session_timeout_ms.to_string(),
+            )
+            .set("fetch.max.bytes", fetch_max.to_string())
+            .set(
+                "receive.message.max.bytes",
+                (fetch_max + 1024 * 1024).to_string(),
+            );
+        if !self.config.group_instance_id.is_empty() {
+            c.set(
+                "group.instance.id",
+                format!("{}.{group_id}", self.config.group_instance_id),
+            );
         }
-        Ok(())
+        c
     }
 }

@@ -29,15 +29,17 @@ pub struct Producer {
 }
 
 impl Producer {
-    pub fn new(mut config: ClientConfig) -> Result<Self, KafkaError> {
+    /// A producer with `config`'s brokers and client settings; `max_message_bytes` is
+    /// the largest record it takes (`kafka.max_message_bytes`, matching the topics').
+    pub fn new(mut config: ClientConfig, max_message_bytes: u32) -> Result<Self, KafkaError> {
         let inner = config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
-            // Records with attachments are large; topics on a real cluster need a
-            // matching `max.message.bytes`.
-            .set("message.max.bytes", "33554432")
+            // Records with attachments are large; `migrate` gives every topic the same
+            // `max.message.bytes`.
+            .set("message.max.bytes", max_message_bytes.to_string())
             // A record the broker has not taken within this time fails, and the caller
             // retries it: a message is never silently dropped by the client.
             .set("message.timeout.ms", "30000")
