@@ -212,6 +212,20 @@ pub async fn start(
                 (Stage::Analytics, result.map_err(Into::into))
             });
         }
+        if config.analytics.outcomes.enabled {
+            let (ch, store2, kafka2, cfg, token) = (
+                clickhouse.clone(),
+                store.clone(),
+                kafka.clone(),
+                config.analytics.outcomes.clone(),
+                shutdown.clone(),
+            );
+            pipeline.tasks.spawn(async move {
+                let result =
+                    sendmill_analytics::outcomes::run(ch, store2, kafka2, cfg, token).await;
+                (Stage::Analytics, result.map_err(Into::into))
+            });
+        }
         let (kafka, cfg, token) = (kafka.clone(), config.analytics.clone(), shutdown.clone());
         pipeline.tasks.spawn(async move {
             let result = sendmill_analytics::run_inserter(kafka, clickhouse, cfg, token).await;

@@ -113,6 +113,15 @@ async function loadPipeline(w) {
     { axes: [{}, { size: 60 }, { scale: "s", side: 1, size: 50, grid: { show: false } }] });
 }
 
+async function loadPending() {
+  const view = await api("/dashboard/api/pending");
+  $("pending-summary").innerHTML = `${num(view.in_flight)} in flight, ` +
+    `<span class="${view.overdue > 0 ? "bad" : ""}">${num(view.overdue)} overdue</span> ` +
+    `(no event for ${Math.round(view.overdue_after_secs / 60)} min)`;
+  table("table-pending", [{ label: "lane" }, { label: "last seen by" }, { label: "in flight", n: 1 }, { label: "overdue", n: 1 }],
+    view.by.map((p) => [esc(p.lane), esc(p.stage), num(p.in_flight), `<span class="${p.overdue > 0 ? "bad" : ""}">${num(p.overdue)}</span>`]));
+}
+
 async function loadTables(w) {
   const bounces = await api(`/dashboard/api/bounces?minutes=${w.minutes}`);
   table("table-bounces", [{ label: "category" }, { label: "code" }, { label: "example reply" }, { label: "count", n: 1 }],
@@ -141,13 +150,13 @@ async function loadPaused() {
   });
   table("table-alerts", [{ label: "raised" }, { label: "subject" }, { label: "metric" }, { label: "value", n: 1 }, { label: "threshold", n: 1 }, { label: "resolved" }],
     view.alerts.map((a) => [esc(new Date(a.raised_at).toLocaleString()), `<code>${esc(a.subject_kind)}:${esc(a.subject)}</code>`, esc(a.metric),
-      pct(a.value), pct(a.threshold), a.resolved_at ? esc(new Date(a.resolved_at).toLocaleString()) : '<span class="bad">open</span>']));
+      a.metric === "overdue_messages" ? num(a.value) : pct(a.value), a.metric === "overdue_messages" ? num(a.threshold) : pct(a.threshold), a.resolved_at ? esc(new Date(a.resolved_at).toLocaleString()) : '<span class="bad">open</span>']));
 }
 
 async function refresh() {
   const w = windowParams();
   try {
-    await Promise.all([loadStats(w), loadPipeline(w), loadTables(w), loadPaused()]);
+    await Promise.all([loadStats(w), loadPipeline(w), loadPending(), loadTables(w), loadPaused()]);
     state.loaded += 1;
     document.body.dataset.loaded = String(state.loaded);
   } catch (e) {

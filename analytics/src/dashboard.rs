@@ -159,6 +159,7 @@ pub fn router() -> Router<AppState> {
         .route("/dashboard/api/bounces", get(api_bounces))
         .route("/dashboard/api/campaigns", get(api_campaigns))
         .route("/dashboard/api/pipeline", get(api_pipeline))
+        .route("/dashboard/api/pending", get(api_pending))
         .route("/dashboard/api/paused", get(api_paused))
         .route("/dashboard/api/resume", post(api_resume))
 }
@@ -401,6 +402,25 @@ async fn api_pipeline(
         throughput,
         latency,
     }))
+}
+
+/// Accepted messages without an outcome, every account (see [`crate::outcomes`]).
+async fn api_pending(
+    _: Operator,
+    State(state): State<AppState>,
+) -> Result<Json<crate::outcomes::PendingReport>, ApiError> {
+    let rows = crate::outcomes::pending(
+        &state.clickhouse,
+        crate::stats::Visibility::Everyone,
+        &state.outcomes,
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .map_err(unavailable)?;
+    Ok(Json(crate::outcomes::PendingReport::new(
+        rows,
+        &state.outcomes,
+    )))
 }
 
 #[derive(Debug, Serialize)]

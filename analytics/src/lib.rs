@@ -10,6 +10,8 @@
 //! - [`inserter`]: batched, at-least-once inserts.
 //! - [`engagement`]: open pixel, click redirects, unsubscribe pages and one-click POST.
 //! - [`messages`]: listing an account's messages with their current status.
+//! - [`outcomes`]: accepted messages without an outcome (in flight, overdue), counted
+//!   for `/metrics`, `GET /v1/stats/pending`, the dashboard and an alert.
 //! - [`openapi`]: the reading API's OpenAPI document, checked against [`routes`].
 
 pub mod dashboard;
@@ -17,6 +19,7 @@ pub mod engagement;
 pub mod inserter;
 pub mod messages;
 pub mod openapi;
+pub mod outcomes;
 pub mod reputation;
 pub mod retention;
 pub mod row;
@@ -70,6 +73,8 @@ pub struct Config {
     pub webhooks: webhooks::WebhookConfig,
     /// The reputation monitor.
     pub reputation: reputation::ReputationConfig,
+    /// Counting accepted messages without an outcome.
+    pub outcomes: outcomes::OutcomesConfig,
     /// Key that signs dashboard sessions; empty: a random key per process (sessions end
     /// with it). Set it when several analytics processes serve the dashboard. Env:
     /// `SENDMILL_DASHBOARD_SECRET`.
@@ -89,6 +94,7 @@ impl Default for Config {
             retention_check_secs: 3_600,
             webhooks: webhooks::WebhookConfig::default(),
             reputation: reputation::ReputationConfig::default(),
+            outcomes: outcomes::OutcomesConfig::default(),
             dashboard_secret: String::new(),
         }
     }
@@ -155,6 +161,8 @@ pub struct AppState {
     /// Unsubscribes go to PostgreSQL and the Redis copy the send path checks.
     pub suppressions: SuppressionCache,
     pub webhooks: webhooks::WebhookConfig,
+    /// How overdue is judged (`GET /v1/stats/pending`, the dashboard).
+    pub outcomes: outcomes::OutcomesConfig,
     /// The fan-out's endpoint cache, dropped for an account when its endpoints change.
     pub webhook_targets: webhooks::TargetCache,
     /// Wakes this process's webhook sender (new events, a replay).
@@ -200,6 +208,7 @@ impl AppState {
             topics: kafka.topics.clone(),
             links: (!tracking.secret.is_empty()).then(|| LinkSigner::new(&tracking.secret)),
             webhooks: config.webhooks.clone(),
+            outcomes: config.outcomes.clone(),
             webhook_targets: webhooks::TargetCache::new(
                 webhook_store,
                 Duration::from_secs(config.webhooks.endpoint_cache_secs),
@@ -226,6 +235,7 @@ pub fn routes() -> Vec<(&'static str, axum::routing::MethodRouter<AppState>)> {
         ("/v1/messages", get(messages::list)),
         ("/v1/messages/{id}", get(message_timeline)),
         ("/v1/stats", get(stats::get)),
+        ("/v1/stats/pending", get(stats::pending)),
         (
             "/v1/webhooks",
             get(webhook_api::list).post(webhook_api::create),

@@ -63,6 +63,15 @@ fn build_document() -> Value {
                 json!({"200": json_response("The report", schema("StatsReport"))}),
                 &[400, 401, 403, 503])
         },
+        "/v1/stats/pending": {
+            "get": operation("getPending", "stats", "Accepted messages without an outcome yet: in flight, and overdue (silent past `overdue_after_secs`), by lane and the stage of their latest event",
+                vec![
+                    query_param("account_id", "Operators: one account (default: all)", json!({"type": "string", "format": "uuid"})),
+                ],
+                None,
+                json!({"200": json_response("The counts", schema("PendingReport"))}),
+                &[400, 401, 403, 503])
+        },
         "/v1/webhooks": {
             "get": operation("listWebhooks", "webhooks", "The account's webhook endpoints", vec![], None,
                 json!({"200": json_response("Endpoints", json!({"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": schema("WebhookEndpoint")}}}))}),
@@ -137,6 +146,13 @@ fn build_document() -> Value {
             "properties": {"key": {"type": "string"}, "counts": schema("Counts"), "rates": schema("Rates"),
                 "series": {"type": "array", "items": {"type": "object", "required": ["t", "counts", "rates"],
                     "properties": {"t": {"type": "string", "format": "date-time"}, "counts": schema("Counts"), "rates": schema("Rates")}}}}},
+        "PendingReport": {"type": "object", "required": ["in_flight", "overdue", "overdue_after_secs", "by"],
+            "properties": {"in_flight": {"type": "integer", "minimum": 0}, "overdue": {"type": "integer", "minimum": 0},
+                "overdue_after_secs": {"type": "integer", "minimum": 0},
+                "by": {"type": "array", "items": {"type": "object", "required": ["lane", "stage", "in_flight", "overdue"],
+                    "properties": {"lane": {"type": "string", "enum": ["transactional", "bulk"]},
+                        "stage": {"type": "string"},
+                        "in_flight": {"type": "integer", "minimum": 0}, "overdue": {"type": "integer", "minimum": 0}}}}}},
         "StatsReport": {"type": "object", "required": ["from", "to", "interval", "groups", "totals", "rates"],
             "properties": {"from": {"type": "string"}, "to": {"type": "string"}, "interval": {"type": "string"},
                 "group_by": {"type": "string"}, "groups": {"type": "array", "items": schema("StatsGroup")},

@@ -271,6 +271,40 @@ pub async fn get(
         .map(Json)
 }
 
+/// `?account_id=` of `GET /v1/stats/pending` (operators only).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingQuery {
+    pub account_id: Option<String>,
+}
+
+/// `GET /v1/stats/pending`: the caller's accepted messages without an outcome, in flight
+/// and overdue, by lane and stage (see [`crate::outcomes`]).
+pub async fn pending(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<QueryParams<PendingQuery>, ApiError>,
+) -> Result<Json<crate::outcomes::PendingReport>, ApiError> {
+    caller.require(Scope::Stats)?;
+    let QueryParams(query) = query?;
+    let visibility = Visibility::of(&caller, query.account_id.as_deref())?;
+    let rows = crate::outcomes::pending(
+        &state.clickhouse,
+        visibility,
+        &state.outcomes,
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .map_err(|error| {
+        tracing::warn!(%error, "ClickHouse cannot count messages without an outcome");
+        ApiError::unavailable("the event store")
+    })?;
+    Ok(Json(crate::outcomes::PendingReport::new(
+        rows,
+        &state.outcomes,
+    )))
+}
+
 fn rfc3339(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix)
         .ok()

@@ -576,8 +576,13 @@ async fn write(
             )
         };
         match result.status {
-            RecipientStatus::Queued | RecipientStatus::Scheduled => {
-                events.push(event(EventType::Accepted))
+            RecipientStatus::Queued => events.push(event(EventType::Accepted)),
+            RecipientStatus::Scheduled => {
+                // Held until send_at, silent until then: analytics' outcome watch must
+                // not take it for lost (`analytics::outcomes`).
+                let mut accepted = event(EventType::Accepted);
+                accepted.reason = Some(sendmill_wire::ACCEPTED_SCHEDULED.to_owned());
+                events.push(accepted);
             }
             RecipientStatus::Suppressed => {
                 events.push(event(EventType::Accepted));

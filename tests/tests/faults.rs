@@ -482,9 +482,9 @@ async fn every_accepted_message_ends_once_through_stage_kills_and_mx_failures() 
     suite.clickhouse.resume();
     suite.enter("Kafka SIGKILLed, restarted on its data");
     tokio::time::sleep(PHASE / 2).await;
-    suite.kafka.kill(0);
+    tokio::task::block_in_place(|| suite.kafka.kill(0));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    suite.kafka.restart(0);
+    tokio::task::block_in_place(|| suite.kafka.restart(0));
     tokio::time::sleep(PHASE / 2).await;
     suite.enter("MX answers 451");
     suite.switch_sink(SinkMode::SoftReject);
@@ -507,10 +507,10 @@ async fn every_accepted_message_ends_once_when_one_of_three_brokers_dies() {
     tokio::time::sleep(PHASE).await;
     suite.enter("broker 2 of 3 SIGKILLed");
     tokio::time::sleep(PHASE / 2).await;
-    suite.kafka.kill(1);
+    tokio::task::block_in_place(|| suite.kafka.kill(1));
     tokio::time::sleep(BROKER_DOWN).await;
     suite.enter("broker 2 started again");
-    suite.kafka.restart(1);
+    tokio::task::block_in_place(|| suite.kafka.restart(1));
     tokio::time::sleep(PHASE).await;
     suite.enter("recovered");
     tokio::time::sleep(PHASE).await;

@@ -5,6 +5,10 @@ use crate::{AccountId, EventId, MessageContext, MessageId, WirePayload};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+/// The `reason` of the `accepted` event of a message held until its `send_at`: it stays
+/// silent until then, which the outcome watch must not take for a lost message.
+pub const ACCEPTED_SCHEDULED: &str = "scheduled";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {

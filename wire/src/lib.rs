@@ -27,7 +27,7 @@ pub mod topics;
 pub mod verp;
 
 pub use alert::AlertV1;
-pub use event::{BounceCategory, EventType, EventV1, SmtpReply};
+pub use event::{BounceCategory, EventType, EventV1, SmtpReply, ACCEPTED_SCHEDULED};
 pub use ids::{AccountId, BatchId, EventId, MessageId};
 pub use payload::{
     decode, encode, Attachment, DeadLetterV1, DecodeError, EmailAddress, Header, MessageContext,
