@@ -5,7 +5,10 @@ use crate::config::{ClickHouseConfig, RedisConfig};
 /// One multiplexed, self-reconnecting Redis connection shared by all tasks of a process.
 pub async fn redis(config: &RedisConfig) -> redis::RedisResult<redis::aio::ConnectionManager> {
     let client = redis::Client::open(config.url.as_str())?;
-    redis::aio::ConnectionManager::new(client).await
+    let settings = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(
+        std::time::Duration::from_millis(config.response_timeout_ms.max(1)),
+    ));
+    redis::aio::ConnectionManager::new_with_config(client, settings).await
 }
 
 /// A ClickHouse client for Sendmill's database. Validation is off because ClickHouse

@@ -168,6 +168,11 @@ pub struct RedisConfig {
     pub url: String,
     /// Prepended to every key, so installations sharing a Redis stay apart.
     pub key_prefix: String,
+    /// Milliseconds a command may wait for its reply before it fails (and is retried or
+    /// answered 503). Redis answers in microseconds; this bounds a dead connection, and
+    /// must outlast a busy process's scheduling delays (redis-rs' own default, 500 ms,
+    /// failed ingest's rate-limit check under a burst of 1,000-recipient requests).
+    pub response_timeout_ms: u64,
 }
 
 impl Default for RedisConfig {
@@ -175,6 +180,7 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379/".into(),
             key_prefix: "sendmill:".into(),
+            response_timeout_ms: 2_000,
         }
     }
 }

@@ -44,8 +44,12 @@ use std::{sync::Arc, time::Duration};
 pub struct Config {
     /// Kafka consumer group of the render stage.
     pub group_id: String,
-    /// Messages rendered at once per process.
+    /// Records held at once per process (rendering, or waiting to produce).
     pub concurrency: usize,
+    /// Threads that render (templates, MIME, DKIM: CPU work) at once, off the async
+    /// runtime so that other stages' I/O in the same process (`sendmill all`) is never
+    /// starved by it. 0: one per core.
+    pub cpu_threads: usize,
     /// Address of `/healthz` and `/metrics` when render runs as its own process.
     /// Env: `SENDMILL_RENDER_OPS_LISTEN`.
     pub ops_listen: String,
@@ -60,6 +64,7 @@ impl Default for Config {
         Self {
             group_id: "sendmill-render".into(),
             concurrency: 64,
+            cpu_threads: 0,
             ops_listen: "127.0.0.1:9102".into(),
             key_cache_secs: 300,
             template_cache_secs: 30,
@@ -85,10 +90,15 @@ pub async fn run(
         tracing::warn!("tracking.secret is not set: no open/click tracking or unsubscribe links");
         None
     } else {
-        Some(links::Links::new(&tracking.secret, &tracking.base_url))
+        Some(Arc::new(links::Links::new(&tracking.secret, &tracking.base_url)))
+    };
+    let cpu_threads = match config.cpu_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
     let stage = Arc::new(Stage {
         links,
+        cpu: tokio::sync::Semaphore::new(cpu_threads),
         producer: kafka.producer()?,
         identities: signing::IdentityCache::new(
             store.clone(),
@@ -121,7 +131,9 @@ pub async fn run(
 }
 
 struct Stage {
-    links: Option<links::Links>,
+    links: Option<Arc<links::Links>>,
+    /// At most this many renders at once on blocking threads (`cpu_threads`).
+    cpu: tokio::sync::Semaphore,
     producer: kafka::Producer,
     identities: signing::IdentityCache,
     templates: templates::AccountTemplates,
@@ -131,7 +143,7 @@ struct Stage {
 
 impl Stage {
     async fn handle(&self, record: Record) -> Result<Handled, HandlerError> {
-        let request: RequestedV1 = decode(&record)?;
+        let mut request: RequestedV1 = decode(&record)?;
         let key = request.message_id.to_string();
         let domain = sendmill_wire::payload::domain_of(&request.from.email);
         let templates = backoff::until_ok("load partials", &self.shutdown, || {
@@ -149,12 +161,23 @@ impl Stage {
                 reason: partial,
             }),
             (Some(identity), Ok(templates)) => {
-                let decorations = message::Decorations {
-                    links: self.links.as_ref(),
-                    return_path_domain: identity.return_path_domain(),
-                };
-                message::build(&templates, decorations, &request, now)
-                    .and_then(|unsigned| identity.seal(&unsigned, &request, now))
+                // Templates, MIME and the RSA signature are CPU work: on the CPU pool, so
+                // that they never hold a runtime thread another stage's I/O needs.
+                let _slot = self.cpu.acquire().await.expect("the CPU pool is never closed");
+                let links = self.links.clone();
+                let (rendered, back) = tokio::task::spawn_blocking(move || {
+                    let decorations = message::Decorations {
+                        links: links.as_deref(),
+                        return_path_domain: identity.return_path_domain(),
+                    };
+                    let rendered = message::build(&templates, decorations, &request, now)
+                        .and_then(|unsigned| identity.seal(&unsigned, &request, now));
+                    (rendered, request)
+                })
+                .await
+                .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+                request = back;
+                rendered
             }
             (None, Ok(_)) => Err(message::RenderError::NoSigningKey(domain)),
         };
