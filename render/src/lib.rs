@@ -90,7 +90,10 @@ pub async fn run(
         tracing::warn!("tracking.secret is not set: no open/click tracking or unsubscribe links");
         None
     } else {
-        Some(Arc::new(links::Links::new(&tracking.secret, &tracking.base_url)))
+        Some(Arc::new(links::Links::new(
+            &tracking.secret,
+            &tracking.base_url,
+        )))
     };
     let cpu_threads = match config.cpu_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -163,7 +166,11 @@ impl Stage {
             (Some(identity), Ok(templates)) => {
                 // Templates, MIME and the RSA signature are CPU work: on the CPU pool, so
                 // that they never hold a runtime thread another stage's I/O needs.
-                let _slot = self.cpu.acquire().await.expect("the CPU pool is never closed");
+                let _slot = self
+                    .cpu
+                    .acquire()
+                    .await
+                    .expect("the CPU pool is never closed");
                 let links = self.links.clone();
                 let (rendered, back) = tokio::task::spawn_blocking(move || {
                     let decorations = message::Decorations {

@@ -225,6 +225,27 @@ pub async fn reconcile(
         }
     }
 
+    if !done.created.is_empty() {
+        // Creation is acknowledged by the controller; brokers learn of it a moment later.
+        // Return only once the metadata shows every topic, so that a stage started right
+        // after `migrate` finds them.
+        let started = std::time::Instant::now();
+        while diff(kafka, &admin, specs)
+            .await?
+            .iter()
+            .any(|d| matches!(d, Drift::Missing { .. }))
+        {
+            if started.elapsed() > TIMEOUT {
+                return Err(AdminError::Refused {
+                    what: "show the created",
+                    topic: done.created.join(", "),
+                    code: RDKafkaErrorCode::OperationTimedOut,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     let grow: Vec<NewPartitions<'_>> = drift
         .iter()
         .filter_map(|d| match d {
