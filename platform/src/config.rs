@@ -65,7 +65,8 @@ pub struct KafkaConfig {
     /// Bootstrap servers, `host:port,host:port`. Default: the local broker
     /// `deploy/local` starts. Env: `SENDMILL_KAFKA_BROKERS`.
     pub brokers: String,
-    /// Prepended to every topic name, so installations sharing a cluster stay apart.
+    /// Prepended to every topic name and consumer group id, so installations sharing a
+    /// cluster stay apart.
     pub topic_prefix: String,
     /// Partitions of each topic `sendmill migrate` creates; an existing topic with fewer
     /// is grown to this many (never shrunk). The ceiling on consumers per stage.

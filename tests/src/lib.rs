@@ -795,6 +795,9 @@ impl StageProcess {
         let child = std::process::Command::new(&binary)
             .args(["--config", path.to_str().unwrap(), subcommand])
             .env("SENDMILL_KAFKA_BROKERS", &config.kafka.brokers)
+            // Static group membership under the process's name: a process restarted
+            // under the same name (the fault suite's) takes its partitions back at once.
+            .env("SENDMILL_KAFKA_INSTANCE_ID", name)
             // SENDMILL_TEST_CHILD_LOG: a tracing filter for these processes when debugging.
             .env(
                 "RUST_LOG",

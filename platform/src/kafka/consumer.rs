@@ -24,10 +24,10 @@
 use super::{KafkaConnection, Producer};
 use crate::backoff;
 use crate::traces::TraceHeaders;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
-    error::KafkaError,
+    error::{KafkaError, KafkaResult},
     Message, Offset, TopicPartitionList,
 };
 use sendmill_wire::{DeadLetterV1, WirePayload};
@@ -103,12 +103,14 @@ where
     H: Fn(Record) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Handled, HandlerError>> + Send + 'static,
 {
-    let consumer: Arc<StreamConsumer> = kafka
-        .consumer_config(&spec.group_id)
-        .create()
-        .map(Arc::new)?;
-    let topic_refs: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topic_refs)?;
+    let consumer = Arc::new(GroupClients::subscribe(kafka, &spec)?);
+    // Every client's records, merged; the streams borrow the clients, which outlive them.
+    let mut messages = futures::stream::select_all(
+        consumer
+            .clients
+            .iter()
+            .map(|(_, client)| Box::pin(client.stream())),
+    );
     tracing::info!(stage = spec.stage, group = %spec.group_id, topics = ?spec.topics, "consuming");
 
     let dlq = kafka.producer()?;
@@ -158,7 +160,7 @@ where
             // At capacity nothing more is read (librdkafka keeps fetched records queued)
             // until a handler finishes or the partitions are paused; paused, what was
             // already fetched is read and let go, to be read again after the resume.
-            message = consumer.recv(), if in_flight.len() < capacity || full.active => {
+            Some(message) = messages.next(), if in_flight.len() < capacity || full.active => {
                 let message = match message {
                     Ok(m) => m,
                     Err(error) => {
@@ -228,9 +230,15 @@ where
     if let Some(report) = lag_report {
         let _ = report.await;
     }
+    drop(messages);
     if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
         // Nothing stored since the last auto-commit is also a "no offset" error.
         tracing::debug!(stage = spec.stage, %error, "final commit");
+    }
+    // Closing a client leaves the group (revoking its partitions) and blocks until the
+    // coordinator answers: every client at once, off the runtime's threads.
+    if let Ok(clients) = Arc::try_unwrap(consumer) {
+        let _ = tokio::task::spawn_blocking(move || clients.close()).await;
     }
     tracing::info!(stage = spec.stage, "consumer stopped");
     Ok(())
@@ -260,6 +268,121 @@ where
 }
 
 type PartitionKey = (String, i32);
+
+/// The loop's clients: one per subscribed topic, all members of the stage's group.
+///
+/// Why not one client subscribed to every topic: with cooperative-sticky assignment a
+/// member that joins takes over whole topics when that balances the partition counts
+/// (librdkafka moves them in sorted order), so a second dispatcher got both partitions
+/// of `ready.bulk` and none of `ready.tx` and sent nothing (found by the two-dispatcher
+/// shaping test on Apache Kafka). A client per topic is assigned only that topic's
+/// partitions, so every topic is spread over the processes on its own.
+pub(crate) struct GroupClients {
+    clients: Vec<(String, StreamConsumer)>,
+}
+
+impl GroupClients {
+    fn subscribe(kafka: &KafkaConnection, spec: &ConsumerSpec) -> Result<Self, KafkaError> {
+        let mut clients = Vec::with_capacity(spec.topics.len());
+        for (i, topic) in spec.topics.iter().enumerate() {
+            let client: StreamConsumer = kafka.consumer_config(&spec.group_id, i).create()?;
+            client.subscribe(&[topic.as_str()])?;
+            clients.push((topic.clone(), client));
+        }
+        Ok(Self { clients })
+    }
+
+    fn client(&self, topic: &str) -> Option<&StreamConsumer> {
+        self.clients
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, client)| client)
+    }
+
+    /// `list` split by the client that owns each partition's topic.
+    fn by_client(&self, list: &TopicPartitionList) -> Vec<(&StreamConsumer, TopicPartitionList)> {
+        let mut split: Vec<(&StreamConsumer, TopicPartitionList)> = Vec::new();
+        for element in list.elements() {
+            let Some(client) = self.client(element.topic()) else {
+                continue;
+            };
+            let at = match split.iter().position(|(c, _)| std::ptr::eq(*c, client)) {
+                Some(at) => at,
+                None => {
+                    split.push((client, TopicPartitionList::new()));
+                    split.len() - 1
+                }
+            };
+            split[at]
+                .1
+                .add_partition(element.topic(), element.partition());
+        }
+        split
+    }
+
+    fn assignment(&self) -> KafkaResult<TopicPartitionList> {
+        let mut all = TopicPartitionList::new();
+        for (_, client) in &self.clients {
+            for e in client.assignment()?.elements() {
+                all.add_partition(e.topic(), e.partition());
+            }
+        }
+        Ok(all)
+    }
+
+    fn pause(&self, list: &TopicPartitionList) -> KafkaResult<()> {
+        for (client, part) in self.by_client(list) {
+            client.pause(&part)?;
+        }
+        Ok(())
+    }
+
+    fn resume(&self, list: &TopicPartitionList) -> KafkaResult<()> {
+        for (client, part) in self.by_client(list) {
+            client.resume(&part)?;
+        }
+        Ok(())
+    }
+
+    fn seek(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: Offset,
+        timeout: Duration,
+    ) -> KafkaResult<()> {
+        match self.client(topic) {
+            Some(client) => client.seek(topic, partition, offset, timeout),
+            None => Ok(()),
+        }
+    }
+
+    fn store_offset(&self, topic: &str, partition: i32, offset: i64) -> KafkaResult<()> {
+        match self.client(topic) {
+            Some(client) => client.store_offset(topic, partition, offset),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes every client, side by side.
+    fn close(self) {
+        std::thread::scope(|scope| {
+            for (_, client) in self.clients {
+                scope.spawn(move || drop(client));
+            }
+        });
+    }
+
+    fn commit_consumer_state(&self, mode: CommitMode) -> KafkaResult<()> {
+        let mut result = Ok(());
+        for (_, client) in &self.clients {
+            if let Err(error) = client.commit_consumer_state(mode) {
+                result = Err(error);
+            }
+        }
+        result
+    }
+}
 
 struct Completion {
     key: PartitionKey,
@@ -350,7 +473,7 @@ fn record_span(stage: &'static str, record: &Record) -> tracing::Span {
 }
 
 fn on_completion(
-    consumer: &StreamConsumer,
+    consumer: &GroupClients,
     tracker: &mut OffsetTracker,
     paused: &mut HashMap<PartitionKey, i64>,
     resume_timers: &mut JoinSet<PartitionKey>,
@@ -417,7 +540,7 @@ struct CapacityPause {
 }
 
 impl CapacityPause {
-    fn pause(&mut self, consumer: &StreamConsumer, stage: &'static str) {
+    fn pause(&mut self, consumer: &GroupClients, stage: &'static str) {
         let assignment = match consumer.assignment() {
             Ok(a) => a,
             Err(error) => {
@@ -453,7 +576,7 @@ impl CapacityPause {
     /// their own timer resumes them, from the earlier of the two offsets.
     fn resume(
         &mut self,
-        consumer: &StreamConsumer,
+        consumer: &GroupClients,
         due_paused: &mut HashMap<PartitionKey, i64>,
         resume_timers: &mut JoinSet<PartitionKey>,
         stage: &'static str,
@@ -493,10 +616,19 @@ impl CapacityPause {
 /// position and the end of each assigned partition. The end is asked of the broker (one
 /// short call per partition every few seconds; rdkafka does not expose librdkafka's
 /// cached watermarks).
-fn report_lag(consumer: &StreamConsumer, stage: &'static str) {
-    let Ok(positions) = consumer.position() else {
-        return;
-    };
+fn report_lag(consumer: &GroupClients, stage: &'static str) {
+    for (_, client) in &consumer.clients {
+        if let Ok(positions) = client.position() {
+            report_client_lag(client, &positions, stage);
+        }
+    }
+}
+
+fn report_client_lag(
+    consumer: &StreamConsumer,
+    positions: &TopicPartitionList,
+    stage: &'static str,
+) {
     for element in positions.elements() {
         let (topic, partition) = (element.topic(), element.partition());
         let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_millis(200))
@@ -519,7 +651,7 @@ fn report_lag(consumer: &StreamConsumer, stage: &'static str) {
 /// without the seek it would read on after records that were let go, and those would
 /// never be handled.
 fn resume_at(
-    consumer: &StreamConsumer,
+    consumer: &GroupClients,
     key: &PartitionKey,
     offset: i64,
     paused: &mut HashMap<PartitionKey, i64>,

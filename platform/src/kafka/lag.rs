@@ -49,7 +49,7 @@ impl LagProbe {
             }
             let consumer: BaseConsumer = kafka
                 .client_config()
-                .set("group.id", &group.group_id)
+                .set("group.id", kafka.group_id(&group.group_id))
                 .set("enable.auto.commit", "false")
                 .create()?;
             probed.push((group.group_id, consumer, partitions));

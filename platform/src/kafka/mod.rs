@@ -61,12 +61,21 @@ impl KafkaConnection {
         Producer::new(self.client_config(), self.config.max_message_bytes)
     }
 
-    /// Settings of a consumer in `group_id` (the at-least-once loop's; see [`consumer`]):
+    /// The consumer group `group_id` of this installation: carries the topic prefix, so
+    /// that installations (and tests) sharing a cluster never share a group, whose
+    /// rebalances would then stop them all.
+    pub fn group_id(&self, group_id: &str) -> String {
+        format!("{}{group_id}", self.config.topic_prefix)
+    }
+
+    /// Settings of client `member` (0, 1, … within this process) of a consumer in
+    /// `group_id` (prefixed by [`KafkaConnection::group_id`]) (the at-least-once loop's; see [`consumer`]):
     /// offsets stored by the loop after each side effect and committed every second,
     /// cooperative-sticky assignment (a rebalance moves only the partitions that change
     /// owner; the others keep flowing), static membership when `group_instance_id` is
     /// set, fetch limits that take the largest record.
-    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+    pub fn consumer_config(&self, group_id: &str, member: usize) -> ClientConfig {
+        let group_id = &self.group_id(group_id);
         let mut c = self.client_config();
         // librdkafka fetches up to `fetch.max.bytes` per request and refuses responses
         // over `receive.message.max.bytes`, which must exceed it.
@@ -87,9 +96,10 @@ impl KafkaConnection {
                 (fetch_max + 1024 * 1024).to_string(),
             );
         if !self.config.group_instance_id.is_empty() {
+            // One id per client: a process runs one client per topic of a group.
             c.set(
                 "group.instance.id",
-                format!("{}.{group_id}", self.config.group_instance_id),
+                format!("{}.{group_id}.{member}", self.config.group_instance_id),
             );
         }
         c
