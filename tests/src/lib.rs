@@ -733,6 +733,16 @@ pub fn html_part(message: &Path) -> String {
 }
 
 /// The id of the first message in a 202 answer.
+/// Every message id of a send answer (`messages[].message_id`), in order.
+pub fn message_ids(response: &Value) -> Vec<String> {
+    response["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["message_id"].as_str().expect("a message id").to_owned())
+        .collect()
+}
+
 pub fn first_message_id(response: &Value) -> String {
     response["messages"][0]["message_id"]
         .as_str()

@@ -52,24 +52,14 @@ async fn ingest_answers_503_while_the_broker_is_down_and_202_once_it_is_back() {
     })
     .await
     .expect("accepted once the broker is back");
-    let ids: Vec<String> = accepted["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["message_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = message_ids(&accepted);
     assert_eq!(ids.len(), 2);
 
     // The records the 202s promised are on the broker, and nothing else: the refused
     // attempt's records, if the client library delivered them once the broker was back,
     // carry the same message ids (ids derive from the idempotent batch), which the
     // dispatcher sends once.
-    let first: Vec<String> = before["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["message_id"].as_str().unwrap().to_owned())
-        .collect();
+    let first = message_ids(&before);
     let requested: std::collections::BTreeSet<String> = sendmill_wire::Lane::ALL
         .iter()
         .flat_map(|&lane| p.read_topic(&p.topics.requested(lane)))

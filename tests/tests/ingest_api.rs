@@ -277,12 +277,7 @@ async fn an_accepted_request_produces_one_record_and_one_accepted_event_per_reci
     );
     let (status, response) = p.send(&body).await;
     assert_eq!(status, 202, "{response}");
-    let ids: Vec<String> = response["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["message_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = message_ids(&response);
     assert_eq!(ids.len(), 2);
     assert_ne!(ids[0], ids[1]);
 
