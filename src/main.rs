@@ -76,7 +76,7 @@ enum Bench {
         seconds: f64,
     },
     /// Accepted recipients/s at the send API alone, for 1- and 100-recipient requests
-    /// (~15 KB HTML), against PostgreSQL, Redis and the embedded broker.
+    /// (~15 KB HTML), against PostgreSQL, Redis and Kafka (as configured).
     Ingest {
         /// Measured runs per request shape (after one warm-up); medians are reported.
         #[arg(long, default_value_t = 3)]

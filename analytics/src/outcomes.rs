@@ -200,16 +200,14 @@ pub async fn run(
                 }
             }
         }
-        for ((lane, stage), &overdue) in &now {
+        for row in &rows {
+            let (lane, stage, overdue, in_flight) =
+                (&row.lane, &row.stage, row.overdue, row.in_flight);
             let was = last
                 .get(&(lane.clone(), stage.clone()))
                 .copied()
                 .unwrap_or(0);
             if overdue > 0 && was == 0 {
-                let in_flight = rows
-                    .iter()
-                    .find(|r| &r.lane == lane && &r.stage == stage)
-                    .map_or(0, |r| r.in_flight);
                 let alert = AlertV1 {
                     alert_id: uuid::Uuid::now_v7(),
                     raised_at: OffsetDateTime::now_utc(),

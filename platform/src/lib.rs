@@ -7,7 +7,7 @@
 //!   telemetry), file loading with `deny_unknown_fields`, and `SENDMILL_*` env overrides
 //!   for endpoints and secrets.
 //! - [`kafka`]: the idempotent producer, the at-least-once consumer loop (offsets stored
-//!   only after the handler's side effect), the embedded broker, topic creation.
+//!   only after the handler's side effect), topic administration (`kafka::admin`).
 //! - [`telemetry`]: tracing subscriber, the optional OTLP span exporter and the
 //!   Prometheus recorder.
 //! - [`traces`]: W3C trace context carried in Kafka record and HTTP headers.

@@ -1,4 +1,4 @@
-//! The developer API against real PostgreSQL, Redis, ClickHouse, the embedded broker,
+//! The developer API against real PostgreSQL, Redis, ClickHouse, Apache Kafka,
 //! dnsmasq and smtp-sink: tenancy, keys and scopes, templates, idempotency, scheduling,
 //! suppressions, limits, listing, domain verification and the OpenAPI contract.
 
