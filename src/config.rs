@@ -2,9 +2,12 @@
 //! is documented where it is declared; `SENDMILL_*` environment variables override only
 //! endpoints and secrets.
 
-use sendmill_platform::config::{
-    self, ClickHouseConfig, ConfigError, KafkaConfig, PostgresConfig, RedisConfig, TelemetryConfig,
-    TrackingConfig,
+use sendmill_platform::{
+    config::{
+        self, ClickHouseConfig, ConfigError, KafkaConfig, PostgresConfig, RedisConfig,
+        TelemetryConfig, TrackingConfig,
+    },
+    suppressions::SuppressionsConfig,
 };
 use serde::Deserialize;
 use std::path::Path;
@@ -24,6 +27,8 @@ pub struct SendmillConfig {
     pub telemetry: TelemetryConfig,
     /// Tracking and unsubscribe links.
     pub tracking: TrackingConfig,
+    /// The send path's copy of the suppression lists (one per process).
+    pub suppressions: SuppressionsConfig,
     /// The send API.
     pub ingest: sendmill_ingest::Config,
     /// Templates, MIME, DKIM.
@@ -32,6 +37,9 @@ pub struct SendmillConfig {
     pub dispatcher: sendmill_dispatcher::Config,
     /// Event store and its API.
     pub analytics: sendmill_analytics::Config,
+    /// Deprecated settings found while loading, to be logged once logging is set up.
+    #[serde(skip)]
+    pub deprecations: Vec<String>,
 }
 
 impl SendmillConfig {
@@ -43,8 +51,20 @@ impl SendmillConfig {
             None => SendmillConfig::default(),
         };
         config.apply_env();
+        config.upgrade();
         config.validate()?;
         Ok(config)
+    }
+
+    /// Moves deprecated settings to their new home, noting each in `deprecations`.
+    fn upgrade(&mut self) {
+        if let Some(secs) = self.ingest.suppression_cache_secs.take() {
+            self.suppressions.cache_secs = secs;
+            self.deprecations.push(
+                "ingest.suppression_cache_secs is deprecated: use [suppressions] cache_secs"
+                    .to_owned(),
+            );
+        }
     }
 
     pub fn apply_env(&mut self) {
@@ -132,6 +152,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("kafak"), "{err}");
+    }
+
+    #[test]
+    fn the_old_suppression_cache_setting_still_counts_with_a_warning() {
+        let dir = std::env::temp_dir().join(format!("sendmill-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("old.toml");
+        std::fs::write(&path, "[ingest]\nsuppression_cache_secs = 120\n").unwrap();
+        let loaded = SendmillConfig::load(Some(&path)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(loaded.suppressions.cache_secs, 120);
+        assert_eq!(loaded.ingest.suppression_cache_secs, None);
+        assert_eq!(loaded.deprecations.len(), 1, "{:?}", loaded.deprecations);
+        assert!(loaded.deprecations[0].contains("[suppressions] cache_secs"));
     }
 
     #[test]

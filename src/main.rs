@@ -247,6 +247,9 @@ async fn main() -> anyhow::Result<()> {
     let config = SendmillConfig::load(cli.config.as_deref())?;
     // Held to the end of main: dropping it exports the spans still queued.
     let _telemetry = telemetry::init(&config.telemetry, cli.command.service_name())?;
+    for deprecation in &config.deprecations {
+        tracing::warn!(config = ?cli.config, "{deprecation}");
+    }
     match cli.command {
         Command::All => run_all(&config).await,
         Command::Ingest => run_stages(&config, &[Stage::Ingest]).await,

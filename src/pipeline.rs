@@ -3,13 +3,15 @@
 //! are told to stop, so a process never limps on with a dead stage.
 
 use anyhow::Context;
+use futures::future::BoxFuture;
 use sendmill_platform::{
     backoff, http,
     kafka::{admin, KafkaConnection},
+    tracking::LinkSigner,
     CancellationToken,
 };
 use sendmill_store::Store;
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 use tokio::{net::TcpListener, task::JoinSet};
 
 use crate::SendmillConfig;
@@ -81,7 +83,7 @@ pub async fn start(
             store.clone(),
             redis,
             &config.redis.key_prefix,
-            std::time::Duration::from_secs(config.ingest.suppression_cache_secs),
+            std::time::Duration::from_secs(config.suppressions.cache_secs),
         )
     });
     let mut pipeline = Pipeline {
@@ -91,146 +93,65 @@ pub async fn start(
         tasks: JoinSet::new(),
         shutdown: shutdown.clone(),
     };
+    let redis_prefix = config.redis.key_prefix.clone();
 
-    if needs(Stage::Ingest) {
-        let listener = bind(&config.ingest.listen).await?;
-        pipeline.ingest_addr = Some(listener.local_addr()?);
-        let state = sendmill_ingest::AppState::new(
-            config.ingest.clone(),
-            sendmill_ingest::Dependencies {
-                store: store.clone(),
-                producer: kafka.producer()?,
-                topics: kafka.topics.clone(),
-                redis: redis.clone().expect("connected above"),
-                redis_prefix: config.redis.key_prefix.clone(),
-            },
-            shutdown.clone(),
-        )?;
+    // Every stage has the same face: `run(config, deps, shutdown)`.
+    for &stage in stages {
         let token = shutdown.clone();
-        pipeline.tasks.spawn(async move {
-            let result = sendmill_ingest::serve(listener, state, token).await;
-            (Stage::Ingest, result.map_err(Into::into))
-        });
-    }
-    if needs(Stage::Render) {
-        let (kafka, store, cfg, tracking, token) = (
-            kafka.clone(),
-            store.clone(),
-            config.render.clone(),
-            config.tracking.clone(),
-            shutdown.clone(),
-        );
-        pipeline.tasks.spawn(async move {
-            let result = sendmill_render::run(kafka, store, cfg, tracking, token).await;
-            (Stage::Render, result.map_err(Into::into))
-        });
-    }
-    if needs(Stage::Dispatch) {
-        let (kafka, cfg, prefix, token, redis, suppressions) = (
-            kafka.clone(),
-            config.dispatcher.clone(),
-            config.redis.key_prefix.clone(),
-            shutdown.clone(),
-            redis.clone().expect("connected above"),
-            suppressions.clone().expect("connected above"),
-        );
-        pipeline.tasks.spawn(async move {
-            let result =
-                sendmill_dispatcher::run(kafka, redis, prefix, suppressions, cfg, token).await;
-            (Stage::Dispatch, result.map_err(Into::into))
-        });
-    }
-    if needs(Stage::Analytics) {
-        let clickhouse = sendmill_platform::clients::clickhouse(&config.clickhouse);
-        let listener = bind(&config.analytics.listen).await?;
-        pipeline.analytics_addr = Some(listener.local_addr()?);
-        let state = sendmill_analytics::AppState::new(
-            sendmill_analytics::Dependencies {
-                clickhouse: clickhouse.clone(),
-                store: store.clone(),
-                suppressions: suppressions.clone().expect("connected above"),
-                redis: redis.clone().expect("connected above"),
-                redis_prefix: config.redis.key_prefix.clone(),
-            },
-            &kafka,
-            &config.tracking,
-            &config.analytics,
-        )?;
-        let (targets, wake) = (state.webhook_targets.clone(), state.wake_webhooks.clone());
-        let token = shutdown.clone();
-        pipeline.tasks.spawn(async move {
-            let result = sendmill_analytics::serve(listener, state, token).await;
-            (Stage::Analytics, result.map_err(Into::into))
-        });
-        let (kafka2, store2, cfg, token, wake2) = (
-            kafka.clone(),
-            store.clone(),
-            config.analytics.webhooks.clone(),
-            shutdown.clone(),
-            wake.clone(),
-        );
-        pipeline.tasks.spawn(async move {
-            let result = sendmill_analytics::webhooks::run_fanout(
-                kafka2, store2, targets, cfg, wake2, token,
-            )
-            .await;
-            (Stage::Analytics, result.map_err(Into::into))
-        });
-        let (store2, cfg, token) = (
-            store.clone(),
-            config.analytics.webhooks.clone(),
-            shutdown.clone(),
-        );
-        pipeline.tasks.spawn(async move {
-            sendmill_analytics::webhooks::run_sender(store2, cfg, wake, token).await;
-            (Stage::Analytics, Ok(()))
-        });
-        let retention = sendmill_analytics::retention::Retention::new(
-            config.analytics.retention_days,
-            config.analytics.rollup_retention_days,
-        );
-        let (ch, every, token) = (
-            clickhouse.clone(),
-            std::time::Duration::from_secs(config.analytics.retention_check_secs.max(1)),
-            shutdown.clone(),
-        );
-        pipeline.tasks.spawn(async move {
-            retention.run(ch, every, token).await;
-            (Stage::Analytics, Ok(()))
-        });
-        if config.analytics.reputation.enabled {
-            let monitor = sendmill_analytics::reputation::Monitor::new(
-                redis.clone().expect("connected above"),
-                &config.redis.key_prefix,
-                store.clone(),
-                &kafka,
-                config.analytics.reputation.clone(),
-            )?;
-            let (kafka2, token) = (kafka.clone(), shutdown.clone());
-            pipeline.tasks.spawn(async move {
-                let result = sendmill_analytics::reputation::run(kafka2, monitor, token).await;
-                (Stage::Analytics, result.map_err(Into::into))
-            });
-        }
-        if config.analytics.outcomes.enabled {
-            let (ch, store2, kafka2, cfg, token) = (
-                clickhouse.clone(),
-                store.clone(),
-                kafka.clone(),
-                config.analytics.outcomes.clone(),
-                shutdown.clone(),
-            );
-            pipeline.tasks.spawn(async move {
-                let result =
-                    sendmill_analytics::outcomes::run(ch, store2, kafka2, cfg, token).await;
-                (Stage::Analytics, result.map_err(Into::into))
-            });
-        }
-        let (kafka, cfg, token) = (kafka.clone(), config.analytics.clone(), shutdown.clone());
-        pipeline.tasks.spawn(async move {
-            let result = sendmill_analytics::run_inserter(kafka, clickhouse, cfg, token).await;
-            (Stage::Analytics, result.map_err(Into::into))
-        });
+        let running: BoxFuture<'static, anyhow::Result<()>> = match stage {
+            Stage::Ingest => {
+                let listener = bind(&config.ingest.listen).await?;
+                pipeline.ingest_addr = Some(listener.local_addr()?);
+                let deps = sendmill_ingest::Deps {
+                    listener,
+                    store: store.clone(),
+                    kafka: kafka.clone(),
+                    redis: connected(redis.clone()),
+                    redis_prefix: redis_prefix.clone(),
+                    suppressions: connected(suppressions.clone()),
+                };
+                let run = sendmill_ingest::run(config.ingest.clone(), deps, token);
+                Box::pin(async move { Ok(run.await?) })
+            }
+            Stage::Render => {
+                let deps = sendmill_render::Deps {
+                    kafka: kafka.clone(),
+                    store: store.clone(),
+                    links: sendmill_render::links::Links::from_config(&config.tracking)
+                        .map(Arc::new),
+                };
+                let run = sendmill_render::run(config.render.clone(), deps, token);
+                Box::pin(async move { Ok(run.await?) })
+            }
+            Stage::Dispatch => {
+                let deps = sendmill_dispatcher::Deps {
+                    kafka: kafka.clone(),
+                    redis: connected(redis.clone()),
+                    redis_key_prefix: redis_prefix.clone(),
+                    suppressions: connected(suppressions.clone()),
+                };
+                let run = sendmill_dispatcher::run(config.dispatcher.clone(), deps, token);
+                Box::pin(async move { Ok(run.await?) })
+            }
+            Stage::Analytics => {
+                let listener = bind(&config.analytics.listen).await?;
+                pipeline.analytics_addr = Some(listener.local_addr()?);
+                let deps = sendmill_analytics::Deps {
+                    listener,
+                    kafka: kafka.clone(),
+                    clickhouse: sendmill_platform::clients::clickhouse(&config.clickhouse),
+                    store: store.clone(),
+                    suppressions: connected(suppressions.clone()),
+                    redis: connected(redis.clone()),
+                    redis_prefix: redis_prefix.clone(),
+                    links: (!config.tracking.secret.is_empty())
+                        .then(|| LinkSigner::new(&config.tracking.secret)),
+                };
+                let run = sendmill_analytics::run(config.analytics.clone(), deps, token);
+                Box::pin(async move { Ok(run.await?) })
+            }
+        };
+        pipeline.tasks.spawn(async move { (stage, running.await) });
     }
     // A render or dispatcher process on its own still answers /healthz and /metrics.
     if !needs(Stage::Ingest) && !needs(Stage::Analytics) {
@@ -280,6 +201,11 @@ async fn check_kafka(kafka: &KafkaConnection, shutdown: &CancellationToken) -> a
     }
     tracing::info!(brokers = %kafka.brokers, "Kafka answers, every topic exists");
     Ok(())
+}
+
+/// A client `start` connected because a stage in the list needs it.
+fn connected<T>(client: Option<T>) -> T {
+    client.expect("connected above for this stage")
 }
 
 async fn bind(addr: &str) -> anyhow::Result<TcpListener> {

@@ -449,10 +449,7 @@ async fn api_paused(
         .into_iter()
         .map(|(member, reason)| PausedTarget { member, reason })
         .collect();
-    let alerts = state.store.alerts(20).await.map_err(|error| {
-        tracing::error!(%error, "cannot read alerts");
-        ApiError::unavailable("the tenant database")
-    })?;
+    let alerts = state.store.alerts(20).await.map_err(ApiError::from)?;
     Ok(Json(PausedView { paused, alerts }))
 }
 
@@ -501,10 +498,7 @@ async fn api_resume(
         .store
         .resolve_alerts(kind, &subject)
         .await
-        .map_err(|error| {
-            tracing::error!(%error, "cannot resolve alerts");
-            ApiError::unavailable("the tenant database")
-        })?;
+        .map_err(ApiError::from)?;
     tracing::info!(member = %body.value.member, "resumed from the dashboard");
     Ok(Json(serde_json::json!({"resumed": was_paused})))
 }

@@ -37,7 +37,6 @@ use axum::{
 use row::EventRow;
 use sendmill_platform::{
     api::{request_id, ApiError, Authenticator, Caller},
-    config::TrackingConfig,
     kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection},
     suppressions::SuppressionCache,
     tracking::LinkSigner,
@@ -173,52 +172,162 @@ pub struct AppState {
     pub sessions: dashboard::Sessions,
 }
 
-/// What the analytics API talks to.
-pub struct Dependencies {
+/// What the analytics stage needs from outside, built once by the binary.
+pub struct Deps {
+    /// Where the API, the engagement endpoints and the dashboard listen (bound by the
+    /// caller, so it knows the address first).
+    pub listener: tokio::net::TcpListener,
+    /// The cluster it consumes events from and produces alerts to.
+    pub kafka: KafkaConnection,
     pub clickhouse: clickhouse::Client,
+    /// Tenants, keys, webhook endpoints and their outbox.
     pub store: Store,
     /// Unsubscribes go to PostgreSQL and the Redis copy the send path checks.
     pub suppressions: SuppressionCache,
-    /// Pause flags, under this key prefix.
+    /// Pause flags and reputation counters.
     pub redis: redis::aio::ConnectionManager,
+    /// Prefix of every Redis key it reads or writes.
     pub redis_prefix: String,
+    /// Verifies tracking and unsubscribe tokens; `None` without `tracking.secret`.
+    pub links: Option<LinkSigner>,
+}
+
+/// Why the analytics stage stopped before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaError),
+    #[error("serving the API: {0}")]
+    Serve(#[from] std::io::Error),
+    #[error("the {0} task ended before shutdown")]
+    Ended(&'static str),
+    #[error("the {0} task panicked")]
+    Panicked(&'static str),
+}
+
+impl From<outcomes::OutcomesError> for Error {
+    fn from(error: outcomes::OutcomesError) -> Self {
+        match error {
+            outcomes::OutcomesError::Kafka(e) => Error::Kafka(e),
+        }
+    }
 }
 
 impl AppState {
-    pub fn new(
-        deps: Dependencies,
-        kafka: &KafkaConnection,
-        tracking: &TrackingConfig,
-        config: &Config,
-    ) -> Result<Self, kafka::KafkaError> {
-        let Dependencies {
-            clickhouse,
-            store,
-            suppressions,
-            redis,
-            redis_prefix,
-        } = deps;
-        let webhook_store = store.clone();
+    fn new(deps: &Deps, config: &Config) -> Result<Self, kafka::KafkaError> {
+        let store = deps.store.clone();
         Ok(Self {
-            suppressions,
-            clickhouse,
+            suppressions: deps.suppressions.clone(),
+            clickhouse: deps.clickhouse.clone(),
             auth: Authenticator::new(store.clone(), Duration::from_secs(config.auth_cache_secs)),
-            store,
-            producer: kafka.producer()?,
-            topics: kafka.topics.clone(),
-            links: (!tracking.secret.is_empty()).then(|| LinkSigner::new(&tracking.secret)),
+            producer: deps.kafka.producer()?,
+            topics: deps.kafka.topics.clone(),
+            links: deps.links.clone(),
             webhooks: config.webhooks.clone(),
             outcomes: config.outcomes.clone(),
             webhook_targets: webhooks::TargetCache::new(
-                webhook_store,
+                store.clone(),
                 Duration::from_secs(config.webhooks.endpoint_cache_secs),
             ),
             wake_webhooks: Arc::new(Notify::new()),
-            redis,
-            redis_prefix,
+            redis: deps.redis.clone(),
+            redis_prefix: deps.redis_prefix.clone(),
             sessions: dashboard::Sessions::new(&config.dashboard_secret),
+            store,
         })
     }
+}
+
+/// Runs the analytics stage until `shutdown`: the API and dashboard, the event inserter,
+/// webhook fan-out and sending, retention, the reputation monitor and the outcome watch
+/// (the last two when enabled). The first task to fail (or to end before shutdown)
+/// stops the others, and its error is returned.
+pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
+    let state = AppState::new(&deps, &config)?;
+    let Deps {
+        listener,
+        kafka,
+        clickhouse,
+        store,
+        redis,
+        redis_prefix,
+        ..
+    } = deps;
+    let mut tasks = tokio::task::JoinSet::<(&'static str, Result<(), Error>)>::new();
+    let (targets, wake) = (state.webhook_targets.clone(), state.wake_webhooks.clone());
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        let served = sendmill_platform::http::serve("analytics", listener, app(state), token);
+        ("API", served.await.map_err(Into::into))
+    });
+    let fanout = webhooks::run_fanout(
+        kafka.clone(),
+        store.clone(),
+        targets,
+        config.webhooks.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn(async move { ("webhook fan-out", fanout.await.map_err(Into::into)) });
+    let sender = webhooks::run_sender(
+        store.clone(),
+        config.webhooks.clone(),
+        wake,
+        shutdown.clone(),
+    );
+    tasks.spawn(async move {
+        sender.await;
+        ("webhook sender", Ok(()))
+    });
+    let retention = retention::Retention::new(config.retention_days, config.rollup_retention_days)
+        .run(
+            clickhouse.clone(),
+            Duration::from_secs(config.retention_check_secs.max(1)),
+            shutdown.clone(),
+        );
+    tasks.spawn(async move {
+        retention.await;
+        ("retention", Ok(()))
+    });
+    if config.reputation.enabled {
+        let monitor = reputation::Monitor::new(
+            redis,
+            &redis_prefix,
+            store.clone(),
+            &kafka,
+            config.reputation.clone(),
+        )?;
+        let monitoring = reputation::run(kafka.clone(), monitor, shutdown.clone());
+        tasks.spawn(async move { ("reputation", monitoring.await.map_err(Into::into)) });
+    }
+    if config.outcomes.enabled {
+        let watching = outcomes::run(
+            clickhouse.clone(),
+            store,
+            kafka.clone(),
+            config.outcomes.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move { ("outcome watch", watching.await.map_err(Into::into)) });
+    }
+    let inserting = run_inserter(kafka, clickhouse, config, shutdown.clone());
+    tasks.spawn(async move { ("inserter", inserting.await.map_err(Into::into)) });
+
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let error = match joined {
+            Ok((_, Ok(()))) if shutdown.is_cancelled() => continue,
+            Ok((task, Ok(()))) => Error::Ended(task),
+            Ok((task, Err(error))) => {
+                tracing::error!(task, %error, "analytics task failed");
+                error
+            }
+            Err(_) => Error::Panicked("analytics"),
+        };
+        first_error.get_or_insert(error);
+        shutdown.cancel();
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 impl FromRef<AppState> for Authenticator {
@@ -265,14 +374,6 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
         .merge(sendmill_platform::http::ops_router("analytics"))
         .layer(middleware::from_fn(request_id))
-}
-
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    sendmill_platform::http::serve("analytics", listener, app(state), shutdown).await
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use sendmill_platform::{
 };
 use sendmill_store::{
     webhooks::{Attempt, Delivery, Endpoint, EndpointChange},
-    Scope, StoreError,
+    Scope,
 };
 use sendmill_wire::EventType;
 use serde::{Deserialize, Serialize};
@@ -92,11 +92,6 @@ pub struct Replayed {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Secret {
     pub secret: String,
-}
-
-fn unavailable(error: StoreError) -> ApiError {
-    tracing::error!(%error, "webhook store failed");
-    ApiError::unavailable("the tenant database")
 }
 
 fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -206,7 +201,7 @@ pub async fn create(
             input.max_batch.unwrap_or(100),
         )
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     state.webhook_targets.forget(caller.0.account_id);
     Ok((
         StatusCode::CREATED,
@@ -223,7 +218,7 @@ pub async fn list(
         .store
         .webhooks(caller.0.account_id)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     Ok(Json(List { data }))
 }
 
@@ -237,7 +232,7 @@ pub async fn get(
         .store
         .webhook(caller.0.account_id, endpoint_id(&id)?)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("webhook"))
 }
@@ -270,7 +265,7 @@ pub async fn change(
         .store
         .update_webhook(caller.0.account_id, id, &change)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     state.webhook_targets.forget(caller.0.account_id);
     Ok(Json(endpoint))
@@ -286,7 +281,7 @@ pub async fn delete(
         .store
         .delete_webhook(caller.0.account_id, endpoint_id(&id)?)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     state.webhook_targets.forget(caller.0.account_id);
     if deleted {
         Ok(StatusCode::NO_CONTENT)
@@ -305,7 +300,7 @@ pub async fn secret(
         .store
         .webhook_secret(caller.0.account_id, endpoint_id(&id)?)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .map(|secret| Json(Secret { secret }))
         .ok_or_else(|| ApiError::not_found("webhook"))
 }
@@ -324,7 +319,7 @@ async fn owned(state: &AppState, caller: &Caller, id: Uuid) -> Result<(), ApiErr
     match state.store.owns_webhook(caller.0.account_id, id).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(ApiError::not_found("webhook")),
-        Err(error) => Err(unavailable(error)),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -342,7 +337,7 @@ pub async fn attempts(
         .store
         .webhook_attempts(caller.0.account_id, id, limit)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     Ok(Json(List { data }))
 }
 
@@ -367,7 +362,7 @@ pub async fn deliveries(
         .store
         .webhook_deliveries(caller.0.account_id, id, status, limit)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     Ok(Json(List { data }))
 }
 
@@ -385,7 +380,7 @@ pub async fn replay(
         .store
         .replay_webhook(caller.0.account_id, id, since)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     state.wake_webhooks.notify_one();
     Ok(Json(Replayed { replayed }))

@@ -267,7 +267,7 @@ impl Default for Config {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SetupError {
+pub enum Error {
     #[error("invalid dispatcher config: {0}")]
     Config(String),
     #[error("cannot build the DNS resolver: {0}")]
@@ -288,8 +288,8 @@ impl Config {
 
     /// Checks what serde cannot: addresses parse, names are unique and refer to
     /// something, numbers are usable.
-    pub fn validate(&self) -> Result<(), SetupError> {
-        let bad = |m: String| Err(SetupError::Config(m));
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
         self.nameserver_addrs()?;
         self.source_addr()?;
         let pools = self.pools();
@@ -354,22 +354,23 @@ impl Config {
             );
         }
         for rule in &self.classify {
-            rule.validate().map_err(SetupError::Config)?;
+            rule.validate().map_err(Error::Config)?;
         }
         Ok(())
     }
 
-    pub(crate) fn nameserver_addrs(&self) -> Result<Vec<SocketAddr>, SetupError> {
-        sendmill_platform::dns::parse_nameservers(&self.nameservers).map_err(SetupError::Config)
+    pub(crate) fn nameserver_addrs(&self) -> Result<Vec<SocketAddr>, Error> {
+        sendmill_platform::dns::parse_nameservers(&self.nameservers).map_err(Error::Config)
     }
 
-    fn source_addr(&self) -> Result<Option<IpAddr>, SetupError> {
+    fn source_addr(&self) -> Result<Option<IpAddr>, Error> {
         if self.source_ip.is_empty() {
             return Ok(None);
         }
-        self.source_ip.parse().map(Some).map_err(|_| {
-            SetupError::Config(format!("source_ip: {:?} is not an IP", self.source_ip))
-        })
+        self.source_ip
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::Config(format!("source_ip: {:?} is not an IP", self.source_ip)))
     }
 
     /// The configured pools, or the implicit `default` pool.

@@ -36,7 +36,7 @@ pub mod provider;
 pub mod shaping;
 pub mod smtp;
 
-pub use config::{Config, SetupError};
+pub use config::{Config, Error};
 
 use outcome::{Delivered, Failure, FailureReason, Outcome};
 use redis::aio::ConnectionManager;
@@ -94,15 +94,29 @@ pub struct Dispatcher {
     shutdown: CancellationToken,
 }
 
-/// Runs the delivery loop and the retry loop until `shutdown`.
-pub async fn run(
-    kafka: KafkaConnection,
-    redis: ConnectionManager,
-    redis_key_prefix: String,
-    suppressions: SuppressionCache,
-    config: Config,
-    shutdown: CancellationToken,
-) -> Result<(), SetupError> {
+/// What the dispatcher needs from outside, built once by the binary.
+pub struct Deps {
+    /// The cluster it consumes `ready` and the retry topics from, and produces events,
+    /// retries and DLQ records to.
+    pub kafka: KafkaConnection,
+    /// Shaping buckets, recorded outcomes, pause flags, warm-up counters.
+    pub redis: ConnectionManager,
+    /// Prefix of every Redis key it reads or writes.
+    pub redis_key_prefix: String,
+    /// The suppression lists, checked again before each attempt.
+    pub suppressions: SuppressionCache,
+}
+
+/// Runs the delivery loop and the retry loop until `shutdown`. Returns `Err` when the
+/// config is invalid, the journal or the resolver cannot be set up, or consuming fails
+/// for good.
+pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
+    let Deps {
+        kafka,
+        redis,
+        redis_key_prefix,
+        suppressions,
+    } = deps;
     config.validate()?;
     let dispatcher = Arc::new(Dispatcher::new(
         kafka.clone(),
@@ -159,12 +173,12 @@ impl Dispatcher {
         suppressions: SuppressionCache,
         config: Config,
         shutdown: CancellationToken,
-    ) -> Result<Self, SetupError> {
+    ) -> Result<Self, Error> {
         let resolver = mx::MxResolver::new(
             &config.nameserver_addrs()?,
             Duration::from_secs(config.dns_timeout_secs),
         )
-        .map_err(|e| SetupError::Dns(e.to_string()))?;
+        .map_err(|e| Error::Dns(e.to_string()))?;
         let connections = smtp::ConnectionPool::new(smtp::SmtpSettings {
             port: config.smtp_port,
             connect_timeout: Duration::from_secs(config.connect_timeout_secs),

@@ -97,11 +97,6 @@ pub struct DomainView {
     pub checks: Option<Vec<Check>>,
 }
 
-fn unavailable(error: StoreError) -> ApiError {
-    tracing::error!(%error, "domain store failed");
-    ApiError::unavailable("the tenant database")
-}
-
 pub fn records(domain: &SendingDomain, config: &DomainsConfig) -> Vec<DnsRecord> {
     let record = |purpose: &str, kind: &str, name: String, value: String, required| DnsRecord {
         purpose: purpose.into(),
@@ -179,7 +174,7 @@ pub async fn add(
                 )
             })
         }
-        Err(e) => return Err(unavailable(e)),
+        Err(e) => return Err(e.into()),
     };
     Ok((StatusCode::CREATED, Json(view(&domain, config))))
 }
@@ -193,7 +188,7 @@ pub async fn list(
         .store
         .sending_domains(caller.0.account_id)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     Ok(Json(crate::keys::List {
         data: domains
             .iter()
@@ -207,7 +202,7 @@ async fn find(state: &AppState, caller: &Caller, name: &str) -> Result<SendingDo
         .store
         .sending_domain(caller.0.account_id, name)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("sending domain"))
 }
 
@@ -231,7 +226,7 @@ pub async fn delete(
         .store
         .delete_sending_domain(caller.0.account_id, &name)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
     {
         state.senders.forget(caller.0.account_id, &name);
         Ok(StatusCode::NO_CONTENT)
@@ -263,7 +258,7 @@ pub async fn verify(
         .store
         .record_verification(caller.0.account_id, &domain.domain, verified, &findings)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     domain.verification = Some(findings);
     Ok(Json(view(&domain, config)))
 }

@@ -9,7 +9,7 @@ use axum::{
     Json,
 };
 use sendmill_platform::api::{ApiError, Caller};
-use sendmill_store::{AccountInfo, AccountLimits, ApiKeyInfo, Scope, StoreError};
+use sendmill_store::{AccountInfo, AccountLimits, ApiKeyInfo, Scope};
 use sendmill_wire::AccountId;
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +33,6 @@ pub struct CreatedKey {
 #[derive(Serialize)]
 pub struct List<T> {
     pub data: Vec<T>,
-}
-
-fn unavailable(error: StoreError) -> ApiError {
-    tracing::error!(%error, "tenant store failed");
-    ApiError::unavailable("the tenant database")
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
@@ -65,7 +60,7 @@ pub async fn create(
         .store
         .create_api_key(caller.0.account_id, &input.name, &input.scopes)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -87,7 +82,7 @@ pub async fn list(
         .store
         .api_keys(caller.0.account_id)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     Ok(Json(List { data: keys }))
 }
 
@@ -102,7 +97,7 @@ pub async fn revoke(
         .store
         .revoke_api_key(caller.0.account_id, id)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
     {
         state.auth.forget_key(id);
         Ok(StatusCode::NO_CONTENT)
@@ -152,17 +147,17 @@ pub async fn create_account(
         .store
         .create_account(&input.name)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     state
         .store
         .set_limits(id, input.limits)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     let key = state
         .store
         .create_api_key(id, "admin", &[Scope::Admin])
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     let account = account_info(&state, id).await?;
     Ok((
         StatusCode::CREATED,
@@ -178,7 +173,7 @@ pub async fn list_accounts(
     caller: Caller,
 ) -> Result<Json<List<AccountInfo>>, ApiError> {
     caller.require_operator()?;
-    let accounts = state.store.accounts().await.map_err(unavailable)?;
+    let accounts = state.store.accounts().await.map_err(ApiError::from)?;
     Ok(Json(List { data: accounts }))
 }
 
@@ -194,7 +189,7 @@ pub async fn update_account(
         .store
         .set_limits(id, body.value.limits)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
     {
         return Err(ApiError::not_found("account"));
     }
@@ -206,6 +201,6 @@ async fn account_info(state: &AppState, id: AccountId) -> Result<AccountInfo, Ap
         .store
         .account(id)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("account"))
 }

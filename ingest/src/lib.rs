@@ -29,6 +29,7 @@ pub mod body;
 pub mod domains;
 pub mod keys;
 pub mod openapi;
+pub mod queue;
 pub mod request;
 pub mod schedule;
 pub mod send;
@@ -48,7 +49,7 @@ use sendmill_platform::{
     config::override_string,
     dns::TokioResolver,
     http::ops_router,
-    kafka::Producer,
+    kafka::{KafkaConnection, Producer},
     ratelimit::SendLimiter,
     suppressions::SuppressionCache,
     CancellationToken,
@@ -98,9 +99,8 @@ pub struct Config {
     pub idempotency_lease_secs: u64,
     /// Seconds an Idempotency-Key and its answer are kept.
     pub idempotency_retention_secs: u64,
-    /// Seconds a suppression list's Redis copy is trusted before it is rebuilt from
-    /// PostgreSQL (by whichever stage reads it next: ingest, dispatcher or analytics).
-    pub suppression_cache_secs: u64,
+    /// Deprecated (read for one release, with a warning): `[suppressions] cache_secs`.
+    pub suppression_cache_secs: Option<u64>,
     /// Seconds an account's template partials are cached (previews, sandbox sends).
     pub template_cache_secs: u64,
     /// What tenants' DNS records must point at, and how they are checked.
@@ -123,7 +123,7 @@ impl Default for Config {
             release_interval_ms: 1_000,
             idempotency_lease_secs: 60,
             idempotency_retention_secs: 24 * 3600,
-            suppression_cache_secs: 3600,
+            suppression_cache_secs: None,
             template_cache_secs: 30,
             domains: domains::DomainsConfig::default(),
         }
@@ -158,44 +158,56 @@ impl FromRef<AppState> for Authenticator {
     }
 }
 
-/// What the ingest stage needs from outside.
-pub struct Dependencies {
+/// What the ingest stage needs from outside, built once by the binary.
+pub struct Deps {
+    /// Where the API listens (bound by the caller, so it knows the address first).
+    pub listener: tokio::net::TcpListener,
+    /// Tenants, keys, domains, templates, idempotency keys, scheduled batches.
     pub store: Store,
-    pub producer: Producer,
-    pub topics: Topics,
+    /// The cluster `requested` records and events are written to.
+    pub kafka: KafkaConnection,
+    /// Send limits (per-account token buckets).
     pub redis: redis::aio::ConnectionManager,
+    /// Prefix of every Redis key it reads or writes.
     pub redis_prefix: String,
+    /// The suppression lists, checked for every recipient.
+    pub suppressions: SuppressionCache,
 }
 
+/// Why the ingest stage stopped before shutdown.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid ingest config: {0}")]
-pub struct SetupError(String);
+pub enum Error {
+    #[error("invalid ingest config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Kafka(#[from] sendmill_platform::kafka::KafkaError),
+    #[error("serving the API: {0}")]
+    Serve(#[from] std::io::Error),
+}
 
 impl AppState {
-    pub fn new(
+    /// The handlers' state: `deps` with the caches and clients `config` asks for, and
+    /// the listener it leaves. Fails when the DNS resolver settings are invalid or the
+    /// producer cannot be made.
+    fn new(
         config: Config,
-        deps: Dependencies,
+        deps: Deps,
         shutdown: CancellationToken,
-    ) -> Result<Self, SetupError> {
+    ) -> Result<(Self, tokio::net::TcpListener), Error> {
         let nameservers = sendmill_platform::dns::parse_nameservers(&config.domains.nameservers)
-            .map_err(SetupError)?;
+            .map_err(Error::Config)?;
         let resolver = sendmill_platform::dns::resolver(
             &nameservers,
             Duration::from_secs(config.domains.dns_timeout_secs),
             0,
         )
-        .map_err(|e| SetupError(format!("DNS resolver: {e}")))?;
-        Ok(Self {
+        .map_err(|e| Error::Config(format!("DNS resolver: {e}")))?;
+        let state = Self {
             auth: Authenticator::new(
                 deps.store.clone(),
                 Duration::from_secs(config.auth_cache_secs),
             ),
-            suppressions: SuppressionCache::new(
-                deps.store.clone(),
-                deps.redis.clone(),
-                &deps.redis_prefix,
-                Duration::from_secs(config.suppression_cache_secs),
-            ),
+            suppressions: deps.suppressions,
             limiter: SendLimiter::new(deps.redis, &deps.redis_prefix),
             templates: Arc::new(AccountTemplates::new(
                 deps.store.clone(),
@@ -206,11 +218,12 @@ impl AppState {
             ))),
             resolver: Arc::new(resolver),
             store: deps.store,
-            producer: deps.producer,
-            topics: deps.topics,
+            producer: deps.kafka.producer()?,
+            topics: deps.kafka.topics.clone(),
             config: Arc::new(config),
             shutdown,
-        })
+        };
+        Ok((state, deps.listener))
     }
 }
 
@@ -282,12 +295,11 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn(request_id))
 }
 
-/// Serves the API on `listener`, and releases scheduled messages, until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+/// Serves the API on `deps.listener`, and releases scheduled messages, until `shutdown`.
+/// Returns `Err` when the config is invalid, the producer cannot be made or the listener
+/// fails.
+pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
+    let (state, listener) = AppState::new(config, deps, shutdown.clone())?;
     let releaser = tokio::spawn(schedule::run_releaser(
         state.store.clone(),
         state.producer.clone(),
@@ -299,5 +311,5 @@ pub async fn serve(
         sendmill_platform::http::serve("ingest", listener, app(state), shutdown.clone()).await;
     shutdown.cancel();
     let _ = releaser.await;
-    served
+    Ok(served?)
 }

@@ -36,11 +36,6 @@ pub struct Cancelled {
     pub already_released: usize,
 }
 
-fn unavailable(error: StoreError) -> ApiError {
-    tracing::error!(%error, "schedule store failed");
-    ApiError::unavailable("the tenant database")
-}
-
 pub async fn cancel_message(
     State(state): State<AppState>,
     caller: Caller,
@@ -75,15 +70,15 @@ async fn cancel(
         .store
         .cancel_scheduled(account, target)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     let cancelled = held.items.len();
     if cancelled > 0 {
         // The rows stay pending (locked) until every `dropped` event is written.
         let events: Vec<EventV1> = held.items.iter().filter_map(dropped_event).collect();
-        if !crate::send::produce_events(state, &events).await {
+        if !crate::queue::produce_events(state, &events).await {
             return Err(ApiError::unavailable("the message queue"));
         }
-        held.commit().await.map_err(unavailable)?;
+        held.commit().await.map_err(ApiError::from)?;
     } else {
         drop(held);
     }
@@ -91,7 +86,7 @@ async fn cancel(
         .store
         .scheduled_states(account, target)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     if states.is_empty() {
         return Err(ApiError::not_found("scheduled message"));
     }

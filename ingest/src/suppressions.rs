@@ -67,11 +67,6 @@ fn failed(error: SuppressionError) -> ApiError {
     ApiError::unavailable("the suppression list")
 }
 
-fn store_failed(error: sendmill_store::StoreError) -> ApiError {
-    tracing::error!(%error, "suppression read failed");
-    ApiError::unavailable("the suppression list")
-}
-
 fn account_list(caller: &Caller) -> Result<List, ApiError> {
     caller.require(Scope::Suppressions)?;
     Ok(List::Account(caller.0.account_id))
@@ -125,7 +120,7 @@ async fn page(
         .store
         .suppression_page(list, query.reason, query.cursor.as_deref(), limit)
         .await
-        .map_err(store_failed)?;
+        .map_err(ApiError::from)?;
     let next_cursor = (entries.len() == limit as usize)
         .then(|| entries.last().map(|e| e.email.clone()))
         .flatten();
@@ -140,7 +135,7 @@ async fn get_one(state: &AppState, list: List, email: &str) -> Result<Json<Suppr
         .store
         .suppression_entry(list, email)
         .await
-        .map_err(store_failed)?
+        .map_err(ApiError::from)?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("suppression"))
 }
@@ -332,7 +327,7 @@ pub async fn export(State(state): State<AppState>, caller: Caller) -> Result<Res
             .store
             .suppression_page(list, None, after.as_deref(), 5000)
             .await
-            .map_err(store_failed)?;
+            .map_err(ApiError::from)?;
         for e in &entries {
             let created = e.created_at.format(&Rfc3339).unwrap_or_default();
             let expires = e

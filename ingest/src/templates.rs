@@ -90,11 +90,6 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-fn unavailable(error: StoreError) -> ApiError {
-    tracing::error!(%error, "template store failed");
-    ApiError::unavailable("the tenant database")
-}
-
 fn template_id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found("template"))
 }
@@ -164,13 +159,13 @@ pub async fn create(
                 )
             })
         }
-        Err(e) => return Err(unavailable(e)),
+        Err(e) => return Err(e.into()),
     };
     let latest = state
         .store
         .template_version(caller.0.account_id, template.id, Some(1))
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("template"))?;
     Ok((
         StatusCode::CREATED,
@@ -193,7 +188,7 @@ pub async fn list(
         .store
         .templates(caller.0.account_id, query.cursor.as_deref(), limit)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     let next_cursor = (templates.len() == limit as usize)
         .then(|| templates.last().map(|t| t.name.clone()))
         .flatten();
@@ -215,13 +210,13 @@ pub async fn get(
         .store
         .template(account, id)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("template"))?;
     let versions = state
         .store
         .template_versions(account, id)
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::from)?;
     let numbers = versions.iter().map(|v| v.version).collect();
     let latest = versions
         .into_iter()
@@ -248,7 +243,7 @@ pub async fn add_version(
         .store
         .add_template_version(caller.0.account_id, id, &content)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("template"))?;
     Ok((StatusCode::CREATED, Json(version)))
 }
@@ -267,7 +262,7 @@ pub async fn get_version(
         .store
         .template_version(caller.0.account_id, id, Some(version))
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("template version"))?;
     Ok(Json(found))
 }
@@ -283,7 +278,7 @@ pub async fn delete(
         .store
         .delete_template(caller.0.account_id, id)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
     {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -304,13 +299,13 @@ pub async fn preview(
         .store
         .template_version(caller.0.account_id, id, input.version)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("template version"))?;
     let set = state
         .templates
         .get(caller.0.account_id)
         .await
-        .map_err(unavailable)?
+        .map_err(ApiError::from)?
         .map_err(|partials| render_failed(format!("partials: {partials}")))?;
     let data = Value::Object(input.data);
     let render = |part, source: &str| {

@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use sendmill_store::{Principal, Scope, Store};
+use sendmill_store::{Principal, Scope, Store, StoreError};
 use serde::Serialize;
 use std::{
     collections::HashMap,
@@ -29,6 +29,25 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds for a `Retry-After` header (429s).
     pub retry_after: Option<u64>,
+}
+
+/// The one mapping of a tenant-database failure to an answer: a uniqueness conflict is a
+/// 409 `conflict` naming what exists; anything else is logged and answered 503
+/// `unavailable` (the caller may retry; nothing was changed or the write was atomic).
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(what) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{what} already exists"),
+            ),
+            error => {
+                tracing::error!(%error, "tenant database failed");
+                ApiError::unavailable("the tenant database")
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]

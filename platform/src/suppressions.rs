@@ -19,6 +19,23 @@ use sendmill_wire::AccountId;
 use std::{sync::LazyLock, time::Duration};
 use time::OffsetDateTime;
 
+/// `[suppressions]`: the send path's copy of the suppression lists, shared by every
+/// stage in a process (ingest, dispatcher, analytics).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SuppressionsConfig {
+    /// Seconds a list's Redis copy is trusted before it is rebuilt from PostgreSQL (by
+    /// whichever stage reads it next). It bounds how long a write lost between the two
+    /// (a crash in between) can go unseen.
+    pub cache_secs: u64,
+}
+
+impl Default for SuppressionsConfig {
+    fn default() -> Self {
+        Self { cache_secs: 3600 }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SuppressionError {
     #[error("suppression cache: {0}")]

@@ -29,7 +29,6 @@ pub mod text;
 
 use sendmill_platform::{
     backoff,
-    config::TrackingConfig,
     kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection, Record},
     CancellationToken,
 };
@@ -78,23 +77,32 @@ impl Config {
     }
 }
 
-/// Consumes both lanes' `requested` topics until `shutdown`.
-pub async fn run(
-    kafka: KafkaConnection,
-    store: Store,
-    config: Config,
-    tracking: TrackingConfig,
-    shutdown: CancellationToken,
-) -> Result<(), kafka::KafkaError> {
-    let links = if tracking.secret.is_empty() {
-        tracing::warn!("tracking.secret is not set: no open/click tracking or unsubscribe links");
-        None
-    } else {
-        Some(Arc::new(links::Links::new(
-            &tracking.secret,
-            &tracking.base_url,
-        )))
-    };
+/// What the render stage needs from outside, built once by the binary.
+pub struct Deps {
+    /// The cluster it consumes `requested` from and produces `ready` and events to.
+    pub kafka: KafkaConnection,
+    /// Tenant data: DKIM keys, template partials.
+    pub store: Store,
+    /// Tracking and unsubscribe links; `None` without `tracking.secret` (none added).
+    pub links: Option<Arc<links::Links>>,
+}
+
+/// Why the render stage stopped before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaError),
+}
+
+/// Consumes both lanes' `requested` topics until `shutdown`: renders each record and
+/// produces it to its lane's `ready` topic (or a `render_failed` event). Returns
+/// `Err` only when the Kafka clients cannot be created or consuming fails for good.
+pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
+    let Deps {
+        kafka,
+        store,
+        links,
+    } = deps;
     let cpu_threads = match config.cpu_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -130,7 +138,8 @@ pub async fn run(
         |stage, record| async move { stage.handle(record).await },
         shutdown,
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 struct Stage {
@@ -172,7 +181,7 @@ impl Stage {
                     .await
                     .expect("the CPU pool is never closed");
                 let links = self.links.clone();
-                let (rendered, back) = tokio::task::spawn_blocking(move || {
+                let (rendered, back) = match tokio::task::spawn_blocking(move || {
                     let decorations = message::Decorations {
                         links: links.as_deref(),
                         return_path_domain: identity.return_path_domain(),
@@ -182,7 +191,13 @@ impl Stage {
                     (rendered, request)
                 })
                 .await
-                .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+                {
+                    Ok(done) => done,
+                    Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                    // Cancelled: the runtime is shutting down before the render ran. The
+                    // record is not committed and is rendered again after the restart.
+                    Err(_) => return Err(HandlerError::Interrupted),
+                };
                 request = back;
                 rendered
             }

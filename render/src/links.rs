@@ -12,6 +12,18 @@ pub struct Links {
 }
 
 impl Links {
+    /// The links `[tracking]` configures: `None` (with a warning) when `secret` is empty,
+    /// as tokens could not be verified.
+    pub fn from_config(tracking: &sendmill_platform::config::TrackingConfig) -> Option<Self> {
+        if tracking.secret.is_empty() {
+            tracing::warn!(
+                "tracking.secret is not set: no open/click tracking or unsubscribe links"
+            );
+            return None;
+        }
+        Some(Self::new(&tracking.secret, &tracking.base_url))
+    }
+
     pub fn new(secret: &str, base_url: &str) -> Self {
         Self {
             signer: LinkSigner::new(secret),
