@@ -10,6 +10,10 @@
 //! migrate` creates them, and deleted when it is dropped), consumer groups, ClickHouse
 //! database, Redis key prefix, account and ports, so tests run in parallel and re-run
 //! cleanly.
+#![allow(
+    clippy::print_stdout,
+    reason = "tests report the figures they measured"
+)]
 
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},

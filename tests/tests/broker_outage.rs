@@ -3,6 +3,10 @@
 //! `Retry-After`; once the broker is back (on its data), the same request with the same
 //! `Idempotency-Key` is accepted, and the broker holds the records of exactly the
 //! messages the 202s name.
+#![allow(
+    clippy::print_stdout,
+    reason = "tests report the figures they measured"
+)]
 
 use sendmill::Stage;
 use sendmill_tests::*;

@@ -1,6 +1,10 @@
 //! The dispatcher at production depth, on real smtp-sink MX hosts, dnsmasq and Redis:
 //! pools and source IPs, pause flags, retry tiers to expiry, backoff on 421 storms, MX failover, the local delay queue, and — with
 //! the `sendmill` binary as separate processes — a shared rate limit and a kill -9.
+#![allow(
+    clippy::print_stdout,
+    reason = "tests report the figures they measured"
+)]
 
 use sendmill::{SendmillConfig, Stage};
 use sendmill_dispatcher::config::{

@@ -11,6 +11,10 @@
 //! The MX host is this test's own smtp-sink on 127.0.0.2 (ok.test's MX) at a port of its
 //! own; the dispatcher is told that port, so the test can change how the sink answers.
 //! Kafka, Redis and ClickHouse are the test's own processes too.
+#![allow(
+    clippy::print_stdout,
+    reason = "tests report the figures they measured"
+)]
 
 use sendmill_tests::*;
 use std::{

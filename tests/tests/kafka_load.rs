@@ -2,6 +2,10 @@
 //! accepted far faster than the pipeline delivers (a backlog no stage may cut), and
 //! messages at the size limits (broker, topic and consumer fetch limits set for them by
 //! `migrate`). Every accepted message must reach exactly one terminal event.
+#![allow(
+    clippy::print_stdout,
+    reason = "tests report the figures they measured"
+)]
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use sendmill_tests::*;

@@ -5,6 +5,10 @@
 //! examples per operation is bounded so that CI time stays bounded
 //! (`SENDMILL_SCHEMATHESIS_EXAMPLES`, default 25); every run draws new cases and prints
 //! the seed that reproduces it.
+#![allow(
+    clippy::print_stdout,
+    reason = "tests report the figures they measured"
+)]
 
 use sendmill_tests::*;
 use std::process::Command;

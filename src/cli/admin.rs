@@ -1,0 +1,247 @@
+//! `sendmill admin …` and `sendmill seed`: tenants, keys, domains and pauses from the
+//! command line.
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use sendmill::SendmillConfig;
+use sendmill_store::{Scope, Store};
+use sendmill_wire::AccountId;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum Admin {
+    /// Creates an account and prints its id.
+    CreateAccount {
+        #[arg(long)]
+        name: String,
+        /// An operator account: manages tenants and the global suppression list.
+        #[arg(long)]
+        operator: bool,
+    },
+    /// Creates an API key and prints it (the only time it is shown).
+    CreateKey {
+        #[arg(long)]
+        account: AccountId,
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Comma-separated scopes: send, templates, domains, suppressions, stats,
+        /// webhooks, admin.
+        #[arg(long, value_delimiter = ',', default_value = "send,stats")]
+        scopes: Vec<Scope>,
+    },
+    /// Creates or replaces a Handlebars partial (or layout) of an account.
+    PutPartial {
+        #[arg(long)]
+        account: AccountId,
+        #[arg(long)]
+        name: String,
+        /// File holding the partial's source.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Sets an account's tracking defaults (a message may override them).
+    Tracking {
+        #[arg(long)]
+        account: AccountId,
+        /// Add an open pixel to HTML messages.
+        #[arg(long, action = clap::ArgAction::Set)]
+        opens: bool,
+        /// Route HTML links through the click endpoint.
+        #[arg(long, action = clap::ArgAction::Set)]
+        clicks: bool,
+    },
+    /// Turns Ed25519 + RSA dual DKIM signing of a sending domain on or off.
+    DualSign {
+        #[arg(long)]
+        account: AccountId,
+        #[arg(long)]
+        domain: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        on: bool,
+    },
+    /// Pauses a source IP or an IP pool on every dispatcher: no new connections, no new
+    /// messages from it until `resume`.
+    Pause {
+        /// A source IP of a pool.
+        #[arg(long, conflicts_with = "pool", required_unless_present = "pool")]
+        ip: Option<std::net::IpAddr>,
+        /// A pool name.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Why, shown by `paused`.
+        #[arg(long, default_value = "paused by ops")]
+        reason: String,
+    },
+    /// Lifts a pause set by `pause` (or by the reputation monitor).
+    Resume {
+        #[arg(long, conflicts_with = "pool", required_unless_present = "pool")]
+        ip: Option<std::net::IpAddr>,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Lists paused IPs and pools with their reasons.
+    Paused,
+    /// Adds a sending domain with a new DKIM key and prints the DNS record to publish.
+    AddDomain {
+        #[arg(long)]
+        account: AccountId,
+        #[arg(long)]
+        domain: String,
+        #[arg(long, default_value = "s1")]
+        selector: String,
+    },
+}
+
+async fn connect_store(config: &SendmillConfig) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.postgres.url, 2)
+        .await
+        .context("connecting to PostgreSQL")?;
+    store.migrate().await.context("PostgreSQL migrations")?;
+    Ok(store)
+}
+
+/// Runs `admin`, printing what it created or changed.
+pub async fn run(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
+    use sendmill_platform::pauses::{self, Target};
+    let target = |ip: Option<std::net::IpAddr>, pool: Option<String>| match (ip, pool) {
+        (Some(ip), _) => Target::Ip(ip),
+        (None, Some(pool)) => Target::Pool(pool),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let prefix = &config.redis.key_prefix;
+    match admin {
+        Admin::Pause { ip, pool, reason } => {
+            let mut redis = sendmill_platform::clients::redis(&config.redis).await?;
+            let target = target(ip, pool);
+            pauses::pause(&mut redis, prefix, &target, &reason).await?;
+            println!("paused {}", target.member());
+            return Ok(());
+        }
+        Admin::Resume { ip, pool } => {
+            let mut redis = sendmill_platform::clients::redis(&config.redis).await?;
+            let target = target(ip, pool);
+            let was = pauses::resume(&mut redis, prefix, &target).await?;
+            println!(
+                "{} {}",
+                if was { "resumed" } else { "was not paused:" },
+                target.member()
+            );
+            return Ok(());
+        }
+        Admin::Paused => {
+            let mut redis = sendmill_platform::clients::redis(&config.redis).await?;
+            for (member, reason) in pauses::list(&mut redis, prefix).await? {
+                println!("{member}\t{reason}");
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let store = connect_store(config).await?;
+    match admin {
+        Admin::Pause { .. } | Admin::Resume { .. } | Admin::Paused => unreachable!("handled above"),
+        Admin::CreateAccount { name, operator } => {
+            let id = store.create_account(&name).await?;
+            if operator {
+                store.set_operator(id, true).await?;
+            }
+            println!("{id}");
+        }
+        Admin::CreateKey {
+            account,
+            name,
+            scopes,
+        } => println!(
+            "{}",
+            store
+                .create_api_key(account, &name, &scopes)
+                .await?
+                .plaintext
+        ),
+        Admin::AddDomain {
+            account,
+            domain,
+            selector,
+        } => {
+            let added = store
+                .add_sending_domain(account, &domain, &selector)
+                .await?;
+            println!("Publish these DNS records, then send from any address @{domain}:");
+            for (name, value) in added.dkim_records() {
+                println!("{name} TXT \"{value}\"");
+            }
+        }
+        Admin::PutPartial {
+            account,
+            name,
+            file,
+        } => {
+            let source = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            sendmill_render::templates::Templates::with_partials(&[(name.clone(), source.clone())])
+                .map_err(|e| anyhow::anyhow!("the partial does not compile: {e}"))?;
+            store.put_partial(account, &name, &source).await?;
+            println!("partial {name} saved");
+        }
+        Admin::Tracking {
+            account,
+            opens,
+            clicks,
+        } => {
+            let settings = sendmill_store::AccountSettings {
+                track_opens: opens,
+                track_clicks: clicks,
+            };
+            store.set_tracking_defaults(account, &settings).await?;
+            println!("tracking defaults: opens {opens}, clicks {clicks}");
+        }
+        Admin::DualSign {
+            account,
+            domain,
+            on,
+        } => {
+            if !store.set_dual_sign(account, &domain, on).await? {
+                bail!("the account has no sending domain {domain} with an Ed25519 key");
+            }
+            println!(
+                "dual signing of {domain}: {}",
+                if on { "on" } else { "off" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sets up the `dev` tenant (see `sendmill seed --help`).
+pub async fn seed(
+    config: &SendmillConfig,
+    domain: &str,
+    dnsmasq_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    let store = connect_store(config).await?;
+    let account = match store.account_by_name("dev").await? {
+        Some(id) => id,
+        None => store.create_account("dev").await?,
+    };
+    let sending = match store.sending_domain(account, domain).await? {
+        Some(existing) => existing,
+        None => store.add_sending_domain(account, domain, "s1").await?,
+    };
+    if let Some(dir) = dnsmasq_dir {
+        let (name, value) = sending.dkim_record();
+        // A TXT string holds at most 255 bytes; verifiers join the pieces.
+        let pieces: Vec<String> = value
+            .as_bytes()
+            .chunks(255)
+            .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+            .collect();
+        let file = dir.join(format!("dkim-{domain}.conf"));
+        std::fs::write(&file, format!("txt-record={name},{}\n", pieces.join(",")))
+            .with_context(|| format!("writing {}", file.display()))?;
+        eprintln!("wrote the DKIM record for {domain} to {}", file.display());
+    }
+    let key = store.create_api_key(account, "seed", &Scope::ALL).await?;
+    eprintln!("account dev ({account}), sending domain {domain}, new API key:");
+    println!("{}", key.plaintext);
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! `sendmill bench …`: runs a measurement of [`sendmill::bench`] and prints its report.
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use sendmill::SendmillConfig;
+use sendmill_platform::shutdown;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Rendered + DKIM-signed messages/s on one core (~15 KB HTML, 15 variables) beside
+    /// the raw signing rate of the same keys.
+    Render {
+        /// Alternating runs of each measurement; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds per run and measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+    /// Accepted recipients/s at the send API alone, for 1- and 100-recipient requests
+    /// (~15 KB HTML), against PostgreSQL, Redis and Kafka (as configured).
+    Ingest {
+        /// Measured runs per request shape (after one warm-up); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Delivered messages/s of one dispatcher (and per CPU-second) with messages
+    /// pre-loaded in `ready`, to 1 and to 50 destination domains on local smtp-sink hosts,
+    /// beside the sinks' own ceiling measured with smtp-source.
+    Deliver {
+        /// Runs per shape; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Messages per run (~10 KB each).
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+    },
+    /// The whole pipeline as separate processes, from the send API to the bench sinks
+    /// (~15 KB HTML, 15 variables, RSA-2048 DKIM): accepted/s, delivered/s, 202-to-delivery
+    /// latency, CPU per 1,000 messages and peak RSS per process, lag over time; then the
+    /// ceilings (smtp-sink, RSA-2048, Redis EVALSHA) and, with --postfix, postfix over the
+    /// same sinks.
+    Pipeline {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Recipients per second offered; without it, as fast as ingest answers.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Recipients per request.
+        #[arg(long, default_value_t = 1)]
+        recipients: usize,
+        /// Destination domains d1..dN.test (on the ten bench sinks).
+        #[arg(long, default_value_t = 10)]
+        domains: usize,
+        /// Seconds to wait after the load for every message to end.
+        #[arg(long, default_value_t = 300.0)]
+        drain_timeout: f64,
+        /// Also relay the same message through Debian's postfix to the same sinks.
+        #[arg(long)]
+        postfix: bool,
+        /// The script that runs postfix for --postfix.
+        #[arg(long, default_value = "deploy/local/postfix-bench.sh")]
+        postfix_script: PathBuf,
+        /// Also write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+}
+
+/// Runs `bench` and prints its report (and its JSON).
+pub async fn run(config: &SendmillConfig, bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Render { runs, seconds } => {
+            let report = sendmill::bench::render(runs.max(1), seconds)?;
+            print_render_report(&report);
+            Ok(())
+        }
+        Bench::Deliver { runs, messages } => {
+            let report = sendmill::bench::deliver(config, runs.max(1), messages.max(1)).await?;
+            println!(
+                "deliver bench: {} messages of ~{} B per run, {} runs, medians",
+                report.messages_per_run, report.message_bytes, report.runs
+            );
+            for shape in &report.shapes {
+                println!(
+                    "  {:>2} domain(s): {:>6.0} delivered/s, {:>6.0} per CPU-second, runs {:?}; smtp-sink ceiling {:.0}/s",
+                    shape.domains,
+                    shape.delivered_per_sec,
+                    shape.delivered_per_cpu_sec,
+                    shape
+                        .delivered_per_sec_runs
+                        .iter()
+                        .map(|r| r.round() as u64)
+                        .collect::<Vec<_>>(),
+                    shape.sink_ceiling_per_sec
+                );
+            }
+            Ok(())
+        }
+        Bench::Pipeline {
+            seconds,
+            rate,
+            concurrency,
+            recipients,
+            domains,
+            drain_timeout,
+            postfix,
+            postfix_script,
+            report,
+        } => {
+            let options = sendmill::bench::pipeline::PipelineOptions {
+                seconds,
+                rate,
+                concurrency: concurrency.max(1),
+                recipients_per_request: recipients.clamp(1, 1000),
+                domains: domains.clamp(1, 50),
+                drain_timeout,
+                postfix,
+                postfix_script,
+            };
+            // Interrupted, the bench's future is dropped, and with it its processes.
+            let interrupted = shutdown::on_signals();
+            let figures = tokio::select! {
+                figures = sendmill::bench::pipeline::pipeline(config, &options) => figures?,
+                _ = interrupted.cancelled() => bail!("interrupted"),
+            };
+            print_pipeline_report(&figures);
+            let json = serde_json::to_string_pretty(&figures)?;
+            if let Some(path) = report {
+                std::fs::write(&path, &json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("{json}");
+            Ok(())
+        }
+        Bench::Ingest {
+            runs,
+            seconds,
+            concurrency,
+        } => {
+            let report =
+                sendmill::bench::ingest(config, runs.max(1), seconds, concurrency.max(1)).await?;
+            println!(
+                "ingest bench: {} B HTML, {} runs x {} s after a warm-up, {} connections, medians",
+                report.html_bytes, report.runs, report.seconds_per_run, report.concurrency
+            );
+            for shape in &report.shapes {
+                println!(
+                    "  {:>3} recipient(s)/request: {:>8.0} recipients/s ({:>7.0} requests/s), p50 {:.1} ms, p99 {:.1} ms, runs {:?}",
+                    shape.recipients_per_request,
+                    shape.recipients_per_sec,
+                    shape.requests_per_sec,
+                    shape.p50_ms,
+                    shape.p99_ms,
+                    shape
+                        .recipients_per_sec_runs
+                        .iter()
+                        .map(|r| r.round() as u64)
+                        .collect::<Vec<_>>()
+                );
+            }
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("report encodes")
+            );
+            Ok(())
+        }
+    }
+}
+
+#[allow(
+    clippy::print_stdout,
+    reason = "a report for the person who ran the command"
+)]
+fn print_render_report(r: &sendmill::bench::RenderReport) {
+    println!(
+        "render bench: {} B HTML, {} variables, {} runs x {} s, one thread, medians\n\
+         raw RSA-2048 signatures/s      {:>9.0}\n\
+         raw Ed25519 signatures/s       {:>9.0}\n\
+         rendered+signed RSA-2048/s     {:>9.0}  ({:.0}% of the raw RSA rate)\n\
+         rendered+signed RSA+Ed25519/s  {:>9.0}\n\
+         of which: build only/s         {:>9.0}  ({:.0} µs each)\n\
+         of which: sign only/s          {:>9.0}  ({:.0} µs each)",
+        r.html_bytes,
+        r.variables,
+        r.runs,
+        r.seconds_per_run,
+        r.raw_rsa2048_signatures,
+        r.raw_ed25519_signatures,
+        r.rendered_rsa2048,
+        r.rsa_ratio * 100.0,
+        r.rendered_dual,
+        r.build_only,
+        1e6 / r.build_only,
+        r.seal_only,
+        1e6 / r.seal_only,
+    );
+    println!("{}", serde_json::to_string(r).expect("report encodes"));
+}
+
+#[allow(
+    clippy::print_stdout,
+    reason = "a report for the person who ran the command"
+)]
+fn print_pipeline_report(r: &sendmill::bench::pipeline::PipelineReport) {
+    let offered = r
+        .offered_rate
+        .map_or("as fast as ingest answers".to_owned(), |rate| {
+            format!("{rate:.0} recipients/s offered")
+        });
+    println!(
+        "pipeline bench: {} s of load, {offered}, {} in flight, {} recipient(s)/request, \
+         {} domains, {} B HTML -> {} B signed messages, broker: {}",
+        r.seconds,
+        r.concurrency,
+        r.recipients_per_request,
+        r.domains,
+        r.html_bytes,
+        r.message_bytes,
+        r.broker
+    );
+    println!(
+        "  accepted   {:>8} ({:.0}/s){}",
+        r.accepted,
+        r.accepted_per_sec,
+        if r.refused_requests.is_empty() {
+            String::new()
+        } else {
+            format!(", refused requests {:?}", r.refused_requests)
+        }
+    );
+    println!(
+        "  delivered  {:>8} ({:.0}/s under load after {:.0} s, {:.0}/s first request to last delivery; drained in {:.1} s)",
+        r.delivered, r.delivered_per_sec, r.settle_seconds, r.delivered_per_sec_overall, r.drain_seconds
+    );
+    println!(
+        "  not delivered {:?}, deferrals {}, unfinished {}",
+        r.not_delivered, r.deferred, r.unfinished
+    );
+    let l = &r.latency_ms;
+    println!(
+        "  202 -> delivered: p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} messages)",
+        l.p50, l.p95, l.p99, l.max, l.samples
+    );
+    println!(
+        "  machine busy {:.0}% of {} cores; per process (CPU s, per 1,000 delivered, RSS MiB):",
+        r.machine_busy * 100.0,
+        r.cores
+    );
+    for p in &r.processes {
+        println!(
+            "    {:<40} {:>8.1} s {:>7.3} s {:>8.0} MiB",
+            p.name, p.cpu_seconds, p.cpu_seconds_per_1000, p.rss_mib
+        );
+    }
+    let c = &r.ceilings;
+    println!(
+        "  ceilings: smtp-sink {:.0}/s, raw RSA-2048 {:.0}/s per core, Redis EVALSHA {:.0}/s",
+        c.smtp_sink_per_sec, c.rsa2048_signatures_per_core, c.redis_evalsha_per_sec
+    );
+    if let Some(p) = &r.postfix {
+        println!(
+            "  postfix: {} of {} delivered in {:.1} s = {:.0}/s (machine busy {:.0}%); Sendmill/postfix = {:.2}",
+            p.delivered,
+            p.messages,
+            p.seconds,
+            p.delivered_per_sec,
+            p.machine_busy * 100.0,
+            p.sendmill_ratio
+        );
+    }
+}
