@@ -2,6 +2,7 @@
 //! a temporary failure (retry later) or a permanent one (bounce), each with the MX host,
 //! the server's reply and a bounce category the rest of the pipeline acts on.
 
+use sendmill_smtp::Step;
 use sendmill_wire::{BounceCategory, SmtpReply};
 use serde::Deserialize;
 
@@ -40,13 +41,9 @@ pub enum FailureReason {
     #[error("cannot connect to any MX host: {0}")]
     Connect(String),
     #[error("timed out during {0}")]
-    Timeout(&'static str),
+    Timeout(Step),
     #[error("rejected at {step}: {code} {text}")]
-    Rejected {
-        step: &'static str,
-        code: u16,
-        text: String,
-    },
+    Rejected { step: Step, code: u16, text: String },
     #[error("TLS required but unavailable: {0}")]
     Tls(String),
     #[error("no source IP may send: {0}")]
@@ -64,42 +61,6 @@ impl Failure {
             reply: None,
             category,
         }
-    }
-}
-
-/// The RFC 3463 enhanced status code at the start of a reply text, e.g. `5.1.1`.
-pub fn enhanced_code(text: &str) -> Option<String> {
-    let first = text.split_whitespace().next()?;
-    let mut parts = first.split('.');
-    let class = parts.next()?;
-    let subject = parts.next()?;
-    let detail = parts.next()?;
-    let ok = parts.next().is_none()
-        && matches!(class, "2" | "4" | "5")
-        && (1..=3).contains(&subject.len())
-        && (1..=3).contains(&detail.len())
-        && subject
-            .bytes()
-            .chain(detail.bytes())
-            .all(|b| b.is_ascii_digit());
-    ok.then(|| first.to_owned())
-}
-
-/// A reply split into code, enhanced code and text.
-pub fn reply(code: u16, text: &str) -> SmtpReply {
-    // Trimmed first: the code is the first word, and servers that put two spaces (or
-    // other white space) before it would otherwise have its length cut from the wrong
-    // place, mangling the text or, on a multi-byte space, splitting a character.
-    let text = text.trim();
-    let enhanced = enhanced_code(text);
-    let text = match &enhanced {
-        Some(e) => text[e.len()..].trim().to_owned(),
-        None => text.to_owned(),
-    };
-    SmtpReply {
-        code,
-        enhanced,
-        text,
     }
 }
 
@@ -243,32 +204,9 @@ pub fn default_rules() -> Vec<ClassifyRule> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn white_space_before_the_enhanced_code_is_not_part_of_it() {
-        for text in [
-            "  4.7.0 try later",
-            "\u{2003}\u{2003}4.7.0 try later",
-            "4.7.0  try later ",
-        ] {
-            let split = reply(421, text);
-            assert_eq!(split.enhanced.as_deref(), Some("4.7.0"), "{text:?}");
-            assert_eq!(split.text, "try later", "{text:?}");
-        }
-    }
-
-    #[test]
-    fn splits_enhanced_codes_from_text() {
-        let r = reply(
-            550,
-            "5.1.1 <a@b.test>: Recipient address rejected: User unknown",
-        );
-        assert_eq!(r.enhanced.as_deref(), Some("5.1.1"));
-        assert!(r.text.starts_with("<a@b.test>"));
-        let r = reply(250, "Ok: queued as 1234");
-        assert_eq!(r.enhanced, None);
-        assert_eq!(enhanced_code("5.1 x"), None);
-        assert_eq!(enhanced_code("6.1.1 x"), None);
-        assert_eq!(enhanced_code("5.1.1.1 x"), None);
+    /// A reply as the SMTP client hands it over.
+    fn reply(code: u16, text: &str) -> SmtpReply {
+        sendmill_smtp::Reply::new(code, text).into()
     }
 
     #[test]

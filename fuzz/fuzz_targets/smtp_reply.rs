@@ -6,10 +6,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sendmill_dispatcher::{
-    outcome::{classify, default_rules, reply, ClassifyRule},
-    smtp::ReplyLine,
-};
+use sendmill_dispatcher::outcome::{classify, default_rules, ClassifyRule};
+use sendmill_smtp::{Reply, ReplyLine};
+use sendmill_wire::SmtpReply;
 use std::sync::OnceLock;
 
 fn rules() -> &'static [ClassifyRule] {
@@ -33,7 +32,7 @@ fuzz_target!(|wire: &[u8]| {
     }
     let Some(code) = code else { return };
     let joined = text.join(" ");
-    let split = reply(code, &joined);
+    let split: SmtpReply = Reply::new(code, &joined).into();
     // Splitting off the enhanced code loses no word of the reply and adds none.
     let words: Vec<&str> = split
         .enhanced

@@ -1,0 +1,27 @@
+//! # sendmill-smtp
+//!
+//! SMTP as Sendmill speaks it (RFC 5321), apart from what Sendmill does with it: the
+//! dispatcher delivers through it, and an inbound server can share its reply and command
+//! types.
+//!
+//! ## Layout
+//! - [`reply`]: reply lines, whole replies and the RFC 3463 [`EnhancedStatusCode`] parsed
+//!   with them.
+//! - [`command`]: the client's typed [`Command`]s, the [`Step`]s of a session, and
+//!   per-step [`Timeouts`].
+//! - [`client`]: one session to an MX host: connect from a source IP, EHLO, STARTTLS,
+//!   pipelined transactions, and the errors a session ends in.
+//! - [`pool`]: idle sessions reused per (source IP, MX address), connection caps per
+//!   (source IP, provider).
+//! - `tls`: the opportunistic-TLS client configuration.
+
+pub mod client;
+pub mod command;
+pub mod pool;
+pub mod reply;
+mod tls;
+
+pub use client::{Endpoint, Session, SmtpError, TlsMode};
+pub use command::{Command, MailParameters, Step, Timeouts};
+pub use pool::{ConnectionPool, PoolSettings};
+pub use reply::{EnhancedStatusCode, Reply, ReplyLine};
