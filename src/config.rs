@@ -2,13 +2,11 @@
 //! is documented where it is declared; `SENDMILL_*` environment variables override only
 //! endpoints and secrets.
 
-use sendmill_platform::{
-    config::{
-        self, ClickHouseConfig, ConfigError, KafkaConfig, PostgresConfig, RedisConfig,
-        TelemetryConfig, TrackingConfig,
-    },
-    suppressions::SuppressionsConfig,
+use sendmill_platform::config::{
+    self, ClickHouseConfig, ConfigError, KafkaConfig, PostgresConfig, RedisConfig, TelemetryConfig,
+    TrackingConfig,
 };
+use sendmill_tenancy::suppressions::SuppressionsConfig;
 use serde::Deserialize;
 use std::path::Path;
 

@@ -79,7 +79,7 @@ pub async fn start(
         None
     };
     let suppressions = redis.clone().map(|redis| {
-        sendmill_platform::suppressions::SuppressionCache::new(
+        sendmill_tenancy::suppressions::SuppressionCache::new(
             store.clone(),
             redis,
             &config.redis.key_prefix,

@@ -26,11 +26,8 @@ use axum::{
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use clickhouse::Row;
-use sendmill_platform::{
-    api::ApiError,
-    body::QueryParams,
-    pauses::{self, Target},
-};
+use sendmill_platform::{api::ApiError, body::QueryParams};
+use sendmill_tenancy::pauses::{self, Target};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 

@@ -36,13 +36,16 @@ use axum::{
 };
 use row::EventRow;
 use sendmill_platform::{
-    api::{request_id, ApiError, Authenticator, Caller},
+    api::{request_id, ApiError},
     kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection},
-    suppressions::SuppressionCache,
     tracking::LinkSigner,
     CancellationToken,
 };
 use sendmill_store::{Scope, Store};
+use sendmill_tenancy::{
+    auth::{Authenticator, Caller},
+    suppressions::SuppressionCache,
+};
 use sendmill_wire::{EventType, EventV1, MessageId};
 use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};

@@ -7,11 +7,9 @@ use crate::AppState;
 use axum::{extract::State, Json};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use clickhouse::Row;
-use sendmill_platform::{
-    api::{ApiError, Caller},
-    body::QueryParams,
-};
+use sendmill_platform::{api::ApiError, body::QueryParams};
 use sendmill_store::Scope;
+use sendmill_tenancy::auth::Caller;
 use sendmill_wire::EventType;
 use serde::{Deserialize, Serialize};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};

@@ -7,16 +7,16 @@
 //! Counts live in Redis, one hash per subject with a field per (minute bucket, outcome),
 //! so every analytics process adds to the same window. One Lua call adds an outcome and
 //! returns the window's sums. Resuming a subject deletes its hash (see
-//! [`sendmill_platform::pauses::resume`]), so it is judged afresh.
+//! [`sendmill_tenancy::pauses::resume`]), so it is judged afresh.
 
 use redis::{aio::ConnectionManager, Script};
 use sendmill_platform::{
     backoff,
     kafka::{self, consumer::decode, ConsumerSpec, Handled, KafkaConnection},
-    pauses::{self, Target},
     CancellationToken,
 };
 use sendmill_store::Store;
+use sendmill_tenancy::pauses::{self, Target};
 use sendmill_wire::{AlertV1, EventType, EventV1};
 use serde::Deserialize;
 use std::{net::IpAddr, sync::LazyLock};

@@ -10,11 +10,9 @@
 use crate::{messages::time_param, AppState};
 use axum::{extract::State, Json};
 use clickhouse::Row;
-use sendmill_platform::{
-    api::{ApiError, Caller},
-    body::QueryParams,
-};
+use sendmill_platform::{api::ApiError, body::QueryParams};
 use sendmill_store::Scope;
+use sendmill_tenancy::auth::Caller;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};

@@ -10,13 +10,14 @@ use axum::{
     Json,
 };
 use sendmill_platform::{
-    api::{ApiError, Caller},
+    api::ApiError,
     body::{JsonBody, QueryParams},
 };
 use sendmill_store::{
     webhooks::{Attempt, Delivery, Endpoint, EndpointChange},
     Scope,
 };
+use sendmill_tenancy::auth::Caller;
 use sendmill_wire::EventType;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;

@@ -19,8 +19,9 @@ use crate::{
     provider::Provider,
     shaping, Dispatcher, Routed,
 };
-use sendmill_platform::{kafka::HandlerError, pauses::Target};
+use sendmill_platform::kafka::HandlerError;
 use sendmill_smtp::{Endpoint, Session, SmtpError, TlsMode};
+use sendmill_tenancy::pauses::Target;
 use sendmill_wire::{BounceCategory, ReadyV1, SmtpReply};
 use std::{
     net::SocketAddr,

@@ -49,10 +49,10 @@ use redis::aio::ConnectionManager;
 use sendmill_platform::{
     backoff,
     kafka::{self, consumer::decode, ConsumerSpec, Handled, HandlerError, KafkaConnection, Record},
-    suppressions::SuppressionCache,
     CancellationToken,
 };
 use sendmill_smtp::{ConnectionPool, PoolSettings, Timeouts};
+use sendmill_tenancy::suppressions::SuppressionCache;
 use sendmill_wire::{EventType, Lane, ReadyV1, RetryTier, RetryV1};
 use std::{path::Path, sync::Arc, time::Duration};
 use time::OffsetDateTime;

@@ -4,7 +4,8 @@
 //! (and drops this cache), so a pause stops new connections at once.
 
 use redis::aio::ConnectionManager;
-use sendmill_platform::{backoff, pauses, CancellationToken};
+use sendmill_platform::{backoff, CancellationToken};
+use sendmill_tenancy::pauses;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 use tokio::time::Instant;
 

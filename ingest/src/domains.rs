@@ -17,10 +17,11 @@ use axum::{
 };
 use hickory_resolver::proto::rr::RData;
 use sendmill_platform::{
-    api::{ApiError, Caller},
+    api::ApiError,
     dns::{no_records, TokioResolver},
 };
 use sendmill_store::{Scope, SendingDomain, StoreError};
+use sendmill_tenancy::auth::Caller;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 

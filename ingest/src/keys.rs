@@ -8,8 +8,9 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use sendmill_platform::api::{ApiError, Caller};
+use sendmill_platform::api::ApiError;
 use sendmill_store::{AccountInfo, AccountLimits, ApiKeyInfo, Scope};
+use sendmill_tenancy::auth::Caller;
 use sendmill_wire::AccountId;
 use serde::{Deserialize, Serialize};
 

@@ -45,17 +45,18 @@ use axum::{
     Router,
 };
 use sendmill_platform::{
-    api::{request_id, Authenticator},
+    api::request_id,
     config::override_string,
     dns::TokioResolver,
     http::ops_router,
     kafka::{KafkaConnection, Producer},
-    ratelimit::SendLimiter,
-    suppressions::SuppressionCache,
     CancellationToken,
 };
 use sendmill_render::templates::AccountTemplates;
 use sendmill_store::Store;
+use sendmill_tenancy::{
+    auth::Authenticator, ratelimit::SendLimiter, suppressions::SuppressionCache,
+};
 use sendmill_wire::Topics;
 use serde::Deserialize;
 use std::{sync::Arc, time::Duration};

@@ -12,7 +12,7 @@ use axum::{
     Json,
 };
 use sendmill_platform::{
-    api::{ApiError, Caller},
+    api::ApiError,
     kafka::{ProduceError, Producer},
     CancellationToken,
 };
@@ -21,6 +21,7 @@ use sendmill_store::{
     schedule::{CancelTarget, ScheduledMessage},
     Scope, Store, StoreError,
 };
+use sendmill_tenancy::auth::Caller;
 use sendmill_wire::{BatchId, EventType, EventV1, MessageId, RequestedV1, Topics};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

@@ -14,14 +14,12 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use sendmill_platform::{
-    api::{ApiError, Caller},
-    suppressions::SuppressionError,
-};
+use sendmill_platform::api::ApiError;
 use sendmill_store::{
     suppressions::{List, NewSuppression},
     Scope, Suppression, SuppressionReason,
 };
+use sendmill_tenancy::{auth::Caller, suppressions::SuppressionError};
 use serde::{Deserialize, Serialize};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 

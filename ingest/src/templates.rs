@@ -9,12 +9,13 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use sendmill_platform::api::{ApiError, Caller};
+use sendmill_platform::api::ApiError;
 use sendmill_render::templates::{check_syntax, Part, Templates};
 use sendmill_store::{
     templates::{Template, TemplateContent, TemplateVersion},
     Scope, StoreError,
 };
+use sendmill_tenancy::auth::Caller;
 use sendmill_wire::RequestedV1;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -1,22 +1,17 @@
 //! What every public HTTP API of Sendmill shares: one JSON error shape
-//! (`{"error":{"code","message","field"}}`), a request id on every response and log line,
-//! and bearer API-key authentication with a short-lived cache in front of PostgreSQL.
+//! (`{"error":{"code","message","field"}}`), a router that answers unknown paths in it,
+//! and a request id on every response and log line. Who the caller is (API keys) is
+//! tenant policy: `sendmill-tenancy`.
 
 use crate::traces::TraceHeaders;
 use axum::{
-    extract::{FromRef, FromRequestParts, MatchedPath, Request},
-    http::{header, request::Parts, HeaderValue, StatusCode},
+    extract::{MatchedPath, Request},
+    http::{header, HeaderValue, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
     Json,
 };
-use sendmill_store::{Principal, Scope, Store, StoreError};
 use serde::Serialize;
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
 use tracing::Instrument;
 
 /// An API error: HTTP status plus a stable machine code, a message for people and the
@@ -29,25 +24,6 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds for a `Retry-After` header (429s).
     pub retry_after: Option<u64>,
-}
-
-/// The one mapping of a tenant-database failure to an answer: a uniqueness conflict is a
-/// 409 `conflict` naming what exists; anything else is logged and answered 503
-/// `unavailable` (the caller may retry; nothing was changed or the write was atomic).
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Conflict(what) => ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("{what} already exists"),
-            ),
-            error => {
-                tracing::error!(%error, "tenant database failed");
-                ApiError::unavailable("the tenant database")
-            }
-        }
-    }
 }
 
 #[derive(Serialize)]
@@ -90,7 +66,8 @@ impl ApiError {
         )
     }
 
-    pub fn forbidden(scope: Scope) -> Self {
+    /// A 403: the key lacks `scope`.
+    pub fn forbidden(scope: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -104,6 +81,11 @@ impl ApiError {
             "not_found",
             format!("{what} not found"),
         )
+    }
+
+    /// A 409: what the request would create exists already.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
     /// A dependency is down: the client should retry later. Never a 500 for that.
@@ -202,109 +184,4 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     span.record("http.response.status_code", response.status().as_u16());
     response.headers_mut().insert(REQUEST_ID, value);
     response
-}
-
-/// The SHA-256 of an API key.
-type KeyHash = [u8; 32];
-
-/// Resolves bearer keys to principals, caching answers for `ttl` (so a revoked key
-/// keeps working for at most that long). The cache is keyed by the key's SHA-256, as
-/// the database is: no plaintext key outlives its request.
-#[derive(Clone)]
-pub struct Authenticator {
-    store: Store,
-    ttl: Duration,
-    cache: Arc<Mutex<HashMap<KeyHash, (Principal, Instant)>>>,
-}
-
-impl Authenticator {
-    pub fn new(store: Store, ttl: Duration) -> Self {
-        Self {
-            store,
-            ttl,
-            cache: Arc::default(),
-        }
-    }
-
-    pub async fn authenticate(&self, key: &str) -> Result<Principal, ApiError> {
-        let hash = sendmill_store::keys::hash(key);
-        if let Some((principal, at)) = self.cache.lock().expect("not poisoned").get(&hash) {
-            if at.elapsed() < self.ttl {
-                return Ok(principal.clone());
-            }
-        }
-        let principal = self
-            .store
-            .authenticate(key)
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "API key lookup failed");
-                ApiError::unavailable("authentication")
-            })?
-            .ok_or_else(ApiError::unauthorized)?;
-        let mut cache = self.cache.lock().expect("not poisoned");
-        if cache.len() > 100_000 {
-            cache.clear();
-        }
-        cache.insert(hash, (principal.clone(), Instant::now()));
-        Ok(principal)
-    }
-}
-
-impl Authenticator {
-    /// Drops a revoked key from this process's cache at once (other processes notice
-    /// within their cache TTL).
-    pub fn forget_key(&self, key_id: uuid::Uuid) {
-        self.cache
-            .lock()
-            .expect("not poisoned")
-            .retain(|_, (principal, _)| principal.key_id != key_id);
-    }
-}
-
-/// The authenticated caller of a request.
-pub struct Caller(pub Principal);
-
-impl Caller {
-    /// Operators (an operator account's key with the `admin` scope) only.
-    pub fn require_operator(&self) -> Result<(), ApiError> {
-        if self.0.operator && self.0.has(Scope::Admin) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "only an operator's admin key may do this",
-            ))
-        }
-    }
-
-    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.0.has(scope) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(scope))
-        }
-    }
-}
-
-impl<S> FromRequestParts<S> for Caller
-where
-    S: Send + Sync,
-    Authenticator: FromRef<S>,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let key = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(ApiError::unauthorized)?;
-        let principal = Authenticator::from_ref(state).authenticate(key).await?;
-        tracing::Span::current().record("key", principal.key_prefix.as_str());
-        Ok(Caller(principal))
-    }
 }

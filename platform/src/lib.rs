@@ -1,6 +1,7 @@
 //! # sendmill-platform
 //!
-//! The plumbing every stage shares, so that a stage crate holds only its own logic.
+//! The infrastructure every stage shares (Kafka, HTTP, telemetry, config, DNS, retries),
+//! so that a stage crate holds only its own logic.
 //!
 //! ## Layout
 //! - [`config`]: the shared TOML sections (Kafka, Redis, PostgreSQL, ClickHouse,
@@ -13,18 +14,16 @@
 //! - [`traces`]: W3C trace context carried in Kafka record and HTTP headers.
 //! - [`http`]: `/healthz` and `/metrics`, and serving a router until shutdown.
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or ctrl-c.
-//! - [`api`]: the JSON error shape every HTTP API answers with, request ids, and bearer
-//!   API-key authentication (cached).
+//! - [`api`]: the JSON error shape every HTTP API answers with, its router, request ids.
 //! - [`body`]: JSON bodies and query strings parsed into the one 4xx error shape.
 //! - [`backoff`]: retrying an infrastructure call until it succeeds or shutdown.
 //! - [`clients`]: Redis and ClickHouse clients built from config.
 //! - [`openapi`]: shared pieces of the OpenAPI documents.
 //! - [`dns`]: building a DNS resolver (MX routing, domain verification).
 //! - [`tracking`]: signed tokens in open, click and unsubscribe links.
-//! - [`suppressions`]: the Redis copy of the suppression lists the send path checks.
-//! - [`ratelimit`]: per-account send rate and daily quota in Redis.
-//! - [`pauses`]: pause flags for source IPs and pools, set by ops and the reputation
-//!   monitor, obeyed by every dispatcher.
+//!
+//! Tenant policy (API keys, suppressions, send limits, pauses) is `sendmill-tenancy`'s:
+//! this crate knows no tenant and reads no tenant database.
 
 pub mod api;
 pub mod backoff;
@@ -35,10 +34,7 @@ pub mod dns;
 pub mod http;
 pub mod kafka;
 pub mod openapi;
-pub mod pauses;
-pub mod ratelimit;
 pub mod shutdown;
-pub mod suppressions;
 pub mod telemetry;
 pub mod traces;
 pub mod tracking;

@@ -1017,7 +1017,7 @@ fn rsa_rate(sending: &sendmill_store::SendingDomain) -> anyhow::Result<f64> {
 /// The send API's rate-limit script by EVALSHA, 64 calls in flight on one connection,
 /// for two seconds.
 async fn evalsha_rate(config: &SendmillConfig) -> anyhow::Result<f64> {
-    use sendmill_platform::ratelimit::{Limits, SendLimiter};
+    use sendmill_tenancy::ratelimit::{Limits, SendLimiter};
     let redis = sendmill_platform::clients::redis(&config.redis).await?;
     let prefix = format!("bench{}:", uuid::Uuid::now_v7().simple());
     let limiter = Arc::new(SendLimiter::new(redis, &prefix));

@@ -102,7 +102,7 @@ async fn connect_store(config: &SendmillConfig) -> anyhow::Result<Store> {
 
 /// Runs `admin`, printing what it created or changed.
 pub async fn run(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
-    use sendmill_platform::pauses::{self, Target};
+    use sendmill_tenancy::pauses::{self, Target};
     let target = |ip: Option<std::net::IpAddr>, pool: Option<String>| match (ip, pool) {
         (Some(ip), _) => Target::Ip(ip),
         (None, Some(pool)) => Target::Pool(pool),

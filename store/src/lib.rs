@@ -28,6 +28,7 @@ pub mod webhooks;
 
 pub use suppressions::{Suppression, SuppressionReason};
 
+use sendmill_platform::api::ApiError;
 use sendmill_wire::AccountId;
 use sqlx::{postgres::PgPoolOptions, PgPool, Row};
 use std::{fmt, str::FromStr};
@@ -44,6 +45,21 @@ pub enum StoreError {
     KeyGeneration,
     #[error("{0} already exists")]
     Conflict(&'static str),
+}
+
+/// The one mapping of a tenant-database failure to an answer: a uniqueness conflict is a
+/// 409 `conflict` naming what exists; anything else is logged and answered 503
+/// `unavailable` (the caller may retry; nothing was changed or the write was atomic).
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(what) => ApiError::conflict(format!("{what} already exists")),
+            error => {
+                tracing::error!(%error, "tenant database failed");
+                ApiError::unavailable("the tenant database")
+            }
+        }
+    }
 }
 
 /// What an API key may do.

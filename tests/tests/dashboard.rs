@@ -6,7 +6,7 @@
 
 use sendmill::Stage;
 use sendmill_dispatcher::config::{PoolConfig, PoolIp};
-use sendmill_platform::pauses;
+use sendmill_tenancy::pauses;
 use sendmill_tests::*;
 use sendmill_wire::{AlertV1, EventType};
 use serde_json::{json, Value};

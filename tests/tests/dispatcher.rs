@@ -10,7 +10,7 @@ use sendmill::{SendmillConfig, Stage};
 use sendmill_dispatcher::config::{
     PoolConfig, PoolIp, ProviderConfig, ShapingRule, ShapingScope, WarmupConfig,
 };
-use sendmill_platform::pauses::{self, Target};
+use sendmill_tenancy::pauses::{self, Target};
 use sendmill_tests::*;
 use sendmill_wire::{BounceCategory, EventType, EventV1, Lane, ReadyV1, RetryTier};
 use std::{

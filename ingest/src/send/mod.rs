@@ -28,11 +28,12 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use sendmill_platform::{
-    api::{ApiError, Caller},
+use sendmill_platform::api::ApiError;
+use sendmill_store::{Principal, Scope};
+use sendmill_tenancy::{
+    auth::Caller,
     ratelimit::{Admission, Limits},
 };
-use sendmill_store::{Principal, Scope};
 use sendmill_wire::{payload::domain_of, BatchId, MessageId};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
