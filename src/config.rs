@@ -45,7 +45,12 @@ impl SendmillConfig {
     /// validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut config: SendmillConfig = match path {
-            Some(path) => config::load_file(path)?,
+            Some(path) => {
+                let loaded = config::load_file(path)?;
+                let mut config: SendmillConfig = loaded.config;
+                config.deprecations = loaded.deprecations;
+                config
+            }
             None => SendmillConfig::default(),
         };
         config.apply_env();
@@ -56,11 +61,10 @@ impl SendmillConfig {
 
     /// Moves deprecated settings to their new home, noting each in `deprecations`.
     fn upgrade(&mut self) {
-        if let Some(secs) = self.ingest.suppression_cache_secs.take() {
-            self.suppressions.cache_secs = secs;
+        if let Some(cache) = self.ingest.suppression_cache.take() {
+            self.suppressions.cache = cache;
             self.deprecations.push(
-                "ingest.suppression_cache_secs is deprecated: use [suppressions] cache_secs"
-                    .to_owned(),
+                "ingest.suppression_cache is deprecated: use [suppressions] cache".to_owned(),
             );
         }
     }
@@ -125,8 +129,15 @@ mod tests {
                 if path.is_dir() {
                     dirs.push(path);
                 } else if path.extension().is_some_and(|e| e == "toml") {
-                    let parsed: SendmillConfig = config::load_file(&path)
+                    let loaded = config::load_file::<SendmillConfig>(&path)
                         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    assert!(
+                        loaded.deprecations.is_empty(),
+                        "{}: {:?}",
+                        path.display(),
+                        loaded.deprecations
+                    );
+                    let parsed = loaded.config;
                     parsed
                         .validate()
                         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -143,11 +154,13 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_naming_the_key() {
         let err = config::parse::<SendmillConfig>("[dispatcher]\nsmtp_prot = 25\n", "test")
-            .unwrap_err()
+            .err()
+            .unwrap()
             .to_string();
         assert!(err.contains("smtp_prot"), "{err}");
         let err = config::parse::<SendmillConfig>("[kafak]\n", "test")
-            .unwrap_err()
+            .err()
+            .unwrap()
             .to_string();
         assert!(err.contains("kafak"), "{err}");
     }
@@ -160,10 +173,14 @@ mod tests {
         std::fs::write(&path, "[ingest]\nsuppression_cache_secs = 120\n").unwrap();
         let loaded = SendmillConfig::load(Some(&path)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(loaded.suppressions.cache_secs, 120);
-        assert_eq!(loaded.ingest.suppression_cache_secs, None);
-        assert_eq!(loaded.deprecations.len(), 1, "{:?}", loaded.deprecations);
-        assert!(loaded.deprecations[0].contains("[suppressions] cache_secs"));
+        assert_eq!(
+            loaded.suppressions.cache,
+            std::time::Duration::from_secs(120)
+        );
+        assert_eq!(loaded.ingest.suppression_cache, None);
+        assert_eq!(loaded.deprecations.len(), 2, "{:?}", loaded.deprecations);
+        assert!(loaded.deprecations[0].contains("ingest.suppression_cache = \"120s\""));
+        assert!(loaded.deprecations[1].contains("[suppressions] cache"));
     }
 
     #[test]

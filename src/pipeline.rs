@@ -83,7 +83,7 @@ pub async fn start(
             store.clone(),
             redis,
             &config.redis.key_prefix,
-            std::time::Duration::from_secs(config.suppressions.cache_secs),
+            config.suppressions.cache,
         )
     });
     let mut pipeline = Pipeline {

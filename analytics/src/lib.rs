@@ -61,16 +61,19 @@ pub struct Config {
     pub group_id: String,
     /// Rows per ClickHouse insert at most.
     pub batch_rows: usize,
-    /// Milliseconds an event waits at most for its batch to fill.
-    pub batch_wait_ms: u64,
-    /// Seconds an API key lookup is cached.
-    pub auth_cache_secs: u64,
+    /// How long an event waits at most for its batch to fill.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub batch_wait: Duration,
+    /// How long an API key lookup is cached.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub auth_cache: Duration,
     /// Days of `events` kept; older day partitions are dropped.
     pub retention_days: u32,
     /// Days of the per-minute rollups kept (they are far smaller than `events`).
     pub rollup_retention_days: u32,
-    /// Seconds between retention runs.
-    pub retention_check_secs: u64,
+    /// Time between retention runs.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub retention_check: Duration,
     /// Customer webhooks.
     pub webhooks: webhooks::WebhookConfig,
     /// The reputation monitor.
@@ -89,11 +92,11 @@ impl Default for Config {
             listen: "127.0.0.1:8081".into(),
             group_id: "sendmill-analytics".into(),
             batch_rows: 10_000,
-            batch_wait_ms: 500,
-            auth_cache_secs: 30,
+            batch_wait: Duration::from_millis(500),
+            auth_cache: Duration::from_secs(30),
             retention_days: 90,
             rollup_retention_days: 400,
-            retention_check_secs: 3_600,
+            retention_check: Duration::from_secs(3_600),
             webhooks: webhooks::WebhookConfig::default(),
             reputation: reputation::ReputationConfig::default(),
             outcomes: outcomes::OutcomesConfig::default(),
@@ -120,7 +123,7 @@ pub async fn run_inserter(
         clickhouse,
         "events",
         config.batch_rows,
-        Duration::from_millis(config.batch_wait_ms),
+        config.batch_wait,
         shutdown.clone(),
     );
     let spec = ConsumerSpec {
@@ -222,7 +225,7 @@ impl AppState {
         Ok(Self {
             suppressions: deps.suppressions.clone(),
             clickhouse: deps.clickhouse.clone(),
-            auth: Authenticator::new(store.clone(), Duration::from_secs(config.auth_cache_secs)),
+            auth: Authenticator::new(store.clone(), config.auth_cache),
             producer: deps.kafka.producer()?,
             topics: deps.kafka.topics.clone(),
             links: deps.links.clone(),
@@ -230,7 +233,7 @@ impl AppState {
             outcomes: config.outcomes.clone(),
             webhook_targets: webhooks::TargetCache::new(
                 store.clone(),
-                Duration::from_secs(config.webhooks.endpoint_cache_secs),
+                config.webhooks.endpoint_cache,
             ),
             wake_webhooks: Arc::new(Notify::new()),
             redis: deps.redis.clone(),
@@ -285,7 +288,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let retention = retention::Retention::new(config.retention_days, config.rollup_retention_days)
         .run(
             clickhouse.clone(),
-            Duration::from_secs(config.retention_check_secs.max(1)),
+            config.retention_check.max(Duration::from_secs(1)),
             shutdown.clone(),
         );
     tasks.spawn(async move {

@@ -11,11 +11,11 @@
 //! design and never overdue).
 //!
 //! [`run`] refreshes the gauges `sendmill_messages_in_flight{lane,stage}` and
-//! `sendmill_messages_overdue{lane,stage}` every `check_secs`, and raises an alert (kept
+//! `sendmill_messages_overdue{lane,stage}` every `check`, and raises an alert (kept
 //! in PostgreSQL for the dashboard, written to the alerts topic) when a (lane, stage)
 //! turns overdue. [`pending`] answers `GET /v1/stats/pending` and the dashboard, for
 //! one account or all. Only messages accepted within `window_hours` are looked at (the
-//! delivery attempts of a message end after `dispatcher.max_retry_age_secs`, 24 h).
+//! delivery attempts of a message end after `dispatcher.max_retry_age`, 24 h).
 
 use crate::stats::Visibility;
 use sendmill_platform::{
@@ -34,12 +34,14 @@ use time::OffsetDateTime;
 pub struct OutcomesConfig {
     /// Refresh the gauges and raise alerts in this analytics process.
     pub enabled: bool,
-    /// Seconds between counts.
-    pub check_secs: u64,
-    /// Seconds of silence (no event of any kind) after which a message without an
+    /// Time between counts.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub check: Duration,
+    /// The silence (no event of any kind) after which a message without an
     /// outcome is overdue. Above the longest retry delay (1 h by default).
-    pub overdue_after_secs: u64,
-    /// Hours back (by event time) a count looks; above `dispatcher.max_retry_age_secs`.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub overdue_after: Duration,
+    /// Hours back (by event time) a count looks; above `dispatcher.max_retry_age`.
     pub window_hours: u32,
 }
 
@@ -47,8 +49,8 @@ impl Default for OutcomesConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            check_secs: 30,
-            overdue_after_secs: 5_400,
+            check: Duration::from_secs(30),
+            overdue_after: Duration::from_secs(5_400),
             window_hours: 48,
         }
     }
@@ -79,7 +81,7 @@ impl PendingReport {
         Self {
             in_flight: by.iter().map(|p| p.in_flight).sum(),
             overdue: by.iter().map(|p| p.overdue).sum(),
-            overdue_after_secs: config.overdue_after_secs,
+            overdue_after_secs: config.overdue_after.as_secs(),
             by,
         }
     }
@@ -97,7 +99,7 @@ pub async fn pending(
 ) -> Result<Vec<Pending>, clickhouse::error::Error> {
     let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as u64;
     let since = now.unix_timestamp() - i64::from(config.window_hours) * 3600;
-    let overdue_before_ms = now_ms.saturating_sub(config.overdue_after_secs * 1000);
+    let overdue_before_ms = now_ms.saturating_sub(config.overdue_after.as_millis() as u64);
     let account = match visibility {
         Visibility::Account(_) => "AND account_id = toUUID(?)",
         Visibility::Everyone => "",
@@ -139,7 +141,7 @@ pub enum OutcomesError {
     Kafka(#[from] kafka::KafkaError),
 }
 
-/// Counts every `check_secs` until `shutdown` (see the module doc). A count that fails
+/// Counts every `check` until `shutdown` (see the module doc). A count that fails
 /// (ClickHouse away) is logged and tried at the next tick; the gauges keep their values.
 pub async fn run(
     clickhouse: clickhouse::Client,
@@ -150,7 +152,7 @@ pub async fn run(
 ) -> Result<(), OutcomesError> {
     let producer = kafka.producer()?;
     let alerts_topic = kafka.topics.alerts();
-    let mut tick = tokio::time::interval(Duration::from_secs(config.check_secs.max(1)));
+    let mut tick = tokio::time::interval(config.check.max(Duration::from_secs(1)));
     // (lane, stage) → overdue at the last count: gauges of a pair that emptied go to 0,
     // and an alert is raised when a pair turns overdue, not at every count.
     let mut last: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -216,12 +218,12 @@ pub async fn run(
                     metric: "overdue_messages".into(),
                     value: overdue as f64,
                     threshold: 0.0,
-                    window_secs: config.overdue_after_secs as u32,
+                    window_secs: config.overdue_after.as_secs() as u32,
                     volume: in_flight,
                     action: "alerted".into(),
                 };
                 tracing::error!(%lane, %stage, overdue, in_flight,
-                    overdue_after_secs = config.overdue_after_secs,
+                    overdue_after_secs = config.overdue_after.as_secs(),
                     "accepted messages have had no event past the overdue age");
                 if let Err(error) = store.record_alert(&alert).await {
                     tracing::warn!(%error, "cannot record the overdue alert");

@@ -19,7 +19,7 @@ use sendmill_store::Store;
 use sendmill_tenancy::pauses::{self, Target};
 use sendmill_wire::{AlertV1, EventType, EventV1};
 use serde::Deserialize;
-use std::{net::IpAddr, sync::LazyLock};
+use std::{net::IpAddr, sync::LazyLock, time::Duration};
 use time::OffsetDateTime;
 
 /// `[analytics.reputation]`: when the monitor pauses an IP or an account.
@@ -30,10 +30,12 @@ pub struct ReputationConfig {
     pub enabled: bool,
     /// Kafka consumer group of the monitor.
     pub group_id: String,
-    /// Seconds of the sliding window rates are measured over.
-    pub window_secs: u32,
-    /// Seconds per bucket of the window (the window slides by this much).
-    pub bucket_secs: u32,
+    /// Length of the sliding window rates are measured over.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub window: Duration,
+    /// Time per bucket of the window (the window slides by this much).
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub bucket: Duration,
     /// Messages sent in the window (delivered + bounced) before a rate is judged.
     pub min_volume: u64,
     /// Bounced / sent above which a source IP is paused.
@@ -53,8 +55,8 @@ impl Default for ReputationConfig {
         Self {
             enabled: true,
             group_id: "sendmill-reputation".into(),
-            window_secs: 900,
-            bucket_secs: 60,
+            window: Duration::from_secs(900),
+            bucket: Duration::from_secs(60),
             min_volume: 200,
             ip_bounce_rate: 0.08,
             ip_complaint_rate: 0.003,
@@ -157,8 +159,8 @@ impl Monitor {
         field: &str,
         at: OffsetDateTime,
     ) -> redis::RedisResult<Window> {
-        let bucket_secs = i64::from(self.config.bucket_secs.max(1));
-        let buckets = (i64::from(self.config.window_secs) / bucket_secs).max(1);
+        let bucket_secs = (self.config.bucket.as_secs() as i64).max(1);
+        let buckets = (self.config.window.as_secs() as i64 / bucket_secs).max(1);
         let bucket = at.unix_timestamp() / bucket_secs;
         let mut redis = self.redis.clone();
         let sums: (u64, u64, u64) = COUNT
@@ -166,7 +168,7 @@ impl Monitor {
             .arg(field)
             .arg(bucket)
             .arg(buckets)
-            .arg(2 * self.config.window_secs.max(1))
+            .arg(2 * self.config.window.as_secs().max(1))
             .invoke_async(&mut redis)
             .await?;
         Ok(Window {
@@ -230,7 +232,7 @@ impl Monitor {
         let reason = format!(
             "reputation monitor: {metric} {:.1}% over {} s (threshold {:.1}%, {} sent)",
             value * 100.0,
-            self.config.window_secs,
+            self.config.window.as_secs(),
             threshold * 100.0,
             window.sent()
         );
@@ -256,7 +258,7 @@ impl Monitor {
             metric: metric.to_owned(),
             value,
             threshold,
-            window_secs: self.config.window_secs,
+            window_secs: self.config.window.as_secs() as u32,
             volume: window.sent(),
             action: "paused".into(),
         };

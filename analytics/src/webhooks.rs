@@ -39,23 +39,30 @@ use tokio::sync::{Notify, Semaphore};
 pub struct WebhookConfig {
     /// Kafka consumer group of the fan-out.
     pub group_id: String,
-    /// Seconds an event is retried before it goes to the dead-letter queue.
-    pub retry_for_secs: u64,
-    /// Milliseconds before the first retry; each failure in a row doubles it.
-    pub backoff_initial_ms: u64,
-    /// Seconds between retries at most.
-    pub backoff_max_secs: u64,
-    /// Milliseconds an endpoint has to answer.
-    pub request_timeout_ms: u64,
+    /// How long an event is retried before it goes to the dead-letter queue.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub retry_for: Duration,
+    /// Time before the first retry; each failure in a row doubles it.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub backoff_initial: Duration,
+    /// Time between retries at most.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub backoff_max: Duration,
+    /// How long an endpoint has to answer.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub request_timeout: Duration,
     /// Endpoints sent to at the same time by one process.
     pub concurrent_endpoints: usize,
-    /// Seconds a process holds an endpoint before another may take it over.
-    pub lease_secs: u64,
-    /// Milliseconds between looks for endpoints that fell due (other processes' events,
+    /// How long a process holds an endpoint before another may take it over.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub lease: Duration,
+    /// Time between looks for endpoints that fell due (other processes' events,
     /// ended backoffs); this process's own new events wake the sender at once.
-    pub poll_ms: u64,
-    /// Seconds an account's endpoint list is cached by the fan-out.
-    pub endpoint_cache_secs: u64,
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub poll: Duration,
+    /// How long an account's endpoint list is cached by the fan-out.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub endpoint_cache: Duration,
     /// Days delivered events and attempts are kept for the API.
     pub history_days: u64,
     /// Allow endpoints on loopback and private addresses (tests, single-host setups).
@@ -67,14 +74,14 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
             group_id: "sendmill-webhooks".into(),
-            retry_for_secs: 48 * 3_600,
-            backoff_initial_ms: 5_000,
-            backoff_max_secs: 3_600,
-            request_timeout_ms: 10_000,
+            retry_for: Duration::from_secs(48 * 3_600),
+            backoff_initial: Duration::from_millis(5_000),
+            backoff_max: Duration::from_secs(3_600),
+            request_timeout: Duration::from_millis(10_000),
             concurrent_endpoints: 64,
-            lease_secs: 60,
-            poll_ms: 500,
-            endpoint_cache_secs: 5,
+            lease: Duration::from_secs(60),
+            poll: Duration::from_millis(500),
+            endpoint_cache: Duration::from_secs(5),
             history_days: 7,
             allow_private_destinations: false,
         }
@@ -86,9 +93,10 @@ impl WebhookConfig {
     /// ±20% jitter so endpoints that failed together do not retry together.
     pub fn backoff(&self, failures: i32) -> Duration {
         let exponent = failures.clamp(1, 30) as u32 - 1;
-        let base = Duration::from_millis(self.backoff_initial_ms)
+        let base = self
+            .backoff_initial
             .saturating_mul(2u32.saturating_pow(exponent))
-            .min(Duration::from_secs(self.backoff_max_secs));
+            .min(self.backoff_max);
         base.mul_f64(rand::random::<f64>() * 0.4 + 0.8)
     }
 }
@@ -235,7 +243,7 @@ pub async fn run_sender(
     shutdown: CancellationToken,
 ) {
     let client = match reqwest::Client::builder()
-        .timeout(Duration::from_millis(config.request_timeout_ms))
+        .timeout(config.request_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("Sendmill-Webhooks/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -247,7 +255,7 @@ pub async fn run_sender(
         }
     };
     let slots = Arc::new(Semaphore::new(config.concurrent_endpoints.max(1)));
-    let lease = Duration::from_secs(config.lease_secs);
+    let lease = config.lease;
     let mut last_housekeeping: Option<Instant> = None;
     loop {
         if last_housekeeping.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
@@ -273,7 +281,7 @@ pub async fn run_sender(
         }
         // An endpoint falls due (its backoff ends, another process queues events) at
         // most one poll late.
-        let wait = Duration::from_millis(config.poll_ms);
+        let wait = config.poll;
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -332,7 +340,7 @@ async fn deliver(
     let mut failures = endpoint.failures;
     loop {
         match store
-            .dead_letter_expired(endpoint.id, Duration::from_secs(config.retry_for_secs))
+            .dead_letter_expired(endpoint.id, config.retry_for)
             .await
         {
             Ok(0) => {}
@@ -408,13 +416,7 @@ async fn deliver(
         };
         metrics::counter!("sendmill_webhook_attempts_total", "outcome" => outcome).increment(1);
         if let Err(e) = store
-            .record_webhook_attempt(
-                endpoint.id,
-                &seqs,
-                &record,
-                retry_at,
-                Duration::from_secs(config.lease_secs),
-            )
+            .record_webhook_attempt(endpoint.id, &seqs, &record, retry_at, config.lease)
             .await
         {
             // Not recorded: the events stay pending and go again (the same webhook-id
@@ -467,8 +469,8 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let config = WebhookConfig {
-            backoff_initial_ms: 1_000,
-            backoff_max_secs: 10,
+            backoff_initial: Duration::from_millis(1_000),
+            backoff_max: Duration::from_secs(10),
             ..WebhookConfig::default()
         };
         let around = |d: Duration, secs: f64| {

@@ -37,7 +37,7 @@ impl Dispatcher {
             backoff::until_ok("record terminal", &self.shutdown, || {
                 let mut redis = self.redis.clone();
                 let (key, encoded) = (key.clone(), encoded.clone());
-                let ttl = self.config.terminal_ttl_secs;
+                let ttl = self.config.terminal_ttl.as_secs().max(1);
                 async move {
                     redis::cmd("SET")
                         .arg(&key)

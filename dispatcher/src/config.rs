@@ -37,28 +37,36 @@ pub struct Config {
     /// DNS servers for MX lookups, `ip:port`; empty: the system's resolv.conf.
     /// Env: `SENDMILL_DNS_NAMESERVERS` (comma-separated).
     pub nameservers: Vec<String>,
-    /// Seconds for a DNS query.
-    pub dns_timeout_secs: u64,
-    /// Seconds to establish a TCP connection to an MX host.
-    pub connect_timeout_secs: u64,
-    /// Seconds for the greeting, EHLO, STARTTLS and each envelope command.
-    pub command_timeout_secs: u64,
-    /// Seconds for sending the message data and reading the final reply.
-    pub data_timeout_secs: u64,
+    /// How long a DNS query may take.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub dns_timeout: Duration,
+    /// How long it may take to establish a TCP connection to an MX host.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub connect_timeout: Duration,
+    /// How long the greeting, EHLO, STARTTLS and each envelope command may take.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub command_timeout: Duration,
+    /// How long sending the message data and reading the final reply may take.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub data_timeout: Duration,
     /// Idle connections kept per (source IP, MX address).
     pub max_idle_per_host: usize,
-    /// Seconds an idle connection is kept for reuse.
-    pub idle_timeout_secs: u64,
-    /// Seconds after acceptance a message keeps being retried; then it expires (a hard
+    /// How long an idle connection is kept for reuse.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub idle_timeout: Duration,
+    /// How long after acceptance a message keeps being retried; then it expires (a hard
     /// bounce with the last reply).
-    pub max_retry_age_secs: u64,
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub max_retry_age: Duration,
     /// Delay of each retry tier, in the order of the tier topics (`1m`, `5m`, `15m`,
     /// `1h`): the first retry waits the first, the fourth and every later one the last.
     /// Shortened only in tests.
-    pub retry_delays_secs: [u64; 4],
-    /// Seconds a message's terminal event is remembered in Redis (the dedupe barrier);
+    #[serde(deserialize_with = "sendmill_platform::config::durations::deserialize")]
+    pub retry_delays: [Duration; 4],
+    /// How long a message's terminal event is remembered in Redis (the dedupe barrier);
     /// longer than any redelivery can come late.
-    pub terminal_ttl_secs: u64,
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub terminal_ttl: Duration,
     /// Directory of the durable dedupe journal: the id of every message whose data was
     /// handed to a receiver, written before its reply is read. Keep it on a disk that
     /// survives restarts.
@@ -68,21 +76,24 @@ pub struct Config {
     /// Journal segments kept (and loaded at start).
     pub journal_segments: usize,
     /// Most shaping tokens leased from Redis in one call (fewer round trips; tokens unused
-    /// after `lease_ms` are dropped, never returned, so limits are never exceeded).
+    /// after `lease` are dropped, never returned, so limits are never exceeded).
     pub max_lease: u32,
-    /// Milliseconds a leased token stays usable.
-    pub lease_ms: u64,
-    /// Milliseconds between reads of the pause flags set by ops and the reputation
+    /// How long a leased token stays usable.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub lease: Duration,
+    /// Time between reads of the pause flags set by ops and the reputation
     /// monitor (a new connection checks them itself).
-    pub pause_refresh_ms: u64,
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub pause_refresh: Duration,
     /// Rate (messages/s) a provider without a configured rate is held to when its
     /// replies put it in backoff mode.
     pub backoff_rate_per_sec: f64,
     /// Lowest share of its rate backoff mode slows a provider to.
     pub backoff_min_factor: f64,
-    /// Seconds without a rate-limit reply after which a provider's backoff factor doubles
+    /// Time without a rate-limit reply after which a provider's backoff factor doubles
     /// (back to full speed).
-    pub backoff_recovery_secs: u64,
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub backoff_recovery: Duration,
     /// Named pools of source IPs; empty: one implicit pool `default` of `source_ip`.
     pub pools: Vec<PoolConfig>,
     /// Which pool a message leaves from.
@@ -238,24 +249,24 @@ impl Default for Config {
             smtp_port: 25,
             source_ip: String::new(),
             nameservers: Vec::new(),
-            dns_timeout_secs: 5,
-            connect_timeout_secs: 30,
-            command_timeout_secs: 120,
-            data_timeout_secs: 600,
+            dns_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(120),
+            data_timeout: Duration::from_secs(600),
             max_idle_per_host: 16,
-            idle_timeout_secs: 30,
-            max_retry_age_secs: 24 * 3600,
-            retry_delays_secs: RetryTier::ALL.map(|t| t.delay().as_secs()),
-            terminal_ttl_secs: 7 * 24 * 3600,
+            idle_timeout: Duration::from_secs(30),
+            max_retry_age: Duration::from_secs(24 * 3600),
+            retry_delays: RetryTier::ALL.map(|t| t.delay()),
+            terminal_ttl: Duration::from_secs(7 * 24 * 3600),
             journal_dir: "/var/lib/sendmill/dispatcher".into(),
             journal_segment_entries: 250_000,
             journal_segments: 4,
             max_lease: 32,
-            lease_ms: 1000,
-            pause_refresh_ms: 1000,
+            lease: Duration::from_millis(1000),
+            pause_refresh: Duration::from_millis(1000),
             backoff_rate_per_sec: 20.0,
             backoff_min_factor: 0.05,
-            backoff_recovery_secs: 60,
+            backoff_recovery: Duration::from_secs(60),
             pools: Vec::new(),
             routing: RoutingConfig::default(),
             providers: Vec::new(),
@@ -342,8 +353,8 @@ impl Config {
                 return bad(format!("warmup.{}: daily_caps is empty", w.ip));
             }
         }
-        if self.retry_delays_secs.contains(&0) {
-            return bad("retry_delays_secs: a delay of 0 would retry at once".into());
+        if self.retry_delays.contains(&Duration::ZERO) {
+            return bad("retry_delays: a delay of 0 would retry at once".into());
         }
         if !(0.0..=1.0).contains(&self.backoff_min_factor) || self.backoff_min_factor == 0.0 {
             return bad("backoff_min_factor: must be in (0, 1]".into());
@@ -407,8 +418,8 @@ impl Config {
 
     /// The delay before retry number `attempts` (1-based) and its tier's index.
     pub(crate) fn retry_delay(&self, attempts: u32) -> (usize, Duration) {
-        let tier = (attempts.max(1) as usize - 1).min(self.retry_delays_secs.len() - 1);
-        (tier, Duration::from_secs(self.retry_delays_secs[tier]))
+        let tier = (attempts.max(1) as usize - 1).min(self.retry_delays.len() - 1);
+        (tier, self.retry_delays[tier])
     }
 }
 

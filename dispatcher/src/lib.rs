@@ -171,20 +171,17 @@ impl Dispatcher {
         config: Config,
         shutdown: CancellationToken,
     ) -> Result<Self, Error> {
-        let resolver = mx::MxResolver::new(
-            &config.nameserver_addrs()?,
-            Duration::from_secs(config.dns_timeout_secs),
-        )
-        .map_err(|e| Error::Dns(e.to_string()))?;
+        let resolver = mx::MxResolver::new(&config.nameserver_addrs()?, config.dns_timeout)
+            .map_err(|e| Error::Dns(e.to_string()))?;
         let connections = ConnectionPool::new(PoolSettings {
             timeouts: Timeouts {
-                connect: Duration::from_secs(config.connect_timeout_secs),
-                command: Duration::from_secs(config.command_timeout_secs),
-                data: Duration::from_secs(config.data_timeout_secs),
+                connect: config.connect_timeout,
+                command: config.command_timeout,
+                data: config.data_timeout,
                 quit: Duration::from_secs(2),
             },
             max_idle_per_host: config.max_idle_per_host,
-            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            idle_timeout: config.idle_timeout,
         });
         let journal = journal::Journal::open(
             Path::new(&config.journal_dir),
@@ -200,11 +197,7 @@ impl Dispatcher {
             journal,
             handling: inflight::MessageLocks::default(),
             sending: Arc::new(Semaphore::new(config.concurrency.max(1))),
-            pause_watch: PauseWatch::new(
-                redis.clone(),
-                &key_prefix,
-                Duration::from_millis(config.pause_refresh_ms),
-            ),
+            pause_watch: PauseWatch::new(redis.clone(), &key_prefix, config.pause_refresh),
             producer: kafka.producer()?,
             redis,
             key_prefix,

@@ -1,6 +1,6 @@
 //! The pause flags (ops' and the reputation monitor's pauses of IPs, pools and
 //! accounts) as the dispatcher sees them: read from Redis at most every `refresh`
-//! (`dispatcher.pause_refresh_ms`) for routing, while a new connection reads them itself
+//! (`dispatcher.pause_refresh`) for routing, while a new connection reads them itself
 //! (and drops this cache), so a pause stops new connections at once.
 
 use redis::aio::ConnectionManager;

@@ -10,7 +10,6 @@ use crate::{
 };
 use sendmill_platform::{backoff, kafka::HandlerError};
 use sendmill_wire::{BounceCategory, EventType, EventV1, ReadyV1, RetryTier, RetryV1};
-use std::time::Duration;
 use time::OffsetDateTime;
 
 impl Dispatcher {
@@ -79,8 +78,7 @@ impl Dispatcher {
                 let tier = RetryTier::ALL[tier];
                 let now = OffsetDateTime::now_utc();
                 let due_at = now + delay;
-                let deadline =
-                    ready.accepted_at + Duration::from_secs(self.config.max_retry_age_secs);
+                let deadline = ready.accepted_at + self.config.max_retry_age;
                 if due_at > deadline {
                     let mut e = failure_event(event(EventType::Expired), failure);
                     e.bounce_category = Some(BounceCategory::Expired);

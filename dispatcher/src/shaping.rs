@@ -7,7 +7,7 @@
 //! chosen IP for the provider (a per-UTC-day counter) is charged in the same call.
 //!
 //! Tokens are leased in small batches — as many as messages are waiting locally, up to
-//! `max_lease` — and a leased token not used within `lease_ms` is dropped, never given
+//! `max_lease` — and a leased token not used within `lease` is dropped, never given
 //! back, so leasing saves round trips without ever exceeding a limit. A message without a
 //! token sleeps on tokio's timer wheel until the bucket says it may try again; the
 //! consumer's capacity bounds how many wait (the local delay queue).
@@ -182,10 +182,10 @@ impl Shaper {
             rules: config.shaping.clone(),
             warmup: config.warmup.clone(),
             max_lease: config.max_lease,
-            lease_for: Duration::from_millis(config.lease_ms),
+            lease_for: config.lease,
             backoff_rate: config.backoff_rate_per_sec,
             min_factor: config.backoff_min_factor,
-            recovery: Duration::from_secs(config.backoff_recovery_secs.max(1)),
+            recovery: config.backoff_recovery.max(Duration::from_secs(1)),
             local: Mutex::default(),
             exhausted: Mutex::default(),
             backoff: Mutex::default(),

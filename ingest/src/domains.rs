@@ -23,6 +23,7 @@ use sendmill_platform::{
 use sendmill_store::{Scope, SendingDomain, StoreError};
 use sendmill_tenancy::auth::Caller;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// `[ingest.domains]`: what tenants' DNS must point at.
@@ -37,8 +38,9 @@ pub struct DomainsConfig {
     pub return_path_host: String,
     /// DKIM selector of new domains.
     pub dkim_selector: String,
-    /// Seconds for each DNS query of a verification.
-    pub dns_timeout_secs: u64,
+    /// How long each DNS query of a verification may take.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub dns_timeout: Duration,
 }
 
 impl Default for DomainsConfig {
@@ -48,7 +50,7 @@ impl Default for DomainsConfig {
             spf_include: "_spf.sendmill.invalid".into(),
             return_path_host: "bounces.sendmill.invalid".into(),
             dkim_selector: "sm1".into(),
-            dns_timeout_secs: 5,
+            dns_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -73,13 +73,15 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Most recipient copies (to, cc and bcc together) in one request.
     pub max_recipients: usize,
-    /// Seconds an API key lookup is cached: a revoked key keeps working at most this long
+    /// How long an API key lookup is cached: a revoked key keeps working at most this long
     /// in other processes (the revoking one forgets it at once).
-    pub auth_cache_secs: u64,
-    /// Seconds a sending domain found allowed to send is remembered: a deleted domain
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub auth_cache: Duration,
+    /// How long a sending domain found allowed to send is remembered: a deleted domain
     /// keeps working at most this long in other ingest processes. Refusals are not
     /// remembered, so a domain added or verified works at once.
-    pub sending_domain_cache_secs: u64,
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub sending_domain_cache: Duration,
     /// Most bytes of attachments (decoded) in one message. Each recipient's record
     /// carries its own copy, so keep this well below the Kafka message size limit.
     pub max_attachment_bytes: usize,
@@ -92,18 +94,24 @@ pub struct Config {
     /// Recipients per UTC day an account may send unless its own quota says otherwise;
     /// 0: unlimited.
     pub default_daily_quota: u64,
-    /// How far ahead `send_at` may be, in seconds.
-    pub max_schedule_ahead_secs: u64,
-    /// Milliseconds between looks for due scheduled messages (at most).
-    pub release_interval_ms: u64,
-    /// Seconds a request holds its Idempotency-Key before a retry may take it over.
-    pub idempotency_lease_secs: u64,
-    /// Seconds an Idempotency-Key and its answer are kept.
-    pub idempotency_retention_secs: u64,
+    /// How far ahead `send_at` may be.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub max_schedule_ahead: Duration,
+    /// Time between looks for due scheduled messages (at most).
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub release_interval: Duration,
+    /// How long a request holds its Idempotency-Key before a retry may take it over.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub idempotency_lease: Duration,
+    /// How long an Idempotency-Key and its answer are kept.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub idempotency_retention: Duration,
     /// Deprecated (read for one release, with a warning): `[suppressions] cache_secs`.
-    pub suppression_cache_secs: Option<u64>,
-    /// Seconds an account's template partials are cached (previews, sandbox sends).
-    pub template_cache_secs: u64,
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub suppression_cache: Option<Duration>,
+    /// How long an account's template partials are cached (previews, sandbox sends).
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub template_cache: Duration,
     /// What tenants' DNS records must point at, and how they are checked.
     pub domains: domains::DomainsConfig,
 }
@@ -114,18 +122,18 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 10 * 1024 * 1024,
             max_recipients: 1000,
-            auth_cache_secs: 30,
-            sending_domain_cache_secs: 30,
+            auth_cache: Duration::from_secs(30),
+            sending_domain_cache: Duration::from_secs(30),
             max_attachment_bytes: 5 * 1024 * 1024,
             allow_unverified_domains: false,
             default_send_rate_per_sec: 5_000,
             default_daily_quota: 0,
-            max_schedule_ahead_secs: 72 * 3600,
-            release_interval_ms: 1_000,
-            idempotency_lease_secs: 60,
-            idempotency_retention_secs: 24 * 3600,
-            suppression_cache_secs: None,
-            template_cache_secs: 30,
+            max_schedule_ahead: Duration::from_secs(72 * 3600),
+            release_interval: Duration::from_millis(1_000),
+            idempotency_lease: Duration::from_secs(60),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            suppression_cache: None,
+            template_cache: Duration::from_secs(30),
             domains: domains::DomainsConfig::default(),
         }
     }
@@ -197,26 +205,18 @@ impl AppState {
     ) -> Result<(Self, tokio::net::TcpListener), Error> {
         let nameservers = sendmill_platform::dns::parse_nameservers(&config.domains.nameservers)
             .map_err(Error::Config)?;
-        let resolver = sendmill_platform::dns::resolver(
-            &nameservers,
-            Duration::from_secs(config.domains.dns_timeout_secs),
-            0,
-        )
-        .map_err(|e| Error::Config(format!("DNS resolver: {e}")))?;
+        let resolver =
+            sendmill_platform::dns::resolver(&nameservers, config.domains.dns_timeout, 0)
+                .map_err(|e| Error::Config(format!("DNS resolver: {e}")))?;
         let state = Self {
-            auth: Authenticator::new(
-                deps.store.clone(),
-                Duration::from_secs(config.auth_cache_secs),
-            ),
+            auth: Authenticator::new(deps.store.clone(), config.auth_cache),
             suppressions: deps.suppressions,
             limiter: SendLimiter::new(deps.redis, &deps.redis_prefix),
             templates: Arc::new(AccountTemplates::new(
                 deps.store.clone(),
-                Duration::from_secs(config.template_cache_secs),
+                config.template_cache,
             )),
-            senders: Arc::new(senders::SenderCache::new(Duration::from_secs(
-                config.sending_domain_cache_secs,
-            ))),
+            senders: Arc::new(senders::SenderCache::new(config.sending_domain_cache)),
             resolver: Arc::new(resolver),
             store: deps.store,
             producer: deps.kafka.producer()?,
@@ -305,7 +305,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         state.store.clone(),
         state.producer.clone(),
         state.topics.clone(),
-        Duration::from_millis(state.config.release_interval_ms),
+        state.config.release_interval,
         shutdown.clone(),
     ));
     let served =

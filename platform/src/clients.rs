@@ -6,7 +6,9 @@ use crate::config::{ClickHouseConfig, RedisConfig};
 pub async fn redis(config: &RedisConfig) -> redis::RedisResult<redis::aio::ConnectionManager> {
     let client = redis::Client::open(config.url.as_str())?;
     let settings = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(
-        std::time::Duration::from_millis(config.response_timeout_ms.max(1)),
+        config
+            .response_timeout
+            .max(std::time::Duration::from_millis(1)),
     ));
     redis::aio::ConnectionManager::new_with_config(client, settings).await
 }

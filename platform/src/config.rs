@@ -5,7 +5,7 @@
 //! be committed and the same file used in every environment.
 
 use serde::{de::DeserializeOwned, Deserialize};
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -25,8 +25,16 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Parses a TOML file into `T`.
-pub fn load_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+/// A config as loaded, with the deprecated settings it used (to be logged once logging
+/// is set up).
+pub struct Loaded<T> {
+    pub config: T,
+    /// One sentence per deprecated setting found, naming its replacement.
+    pub deprecations: Vec<String>,
+}
+
+/// Parses a TOML file into `T` (see [`parse`]).
+pub fn load_file<T: DeserializeOwned>(path: &Path) -> Result<Loaded<T>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
@@ -35,11 +43,119 @@ pub fn load_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
 }
 
 /// Parses TOML text into `T`; `origin` names the text in errors.
-pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|source| ConfigError::Parse {
+///
+/// Durations are humantime strings (`"15m"`, `"500ms"`; see [`duration`]). For one
+/// release the integers of the old `<name>_secs` / `<name>_ms` keys are still read: each
+/// becomes `<name> = "<n>s"` (or `"<n>ms"`), noted in [`Loaded::deprecations`].
+pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<Loaded<T>, ConfigError> {
+    let parse_error = |source| ConfigError::Parse {
         path: origin.to_owned(),
         source,
+    };
+    let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+    let mut deprecations = Vec::new();
+    upgrade_durations(&mut table, "", &mut deprecations);
+    let config = if deprecations.is_empty() {
+        // Straight from the text: errors keep their line and column.
+        toml::from_str(text).map_err(parse_error)?
+    } else {
+        toml::Value::Table(table).try_into().map_err(parse_error)?
+    };
+    Ok(Loaded {
+        config,
+        deprecations,
     })
+}
+
+/// Renames every `<name>_secs` / `<name>_ms` key holding an integer (or an array of
+/// integers) to `<name>` with the same duration as a humantime string, unless `<name>`
+/// is set too. Only durations are named so; nothing else is touched.
+fn upgrade_durations(table: &mut toml::Table, path: &str, deprecations: &mut Vec<String>) {
+    let keys: Vec<String> = table.keys().cloned().collect();
+    for key in keys {
+        let here = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        let unit = [("_secs", "s"), ("_ms", "ms")]
+            .into_iter()
+            .find_map(|(suffix, unit)| key.strip_suffix(suffix).map(|stem| (stem, unit)));
+        if let Some((stem, unit)) = unit {
+            let as_text = |v: &toml::Value| {
+                v.as_integer()
+                    .filter(|n| *n >= 0)
+                    .map(|n| toml::Value::String(format!("{n}{unit}")))
+            };
+            let upgraded = match &table[&key] {
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(as_text)
+                    .collect::<Option<Vec<_>>>()
+                    .map(toml::Value::Array),
+                value => as_text(value),
+            };
+            if let Some(value) = upgraded.filter(|_| !table.contains_key(stem)) {
+                deprecations.push(format!(
+                    "{here} = {} is deprecated: write {}{stem} = {} (a duration)",
+                    show(&table[&key]),
+                    here.strip_suffix(key.as_str()).unwrap_or_default(),
+                    show(&value),
+                ));
+                table.remove(&key);
+                table.insert(stem.to_owned(), value);
+                continue;
+            }
+        }
+        match table.get_mut(&key) {
+            Some(toml::Value::Table(inner)) => upgrade_durations(inner, &here, deprecations),
+            Some(toml::Value::Array(items)) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let toml::Value::Table(inner) = item {
+                        upgrade_durations(inner, &format!("{here}[{i}]"), deprecations);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A scalar or array of scalars as TOML writes it (for messages).
+fn show(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(show).collect();
+            format!("[{}]", items.join(", "))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// `#[serde(with = "duration")]` for a `Duration` setting: a humantime string such as
+/// `"30s"`, `"15m"`, `"1h 30m"` or `"500ms"` (written back the same way).
+pub mod duration {
+    pub use humantime_serde::{deserialize, serialize};
+}
+
+/// `#[serde(deserialize_with = "durations::deserialize")]` for a fixed number of
+/// `Duration` settings: an array of humantime strings of exactly that length.
+pub mod durations {
+    use serde::{de::Error, Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        deserializer: D,
+    ) -> Result<[Duration; N], D::Error> {
+        let items: Vec<humantime_serde::Serde<Duration>> = Vec::deserialize(deserializer)?;
+        let items: Vec<Duration> = items.into_iter().map(|d| d.into_inner()).collect();
+        let found = items.len();
+        items
+            .try_into()
+            .map_err(|_| D::Error::invalid_length(found, &format!("{N} durations").as_str()))
+    }
 }
 
 /// Reads an override from the environment: `SENDMILL_<NAME>`, ignored when empty.
@@ -94,12 +210,13 @@ pub struct KafkaConfig {
     pub max_message_bytes: u32,
     /// A stable identity for this process in its consumer groups (Kafka static
     /// membership, KIP-345), e.g. a StatefulSet pod name: a restart within
-    /// `session_timeout_ms` gets its partitions back without a rebalance. Each consumer
+    /// `session_timeout` gets its partitions back without a rebalance. Each consumer
     /// appends its group id. Empty: dynamic membership. Two live processes must never
     /// share one. Env: `SENDMILL_KAFKA_INSTANCE_ID`.
     pub group_instance_id: String,
     /// Consumer session timeout; a crashed consumer's partitions move after this long.
-    pub session_timeout_ms: u32,
+    #[serde(with = "crate::config::duration")]
+    pub session_timeout: Duration,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,
     /// `sasl.mechanisms`). Secrets belong in `SENDMILL_KAFKA_SASL_PASSWORD`.
     pub client: BTreeMap<String, String>,
@@ -118,7 +235,7 @@ impl Default for KafkaConfig {
             dlq_retention_hours: 30 * 24,
             max_message_bytes: 32 * 1024 * 1024,
             group_instance_id: String::new(),
-            session_timeout_ms: 10_000,
+            session_timeout: Duration::from_millis(10_000),
             client: BTreeMap::new(),
         }
     }
@@ -169,11 +286,12 @@ pub struct RedisConfig {
     pub url: String,
     /// Prepended to every key, so installations sharing a Redis stay apart.
     pub key_prefix: String,
-    /// Milliseconds a command may wait for its reply before it fails (and is retried or
+    /// How long a command may wait for its reply before it fails (and is retried or
     /// answered 503). Redis answers in microseconds; this bounds a dead connection, and
     /// must outlast a busy process's scheduling delays (redis-rs' own default, 500 ms,
     /// failed ingest's rate-limit check under a burst of 1,000-recipient requests).
-    pub response_timeout_ms: u64,
+    #[serde(with = "crate::config::duration")]
+    pub response_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -181,7 +299,7 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379/".into(),
             key_prefix: "sendmill:".into(),
-            response_timeout_ms: 2_000,
+            response_timeout: Duration::from_millis(2_000),
         }
     }
 }

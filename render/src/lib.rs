@@ -52,10 +52,12 @@ pub struct Config {
     /// Address of `/healthz` and `/metrics` when render runs as its own process.
     /// Env: `SENDMILL_RENDER_OPS_LISTEN`.
     pub ops_listen: String,
-    /// Seconds a sending domain's DKIM key is cached before it is read again.
-    pub key_cache_secs: u64,
-    /// Seconds an account's template partials are cached before they are read again.
-    pub template_cache_secs: u64,
+    /// How long a sending domain's DKIM key is cached before it is read again.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub key_cache: Duration,
+    /// How long an account's template partials are cached before they are read again.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub template_cache: Duration,
 }
 
 impl Default for Config {
@@ -65,8 +67,8 @@ impl Default for Config {
             concurrency: 64,
             cpu_threads: 0,
             ops_listen: "127.0.0.1:9102".into(),
-            key_cache_secs: 300,
-            template_cache_secs: 30,
+            key_cache: Duration::from_secs(300),
+            template_cache: Duration::from_secs(30),
         }
     }
 }
@@ -111,14 +113,8 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         links,
         cpu: tokio::sync::Semaphore::new(cpu_threads),
         producer: kafka.producer()?,
-        identities: signing::IdentityCache::new(
-            store.clone(),
-            Duration::from_secs(config.key_cache_secs),
-        ),
-        templates: templates::AccountTemplates::new(
-            store.clone(),
-            Duration::from_secs(config.template_cache_secs),
-        ),
+        identities: signing::IdentityCache::new(store.clone(), config.key_cache),
+        templates: templates::AccountTemplates::new(store.clone(), config.template_cache),
         kafka: kafka.clone(),
         shutdown: shutdown.clone(),
     });

@@ -24,15 +24,18 @@ use time::OffsetDateTime;
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SuppressionsConfig {
-    /// Seconds a list's Redis copy is trusted before it is rebuilt from PostgreSQL (by
+    /// How long a list's Redis copy is trusted before it is rebuilt from PostgreSQL (by
     /// whichever stage reads it next). It bounds how long a write lost between the two
     /// (a crash in between) can go unseen.
-    pub cache_secs: u64,
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub cache: Duration,
 }
 
 impl Default for SuppressionsConfig {
     fn default() -> Self {
-        Self { cache_secs: 3600 }
+        Self {
+            cache: Duration::from_secs(3600),
+        }
     }
 }
 

@@ -109,14 +109,14 @@ pub fn test_config(id: &str) -> SendmillConfig {
     // The tests' sending domains have no DNS to verify; the verification test turns this
     // off for itself.
     config.ingest.allow_unverified_domains = true;
-    config.ingest.release_interval_ms = 100;
+    config.ingest.release_interval = std::time::Duration::from_millis(100);
     config.analytics.listen = "127.0.0.1:0".into();
-    config.analytics.batch_wait_ms = 100;
+    config.analytics.batch_wait = std::time::Duration::from_millis(100);
     config.dispatcher.nameservers = vec!["127.0.0.1:5353".into()];
     config.dispatcher.helo_name = "sendmill.test".into();
-    config.dispatcher.connect_timeout_secs = 5;
-    config.dispatcher.command_timeout_secs = 10;
-    config.dispatcher.data_timeout_secs = 20;
+    config.dispatcher.connect_timeout = std::time::Duration::from_secs(5);
+    config.dispatcher.command_timeout = std::time::Duration::from_secs(10);
+    config.dispatcher.data_timeout = std::time::Duration::from_secs(20);
     config.dispatcher.ops_listen = "127.0.0.1:0".into();
     config.render.ops_listen = "127.0.0.1:0".into();
     config.dispatcher.journal_dir = std::env::temp_dir()
@@ -128,9 +128,9 @@ pub fn test_config(id: &str) -> SendmillConfig {
     config.tracking.secret = "test-only-link-secret-of-at-least-32-bytes".into();
     // Test receivers listen on loopback and must not wait minutes between retries.
     config.analytics.webhooks.allow_private_destinations = true;
-    config.analytics.webhooks.backoff_initial_ms = 200;
-    config.analytics.webhooks.backoff_max_secs = 1;
-    config.analytics.webhooks.poll_ms = 100;
+    config.analytics.webhooks.backoff_initial = std::time::Duration::from_millis(200);
+    config.analytics.webhooks.backoff_max = std::time::Duration::from_secs(1);
+    config.analytics.webhooks.poll = std::time::Duration::from_millis(100);
     // Tests that exercise the reputation monitor lower this; others send too few
     // messages for their bounce rates to mean anything.
     config.analytics.reputation.min_volume = 1_000_000;

@@ -104,7 +104,7 @@ async fn events_land_once_through_a_kill_rollups_match_and_stats_stay_in_their_a
     let addr = format!("127.0.0.1:{port}");
     // Small batches, so the kill lands between many of them.
     let section = format!(
-        "[analytics]\nlisten = {addr:?}\nbatch_rows = 100\nbatch_wait_ms = 50\n\
+        "[analytics]\nlisten = {addr:?}\nbatch_rows = 100\nbatch_wait = \"50ms\"\n\
          [analytics.reputation]\nenabled = false\n"
     );
     let ch = sendmill_platform::clients::clickhouse(&p.config.clickhouse);

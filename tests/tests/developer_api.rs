@@ -946,7 +946,7 @@ async fn a_domain_sends_only_once_its_dns_records_are_verified() {
     let p = TestPipeline::start_configured(&[Stage::Ingest], |config| {
         config.ingest.allow_unverified_domains = false;
         config.ingest.domains.nameservers = vec![format!("127.0.0.1:{port}")];
-        config.ingest.domains.dns_timeout_secs = 1;
+        config.ingest.domains.dns_timeout = std::time::Duration::from_secs(1);
     })
     .await;
     let domain = format!("{}.verify.test", unique("d"));

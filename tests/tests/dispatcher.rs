@@ -92,7 +92,7 @@ async fn messages_leave_from_pool_ips_and_a_paused_ip_gets_no_new_connections() 
                 .collect(),
         }];
         // Every message reads the flags, so a pause counts from the next message.
-        c.dispatcher.pause_refresh_ms = 0;
+        c.dispatcher.pause_refresh = std::time::Duration::from_millis(0);
     })
     .await;
     let recipients: Vec<String> = (0..20).map(|i| format!("pool{i}@ok.test")).collect();
@@ -249,8 +249,8 @@ async fn starttls_is_used_when_the_receiver_offers_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_4xx_walks_every_retry_tier_and_expires_with_the_last_reply() {
     let p = TestPipeline::start_configured(&[Stage::Dispatch], |c| {
-        c.dispatcher.retry_delays_secs = [1, 1, 1, 1];
-        c.dispatcher.max_retry_age_secs = 20;
+        c.dispatcher.retry_delays = [std::time::Duration::from_secs(1); 4];
+        c.dispatcher.max_retry_age = std::time::Duration::from_secs(20);
     })
     .await;
     let ready = preload(&p, &["walker@defer.test".to_owned()]).await;
@@ -291,7 +291,7 @@ async fn a_4xx_walks_every_retry_tier_and_expires_with_the_last_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_421_storm_puts_the_provider_in_backoff() {
     let p = TestPipeline::start_configured(&[Stage::Dispatch], |c| {
-        c.dispatcher.backoff_recovery_secs = 3600;
+        c.dispatcher.backoff_recovery = std::time::Duration::from_secs(3600);
     })
     .await;
     let recipients: Vec<String> = (0..10)

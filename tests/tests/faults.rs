@@ -274,7 +274,7 @@ impl Suite {
                 "ingest",
                 format!(
                     "[ingest]\nlisten = \"127.0.0.1:{ingest_port}\"\nallow_unverified_domains = true\n\
-                     idempotency_lease_secs = 5\n"
+                     idempotency_lease = \"5s\"\n"
                 ),
             ),
             ("render", "[render]\nops_listen = \"127.0.0.1:0\"\n".to_owned()),
@@ -282,15 +282,15 @@ impl Suite {
                 "dispatch",
                 format!(
                     "[dispatcher]\nnameservers = [\"127.0.0.1:5353\"]\nsmtp_port = {sink_port}\n\
-                     ops_listen = \"127.0.0.1:0\"\njournal_dir = {journal:?}\nretry_delays_secs = [1, 2, 3, 5]\n\
-                     connect_timeout_secs = 5\ncommand_timeout_secs = 10\nbackoff_recovery_secs = 10\n",
+                     ops_listen = \"127.0.0.1:0\"\njournal_dir = {journal:?}\nretry_delays = [\"1s\", \"2s\", \"3s\", \"5s\"]\n\
+                     connect_timeout = \"5s\"\ncommand_timeout = \"10s\"\nbackoff_recovery = \"10s\"\n",
                     journal = format!("{}-faults", p.config.dispatcher.journal_dir),
                 ),
             ),
             (
                 "analytics",
                 format!(
-                    "[analytics]\nlisten = \"127.0.0.1:{analytics_port}\"\nbatch_rows = 200\nbatch_wait_ms = 100\n\
+                    "[analytics]\nlisten = \"127.0.0.1:{analytics_port}\"\nbatch_rows = 200\nbatch_wait = \"100ms\"\n\
                      [analytics.reputation]\nenabled = false\n"
                 ),
             ),

@@ -11,8 +11,8 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_message_without_an_outcome_is_counted_overdue_and_alerted() {
     let p = TestPipeline::start_configured(&sendmill::Stage::ALL, |config| {
-        config.analytics.outcomes.check_secs = 1;
-        config.analytics.outcomes.overdue_after_secs = 3;
+        config.analytics.outcomes.check = std::time::Duration::from_secs(1);
+        config.analytics.outcomes.overdue_after = std::time::Duration::from_secs(3);
     })
     .await;
 

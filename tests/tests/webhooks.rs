@@ -154,7 +154,7 @@ async fn send_to(p: &TestPipeline, addresses: &[&str]) -> HashSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_events_reach_the_receiver_in_order_through_outages_and_replays() {
     let p = TestPipeline::start_configured(&Stage::ALL, |c| {
-        c.analytics.webhooks.retry_for_secs = 6;
+        c.analytics.webhooks.retry_for = std::time::Duration::from_secs(6);
     })
     .await;
     let port = free_port();

@@ -15,7 +15,7 @@ use axum::{
 use sendmill_platform::api::ApiError;
 use sendmill_store::idempotency::Claim;
 use sendmill_wire::{AccountId, BatchId};
-use std::{future::Future, time::Duration};
+use std::future::Future;
 
 /// The header carrying the caller's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -58,8 +58,8 @@ where
             account,
             key,
             hash,
-            Duration::from_secs(state.config.idempotency_lease_secs),
-            Duration::from_secs(state.config.idempotency_retention_secs),
+            state.config.idempotency_lease,
+            state.config.idempotency_retention,
         )
         .await
         .map_err(ApiError::from)?;

@@ -36,7 +36,6 @@ use sendmill_tenancy::{
 };
 use sendmill_wire::{payload::domain_of, BatchId, MessageId};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 use time::OffsetDateTime;
 
 /// What happened to each recipient of a request.
@@ -245,7 +244,7 @@ fn schedule_time(
     let Some(at) = send_at else {
         return Ok(None);
     };
-    let limit = Duration::from_secs(config.max_schedule_ahead_secs);
+    let limit = config.max_schedule_ahead;
     if at > now + limit {
         return Err(ApiError::invalid(
             "send_at",

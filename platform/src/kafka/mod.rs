@@ -88,7 +88,7 @@ impl KafkaConnection {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set(
                 "session.timeout.ms",
-                self.config.session_timeout_ms.to_string(),
+                self.config.session_timeout.as_millis().to_string(),
             )
             .set("fetch.max.bytes", fetch_max.to_string())
             .set(
