@@ -77,7 +77,7 @@ fn verify(state: &AppState, token: &str, kind: LinkKind) -> Option<Claims> {
     match signer.verify(token, kind) {
         Ok(claims) => Some(claims),
         Err(error) => {
-            metrics::counter!("sendmill_tracking_rejected_total", "kind" => format!("{kind:?}"))
+            metrics::counter!(crate::metric::TRACKING_REJECTED_TOTAL, "kind" => format!("{kind:?}"))
                 .increment(1);
             tracing::info!(%error, ?kind, "rejected link token");
             None
@@ -125,7 +125,7 @@ async fn emit(
         .await
     {
         Ok(()) => {
-            metrics::counter!("sendmill_engagement_events_total", "type" => event_type.as_str())
+            metrics::counter!(crate::metric::ENGAGEMENT_EVENTS_TOTAL, "type" => event_type.as_str())
                 .increment(1);
             true
         }

@@ -52,7 +52,7 @@ impl BatchInserter {
                     // offsets; the events come again after restart.
                     return;
                 }
-                metrics::counter!("sendmill_analytics_rows_written_total")
+                metrics::counter!(crate::metric::ANALYTICS_ROWS_WRITTEN_TOTAL)
                     .increment(batch.len() as u64);
                 for (_, ack) in batch {
                     let _ = ack.send(());

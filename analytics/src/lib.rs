@@ -13,11 +13,13 @@
 //! - [`outcomes`]: accepted messages without an outcome (in flight, overdue), counted
 //!   for `/metrics`, `GET /v1/stats/pending`, the dashboard and an alert.
 //! - [`openapi`]: the reading API's OpenAPI document, checked against [`routes`].
+//! - [`metric`]: the names of the metrics it records, each with what it counts.
 
 pub mod dashboard;
 pub mod engagement;
 pub mod inserter;
 pub mod messages;
+pub mod metric;
 pub mod openapi;
 pub mod outcomes;
 pub mod reputation;

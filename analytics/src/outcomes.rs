@@ -178,14 +178,14 @@ pub async fn run(
         let mut now: BTreeMap<(String, String), u64> = BTreeMap::new();
         for row in &rows {
             let labels = [("lane", row.lane.clone()), ("stage", row.stage.clone())];
-            metrics::gauge!("sendmill_messages_in_flight", &labels).set(row.in_flight as f64);
-            metrics::gauge!("sendmill_messages_overdue", &labels).set(row.overdue as f64);
+            metrics::gauge!(crate::metric::MESSAGES_IN_FLIGHT, &labels).set(row.in_flight as f64);
+            metrics::gauge!(crate::metric::MESSAGES_OVERDUE, &labels).set(row.overdue as f64);
             now.insert((row.lane.clone(), row.stage.clone()), row.overdue);
         }
         for (lane, stage) in last.keys().filter(|k| !now.contains_key(*k)) {
             let labels = [("lane", lane.clone()), ("stage", stage.clone())];
-            metrics::gauge!("sendmill_messages_in_flight", &labels).set(0.0);
-            metrics::gauge!("sendmill_messages_overdue", &labels).set(0.0);
+            metrics::gauge!(crate::metric::MESSAGES_IN_FLIGHT, &labels).set(0.0);
+            metrics::gauge!(crate::metric::MESSAGES_OVERDUE, &labels).set(0.0);
         }
         // A pair no longer overdue resolves its open alert.
         for ((lane, stage), &was) in &last {

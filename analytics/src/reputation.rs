@@ -248,7 +248,7 @@ impl Monitor {
             threshold,
             "reputation monitor paused sending"
         );
-        metrics::counter!("sendmill_reputation_pauses_total", "kind" => kind.to_owned())
+        metrics::counter!(crate::metric::REPUTATION_PAUSES_TOTAL, "kind" => kind.to_owned())
             .increment(1);
         let alert = AlertV1 {
             alert_id: uuid::Uuid::now_v7(),

@@ -225,7 +225,7 @@ pub async fn run_fanout(
                     store.enqueue_webhook_events(&rows)
                 })
                 .await?;
-                metrics::counter!("sendmill_webhook_events_queued_total").increment(queued);
+                metrics::counter!(crate::metric::WEBHOOK_EVENTS_QUEUED_TOTAL).increment(queued);
                 wake_sender.notify_one();
                 Ok(Handled::Done)
             }
@@ -292,7 +292,7 @@ pub async fn run_sender(
 
 async fn housekeeping(store: &Store, config: &WebhookConfig) {
     match store.webhook_dead_letters().await {
-        Ok(dead) => metrics::gauge!("sendmill_webhook_dead_letters").set(dead as f64),
+        Ok(dead) => metrics::gauge!(crate::metric::WEBHOOK_DEAD_LETTERS).set(dead as f64),
         Err(error) => tracing::warn!(%error, "webhooks: cannot count dead letters"),
     }
     let keep = Duration::from_secs(config.history_days * 86_400);
@@ -346,7 +346,7 @@ async fn deliver(
             Ok(0) => {}
             Ok(moved) => {
                 tracing::warn!(endpoint = %endpoint.id, moved, "webhooks: events past the retry window dead-lettered");
-                metrics::counter!("sendmill_webhook_dead_lettered_total").increment(moved);
+                metrics::counter!(crate::metric::WEBHOOK_DEAD_LETTERED_TOTAL).increment(moved);
             }
             Err(error) => return give_back(store, &endpoint, error).await,
         }
@@ -387,7 +387,7 @@ async fn deliver(
             .send()
             .await;
         let elapsed = started.elapsed();
-        metrics::histogram!("sendmill_webhook_attempt_seconds").record(elapsed.as_secs_f64());
+        metrics::histogram!(crate::metric::WEBHOOK_ATTEMPT_SECONDS).record(elapsed.as_secs_f64());
         let (status_code, error) = match sent {
             Ok(response) if response.status().is_success() => {
                 (Some(response.status().as_u16()), None)
@@ -414,7 +414,7 @@ async fn deliver(
         } else {
             "failed"
         };
-        metrics::counter!("sendmill_webhook_attempts_total", "outcome" => outcome).increment(1);
+        metrics::counter!(crate::metric::WEBHOOK_ATTEMPTS_TOTAL, "outcome" => outcome).increment(1);
         if let Err(e) = store
             .record_webhook_attempt(endpoint.id, &seqs, &record, retry_at, config.lease)
             .await
@@ -425,7 +425,7 @@ async fn deliver(
         }
         match error {
             None => {
-                metrics::counter!("sendmill_webhook_events_delivered_total")
+                metrics::counter!(crate::metric::WEBHOOK_EVENTS_DELIVERED_TOTAL)
                     .increment(ids.len() as u64);
                 failures = 0;
             }

@@ -129,7 +129,7 @@ impl Dispatcher {
         loop {
             let paused = self.pause_watch.snapshot(&self.shutdown).await?;
             let no_source = |reason: String| {
-                metrics::counter!("sendmill_dispatch_no_source_total").increment(1);
+                metrics::counter!(crate::metric::DISPATCH_NO_SOURCE_TOTAL).increment(1);
                 let failure =
                     Failure::new(FailureReason::NoSource(reason), BounceCategory::Routing);
                 Ok(Err(Outcome::Temporary(failure)))
@@ -198,7 +198,7 @@ impl Dispatcher {
                 };
                 let started = std::time::Instant::now();
                 let result = self.send_via(ready, &endpoint, route, &shaping).await?;
-                metrics::histogram!("sendmill_smtp_send_seconds", "provider" => route.provider.name.clone())
+                metrics::histogram!(crate::metric::SMTP_SEND_SECONDS, "provider" => route.provider.name.clone())
                     .record(started.elapsed().as_secs_f64());
                 let error = match result {
                     Ok(reply) => {
@@ -281,7 +281,7 @@ impl Dispatcher {
             Ok(session) => session,
             Err(error) => return Ok(Err(HostError::Smtp(error))),
         };
-        metrics::counter!("sendmill_smtp_connections_total", "provider" => shaping.provider.to_owned(), "tls" => if session.tls { "yes" } else { "no" }).increment(1);
+        metrics::counter!(crate::metric::SMTP_CONNECTIONS_TOTAL, "provider" => shaping.provider.to_owned(), "tls" => if session.tls { "yes" } else { "no" }).increment(1);
         let result = self
             .send_on(session, endpoint, ready, route.per_connection, &data_sent)
             .await;
@@ -301,7 +301,7 @@ impl Dispatcher {
         let journal_entry = || {
             data_sent.store(true, Ordering::Relaxed);
             if let Err(error) = self.journal.record(ready.message_id) {
-                metrics::counter!("sendmill_dispatch_journal_errors_total").increment(1);
+                metrics::counter!(crate::metric::DISPATCH_JOURNAL_ERRORS_TOTAL).increment(1);
                 tracing::error!(message_id = %ready.message_id, %error, "dedupe journal write failed");
             }
         };

@@ -67,7 +67,7 @@ impl Dispatcher {
             self.producer.send(&topic, &key, event)
         })
         .await?;
-        metrics::counter!("sendmill_dispatch_events_total", "type" => event.event_type.as_str())
+        metrics::counter!(crate::metric::DISPATCH_EVENTS_TOTAL, "type" => event.event_type.as_str())
             .increment(1);
         Ok(())
     }

@@ -28,12 +28,15 @@
 //! **Exactly one terminal event.** Before a terminal event is written, it is stored in
 //! Redis under the message id (`SET NX`); a redelivered record re-writes the stored event
 //! with its original event id, which ClickHouse deduplicates.
+//!
+//! Metric names: [`metric`].
 
 mod attempt;
 mod barrier;
 pub mod config;
 mod inflight;
 pub mod journal;
+pub mod metric;
 pub mod mx;
 pub mod outcome;
 mod pause_watch;
@@ -226,7 +229,7 @@ impl Dispatcher {
             event.reason = Some(
                 "the message data reached the receiver but its reply was not read (dispatcher restart or broken session); not sent again".into(),
             );
-            metrics::counter!("sendmill_dispatch_unconfirmed_total").increment(1);
+            metrics::counter!(crate::metric::DISPATCH_UNCONFIRMED_TOTAL).increment(1);
             self.finish(event).await?;
             return Ok(Handled::Done);
         }

@@ -70,7 +70,7 @@ impl Pools {
             .and_then(|h| self.get(h))
             .filter(|p| Self::allowed(p, account));
         if hint.is_some() && hinted.is_none() {
-            metrics::counter!("sendmill_dispatch_pool_hint_ignored_total").increment(1);
+            metrics::counter!(crate::metric::DISPATCH_POOL_HINT_IGNORED_TOTAL).increment(1);
         }
         hinted
             .or_else(|| self.accounts.get(&account).and_then(|p| self.get(p)))

@@ -30,7 +30,7 @@ impl Dispatcher {
         } else {
             format!("suppressed ({})", suppressed.reason)
         });
-        metrics::counter!("sendmill_dispatch_suppressed_total").increment(1);
+        metrics::counter!(crate::metric::DISPATCH_SUPPRESSED_TOTAL).increment(1);
         self.finish(event).await?;
         Ok(true)
     }
@@ -124,7 +124,7 @@ impl Dispatcher {
         })
         .await?;
         if added {
-            metrics::counter!("sendmill_dispatch_bounce_suppressions_total").increment(1);
+            metrics::counter!(crate::metric::DISPATCH_BOUNCE_SUPPRESSIONS_TOTAL).increment(1);
         }
         Ok(())
     }

@@ -213,7 +213,7 @@ impl Shaper {
 
     /// Remembers until midnight UTC that `ip` used up its quota for `provider`.
     pub fn exhaust(&self, ip: IpAddr, provider: &str) {
-        metrics::counter!("sendmill_shaping_warmup_exhausted_total").increment(1);
+        metrics::counter!(crate::metric::SHAPING_WARMUP_EXHAUSTED_TOTAL).increment(1);
         self.exhausted
             .lock()
             .expect("not poisoned")
@@ -311,8 +311,8 @@ impl Shaper {
                     }
                 }
             };
-            metrics::counter!("sendmill_shaping_waits_total").increment(1);
-            metrics::histogram!("sendmill_shaping_wait_seconds").record(
+            metrics::counter!(crate::metric::SHAPING_WAITS_TOTAL).increment(1);
+            metrics::histogram!(crate::metric::SHAPING_WAIT_SECONDS).record(
                 wake_at
                     .saturating_duration_since(tokio::time::Instant::now())
                     .as_secs_f64(),
@@ -379,9 +379,9 @@ impl Shaper {
             .lock()
             .expect("not poisoned")
             .insert(key, Instant::now() + self.recovery * doublings);
-        metrics::gauge!("sendmill_shaping_backoff_factor", "provider" => route.provider.to_owned())
+        metrics::gauge!(crate::metric::SHAPING_BACKOFF_FACTOR, "provider" => route.provider.to_owned())
             .set(factor);
-        metrics::counter!("sendmill_shaping_rate_limited_total", "provider" => route.provider.to_owned())
+        metrics::counter!(crate::metric::SHAPING_RATE_LIMITED_TOTAL, "provider" => route.provider.to_owned())
             .increment(1);
         tracing::warn!(provider = route.provider, ip = %route.ip, pool = route.pool, factor, "provider is rate limiting: backing off");
         Ok(factor)

@@ -22,12 +22,14 @@
 //! - [`schedule`]: the releaser of held messages and cancelling.
 //! - [`keys`], [`domains`], [`templates`], [`suppressions`]: the management endpoints.
 //! - [`openapi`]: the API's contract, checked against [`routes`] by a test.
+//! - [`metric`]: the names of the metrics it records, each with what it counts.
 
 #![recursion_limit = "512"]
 
 pub mod body;
 pub mod domains;
 pub mod keys;
+pub mod metric;
 pub mod openapi;
 pub mod queue;
 pub mod request;

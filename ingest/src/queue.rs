@@ -177,7 +177,7 @@ pub(crate) async fn write(
         // The messages are queued and will be sent; only events are missing from the
         // timeline. Answering 503 would make the caller send twice.
         tracing::error!(count = events.len(), "ingest events could not be written");
-        metrics::counter!("sendmill_ingest_event_loss_total").increment(events.len() as u64);
+        metrics::counter!(crate::metric::INGEST_EVENT_LOSS_TOTAL).increment(events.len() as u64);
     }
     Ok(())
 }

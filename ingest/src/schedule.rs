@@ -201,6 +201,6 @@ async fn release_once(
     });
     futures::future::try_join_all(sends).await?;
     held.commit().await?;
-    metrics::counter!("sendmill_ingest_released_total").increment(count as u64);
+    metrics::counter!(crate::metric::INGEST_RELEASED_TOTAL).increment(count as u64);
     Ok(count)
 }

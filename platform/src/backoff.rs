@@ -26,7 +26,7 @@ where
         match call().await {
             Ok(value) => return Ok(value),
             Err(error) => {
-                metrics::counter!("sendmill_infra_retries_total", "call" => what).increment(1);
+                metrics::counter!(crate::metric::INFRA_RETRIES_TOTAL, "call" => what).increment(1);
                 tracing::warn!(call = what, error = %error, retry_in_ms = wait.as_millis() as u64, "retrying");
             }
         }

@@ -21,6 +21,7 @@
 //! - [`openapi`]: shared pieces of the OpenAPI documents.
 //! - [`dns`]: building a DNS resolver (MX routing, domain verification).
 //! - [`tracking`]: signed tokens in open, click and unsubscribe links.
+//! - [`metric`]: the names of the metrics it records, each with what it counts.
 //!
 //! Tenant policy (API keys, suppressions, send limits, pauses) is `sendmill-tenancy`'s:
 //! this crate knows no tenant and reads no tenant database.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod dns;
 pub mod http;
 pub mod kafka;
+pub mod metric;
 pub mod openapi;
 pub mod shutdown;
 pub mod telemetry;

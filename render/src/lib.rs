@@ -18,11 +18,13 @@
 //! - [`encoding`]: body transfer encodings in one pass.
 //! - [`dkim`]: the DKIM signer (relaxed/relaxed, RSA-SHA256 and Ed25519-SHA256).
 //! - [`signing`]: each sending domain's signers and return-path domain, cached.
+//! - [`metric`]: the names of the metrics it records, each with what it counts.
 
 pub mod dkim;
 pub mod encoding;
 pub mod links;
 pub mod message;
+pub mod metric;
 pub mod signing;
 pub mod templates;
 pub mod text;
@@ -206,11 +208,11 @@ impl Stage {
                     self.producer.send(&topic, &key, &ready)
                 })
                 .await?;
-                metrics::counter!("sendmill_rendered_total").increment(1);
+                metrics::counter!(crate::metric::RENDERED_TOTAL).increment(1);
             }
             Err(error) => {
                 tracing::info!(message_id = %request.message_id, %error, "render failed");
-                metrics::counter!("sendmill_render_failed_total").increment(1);
+                metrics::counter!(crate::metric::RENDER_FAILED_TOTAL).increment(1);
                 let mut event = EventV1::new(
                     EventType::RenderFailed,
                     "render",

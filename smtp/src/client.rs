@@ -166,7 +166,7 @@ impl Session {
         }
         let mut session = session?;
         session._slot = slot;
-        metrics::histogram!("sendmill_smtp_connect_seconds")
+        metrics::histogram!(crate::metric::SMTP_CONNECT_SECONDS)
             .record(started.elapsed().as_secs_f64());
         Ok(session)
     }
@@ -391,7 +391,8 @@ impl Session {
         data_sent();
         self.sent += 1;
         let (code, lines) = self.read_reply(timeouts, Step::EndOfData).await?;
-        metrics::histogram!("sendmill_smtp_data_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metric::SMTP_DATA_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         if Step::EndOfData.accepts(code) {
             Ok(Reply::from_lines(code, &lines))
         } else {

@@ -14,9 +14,11 @@
 //! - [`pool`]: idle sessions reused per (source IP, MX address), connection caps per
 //!   (source IP, provider).
 //! - `tls`: the opportunistic-TLS client configuration.
+//! - [`metric`]: the names of the metrics it records, each with what it counts.
 
 pub mod client;
 pub mod command;
+pub mod metric;
 pub mod pool;
 pub mod reply;
 mod tls;

@@ -186,7 +186,7 @@ async fn accept_request(
             )
         })
         .count();
-    metrics::counter!("sendmill_ingest_accepted_total").increment(accepted as u64);
+    metrics::counter!(crate::metric::INGEST_ACCEPTED_TOTAL).increment(accepted as u64);
     let results: Vec<RecipientResult> = planned.into_results();
     let status = if sandbox {
         StatusCode::OK
@@ -368,7 +368,7 @@ async fn admit(state: &AppState, principal: &Principal, recipients: u32) -> Resu
             retry_after,
         ),
     };
-    metrics::counter!("sendmill_ingest_throttled_total", "limit" => code).increment(1);
+    metrics::counter!(crate::metric::INGEST_THROTTLED_TOTAL, "limit" => code).increment(1);
     Err(ApiError {
         retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
         ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)

@@ -78,11 +78,11 @@ impl Producer {
             .inner
             .send(record, Timeout::After(Duration::from_secs(30)))
             .await;
-        metrics::histogram!("sendmill_produce_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metric::PRODUCE_SECONDS).record(started.elapsed().as_secs_f64());
         match result {
             Ok(_) => Ok(()),
             Err((source, _)) => {
-                metrics::counter!("sendmill_produce_errors_total").increment(1);
+                metrics::counter!(crate::metric::PRODUCE_ERRORS_TOTAL).increment(1);
                 Err(ProduceError {
                     topic: topic.to_owned(),
                     source,

@@ -165,9 +165,9 @@ impl PauseGate {
                         partitions,
                         first_let_go: HashMap::new(),
                     });
-                    metrics::counter!("sendmill_consumer_capacity_pauses_total", "stage" => self.stage)
+                    metrics::counter!(crate::metric::CONSUMER_CAPACITY_PAUSES_TOTAL, "stage" => self.stage)
                         .increment(1);
-                    metrics::gauge!("sendmill_consumer_paused", "stage" => self.stage).set(1.0);
+                    metrics::gauge!(crate::metric::CONSUMER_PAUSED, "stage" => self.stage).set(1.0);
                     tracing::debug!(stage = self.stage, "handlers full: partitions paused");
                 }
                 None => self.full_since = Some(now),
@@ -228,9 +228,9 @@ impl PauseGate {
         for (key, offset) in first_let_go {
             actions.push(Action::ResumeFrom(key, offset));
         }
-        metrics::counter!("sendmill_consumer_capacity_resumes_total", "stage" => self.stage)
+        metrics::counter!(crate::metric::CONSUMER_CAPACITY_RESUMES_TOTAL, "stage" => self.stage)
             .increment(1);
-        metrics::gauge!("sendmill_consumer_paused", "stage" => self.stage).set(0.0);
+        metrics::gauge!(crate::metric::CONSUMER_PAUSED, "stage" => self.stage).set(0.0);
         tracing::debug!(stage = self.stage, "handlers have room: partitions resumed");
         actions
     }

@@ -173,7 +173,7 @@ where
                 };
                 drop(message);
                 let generation = tracker.begin(&key, record.offset);
-                metrics::counter!("sendmill_consumed_total", "stage" => spec.stage, "topic" => key.0.clone()).increment(1);
+                metrics::counter!(crate::metric::CONSUMED_TOTAL, "stage" => spec.stage, "topic" => key.0.clone()).increment(1);
                 let task = HandlerTask {
                     handler: handler.clone(),
                     stage: spec.stage,
@@ -278,13 +278,13 @@ where
                     .unwrap_or_else(|| "unknown panic".into());
                 Err(HandlerError::Poison(format!("handler panicked: {what}")))
             });
-        metrics::histogram!("sendmill_handle_seconds", "stage" => self.stage)
+        metrics::histogram!(crate::metric::HANDLE_SECONDS, "stage" => self.stage)
             .record(started.elapsed().as_secs_f64());
         match result {
             Err(HandlerError::Poison(reason)) => {
                 tracing::error!(stage = self.stage, topic = %record.topic, partition = record.partition,
                     offset = record.offset, %reason, "record sent to the DLQ");
-                metrics::counter!("sendmill_dlq_total", "stage" => self.stage).increment(1);
+                metrics::counter!(crate::metric::DLQ_TOTAL, "stage" => self.stage).increment(1);
                 let letter = DeadLetterV1 {
                     failed_at: OffsetDateTime::now_utc(),
                     stage: self.stage.to_owned(),
@@ -459,7 +459,7 @@ fn report_client_lag(
             // Nothing consumed yet: everything up to the end is waiting.
             _ => high.max(0),
         };
-        metrics::gauge!("sendmill_consumer_lag", "stage" => stage, "topic" => topic.to_owned(),
+        metrics::gauge!(crate::metric::CONSUMER_LAG, "stage" => stage, "topic" => topic.to_owned(),
             "partition" => partition.to_string())
         .set(lag as f64);
     }
