@@ -19,6 +19,10 @@
 //! into the same sinks, the raw RSA-2048 signing rate, and the rate of the send API's
 //! Redis script by EVALSHA. With `--postfix`, Debian's postfix relays the same message to
 //! the same sinks, fed by its own smtp-source, for the ratio.
+//!
+//! Why one file of ~1,100 lines: it is one measurement procedure (start the processes,
+//! offer load, drain, read /proc, measure the ceilings) read from top to bottom; the
+//! helpers it needs (/proc parsing, percentiles, the load generator) serve no other code.
 
 use anyhow::{bail, Context};
 use sendmill_platform::kafka::{

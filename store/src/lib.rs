@@ -7,6 +7,7 @@
 //! ## Layout
 //! - [`Store`]: the pool and the queries.
 //! - [`alerts`]: the reputation monitor's alerts.
+//! - [`domains`]: sending domains, their DKIM keys and verification.
 //! - [`keys`]: API key generation and hashing.
 //! - [`dkim`]: DKIM key generation and the DNS record to publish.
 //! - [`templates`]: stored templates and their immutable versions.
@@ -18,6 +19,7 @@
 
 pub mod alerts;
 pub mod dkim;
+pub mod domains;
 pub mod held;
 pub mod idempotency;
 pub mod keys;
@@ -26,6 +28,7 @@ pub mod suppressions;
 pub mod templates;
 pub mod webhooks;
 
+pub use domains::{Ed25519DkimKey, SendingDomain};
 pub use suppressions::{Suppression, SuppressionReason};
 
 use sendmill_platform::api::ApiError;
@@ -180,67 +183,6 @@ pub struct NewApiKey {
     pub id: Uuid,
     pub plaintext: String,
     pub prefix: String,
-}
-
-/// A domain an account sends from, with its DKIM keys.
-#[derive(Clone)]
-pub struct SendingDomain {
-    pub id: Uuid,
-    pub account_id: AccountId,
-    pub domain: String,
-    pub dkim_selector: String,
-    pub dkim_private_key_pkcs8: Vec<u8>,
-    pub dkim_public_key: String,
-    /// The Ed25519 key, for domains created since dual signing exists.
-    pub ed25519: Option<Ed25519DkimKey>,
-    /// Sign with the Ed25519 key too (receivers that know it prefer it; RSA stays for
-    /// the rest).
-    pub dual_sign: bool,
-    /// The domain of VERP return paths, where asynchronous bounces come back.
-    pub return_path_domain: String,
-    /// When its DNS records were last found in place; `None`: never (or no longer).
-    pub verified_at: Option<OffsetDateTime>,
-    /// What the last verification found, record by record.
-    pub verification: Option<serde_json::Value>,
-}
-
-#[derive(Clone)]
-pub struct Ed25519DkimKey {
-    pub selector: String,
-    pub private_pkcs8: Vec<u8>,
-    pub public_key: String,
-}
-
-impl fmt::Debug for SendingDomain {
-    // The private key never reaches a log line.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendingDomain")
-            .field("id", &self.id)
-            .field("account_id", &self.account_id)
-            .field("domain", &self.domain)
-            .field("dkim_selector", &self.dkim_selector)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SendingDomain {
-    /// The RSA key's DKIM TXT record: `(name, value)`.
-    pub fn dkim_record(&self) -> (String, String) {
-        dkim::txt_record(&self.domain, &self.dkim_selector, &self.dkim_public_key)
-    }
-
-    /// Every DKIM TXT record to publish (RSA, and Ed25519 when the domain has one).
-    pub fn dkim_records(&self) -> Vec<(String, String)> {
-        let mut records = vec![self.dkim_record()];
-        if let Some(ed) = &self.ed25519 {
-            records.push(dkim::ed25519_txt_record(
-                &self.domain,
-                &ed.selector,
-                &ed.public_key,
-            ));
-        }
-        records
-    }
 }
 
 fn account_from_row(r: &sqlx::postgres::PgRow) -> AccountInfo {
@@ -459,153 +401,6 @@ impl Store {
         Ok(rows.iter().map(account_from_row).collect())
     }
 
-    /// Registers `domain` for the account with a fresh RSA-2048 DKIM key.
-    pub async fn add_sending_domain(
-        &self,
-        account_id: AccountId,
-        domain: &str,
-        selector: &str,
-    ) -> Result<SendingDomain, StoreError> {
-        let key = dkim::generate_rsa_2048().map_err(|_| StoreError::KeyGeneration)?;
-        let ed = dkim::generate_ed25519().map_err(|_| StoreError::KeyGeneration)?;
-        let domain = domain.to_ascii_lowercase();
-        let sending = SendingDomain {
-            id: Uuid::now_v7(),
-            account_id,
-            return_path_domain: format!("bounces.{domain}"),
-            domain,
-            dkim_selector: selector.to_owned(),
-            dkim_private_key_pkcs8: key.private_pkcs8,
-            dkim_public_key: key.public_spki_base64,
-            ed25519: Some(Ed25519DkimKey {
-                selector: format!("{selector}e"),
-                private_pkcs8: ed.private_pkcs8,
-                public_key: ed.public_base64,
-            }),
-            dual_sign: false,
-            verified_at: None,
-            verification: None,
-        };
-        let ed = sending.ed25519.as_ref().expect("just generated");
-        let inserted = sqlx::query(
-            "INSERT INTO sending_domains
-               (id, account_id, domain, dkim_selector, dkim_private_key, dkim_public_key,
-                dkim_ed25519_selector, dkim_ed25519_private_key, dkim_ed25519_public_key,
-                return_path_domain)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (account_id, domain) DO NOTHING",
-        )
-        .bind(sending.id)
-        .bind(account_id.0)
-        .bind(&sending.domain)
-        .bind(&sending.dkim_selector)
-        .bind(&sending.dkim_private_key_pkcs8)
-        .bind(&sending.dkim_public_key)
-        .bind(&ed.selector)
-        .bind(&ed.private_pkcs8)
-        .bind(&ed.public_key)
-        .bind(&sending.return_path_domain)
-        .execute(&self.pool)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::Conflict("sending domain"));
-        }
-        Ok(sending)
-    }
-
-    pub async fn sending_domain(
-        &self,
-        account_id: AccountId,
-        domain: &str,
-    ) -> Result<Option<SendingDomain>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, domain, dkim_selector, dkim_private_key, dkim_public_key,
-                    dkim_ed25519_selector, dkim_ed25519_private_key, dkim_ed25519_public_key,
-                    dual_sign, return_path_domain, verified_at, verification
-             FROM sending_domains WHERE account_id = $1 AND domain = $2",
-        )
-        .bind(account_id.0)
-        .bind(domain.to_ascii_lowercase())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| sending_domain_from_row(account_id, &r)))
-    }
-
-    /// The account's sending domains, by name.
-    pub async fn sending_domains(
-        &self,
-        account_id: AccountId,
-    ) -> Result<Vec<SendingDomain>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, domain, dkim_selector, dkim_private_key, dkim_public_key,
-                    dkim_ed25519_selector, dkim_ed25519_private_key, dkim_ed25519_public_key,
-                    dual_sign, return_path_domain, verified_at, verification
-             FROM sending_domains WHERE account_id = $1 ORDER BY domain",
-        )
-        .bind(account_id.0)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| sending_domain_from_row(account_id, r))
-            .collect())
-    }
-
-    /// Removes the domain (and its keys); `false` when the account has no such domain.
-    pub async fn delete_sending_domain(
-        &self,
-        account_id: AccountId,
-        domain: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM sending_domains WHERE account_id = $1 AND domain = $2")
-            .bind(account_id.0)
-            .bind(domain.to_ascii_lowercase())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Stores a verification's findings; `verified` sets or clears `verified_at`.
-    pub async fn record_verification(
-        &self,
-        account_id: AccountId,
-        domain: &str,
-        verified: bool,
-        findings: &serde_json::Value,
-    ) -> Result<Option<OffsetDateTime>, StoreError> {
-        let verified_at: Option<Option<OffsetDateTime>> = sqlx::query_scalar(
-            "UPDATE sending_domains
-             SET verification = $3,
-                 verified_at = CASE WHEN $4 THEN COALESCE(verified_at, now()) ELSE NULL END
-             WHERE account_id = $1 AND domain = $2
-             RETURNING verified_at",
-        )
-        .bind(account_id.0)
-        .bind(domain.to_ascii_lowercase())
-        .bind(sqlx::types::Json(findings))
-        .bind(verified)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(verified_at.flatten())
-    }
-
-    /// Marks a domain verified without looking at DNS (operators, local development).
-    pub async fn force_verified(
-        &self,
-        account_id: AccountId,
-        domain: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE sending_domains SET verified_at = COALESCE(verified_at, now())
-             WHERE account_id = $1 AND domain = $2",
-        )
-        .bind(account_id.0)
-        .bind(domain.to_ascii_lowercase())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     pub async fn set_tracking_defaults(
         &self,
         account_id: AccountId,
@@ -656,58 +451,5 @@ impl Store {
             .iter()
             .map(|r| (r.get("name"), r.get("source")))
             .collect())
-    }
-
-    /// Turns signing with the domain's Ed25519 key on or off; `false` when the account
-    /// has no such domain or the domain has no Ed25519 key.
-    pub async fn set_dual_sign(
-        &self,
-        account_id: AccountId,
-        domain: &str,
-        on: bool,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE sending_domains SET dual_sign = $3
-             WHERE account_id = $1 AND domain = $2 AND dkim_ed25519_private_key IS NOT NULL",
-        )
-        .bind(account_id.0)
-        .bind(domain.to_ascii_lowercase())
-        .bind(on)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-}
-
-fn sending_domain_from_row(account_id: AccountId, r: &sqlx::postgres::PgRow) -> SendingDomain {
-    let domain: String = r.get("domain");
-    let ed25519 = match (
-        r.get::<Option<String>, _>("dkim_ed25519_selector"),
-        r.get::<Option<Vec<u8>>, _>("dkim_ed25519_private_key"),
-        r.get::<Option<String>, _>("dkim_ed25519_public_key"),
-    ) {
-        (Some(selector), Some(private_pkcs8), Some(public_key)) => Some(Ed25519DkimKey {
-            selector,
-            private_pkcs8,
-            public_key,
-        }),
-        _ => None,
-    };
-    SendingDomain {
-        id: r.get("id"),
-        account_id,
-        return_path_domain: r
-            .get::<Option<String>, _>("return_path_domain")
-            .unwrap_or_else(|| format!("bounces.{domain}")),
-        domain,
-        dkim_selector: r.get("dkim_selector"),
-        dkim_private_key_pkcs8: r.get("dkim_private_key"),
-        dkim_public_key: r.get("dkim_public_key"),
-        ed25519,
-        dual_sign: r.get("dual_sign"),
-        verified_at: r.get("verified_at"),
-        verification: r
-            .get::<Option<sqlx::types::Json<serde_json::Value>>, _>("verification")
-            .map(|j| j.0),
     }
 }
