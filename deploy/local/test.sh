@@ -19,6 +19,6 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo build --bin sendmill"
 cargo build --bin sendmill
 log "cargo test"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 log "fuzz targets, ${SENDMILL_FUZZ_SECONDS:-30}s each"
 "$here/fuzz.sh" "${SENDMILL_FUZZ_SECONDS:-30}"
