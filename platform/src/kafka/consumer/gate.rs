@@ -2,11 +2,13 @@
 //! pause, in one place, decided here and carried out by the loop on the Kafka clients
 //! (so the rules are testable without a broker, like the offset tracker).
 //!
-//! - **Capacity.** When the handlers have held `capacity` records for
-//!   [`FULL_BEFORE_PAUSE`] without one finishing, every assigned partition is paused. The
+//! - **Capacity.** When the handlers have held `capacity` records (or `max_bytes` of
+//!   them) for [`FULL_BEFORE_PAUSE`] without one finishing, every assigned partition is
+//!   paused. The
 //!   loop keeps polling (a consumer that stops polling loses its group membership) and
 //!   lets go what was already fetched, remembering per partition the first offset let
-//!   go. When a quarter of the capacity is free again, each partition resumes from that
+//!   go. When a quarter of the capacity (and of the bytes) is free again, each partition
+//!   resumes from that
 //!   offset (a seek), or simply resumes when nothing was let go.
 //! - **Due time.** A handler that answers "not before T" for a record (the retry delay
 //!   topics) pauses that record's partition; records after it are let go; at T the
@@ -44,6 +46,13 @@ pub(crate) enum Action {
     ResumeFrom(PartitionKey, i64),
 }
 
+/// What the handlers hold: records, and their payload bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Load {
+    pub records: usize,
+    pub bytes: usize,
+}
+
 /// A partition paused until a record's due time.
 #[derive(Debug, Clone, Copy)]
 struct DuePause {
@@ -62,6 +71,7 @@ struct CapacityPause {
 
 pub(crate) struct PauseGate {
     capacity: usize,
+    max_bytes: usize,
     stage: &'static str,
     /// Since when every handler slot has been taken without one finishing.
     full_since: Option<Instant>,
@@ -70,10 +80,12 @@ pub(crate) struct PauseGate {
 }
 
 impl PauseGate {
-    /// A gate for `capacity` records held at once (at least 1); `stage` names the metrics.
-    pub(crate) fn new(capacity: usize, stage: &'static str) -> Self {
+    /// A gate for `capacity` records and `max_bytes` of them held at once (at least one
+    /// record either way); `stage` names the metrics.
+    pub(crate) fn new(capacity: usize, max_bytes: usize, stage: &'static str) -> Self {
         Self {
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
             stage,
             full_since: None,
             capacity_pause: None,
@@ -81,11 +93,16 @@ impl PauseGate {
         }
     }
 
+    /// Whether `load` fills the handlers: `capacity` records, or `max_bytes`.
+    fn full(&self, load: Load) -> bool {
+        load.records >= self.capacity || load.bytes >= self.max_bytes
+    }
+
     /// Whether the loop reads a record now: below capacity, or during a capacity pause
     /// (what was fetched is read and let go). At capacity otherwise nothing is read
     /// until a handler finishes or the pause begins.
-    pub(crate) fn may_read(&self, in_flight: usize) -> bool {
-        in_flight < self.capacity || self.capacity_pause.is_some()
+    pub(crate) fn may_read(&self, load: Load) -> bool {
+        !self.full(load) || self.capacity_pause.is_some()
     }
 
     /// Whether a record just read is let go (it is read again after its partition's
@@ -193,16 +210,17 @@ impl PauseGate {
         actions
     }
 
-    /// After each turn of the loop, with `in_flight` records held: notes when the
-    /// handlers became full, and ends a capacity pause once a quarter of the capacity is
+    /// After each turn of the loop, with `load` held: notes when the handlers became
+    /// full, and ends a capacity pause once a quarter of the capacity and of the bytes is
     /// free (partitions also waiting for a due time stay paused until it).
-    pub(crate) fn settle(&mut self, now: Instant, in_flight: usize) -> Vec<Action> {
-        if in_flight < self.capacity {
+    pub(crate) fn settle(&mut self, now: Instant, load: Load) -> Vec<Action> {
+        if !self.full(load) {
             self.full_since = None;
         } else if self.full_since.is_none() {
             self.full_since = Some(now);
         }
-        let room = in_flight <= self.capacity - self.capacity / 4;
+        let room = load.records <= self.capacity - self.capacity / 4
+            && load.bytes <= self.max_bytes - self.max_bytes / 4;
         let Some(pause) = self.capacity_pause.take_if(|_| room) else {
             return Vec::new();
         };
@@ -244,16 +262,24 @@ mod tests {
         ("t".into(), n)
     }
 
+    /// `n` records of 100 bytes.
+    fn held(n: usize) -> Load {
+        Load {
+            records: n,
+            bytes: n * 100,
+        }
+    }
+
     fn both() -> Option<Vec<PartitionKey>> {
         Some(vec![p(0), p(1)])
     }
 
     /// A gate of capacity 4 that is capacity-paused at the returned instant.
     fn capacity_paused() -> (PauseGate, Instant) {
-        let mut gate = PauseGate::new(4, "test");
+        let mut gate = PauseGate::new(4, 1_000_000, "test");
         let t0 = Instant::now();
-        assert!(gate.settle(t0, 4).is_empty());
-        assert!(!gate.may_read(4));
+        assert!(gate.settle(t0, held(4)).is_empty());
+        assert!(!gate.may_read(held(4)));
         assert_eq!(gate.next_wake(), Some(t0 + FULL_BEFORE_PAUSE));
         let at = t0 + FULL_BEFORE_PAUSE;
         assert_eq!(gate.wake(at, both), vec![Action::Pause(vec![p(0), p(1)])]);
@@ -262,20 +288,20 @@ mod tests {
 
     #[test]
     fn below_capacity_it_reads_and_never_pauses() {
-        let mut gate = PauseGate::new(4, "test");
+        let mut gate = PauseGate::new(4, 1_000_000, "test");
         let now = Instant::now();
-        assert!(gate.settle(now, 3).is_empty());
-        assert!(gate.may_read(3));
+        assert!(gate.settle(now, held(3)).is_empty());
+        assert!(gate.may_read(held(3)));
         assert_eq!(gate.next_wake(), None);
         assert!(!gate.lets_go(&p(0), 10));
     }
 
     #[test]
     fn a_slot_freed_before_the_deadline_prevents_the_pause() {
-        let mut gate = PauseGate::new(4, "test");
+        let mut gate = PauseGate::new(4, 1_000_000, "test");
         let t0 = Instant::now();
-        gate.settle(t0, 4);
-        gate.settle(t0 + Duration::from_millis(100), 3);
+        gate.settle(t0, held(4));
+        gate.settle(t0 + Duration::from_millis(100), held(3));
         assert_eq!(gate.next_wake(), None);
         assert!(gate.wake(t0 + FULL_BEFORE_PAUSE, both).is_empty());
     }
@@ -284,14 +310,14 @@ mod tests {
     fn a_capacity_pause_resumes_each_partition_from_the_first_record_let_go() {
         let (mut gate, at) = capacity_paused();
         assert!(
-            gate.may_read(4),
+            gate.may_read(held(4)),
             "paused, fetched records are read and let go"
         );
         assert!(gate.lets_go(&p(0), 12));
         assert!(gate.lets_go(&p(0), 11));
         // Still 4 held, then 3 = capacity - capacity/4: room.
-        assert!(gate.settle(at, 4).is_empty());
-        let actions = gate.settle(at, 3);
+        assert!(gate.settle(at, held(4)).is_empty());
+        let actions = gate.settle(at, held(3));
         assert_eq!(
             actions,
             vec![Action::ResumeFrom(p(0), 11), Action::Resume(p(1))]
@@ -303,7 +329,7 @@ mod tests {
     fn a_partition_assigned_during_the_pause_resumes_from_what_was_let_go() {
         let (mut gate, at) = capacity_paused();
         assert!(gate.lets_go(&p(7), 3));
-        let actions = gate.settle(at, 0);
+        let actions = gate.settle(at, held(0));
         assert!(
             actions.contains(&Action::ResumeFrom(p(7), 3)),
             "{actions:?}"
@@ -312,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_due_time_pause_lets_later_records_go_and_resumes_at_the_due_time() {
-        let mut gate = PauseGate::new(4, "test");
+        let mut gate = PauseGate::new(4, 1_000_000, "test");
         let now = Instant::now();
         let due = now + Duration::from_secs(60);
         assert_eq!(
@@ -340,7 +366,7 @@ mod tests {
         gate.not_before(p(0), 20, due);
         // Let go during the capacity pause, before the due record: read again first.
         assert!(gate.lets_go(&p(0), 25), "after the due record");
-        let actions = gate.settle(at, 0);
+        let actions = gate.settle(at, held(0));
         assert_eq!(actions, vec![Action::Resume(p(1))]);
         assert_eq!(gate.wake(due, || None), vec![Action::ResumeFrom(p(0), 20)]);
     }
@@ -350,7 +376,7 @@ mod tests {
         let (mut gate, at) = capacity_paused();
         assert!(gate.lets_go(&p(0), 15));
         gate.not_before(p(0), 20, at + Duration::from_secs(30));
-        gate.settle(at, 0);
+        gate.settle(at, held(0));
         let actions = gate.wake(at + Duration::from_secs(30), || None);
         assert_eq!(actions, vec![Action::ResumeFrom(p(0), 15)]);
     }
@@ -363,7 +389,7 @@ mod tests {
             unreachable!("paused already")
         });
         assert!(actions.is_empty(), "still paused for capacity: {actions:?}");
-        let actions = gate.settle(at + Duration::from_secs(2), 0);
+        let actions = gate.settle(at + Duration::from_secs(2), held(0));
         assert_eq!(
             actions,
             vec![Action::Resume(p(0)), Action::ResumeFrom(p(1), 40)]
@@ -372,7 +398,7 @@ mod tests {
 
     #[test]
     fn a_failed_seek_is_tried_again_from_the_same_offset() {
-        let mut gate = PauseGate::new(4, "test");
+        let mut gate = PauseGate::new(4, 1_000_000, "test");
         let now = Instant::now();
         gate.seek_failed(p(0), 9, now);
         assert!(gate.lets_go(&p(0), 9), "stays paused");
@@ -384,13 +410,43 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_assignment_postpones_the_capacity_pause() {
-        let mut gate = PauseGate::new(1, "test");
+    fn a_few_large_records_fill_the_handlers_as_many_small_ones_do() {
+        let mut gate = PauseGate::new(4096, 10_000_000, "test");
         let t0 = Instant::now();
-        gate.settle(t0, 1);
+        let large = |n: usize| Load {
+            records: n,
+            bytes: n * 3_000_000,
+        };
+        assert!(gate.may_read(large(3)));
+        assert!(!gate.may_read(large(4)), "12 MB held: no more is read");
+        gate.settle(t0, large(4));
+        let at = t0 + FULL_BEFORE_PAUSE;
+        assert_eq!(gate.wake(at, both), vec![Action::Pause(vec![p(0), p(1)])]);
+        assert!(gate.lets_go(&p(0), 9));
+        // 3 records (9 MB) are still more than 3/4 of the bytes: paused on.
+        assert!(gate.settle(at, large(3)).is_empty());
+        let actions = gate.settle(at, large(2));
+        assert_eq!(actions, vec![Action::ResumeFrom(p(0), 9), Action::Resume(p(1))]);
+    }
+
+    #[test]
+    fn one_record_larger_than_the_byte_budget_is_still_read() {
+        let gate = PauseGate::new(4, 1_000, "test");
+        assert!(gate.may_read(Load::default()));
+        assert!(!gate.may_read(Load {
+            records: 1,
+            bytes: 5_000
+        }));
+    }
+
+    #[test]
+    fn an_unreadable_assignment_postpones_the_capacity_pause() {
+        let mut gate = PauseGate::new(1, 1_000_000, "test");
+        let t0 = Instant::now();
+        gate.settle(t0, held(1));
         let at = t0 + FULL_BEFORE_PAUSE;
         assert!(gate.wake(at, || None).is_empty());
-        assert!(!gate.may_read(1));
+        assert!(!gate.may_read(held(1)));
         assert_eq!(gate.next_wake(), Some(at + FULL_BEFORE_PAUSE));
     }
 }

@@ -37,7 +37,7 @@ use crate::backoff;
 use crate::traces::TraceHeaders;
 use clients::GroupClients;
 use futures::{FutureExt, StreamExt};
-use gate::{Action, PartitionKey, PauseGate};
+use gate::{Action, Load, PartitionKey, PauseGate};
 use offsets::OffsetTracker;
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -124,7 +124,9 @@ where
     let dlq = kafka.producer()?;
     let dlq_topic = kafka.topics.dlq();
     let handler = Arc::new(handler);
-    let mut gate = PauseGate::new(spec.concurrency, spec.stage);
+    let mut gate = PauseGate::new(spec.concurrency, kafka.config.max_bytes_in_flight, spec.stage);
+    // Payload bytes of the records in `in_flight`.
+    let mut bytes_in_flight = 0usize;
     let mut in_flight: JoinSet<Completion> = JoinSet::new();
     let mut tracker = OffsetTracker::default();
     let mut lag_tick = tokio::time::interval(Duration::from_secs(10));
@@ -143,6 +145,7 @@ where
             }
             Some(done) = in_flight.join_next() => {
                 let done = done.expect("handler tasks catch their own panics");
+                bytes_in_flight -= done.bytes;
                 on_completion(&consumer, &mut tracker, &mut gate, done)
             }
             _ = sleep_until_some(gate.next_wake()) => {
@@ -151,7 +154,7 @@ where
             // At capacity nothing more is read (librdkafka keeps fetched records queued)
             // until a handler finishes or the partitions are paused; paused, what was
             // already fetched is read and let go, to be read again after the resume.
-            Some(message) = messages.next(), if gate.may_read(in_flight.len()) => {
+            Some(message) = messages.next(), if gate.may_read(Load { records: in_flight.len(), bytes: bytes_in_flight }) => {
                 let message = match message {
                     Ok(m) => m,
                     Err(error) => {
@@ -172,6 +175,8 @@ where
                     trace: message.headers().map(TraceHeaders::from_kafka).unwrap_or_default(),
                 };
                 drop(message);
+                let bytes = record.payload.len();
+                bytes_in_flight += bytes;
                 let generation = tracker.begin(&key, record.offset);
                 metrics::counter!(crate::metric::CONSUMED_TOTAL, "stage" => spec.stage, "topic" => key.0.clone()).increment(1);
                 let task = HandlerTask {
@@ -185,13 +190,17 @@ where
                 in_flight.spawn(async move {
                     let offset = record.offset;
                     let outcome = task.run(record).instrument(span).await;
-                    Completion { key, offset, generation, outcome }
+                    Completion { key, offset, generation, bytes, outcome }
                 });
                 Vec::new()
             }
         };
         apply(&consumer, &mut gate, actions);
-        let settled = gate.settle(Instant::now(), in_flight.len());
+        let load = Load {
+            records: in_flight.len(),
+            bytes: bytes_in_flight,
+        };
+        let settled = gate.settle(Instant::now(), load);
         apply(&consumer, &mut gate, settled);
     }
 
@@ -249,6 +258,8 @@ struct Completion {
     key: PartitionKey,
     offset: i64,
     generation: u64,
+    /// The record's payload bytes, counted against `kafka.max_bytes_in_flight`.
+    bytes: usize,
     outcome: Result<Handled, HandlerError>,
 }
 
