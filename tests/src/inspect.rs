@@ -143,8 +143,39 @@ pub fn dumped_messages(message_id: &str) -> Vec<PathBuf> {
     let needle = format!("Message-ID: <{message_id}@");
     sink_dump_files()
         .into_iter()
-        .filter(|path| std::fs::read_to_string(path).is_ok_and(|t| t.contains(&needle)))
+        .filter(|path| dump_head(path).contains(&needle))
         .collect()
+}
+
+/// The first 64 KiB of a dump: the envelope and the message's header, where the
+/// Message-ID is. Reading only this keeps lookups fast however large the messages.
+fn dump_head(path: &Path) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = file.take(64 * 1024).read_to_end(&mut head);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Removes the sink's dumps of `message_ids` (tests of multi-megabyte messages clean up
+/// after themselves: the accepting sink is shared and kept across runs). Returns how
+/// many files were removed.
+pub fn remove_dumps(message_ids: &[String]) -> usize {
+    let wanted: std::collections::HashSet<&str> = message_ids.iter().map(String::as_str).collect();
+    let mut removed = 0;
+    for path in sink_dump_files() {
+        let head = dump_head(&path);
+        // `Message-ID: <{id}@{domain}>`: the id is what stands before the `@`.
+        let id = head
+            .split_once("Message-ID: <")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .map(|(id, _)| id);
+        if id.is_some_and(|id| wanted.contains(id)) && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Python's `email` (policy.strict) view of `message`: decoded parts and the headers asked

@@ -426,7 +426,10 @@ mod tests {
         // 3 records (9 MB) are still more than 3/4 of the bytes: paused on.
         assert!(gate.settle(at, large(3)).is_empty());
         let actions = gate.settle(at, large(2));
-        assert_eq!(actions, vec![Action::ResumeFrom(p(0), 9), Action::Resume(p(1))]);
+        assert_eq!(
+            actions,
+            vec![Action::ResumeFrom(p(0), 9), Action::Resume(p(1))]
+        );
     }
 
     #[test]

@@ -124,7 +124,11 @@ where
     let dlq = kafka.producer()?;
     let dlq_topic = kafka.topics.dlq();
     let handler = Arc::new(handler);
-    let mut gate = PauseGate::new(spec.concurrency, kafka.config.max_bytes_in_flight, spec.stage);
+    let mut gate = PauseGate::new(
+        spec.concurrency,
+        kafka.config.max_bytes_in_flight,
+        spec.stage,
+    );
     // Payload bytes of the records in `in_flight`.
     let mut bytes_in_flight = 0usize;
     let mut in_flight: JoinSet<Completion> = JoinSet::new();
