@@ -11,6 +11,8 @@ pub const CONSUMER_CAPACITY_RESUMES_TOTAL: &str = "sendmill_consumer_capacity_re
 pub const CONSUMER_LAG: &str = "sendmill_consumer_lag";
 /// 1 while a stage's partitions are paused for capacity; label `stage`.
 pub const CONSUMER_PAUSED: &str = "sendmill_consumer_paused";
+/// Times a stage's consumer clients were replaced after a fatal error; label `stage`.
+pub const CONSUMER_RESTARTS_TOTAL: &str = "sendmill_consumer_restarts_total";
 /// Records sent to the dead-letter topic; label `stage`.
 pub const DLQ_TOTAL: &str = "sendmill_dlq_total";
 /// Seconds a stage's handler took per record; label `stage`.

@@ -101,6 +101,12 @@ pub struct ConsumerSpec {
 
 /// Runs the loop until `shutdown`; then finishes in-flight handlers (handlers watch the
 /// same token), stores and commits their offsets, and returns.
+///
+/// A fatal consumer error (librdkafka gives up on a client: e.g. a static member fenced
+/// after a group coordinator failover, `FencedInstanceId`) does not leave the stage
+/// consuming nothing: the loop finishes what its handlers hold, drops those clients and
+/// subscribes new ones, which are given the partitions again from the committed offsets
+/// (records handled since are redelivered, as after any rebalance).
 pub async fn run<H, Fut>(
     kafka: &KafkaConnection,
     spec: ConsumerSpec,
@@ -111,7 +117,38 @@ where
     H: Fn(Record) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Handled, HandlerError>> + Send + 'static,
 {
-    let consumer = Arc::new(GroupClients::subscribe(kafka, &spec)?);
+    let dlq = kafka.producer()?;
+    let handler = Arc::new(handler);
+    loop {
+        match run_clients(kafka, &spec, handler.clone(), dlq.clone(), &shutdown).await? {
+            None => return Ok(()),
+            Some(error) => {
+                metrics::counter!(crate::metric::CONSUMER_RESTARTS_TOTAL, "stage" => spec.stage)
+                    .increment(1);
+                tracing::error!(stage = spec.stage, %error, "fatal consumer error: new clients subscribe");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// One generation of clients: runs until `shutdown` (`None`) or a fatal consumer error
+/// (`Some`), and finishes in-flight handlers either way.
+async fn run_clients<H, Fut>(
+    kafka: &KafkaConnection,
+    spec: &ConsumerSpec,
+    handler: Arc<H>,
+    dlq: Producer,
+    shutdown: &CancellationToken,
+) -> Result<Option<KafkaError>, KafkaError>
+where
+    H: Fn(Record) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Handled, HandlerError>> + Send + 'static,
+{
+    let consumer = Arc::new(GroupClients::subscribe(kafka, spec)?);
     // Every client's records, merged; the streams borrow the clients, which outlive them.
     let mut messages = futures::stream::select_all(
         consumer
@@ -121,9 +158,8 @@ where
     );
     tracing::info!(stage = spec.stage, group = %spec.group_id, topics = ?spec.topics, "consuming");
 
-    let dlq = kafka.producer()?;
     let dlq_topic = kafka.topics.dlq();
-    let handler = Arc::new(handler);
+    let mut fatal = None;
     let mut gate = PauseGate::new(
         spec.concurrency,
         kafka.config.max_bytes_in_flight,
@@ -161,6 +197,10 @@ where
             Some(message) = messages.next(), if gate.may_read(Load { records: in_flight.len(), bytes: bytes_in_flight }) => {
                 let message = match message {
                     Ok(m) => m,
+                    Err(error @ KafkaError::MessageConsumptionFatal(_)) => {
+                        fatal = Some(error);
+                        break;
+                    }
                     Err(error) => {
                         tracing::warn!(stage = spec.stage, %error, "consumer error");
                         continue;
@@ -232,7 +272,7 @@ where
         let _ = tokio::task::spawn_blocking(move || clients.close()).await;
     }
     tracing::info!(stage = spec.stage, "consumer stopped");
-    Ok(())
+    Ok(fatal)
 }
 
 /// [`run`] for the common case of a handler that is a method of state shared by every
