@@ -111,7 +111,7 @@ pub async fn start(
                     suppressions: connected(suppressions.clone()),
                 };
                 let run = sendmill_ingest::run(config.ingest.clone(), deps, token);
-                Box::pin(async move { Ok(run.await?) })
+                boxed(run)
             }
             Stage::Render => {
                 let deps = sendmill_render::Deps {
@@ -121,7 +121,7 @@ pub async fn start(
                         .map(Arc::new),
                 };
                 let run = sendmill_render::run(config.render.clone(), deps, token);
-                Box::pin(async move { Ok(run.await?) })
+                boxed(run)
             }
             Stage::Dispatch => {
                 let deps = sendmill_dispatcher::Deps {
@@ -131,7 +131,7 @@ pub async fn start(
                     suppressions: connected(suppressions.clone()),
                 };
                 let run = sendmill_dispatcher::run(config.dispatcher.clone(), deps, token);
-                Box::pin(async move { Ok(run.await?) })
+                boxed(run)
             }
             Stage::Analytics => {
                 let listener = bind(&config.analytics.listen).await?;
@@ -148,7 +148,7 @@ pub async fn start(
                         .then(|| LinkSigner::new(&config.tracking.secret)),
                 };
                 let run = sendmill_analytics::run(config.analytics.clone(), deps, token);
-                Box::pin(async move { Ok(run.await?) })
+                boxed(run)
             }
         };
         pipeline.tasks.spawn(async move { (stage, running.await) });
@@ -201,6 +201,16 @@ async fn check_kafka(kafka: &KafkaConnection, shutdown: &CancellationToken) -> a
     }
     tracing::info!(brokers = %kafka.brokers, "Kafka answers, every topic exists");
     Ok(())
+}
+
+/// A stage's `run` future, its error made the binary's.
+fn boxed<E>(
+    run: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) -> BoxFuture<'static, anyhow::Result<()>>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    Box::pin(async move { Ok(run.await?) })
 }
 
 /// A client `start` connected because a stage in the list needs it.

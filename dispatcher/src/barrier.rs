@@ -1,6 +1,6 @@
 //! The terminal barrier: every message ends in exactly one terminal event. Before a
 //! terminal event is written it is stored in Redis under the message id (`SET NX GET`,
-//! kept `terminal_ttl_secs`); a redelivered record finds it and re-writes the stored
+//! kept `terminal_ttl`); a redelivered record finds it and re-writes the stored
 //! event with its original event id, which ClickHouse deduplicates, instead of sending
 //! again. Non-terminal events (`deferred`) are written as they are.
 

@@ -57,7 +57,7 @@ use sendmill_platform::{
 use sendmill_smtp::{ConnectionPool, PoolSettings, Timeouts};
 use sendmill_tenancy::suppressions::SuppressionCache;
 use sendmill_wire::{EventType, Lane, ReadyV1, RetryTier, RetryV1};
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 
@@ -181,7 +181,6 @@ impl Dispatcher {
                 connect: config.connect_timeout,
                 command: config.command_timeout,
                 data: config.data_timeout,
-                quit: Duration::from_secs(2),
             },
             max_idle_per_host: config.max_idle_per_host,
             idle_timeout: config.idle_timeout,

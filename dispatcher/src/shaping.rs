@@ -355,7 +355,7 @@ impl Shaper {
     }
 
     /// A provider answered "slow down" (421, rate-limited): halve the route's rate for
-    /// every dispatcher; it doubles back every `backoff_recovery_secs` without another.
+    /// every dispatcher; it doubles back every `backoff_recovery` without another.
     pub async fn rate_limited(&self, route: &Route<'_>) -> Result<f64, backoff::ShutDown> {
         let key = self.bucket_key(route);
         let recovery_us = self.recovery.as_micros() as u64;

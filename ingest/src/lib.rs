@@ -108,7 +108,7 @@ pub struct Config {
     /// How long an Idempotency-Key and its answer are kept.
     #[serde(with = "sendmill_platform::config::duration")]
     pub idempotency_retention: Duration,
-    /// Deprecated (read for one release, with a warning): `[suppressions] cache_secs`.
+    /// Deprecated (read for one release, with a warning): `[suppressions] cache`.
     #[serde(with = "sendmill_platform::config::duration")]
     pub suppression_cache: Option<Duration>,
     /// How long an account's template partials are cached (previews, sandbox sends).

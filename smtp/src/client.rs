@@ -21,7 +21,7 @@ use crate::{
 use rustls::pki_types::ServerName;
 use std::{
     net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
+    time::Instant,
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
@@ -402,13 +402,8 @@ impl Session {
 
     /// Ends the session politely; errors do not matter any more.
     pub async fn quit(mut self) {
-        let timeouts = Timeouts {
-            connect: Duration::ZERO,
-            command: Duration::ZERO,
-            data: Duration::ZERO,
-            quit: QUIT_TIMEOUT,
-        };
-        let _ = self.command(Command::Quit, &timeouts).await;
+        // QUIT's timeout is fixed (`QUIT_TIMEOUT`): no other setting is read.
+        let _ = self.command(Command::Quit, &Timeouts::default()).await;
     }
 
     /// Writes `command` and reads its reply, within its step's timeout each.
@@ -473,9 +468,6 @@ impl Session {
         .map_err(|_| SmtpError::Timeout(step))?
     }
 }
-
-/// How long a closing session waits for QUIT's reply.
-const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn rejected(code: u16, lines: &[String], step: Step) -> SmtpError {
     SmtpError::Rejected {

@@ -145,7 +145,7 @@ impl fmt::Display for Command<'_> {
 
 /// How long each step may take. RFC 5321 §4.5.3.2 suggests minutes per command; a
 /// sender with many receivers to serve sets them lower (`[dispatcher]`'s settings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timeouts {
     /// The TCP connection, and waiting for a connection slot.
     pub connect: Duration,
@@ -153,16 +153,17 @@ pub struct Timeouts {
     pub command: Duration,
     /// The message data and the reply to its final dot.
     pub data: Duration,
-    /// QUIT, when a session is closed; its failure does not matter.
-    pub quit: Duration,
 }
+
+/// How long a closing session waits for QUIT's reply; its failure does not matter.
+pub const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Timeouts {
     pub fn of(&self, step: Step) -> Duration {
         match step {
             Step::ConnectionSlot | Step::Connect => self.connect,
             Step::MessageData | Step::EndOfData => self.data,
-            Step::Quit => self.quit,
+            Step::Quit => QUIT_TIMEOUT,
             _ => self.command,
         }
     }
@@ -201,11 +202,10 @@ mod tests {
             connect: Duration::from_secs(1),
             command: Duration::from_secs(2),
             data: Duration::from_secs(3),
-            quit: Duration::from_secs(4),
         };
         assert_eq!(t.of(Step::Connect), t.connect);
         assert_eq!(t.of(Step::RcptTo), t.command);
         assert_eq!(t.of(Step::EndOfData), t.data);
-        assert_eq!(t.of(Step::Quit), t.quit);
+        assert_eq!(t.of(Step::Quit), QUIT_TIMEOUT);
     }
 }

@@ -57,7 +57,7 @@ impl RetryTier {
     }
 
     /// The delay the tier's topic is named after: the dispatcher's default for it
-    /// (`dispatcher.retry_delays_secs` may set another).
+    /// (`dispatcher.retry_delays` may set another).
     pub fn delay(self) -> Duration {
         Duration::from_secs(match self {
             RetryTier::OneMinute => 60,
