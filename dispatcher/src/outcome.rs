@@ -164,11 +164,16 @@ pub struct Verdict {
     pub suppress: bool,
 }
 
+/// The index of the first rule in `rules` that matches `reply`, if any.
+pub fn first_match(rules: &[ClassifyRule], reply: &SmtpReply) -> Option<usize> {
+    let text = reply.text.to_ascii_lowercase();
+    rules.iter().position(|r| r.matches(reply, &text))
+}
+
 /// Classifies a negative reply by the first matching rule; without one, by code class.
 pub fn classify(rules: &[ClassifyRule], reply: &SmtpReply) -> Verdict {
-    let text = reply.text.to_ascii_lowercase();
     let by_code = reply.code >= 500;
-    match rules.iter().find(|r| r.matches(reply, &text)) {
+    match first_match(rules, reply).map(|i| &rules[i]) {
         Some(rule) => {
             let permanent = match rule.outcome {
                 Some(p) => p == Permanence::Permanent,
@@ -207,6 +212,66 @@ mod tests {
     /// A reply as the SMTP client hands it over.
     fn reply(code: u16, text: &str) -> SmtpReply {
         sendmill_smtp::Reply::new(code, text).into()
+    }
+
+    /// One reply from `tests/replies.toml`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Case {
+        provider: String,
+        reply: String,
+        category: BounceCategory,
+        permanent: bool,
+        suppress: bool,
+        rule: usize,
+    }
+
+    /// Reads a reply as the client does: line by line, then joined.
+    fn wire_reply(raw: &str) -> SmtpReply {
+        let lines: Vec<sendmill_smtp::ReplyLine> = raw
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| sendmill_smtp::ReplyLine::parse(l.as_bytes()).expect("a reply line"))
+            .collect();
+        let texts: Vec<String> = lines.iter().map(|l| l.text.clone()).collect();
+        sendmill_smtp::Reply::from_lines(lines[0].code, &texts).into()
+    }
+
+    #[test]
+    fn provider_replies_are_classified_as_written_and_every_rule_has_a_case() {
+        #[derive(Deserialize)]
+        struct Cases {
+            case: Vec<Case>,
+        }
+        let cases: Cases = toml::from_str(include_str!("../tests/replies.toml")).unwrap();
+        let rules = default_rules();
+        let mut wrong = Vec::new();
+        let mut used = vec![false; rules.len()];
+        for case in &cases.case {
+            let reply = wire_reply(&case.reply);
+            let rule = first_match(&rules, &reply);
+            let verdict = classify(&rules, &reply);
+            if let Some(i) = rule {
+                used[i] = true;
+            }
+            let got = (verdict.category, verdict.permanent, verdict.suppress, rule);
+            let want = (
+                case.category,
+                case.permanent,
+                case.suppress,
+                Some(case.rule),
+            );
+            if got != want {
+                wrong.push(format!(
+                    "{}: {} {:?} {:?}: got {got:?}, want {want:?}",
+                    case.provider, reply.code, reply.enhanced, reply.text
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        let untested: Vec<usize> = (0..rules.len()).filter(|i| !used[*i]).collect();
+        assert!(untested.is_empty(), "rules without a case: {untested:?}");
+        assert!(cases.case.len() >= 40, "{}", cases.case.len());
     }
 
     #[test]

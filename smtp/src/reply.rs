@@ -114,9 +114,31 @@ impl Reply {
         }
     }
 
-    /// The reply made of `lines` (each line's text, as [`ReplyLine::text`]).
+    /// The reply made of `lines` (each line's text, as [`ReplyLine::text`], the basic
+    /// code already cut off). Servers repeat the enhanced code on every line of a
+    /// multi-line reply (Gmail's `421-4.7.28 …` over five lines, Microsoft's, Postfix's);
+    /// RFC 3463 §3 gives it once per reply, so the continuation lines' copies are
+    /// removed, and the lines are trimmed and joined with one space: the text users
+    /// read in timelines, webhooks and dashboards is the sentence the server wrote.
     pub fn from_lines(code: u16, lines: &[String]) -> Self {
-        Self::new(code, &lines.join(" "))
+        let mut joined = String::new();
+        for (i, line) in lines.iter().enumerate() {
+            let mut line = line.trim();
+            if i > 0 {
+                let first = line.split_whitespace().next().unwrap_or("");
+                if EnhancedStatusCode::parse(first).is_some() {
+                    line = line[first.len()..].trim_start();
+                }
+            }
+            if line.is_empty() {
+                continue;
+            }
+            if !joined.is_empty() {
+                joined.push(' ');
+            }
+            joined.push_str(line);
+        }
+        Self::new(code, &joined)
     }
 
     /// 2xx: the command succeeded.
@@ -184,6 +206,42 @@ mod tests {
         assert_eq!(
             EnhancedStatusCode::parse("5.7.26").unwrap().to_string(),
             "5.7.26"
+        );
+    }
+
+    #[test]
+    fn multi_line_replies_are_joined_without_the_repeated_codes() {
+        // Gmail's rate-limit reply, as sent (its lines' texts after `421-` / `421 `).
+        let lines: Vec<String> = [
+            "4.7.28 [192.0.2.1      15] Our system has detected an unusual rate of",
+            "4.7.28 unsolicited mail originating from your IP address. To protect our",
+            "4.7.28 users from spam, mail sent from your IP address has been temporarily",
+            "4.7.28 rate limited. For more information, go to",
+            "4.7.28  https://support.google.com/mail/?p=UnsolicitedRateLimitError to",
+            "4.7.28 review our Bulk Email Senders Guidelines. a1si123 - gsmtp",
+        ]
+        .map(String::from)
+        .into();
+        let reply = Reply::from_lines(421, &lines);
+        assert_eq!(
+            reply.enhanced.map(|e| e.to_string()).as_deref(),
+            Some("4.7.28")
+        );
+        assert_eq!(
+            reply.text,
+            "[192.0.2.1      15] Our system has detected an unusual rate of unsolicited mail \
+             originating from your IP address. To protect our users from spam, mail sent \
+             from your IP address has been temporarily rate limited. For more information, \
+             go to https://support.google.com/mail/?p=UnsolicitedRateLimitError to review \
+             our Bulk Email Senders Guidelines. a1si123 - gsmtp"
+        );
+        // Lines without codes, an empty line, and a code word later in a line (kept).
+        let plain: Vec<String> = ["mx.test rejects", "", "  see 5.7.1 above  "]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            Reply::from_lines(554, &plain).text,
+            "mx.test rejects see 5.7.1 above"
         );
     }
 

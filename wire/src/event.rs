@@ -83,6 +83,9 @@ pub enum BounceCategory {
     Policy,
     RateLimited,
     TlsRequired,
+    /// The receiver refused the sender's authentication (SPF, DKIM, DMARC, RFC 7372's
+    /// 5.7.20–5.7.27): a DNS or signing fix on our side, never the recipient's fault.
+    Authentication,
     Routing,
     Protocol,
     Expired,
@@ -98,6 +101,7 @@ impl BounceCategory {
             BounceCategory::Policy => "policy",
             BounceCategory::RateLimited => "rate_limited",
             BounceCategory::TlsRequired => "tls_required",
+            BounceCategory::Authentication => "authentication",
             BounceCategory::Routing => "routing",
             BounceCategory::Protocol => "protocol",
             BounceCategory::Expired => "expired",
