@@ -15,8 +15,20 @@
 #   nullmx.test            null MX (RFC 7505)
 #   nomx.test              no MX, an A record 127.0.0.2 (implicit MX, RFC 5321 §5.1)
 #   ratelimited.test       MX -> 127.0.0.6  answers RCPT with 421 and hangs up
-#   tls.test               MX -> 127.0.0.21 postfix offering STARTTLS, relaying to the
-#                          accepting sink
+#   tls.test               MX -> 127.0.0.21 postfix offering STARTTLS (certificate for
+#                          mx.tls.test from the local CA), relaying to the accepting sink
+#   xn--bcher-kva.test     (bücher.test) MX -> 127.0.0.2, an internationalised domain
+#   utf8.test              MX -> 127.0.0.22 postfix offering SMTPUTF8 (RFC 6531), which
+#                          delivers into the Maildir $SENDMILL_LOCAL_DIR/postfix-utf8/mail/
+#                          (the accepting sink does not offer SMTPUTF8)
+#   sts-enforce.test       MTA-STS (RFC 8461) domains: TXT _mta-sts.<domain>, policy host
+#   sts-testing.test       mta-sts.<domain> -> 127.0.0.23, where a test serves the policy
+#   sts-tls.test           over HTTPS with $SENDMILL_LOCAL_DIR/ca/mta-sts.{pem,key};
+#   sts-mismatch.test      MX: enforce, testing -> 127.0.0.2 (no STARTTLS); tls,
+#   sts-badcert.test       mismatch -> mx.tls.test; badcert -> mx2.tls.test (the same
+#                          postfix, whose certificate names only mx.tls.test)
+# The local CA ($SENDMILL_LOCAL_DIR/ca/ca.pem) signs the certificates of mx.tls.test and
+# of the MTA-STS policy hosts; tests trust it as an extra root.
 #   d1.test .. d50.test    MX -> 127.0.0.11 .. 127.0.0.20, round robin (bench sinks,
 #                          started with BENCH_SINKS=1)
 set -euo pipefail
@@ -119,6 +131,16 @@ mkdir -p "$dns/conf.d"
   echo "host-record=nomx.test,127.0.0.2"
   echo "mx-host=tls.test,mx.tls.test,10"
   echo "host-record=mx.tls.test,127.0.0.21"
+  echo "mx-host=xn--bcher-kva.test,mx.ok.test,10"
+  echo "mx-host=utf8.test,mx.utf8.test,10"
+  echo "host-record=mx.utf8.test,127.0.0.22"
+  echo "host-record=mx2.tls.test,127.0.0.21"
+  for sts in enforce testing tls mismatch badcert; do
+    case $sts in enforce|testing) mx=mx.ok.test ;; badcert) mx=mx2.tls.test ;; *) mx=mx.tls.test ;; esac
+    echo "mx-host=sts-$sts.test,$mx,10"
+    echo "txt-record=_mta-sts.sts-$sts.test,\"v=STSv1; id=20261130T000000;\""
+    echo "host-record=mta-sts.sts-$sts.test,127.0.0.23"
+  done
   echo "mx-host=ratelimited.test,mx.ratelimited.test,10"
   echo "host-record=mx.ratelimited.test,127.0.0.6"
   # Bench domains: 50 domains (50 providers) over the 10 bench sinks.
@@ -166,6 +188,36 @@ if [ "${BENCH_SINKS:-0}" = 1 ]; then
   for n in $(seq 1 10); do start_sink "d$n" "127.0.0.$((10 + n))"; done
 fi
 
+# --- A local certificate authority -------------------------------------------------------
+# Signs the certificates of the local MX hosts and MTA-STS policy hosts, so that TLS
+# can be verified as on the Internet (tests trust ca.pem as an extra root).
+ca=$dir/ca
+mkdir -p "$ca"
+if [ ! -f "$ca/ca.pem" ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Sendmill local test CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$ca/ca.key" -out "$ca/ca.pem" 2>/dev/null
+fi
+# ca_sign NAME SAN...: NAME.pem and NAME.key under $ca, for the DNS names SAN.
+ca_sign() {
+  local name=$1; shift
+  local sans; sans=$(printf 'DNS:%s,' "$@"); sans=${sans%,}
+  if [ -f "$ca/$name.pem" ] && openssl verify -CAfile "$ca/ca.pem" "$ca/$name.pem" >/dev/null 2>&1 \
+     && [ "$(cat "$ca/$name.sans" 2>/dev/null)" = "$sans" ]; then
+    return
+  fi
+  openssl req -new -newkey rsa:2048 -nodes -subj "/CN=$1" -keyout "$ca/$name.key" \
+    -out "$ca/$name.csr" 2>/dev/null
+  openssl x509 -req -in "$ca/$name.csr" -CA "$ca/ca.pem" -CAkey "$ca/ca.key" -CAcreateserial \
+    -days 3650 -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$sans") \
+    -out "$ca/$name.pem" 2>/dev/null
+  rm -f "$ca/$name.csr"
+  echo "$sans" >"$ca/$name.sans"
+}
+ca_sign mx-tls mx.tls.test
+ca_sign mta-sts mta-sts.sts-enforce.test mta-sts.sts-testing.test mta-sts.sts-tls.test \
+  mta-sts.sts-mismatch.test mta-sts.sts-badcert.test
+
 # --- postfix with STARTTLS (127.0.0.21:25) ----------------------------------------------
 # A real MTA offering STARTTLS (self-signed certificate) for tls.test; it relays what it
 # accepts to the accepting smtp-sink, whose dump then carries postfix's Received header
@@ -175,20 +227,45 @@ if port_open 127.0.0.21 25; then
   log "postfix (STARTTLS): reusing 127.0.0.21:25"
 else
   mkdir -p "$pf"
-  if [ ! -f "$pf/cert.pem" ]; then
-    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=mx.tls.test \
-      -keyout "$pf/key.pem" -out "$pf/cert.pem" 2>/dev/null
-  fi
   postfix_start "$pf" 127.0.0.21 <<MAIN
 myhostname = mx.tls.test
-relay_domains = tls.test
+relay_domains = tls.test sts-tls.test sts-mismatch.test
 relay_transport = smtp:[127.0.0.2]:25
-smtpd_tls_cert_file = $pf/cert.pem
-smtpd_tls_key_file = $pf/key.pem
+smtpd_tls_cert_file = $ca/mx-tls.pem
+smtpd_tls_key_file = $ca/mx-tls.key
 smtpd_tls_security_level = may
 smtpd_tls_received_header = yes
 MAIN
   log "postfix (STARTTLS): started on 127.0.0.21:25"
+fi
+# A running instance from before the local CA or the MTA-STS domains gets them now.
+if [ "$(postconf -c "$pf" -h smtpd_tls_cert_file)" != "$ca/mx-tls.pem" ] \
+   || ! postconf -c "$pf" -h relay_domains | grep -q sts-tls.test; then
+  postconf -c "$pf" -e "smtpd_tls_cert_file = $ca/mx-tls.pem" "smtpd_tls_key_file = $ca/mx-tls.key" \
+    "relay_domains = tls.test sts-tls.test sts-mismatch.test"
+  postfix -c "$pf" reload >/dev/null 2>&1 || die "postfix (STARTTLS) did not reload (see $pf/maillog)"
+  log "postfix (STARTTLS): reconfigured"
+fi
+
+# --- postfix with SMTPUTF8 (127.0.0.22:25) ----------------------------------------------
+# A real MTA offering SMTPUTF8 for utf8.test: every recipient of the domain is delivered
+# into one Maildir, whose files carry the envelope recipient (X-Original-To) as received.
+pf8=$dir/postfix-utf8
+if port_open 127.0.0.22 25; then
+  log "postfix (SMTPUTF8): reusing 127.0.0.22:25"
+else
+  mkdir -p "$pf8/mail"
+  chown nobody:nogroup "$pf8/mail"
+  postfix_start "$pf8" 127.0.0.22 <<MAIN
+myhostname = mx.utf8.test
+smtputf8_enable = yes
+virtual_mailbox_domains = utf8.test
+virtual_mailbox_base = $pf8
+virtual_mailbox_maps = static:mail/
+virtual_uid_maps = static:$(id -u nobody)
+virtual_gid_maps = static:$(getent group nogroup | cut -d: -f3)
+MAIN
+  log "postfix (SMTPUTF8): started on 127.0.0.22:25"
 fi
 
 cat <<INFO
@@ -199,4 +276,6 @@ Local services for Sendmill:
   clickhouse  http://127.0.0.1:18123
   dns         127.0.0.1:5353  (MX records for *.test)
   smtp-sink   127.0.0.2:25 accepts (dumps to $sinks/ok), 127.0.0.3:25 5xx, 127.0.0.4:25 4xx, 127.0.0.6:25 421
+  postfix     127.0.0.21:25 STARTTLS (tls.test), 127.0.0.22:25 SMTPUTF8 (utf8.test, Maildir $pf8/mail)
+  local CA    $ca/ca.pem
 INFO

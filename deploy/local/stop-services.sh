@@ -12,6 +12,9 @@ done
 if [ -f "$dir/postfix-tls/main.cf" ] && port_open 127.0.0.21 25; then
   postfix -c "$dir/postfix-tls" stop >/dev/null 2>&1 && log "stopped postfix (STARTTLS)"
 fi
+if [ -f "$dir/postfix-utf8/main.cf" ] && port_open 127.0.0.22 25; then
+  postfix -c "$dir/postfix-utf8" stop >/dev/null 2>&1 && log "stopped postfix (SMTPUTF8)"
+fi
 if [ -s "$dir/postgresql.started" ]; then
   as_root pg_ctlcluster --skip-systemctl-redirect "$(cat "$dir/postgresql.started")" main stop \
     && log "stopped postgresql"

@@ -12,6 +12,7 @@
 //! (a domain that does not exist, every IP paused…).
 
 use crate::config::PoolConfig;
+use crate::mta_sts::{self, Mode, Policy};
 use crate::{
     mx, outcome,
     outcome::{Delivered, Failure, FailureReason, Outcome},
@@ -20,7 +21,7 @@ use crate::{
     shaping, Dispatcher, Routed,
 };
 use sendmill_platform::kafka::HandlerError;
-use sendmill_smtp::{Endpoint, Session, SmtpError, TlsMode};
+use sendmill_smtp::{Authentication, Endpoint, Session, SmtpError, TlsMode};
 use sendmill_tenancy::pauses::Target;
 use sendmill_wire::{BounceCategory, ReadyV1, SmtpReply};
 use std::{
@@ -36,6 +37,9 @@ pub(crate) struct Route<'a> {
     provider: Provider,
     pool: &'a PoolConfig,
     tls: TlsMode,
+    /// The recipient domain's MTA-STS policy (`enforce` or `testing`), if it has one.
+    sts: Option<std::sync::Arc<Policy>>,
+    domain: String,
     /// The provider's shaping: open connections per source IP (0: no cap) and messages
     /// per connection (0: no limit).
     max_connections: usize,
@@ -85,6 +89,23 @@ impl Dispatcher {
         }
         let domain = ready.recipient_domain();
         let hosts = self.resolver.route(&domain).await.map_err(route_failure)?;
+        let sts = self
+            .mta_sts
+            .policy(&domain)
+            .await
+            .filter(|p| p.mode != Mode::None);
+        let hosts = mta_sts::allowed_hosts(sts.as_deref(), hosts);
+        if hosts.is_empty() {
+            // RFC 8461 §5.1: no MX host the policy names, no delivery (a temporary
+            // failure: the policy or the MX records may change).
+            metrics::counter!(crate::metric::TLS_RPT_SESSIONS_TOTAL, "domain" => domain.clone(), "result" => "validation-failure", "mode" => "enforce").increment(1);
+            return Err(Outcome::Temporary(Failure::new(
+                FailureReason::Tls(format!(
+                    "the MTA-STS policy of {domain} (enforce) names none of its MX hosts"
+                )),
+                BounceCategory::TlsRequired,
+            )));
+        }
         let provider = self.providers.classify(&domain, &hosts);
         let pool = self.pools.choose(
             ready.account_id,
@@ -113,6 +134,8 @@ impl Dispatcher {
             provider,
             pool,
             tls,
+            sts,
+            domain,
             max_connections,
             per_connection,
         })
@@ -195,6 +218,11 @@ impl Dispatcher {
                     host_name: &host.name,
                     helo: &source.helo,
                     tls: route.tls,
+                    authentication: match route.sts.as_deref().map(|p| p.mode) {
+                        Some(Mode::Enforce) => Authentication::Require(&self.verifier),
+                        Some(Mode::Testing) => Authentication::Report(&self.verifier),
+                        _ => Authentication::None,
+                    },
                 };
                 let started = std::time::Instant::now();
                 let result = self.send_via(ready, &endpoint, route, &shaping).await?;
@@ -241,7 +269,25 @@ impl Dispatcher {
         shaping: &shaping::Route<'_>,
     ) -> Result<Result<SmtpReply, HostError>, HandlerError> {
         let data_sent = AtomicBool::new(false);
-        if let Some(session) = self.connections.take_idle(endpoint.source, endpoint.addr) {
+        let pooled = self
+            .connections
+            .take_idle(endpoint.source, endpoint.addr)
+            .and_then(|session| {
+                // Authenticated TLS required: only a session verified for this MX host.
+                let acceptable = !matches!(endpoint.authentication, Authentication::Require(_))
+                    || session.authenticated_as.as_deref() == Some(endpoint.host_name);
+                if acceptable {
+                    return Some(session);
+                }
+                self.connections.put_back(
+                    endpoint.source,
+                    endpoint.addr,
+                    session,
+                    route.per_connection,
+                );
+                None
+            });
+        if let Some(session) = pooled {
             let result = self
                 .send_on(session, endpoint, ready, route.per_connection, &data_sent)
                 .await;
@@ -277,7 +323,11 @@ impl Dispatcher {
                 .await?;
             Session::open(endpoint, self.connections.timeouts(), slot).await
         };
-        let session = match opened.await {
+        let opened = opened.await;
+        if let Some(policy) = &route.sts {
+            tls_report(&route.domain, policy.mode, &opened);
+        }
+        let session = match opened {
             Ok(session) => session,
             Err(error) => return Ok(Err(HostError::Smtp(error))),
         };
@@ -367,6 +417,15 @@ impl Dispatcher {
                 false,
                 BounceCategory::TlsRequired,
             ),
+            SmtpError::Authentication(e) => (
+                FailureReason::Tls(format!(
+                    "the recipient domain's MTA-STS policy (enforce) requires authenticated \
+                     TLS: {e}"
+                )),
+                None,
+                false,
+                BounceCategory::TlsRequired,
+            ),
             SmtpError::Unsupported(e) => (
                 FailureReason::Protocol(e),
                 None,
@@ -419,4 +478,24 @@ fn envelope_ok(address: &str) -> bool {
         && !address
             .bytes()
             .any(|b| b.is_ascii_control() || matches!(b, b'<' | b'>' | b' '))
+}
+
+/// Counts a new session to a domain with an MTA-STS policy in RFC 8460 terms.
+fn tls_report(domain: &str, mode: Mode, opened: &Result<Session, SmtpError>) {
+    let result = match opened {
+        Ok(session) => match &session.tls_report {
+            Some(Ok(())) => "success",
+            Some(Err(failure)) => failure.result_type(),
+            None => return,
+        },
+        Err(SmtpError::Authentication(failure)) => failure.result_type(),
+        Err(SmtpError::TlsUnavailable(_)) => "validation-failure",
+        Err(_) => return,
+    };
+    let mode = if mode == Mode::Enforce {
+        "enforce"
+    } else {
+        "testing"
+    };
+    metrics::counter!(crate::metric::TLS_RPT_SESSIONS_TOTAL, "domain" => domain.to_owned(), "result" => result, "mode" => mode).increment(1);
 }

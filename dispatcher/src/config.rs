@@ -49,6 +49,8 @@ pub struct Config {
     /// How long sending the message data and reading the final reply may take.
     #[serde(with = "sendmill_platform::config::duration")]
     pub data_timeout: Duration,
+    /// `[dispatcher.mta_sts]`: recipient domains' MTA-STS policies (RFC 8461).
+    pub mta_sts: crate::mta_sts::MtaStsConfig,
     /// Idle connections kept per (source IP, MX address).
     pub max_idle_per_host: usize,
     /// How long an idle connection is kept for reuse.
@@ -253,6 +255,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(120),
             data_timeout: Duration::from_secs(600),
+            mta_sts: crate::mta_sts::MtaStsConfig::default(),
             max_idle_per_host: 16,
             idle_timeout: Duration::from_secs(30),
             max_retry_age: Duration::from_secs(24 * 3600),
@@ -283,6 +286,8 @@ pub enum Error {
     Config(String),
     #[error("cannot build the DNS resolver: {0}")]
     Dns(String),
+    #[error("MTA-STS: {0}")]
+    MtaSts(String),
     #[error("dedupe journal: {0}")]
     Journal(#[from] std::io::Error),
     #[error(transparent)]

@@ -8,8 +8,10 @@
 //!    recorded event is repeated instead, or it is reported delivered.
 //! 2. **Suppression** ([`record`]), checked again (authoritative): the address may have
 //!    been suppressed since acceptance.
-//! 3. **Routing** ([`attempt`]). MX lookup ([`mx`]), the recipient's [`provider`], the IP
-//!    pool ([`pools`]) and TLS policy.
+//! 3. **Routing** ([`attempt`]). MX lookup ([`mx`]), the recipient domain's MTA-STS
+//!    policy ([`mta_sts`]: in `enforce` mode only matching MX hosts, over TLS whose
+//!    certificate is verified), the recipient's [`provider`], the IP pool ([`pools`]) and
+//!    TLS policy.
 //! 4. **Shaping** ([`attempt`]). A source IP by weight, skipping paused IPs
 //!    ([`pause_watch`]) and IPs out of warm-up quota, and a token from the (IP or pool,
 //!    provider) bucket in Redis ([`shaping`]); without one the message waits on the timer
@@ -37,6 +39,7 @@ pub mod config;
 mod inflight;
 pub mod journal;
 pub mod metric;
+pub mod mta_sts;
 pub mod mx;
 pub mod outcome;
 mod pause_watch;
@@ -77,6 +80,9 @@ pub struct Routed {
 /// Everything the dispatcher needs, built once per process.
 pub struct Dispatcher {
     resolver: mx::MxResolver,
+    mta_sts: mta_sts::MtaSts,
+    /// Judges MX certificates where a domain's MTA-STS policy asks.
+    verifier: sendmill_smtp::CertificateVerifier,
     providers: provider::Providers,
     pools: pools::Pools,
     shaper: shaping::Shaper,
@@ -176,6 +182,10 @@ impl Dispatcher {
     ) -> Result<Self, Error> {
         let resolver = mx::MxResolver::new(&config.nameserver_addrs()?, config.dns_timeout)
             .map_err(|e| Error::Dns(e.to_string()))?;
+        let mta_sts = mta_sts::MtaSts::new(config.mta_sts.clone(), resolver.resolver().clone())
+            .map_err(|e| Error::MtaSts(e.to_string()))?;
+        let verifier = sendmill_smtp::CertificateVerifier::new(&config.mta_sts.extra_roots)
+            .map_err(|e| Error::MtaSts(e.to_string()))?;
         let connections = ConnectionPool::new(PoolSettings {
             timeouts: Timeouts {
                 connect: config.connect_timeout,
@@ -192,6 +202,8 @@ impl Dispatcher {
         )?;
         Ok(Self {
             resolver,
+            mta_sts,
+            verifier,
             providers: provider::Providers::new(&config.providers),
             pools: pools::Pools::new(&config),
             shaper: shaping::Shaper::new(redis.clone(), &key_prefix, &config, shutdown.clone()),

@@ -29,3 +29,10 @@ pub const SHAPING_WARMUP_EXHAUSTED_TOTAL: &str = "sendmill_shaping_warmup_exhaus
 pub const SMTP_CONNECTIONS_TOTAL: &str = "sendmill_smtp_connections_total";
 /// Seconds per delivery attempt over one MX host (session and transaction); label `provider`.
 pub const SMTP_SEND_SECONDS: &str = "sendmill_smtp_send_seconds";
+/// TLS-RPT (RFC 8460) results for recipient domains with an MTA-STS policy, per new
+/// session or policy fetch; labels `domain`, `result` (`success` or an RFC 8460
+/// result type: `starttls-not-supported`, `certificate-host-mismatch`,
+/// `certificate-expired`, `certificate-not-trusted`, `validation-failure`,
+/// `sts-policy-fetch-error`, `sts-policy-invalid`), `mode` (`enforce`, `testing`; absent
+/// on fetches).
+pub const TLS_RPT_SESSIONS_TOTAL: &str = "sendmill_tls_rpt_sessions_total";

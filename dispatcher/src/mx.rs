@@ -42,6 +42,11 @@ impl MxResolver {
         })
     }
 
+    /// The resolver itself, for other lookups of the same servers (MTA-STS).
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
     /// The hosts to try for `domain`, most preferred first.
     pub async fn route(&self, domain: &str) -> Result<Vec<MxHost>, RouteError> {
         let fqdn = fqdn(domain)?;

@@ -84,7 +84,10 @@ pub struct Check {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DomainView {
+    /// The domain as stored and used in DNS and DKIM `d=`: lower-case A-labels.
     pub domain: String,
+    /// The same domain for people to read (U-labels); equal to `domain` when ASCII.
+    pub domain_unicode: String,
     pub verified: bool,
     #[serde(
         default,
@@ -140,6 +143,7 @@ pub fn records(domain: &SendingDomain, config: &DomainsConfig) -> Vec<DnsRecord>
 fn view(domain: &SendingDomain, config: &DomainsConfig) -> DomainView {
     DomainView {
         domain: domain.domain.clone(),
+        domain_unicode: validate::domain_unicode(&domain.domain),
         verified: domain.verified_at.is_some(),
         verified_at: domain.verified_at,
         dual_sign: domain.dual_sign,
@@ -158,8 +162,10 @@ pub async fn add(
     body: JsonBody<AddDomain>,
 ) -> Result<(StatusCode, Json<DomainView>), ApiError> {
     caller.require(Scope::Domains)?;
-    let name = body.value.domain.trim_end_matches('.').to_ascii_lowercase();
-    validate::domain(&name).map_err(|m| ApiError::invalid("domain", m))?;
+    // A U-label domain is accepted and stored as A-labels, the form DNS, DKIM `d=` and
+    // the From header use; views show the Unicode form beside it.
+    let name =
+        validate::domain_name(&body.value.domain).map_err(|m| ApiError::invalid("domain", m))?;
     let config = &state.config.domains;
     let domain = match state
         .store
@@ -209,12 +215,19 @@ async fn find(state: &AppState, caller: &Caller, name: &str) -> Result<SendingDo
         .ok_or_else(|| ApiError::not_found("sending domain"))
 }
 
+/// A domain named in a URL path, in either form: the stored A-label form when it is
+/// a valid domain, otherwise as given (then it is not found).
+fn path_domain(name: &str) -> String {
+    validate::domain_name(name).unwrap_or_else(|_| name.to_owned())
+}
+
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<DomainView>, ApiError> {
     caller.require(Scope::Domains)?;
+    let name = path_domain(&name);
     let domain = find(&state, &caller, &name).await?;
     Ok(Json(view(&domain, &state.config.domains)))
 }
@@ -225,6 +238,7 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Domains)?;
+    let name = path_domain(&name);
     if state
         .store
         .delete_sending_domain(caller.0.account_id, &name)
@@ -244,6 +258,7 @@ pub async fn verify(
     Path(name): Path<String>,
 ) -> Result<Json<DomainView>, ApiError> {
     caller.require(Scope::Domains)?;
+    let name = path_domain(&name);
     let mut domain = find(&state, &caller, &name).await?;
     let config = &state.config.domains;
     let expected = records(&domain, config);

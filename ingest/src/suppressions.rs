@@ -86,10 +86,10 @@ fn to_new(entries: Vec<Entry>, field: &str) -> Result<Vec<NewSuppression>, ApiEr
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
-            validate::email(&e.email)
+            let email = validate::email(&e.email)
                 .map_err(|m| ApiError::invalid(format!("{field}[{i}].email"), m))?;
             Ok(NewSuppression {
-                email: e.email,
+                email,
                 reason: e.reason.unwrap_or(SuppressionReason::Manual),
                 source: Some("api".into()),
                 expires_at: e.expires_at,
@@ -128,7 +128,14 @@ async fn page(
     }))
 }
 
+/// An address from a URL path in the form suppressions are stored in (A-label domain),
+/// so either form finds the entry; one that is no address is looked up as given (404).
+fn stored_form(email: &str) -> String {
+    validate::email(email).unwrap_or_else(|_| email.to_owned())
+}
+
 async fn get_one(state: &AppState, list: List, email: &str) -> Result<Json<Suppression>, ApiError> {
+    let email = &stored_form(email);
     state
         .store
         .suppression_entry(list, email)
@@ -139,6 +146,7 @@ async fn get_one(state: &AppState, list: List, email: &str) -> Result<Json<Suppr
 }
 
 async fn delete_one(state: &AppState, list: List, email: &str) -> Result<StatusCode, ApiError> {
+    let email = &stored_form(email);
     if state
         .suppressions
         .delete(list, email)
@@ -291,8 +299,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<NewSuppression>, ApiError> {
                 format!("expected {} cells, found {}", columns.len(), cells.len()),
             ));
         }
-        let email = cells[email_at];
-        validate::email(email).map_err(|m| ApiError::invalid(field.clone(), m))?;
+        let email =
+            validate::email(cells[email_at]).map_err(|m| ApiError::invalid(field.clone(), m))?;
         let reason = match reason_at.map(|i| cells[i]).filter(|r| !r.is_empty()) {
             Some(r) => r
                 .parse()
@@ -306,7 +314,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<NewSuppression>, ApiError> {
             None => None,
         };
         entries.push(NewSuppression {
-            email: email.to_owned(),
+            email,
             reason,
             source: Some("import".into()),
             expires_at: expires,

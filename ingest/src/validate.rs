@@ -26,32 +26,120 @@ pub const MAX_HEADER_VALUE: usize = 2_000;
 pub const MAX_SUBJECT: usize = 2_000;
 pub const MAX_NAME: usize = 256;
 
-/// An RFC 5321 mailbox we can deliver to: `dot-atom@domain`, ASCII only.
-pub fn email(address: &str) -> Result<(), &'static str> {
-    if address.len() > 254 {
+/// An address as it is queued: the caller's address in its canonical form.
+///
+/// - Surrounding white space is dropped (callers paste addresses).
+/// - The domain is IDNA2008 / UTS 46 processed (`idna` crate, STD3 rules, DNS lengths):
+///   lower-case A-labels (`bücher.example` → `xn--bcher-kva.example`). DNS lookups, RCPT
+///   TO, DKIM `d=` and suppressions then see one form, so an address matches in either.
+/// - The local part is kept as given, apart from Unicode NFC (RFC 6532 §3.1): its case
+///   may matter to the receiver (RFC 5321 §2.4). It is a dot-atom of ASCII `atext` or,
+///   RFC 6531, any letter, mark, number, punctuation or symbol beyond ASCII; separators,
+///   control and format characters (zero-width and direction marks) are refused, since
+///   they make one address look like another.
+///
+/// Errors: a sentence naming what is wrong (the handler adds the field). Lengths are
+/// RFC 5321 §4.5.3.1's, in octets of the canonical form: local part ≤ 64, whole ≤ 254.
+pub fn email(address: &str) -> Result<String, &'static str> {
+    let address = address.trim();
+    // Four octets per character at most: anything longer cannot fit once canonical.
+    if address.len() > 4 * 254 {
         return Err("address is longer than 254 characters");
     }
     let (local, domain) = address.rsplit_once('@').ok_or("address has no @")?;
     if local.is_empty() {
         return Err("address has an empty local part");
     }
+    let local = local_part(local)?;
+    let domain = domain_name(domain)?;
+    let canonical = format!("{local}@{domain}");
+    if canonical.len() > 254 {
+        return Err("address is longer than 254 characters");
+    }
+    Ok(canonical)
+}
+
+/// Whether `address` (canonical, from [`email`]) has a UTF-8 local part, which only a
+/// server offering SMTPUTF8 (RFC 6531) can take.
+pub fn needs_smtputf8(address: &str) -> bool {
+    !address.is_ascii()
+}
+
+fn local_part(local: &str) -> Result<String, &'static str> {
+    use icu_properties::{props::GeneralCategory as Gc, CodePointMapData};
+    let local = if local.is_ascii() {
+        local.to_owned()
+    } else {
+        icu_normalizer::ComposingNormalizerBorrowed::new_nfc()
+            .normalize(local)
+            .into_owned()
+    };
     if local.len() > 64 {
         return Err("local part is longer than 64 characters");
     }
-    if !address.is_ascii() {
-        return Err("non-ASCII addresses are not supported");
-    }
-    let atext = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~-".contains(&b);
     if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
         return Err("local part has a misplaced dot");
     }
-    if !local.bytes().all(|b| b == b'.' || atext(b)) {
+    let categories = CodePointMapData::<Gc>::new();
+    let atext = |c: char| {
+        if c.is_ascii() {
+            c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-.".contains(c)
+        } else {
+            !matches!(
+                categories.get(c),
+                Gc::SpaceSeparator
+                    | Gc::LineSeparator
+                    | Gc::ParagraphSeparator
+                    | Gc::Control
+                    | Gc::Format
+                    | Gc::Surrogate
+                    | Gc::PrivateUse
+                    | Gc::Unassigned
+            )
+        }
+    };
+    if !local.chars().all(atext) {
         return Err("local part has a character that is not allowed");
     }
-    self::domain(domain)
+    Ok(local)
 }
 
-/// A DNS domain with at least two labels, letters, digits and inner hyphens only.
+/// A domain as given (U-labels, A-labels or both, any case, a trailing dot) in its
+/// canonical form: lower-case A-labels, checked by [`domain`]. IDNA2008 / UTS 46
+/// through the `idna` crate (never our own Punycode).
+pub fn domain_name(name: &str) -> Result<String, &'static str> {
+    let name = name.trim();
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_ascii() {
+        let lower = name.to_ascii_lowercase();
+        domain(&lower)?;
+        // A-labels given as such must be valid Punycode of a valid U-label.
+        if lower.split('.').any(|l| l.starts_with("xn--")) {
+            idna::domain_to_ascii_strict(&lower)
+                .map_err(|_| "domain has an invalid internationalised (xn--) label")?;
+        }
+        return Ok(lower);
+    }
+    if name.len() > 1_000 {
+        return Err("domain is longer than 253 characters");
+    }
+    let ascii = idna::domain_to_ascii_strict(name)
+        .map_err(|_| "domain is not a valid internationalised domain name (IDNA2008)")?;
+    domain(&ascii)?;
+    Ok(ascii)
+}
+
+/// The Unicode form of a canonical domain, for people to read: `xn--bcher-kva.example`
+/// → `bücher.example` (the domain itself when it has no A-label).
+pub fn domain_unicode(ascii: &str) -> String {
+    if !ascii.contains("xn--") {
+        return ascii.to_owned();
+    }
+    idna::domain_to_unicode(ascii).0
+}
+
+/// A DNS domain in A-label form with at least two labels: letters, digits and inner
+/// hyphens only, a non-numeric top-level label, RFC 1035 lengths.
 pub fn domain(domain: &str) -> Result<(), &'static str> {
     if domain.is_empty() {
         return Err("domain is empty");
@@ -177,17 +265,25 @@ pub fn content_type(value: &str) -> Result<(), &'static str> {
     }
 }
 
-/// A Content-ID for inline parts: a short dot-atom (no angle brackets).
-pub fn content_id(value: &str) -> Result<(), &'static str> {
+/// A Content-ID for inline parts, as the caller may write it: `logo` or `<logo>` (the
+/// form several other APIs and libraries use, RFC 2392's msg-id brackets), surrounding
+/// white space dropped. Answers the bare id, which `cid:` URLs name; it must then be a
+/// short dot-atom of letters, digits and `. _ @ -`.
+pub fn content_id(value: &str) -> Result<&str, &'static str> {
+    let value = value.trim();
+    let value = value
+        .strip_prefix('<')
+        .and_then(|v| v.strip_suffix('>'))
+        .unwrap_or(value);
     if value.is_empty()
         || value.len() > 100
         || !value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
     {
-        return Err("must be 1 to 100 letters, digits or . _ @ -");
+        return Err("must be 1 to 100 letters, digits or . _ @ - (angle brackets optional)");
     }
-    Ok(())
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -202,8 +298,40 @@ mod tests {
             "x_y-z@d1.test",
             "o'neil@example.org",
         ] {
-            assert_eq!(email(a), Ok(()), "{a}");
+            assert_eq!(email(a).as_deref(), Ok(a), "{a}");
         }
+    }
+
+    #[test]
+    fn internationalised_addresses_are_canonical() {
+        let cases = [
+            ("kunde@bücher.example", "kunde@xn--bcher-kva.example"),
+            ("Kunde@BÜCHER.Example.", "Kunde@xn--bcher-kva.example"),
+            ("kunde@xn--bcher-kva.example", "kunde@xn--bcher-kva.example"),
+            ("  ada@ok.test \t", "ada@ok.test"),
+            ("ädä@ok.test", "ädä@ok.test"),
+            // NFD in, NFC out: one address, one suppression.
+            ("a\u{308}da@ok.test", "äda@ok.test"),
+            ("用户@例子.广告", "用户@xn--fsqu00a.xn--4rr70v"),
+            (
+                "δοκιμή@παράδειγμα.δοκιμή",
+                "δοκιμή@xn--hxajbheg2az3al.xn--jxalpdlp",
+            ),
+        ];
+        for (given, canonical) in cases {
+            assert_eq!(email(given).as_deref(), Ok(canonical), "{given:?}");
+        }
+        assert!(needs_smtputf8("ädä@ok.test"));
+        assert!(!needs_smtputf8("kunde@xn--bcher-kva.example"));
+        assert_eq!(domain_unicode("xn--bcher-kva.example"), "bücher.example");
+        assert_eq!(domain_unicode("ok.test"), "ok.test");
+        assert_eq!(
+            domain_name("BÜCHER.example"),
+            Ok("xn--bcher-kva.example".into())
+        );
+        // 64 octets is the limit, not 64 characters.
+        assert!(email(&format!("{}@ok.test", "ä".repeat(33))).is_err());
+        assert!(email(&format!("{}@ok.test", "ä".repeat(32))).is_ok());
     }
 
     #[test]
@@ -224,7 +352,13 @@ mod tests {
             "ada@ok.test\r\nBcc: x@y.test",
             "ada@ok_test.com",
             "\"quoted\"@ok.test",
-            "ädä@ok.test",
+            "a\u{200b}b@ok.test",
+            "a\u{202e}b@ok.test",
+            "a\u{a0}b@ok.test",
+            "ä\u{e000}@ok.test",
+            "ada@bü_cher.test",
+            "ada@xn--zz.test",
+            "ada@xn--bcher-kva.xn--",
         ] {
             assert!(email(a).is_err(), "{a:?} was accepted");
         }
@@ -251,8 +385,12 @@ mod tests {
         for bad in ["pdf", "a/b/c", "text/plain; charset=utf-8", "text/\r\nX: y"] {
             assert!(content_type(bad).is_err(), "{bad:?}");
         }
-        assert!(content_id("logo@example.test").is_ok());
-        assert!(content_id("<logo>").is_err());
+        assert_eq!(content_id("logo@example.test"), Ok("logo@example.test"));
+        assert_eq!(content_id("<logo>"), Ok("logo"));
+        assert_eq!(content_id(" <logo.png> "), Ok("logo.png"));
+        for bad in ["<>", "<logo", "<<logo>>", "lo go", "<lo\r\nX: y>"] {
+            assert!(content_id(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

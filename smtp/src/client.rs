@@ -16,9 +16,9 @@
 use crate::{
     command::{Command, MailParameters, Step, Timeouts},
     reply::{Reply, ReplyLine},
-    tls::TLS_CONFIG,
+    tls::{CertificateVerifier, TlsFailure, TLS_CONFIG},
 };
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::{
     net::{IpAddr, SocketAddr},
     time::Instant,
@@ -41,6 +41,10 @@ pub enum SmtpError {
     /// TLS is required and the server does not offer it, or the handshake failed.
     #[error("TLS required: {0}")]
     TlsUnavailable(String),
+    /// Authenticated TLS is required (MTA-STS `enforce`) and the server's TLS did not
+    /// authenticate it; no mail command was sent.
+    #[error("MTA-STS: {0}")]
+    Authentication(TlsFailure),
     /// A limit of the server announced in EHLO that the message cannot meet.
     #[error("{0}")]
     Unsupported(String),
@@ -56,7 +60,8 @@ impl SmtpError {
             SmtpError::Connect { .. }
             | SmtpError::Timeout(_)
             | SmtpError::Session(_)
-            | SmtpError::TlsUnavailable(_) => true,
+            | SmtpError::TlsUnavailable(_)
+            | SmtpError::Authentication(_) => true,
             // 421: the server is shutting the session down, not judging the message; a
             // refused greeting is the host's state, not the message's.
             SmtpError::Rejected { reply, step } => reply.code == 421 || *step == Step::Greeting,
@@ -118,16 +123,30 @@ pub enum TlsMode {
     Off,
 }
 
+/// Whether the server's certificate is judged (MTA-STS, RFC 8461 §4.2), and what for.
+#[derive(Debug, Clone, Copy)]
+pub enum Authentication<'a> {
+    /// Not judged: opportunistic TLS (RFC 7435).
+    None,
+    /// Judged and reported in [`Session::tls_report`], the session goes on either way
+    /// (MTA-STS `testing`).
+    Report(&'a CertificateVerifier),
+    /// Required (MTA-STS `enforce`): STARTTLS and a certificate valid for the MX host
+    /// name, or no session ([`SmtpError::Authentication`]).
+    Require(&'a CertificateVerifier),
+}
+
 /// Where a session goes and as whom.
 #[derive(Debug, Clone)]
 pub struct Endpoint<'a> {
     /// Bound source address; `None` or unspecified: the system's choice.
     pub source: Option<IpAddr>,
     pub addr: SocketAddr,
-    /// The MX host's name, for TLS SNI.
+    /// The MX host's name, for TLS SNI and certificate checks.
     pub host_name: &'a str,
     pub helo: &'a str,
     pub tls: TlsMode,
+    pub authentication: Authentication<'a>,
 }
 
 /// One open SMTP session.
@@ -135,6 +154,12 @@ pub struct Session {
     io: BufReader<Box<dyn Io>>,
     caps: Capabilities,
     pub tls: bool,
+    /// The MX host name the server's certificate was verified for, if it was: only
+    /// such a session may be reused for a domain that requires authenticated TLS.
+    pub authenticated_as: Option<String>,
+    /// What judging the server's TLS found, when the endpoint asked
+    /// ([`Authentication::Report`] or [`Authentication::Require`]): RFC 8460's result.
+    pub tls_report: Option<Result<(), TlsFailure>>,
     /// Messages sent over it.
     pub sent: u32,
     /// A transaction was started: the next one begins with RSET.
@@ -157,11 +182,21 @@ impl Session {
         slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Session, SmtpError> {
         let started = Instant::now();
-        let mut session = Self::open_once(endpoint, timeouts, endpoint.tls).await;
+        let tls = match endpoint.authentication {
+            Authentication::Require(_) => TlsMode::Required,
+            _ => endpoint.tls,
+        };
+        let mut session = Self::open_once(endpoint, timeouts, tls).await;
         if let Err(SmtpError::TlsUnavailable(error)) = &session {
-            if endpoint.tls == TlsMode::Opportunistic {
+            if tls == TlsMode::Opportunistic {
                 tracing::debug!(addr = %endpoint.addr, %error, "TLS handshake failed; retrying in the clear");
+                let failure = TlsFailure::ValidationFailure(format!("handshake failed: {error}"));
                 session = Self::open_once(endpoint, timeouts, TlsMode::Off).await;
+                if let (Ok(session), Authentication::Report(_)) =
+                    (&mut session, endpoint.authentication)
+                {
+                    session.tls_report = Some(Err(failure));
+                }
             }
         }
         let mut session = session?;
@@ -206,6 +241,8 @@ impl Session {
             io: BufReader::new(Box::new(stream)),
             caps: Capabilities::default(),
             tls: false,
+            authenticated_as: None,
+            tls_report: None,
             sent: 0,
             dirty: false,
             broken: false,
@@ -216,9 +253,29 @@ impl Session {
             return Err(rejected(code, &lines, Step::Greeting));
         }
         session.hello(endpoint.helo, timeouts).await?;
+        let verifier = match endpoint.authentication {
+            Authentication::None => None,
+            Authentication::Report(v) | Authentication::Require(v) => Some(v),
+        };
         if session.caps.starttls && tls != TlsMode::Off {
-            session.starttls(endpoint.host_name, timeouts).await?;
+            let chain = session.starttls(endpoint.host_name, timeouts).await?;
+            if let Some(verifier) = verifier {
+                let verdict = verifier.check(&chain, endpoint.host_name);
+                if verdict.is_ok() {
+                    session.authenticated_as = Some(endpoint.host_name.to_owned());
+                }
+                session.tls_report = Some(verdict);
+            }
             session.hello(endpoint.helo, timeouts).await?;
+        } else if verifier.is_some() && tls != TlsMode::Off {
+            session.tls_report = Some(Err(TlsFailure::StarttlsNotSupported));
+        }
+        if let (Authentication::Require(_), Some(Err(failure))) =
+            (endpoint.authentication, &session.tls_report)
+        {
+            let failure = failure.clone();
+            session.quit().await;
+            return Err(SmtpError::Authentication(failure));
         }
         if tls == TlsMode::Required && !session.tls {
             session.quit().await;
@@ -245,7 +302,12 @@ impl Session {
         Ok(())
     }
 
-    async fn starttls(&mut self, host_name: &str, timeouts: &Timeouts) -> Result<(), SmtpError> {
+    /// Upgrades the session to TLS; answers the certificate chain the server presented.
+    async fn starttls(
+        &mut self,
+        host_name: &str,
+        timeouts: &Timeouts,
+    ) -> Result<Vec<CertificateDer<'static>>, SmtpError> {
         let (code, lines) = self.command(Command::StartTls, timeouts).await?;
         if !Step::StartTls.accepts(code) {
             let reply = Reply::from_lines(code, &lines);
@@ -271,9 +333,15 @@ impl Session {
             .await
             .map_err(|_| SmtpError::TlsUnavailable("handshake timed out".into()))?
             .map_err(|e| SmtpError::TlsUnavailable(e.to_string()))?;
+        let chain = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
         self.io = BufReader::new(Box::new(tls));
         self.tls = true;
-        Ok(())
+        Ok(chain)
     }
 
     /// Sends one message. `data_sent` runs the moment the final dot has been handed to
@@ -309,15 +377,21 @@ impl Session {
                 self.caps.size
             )));
         }
-        let utf8_addresses = !from.is_ascii() || !to.is_ascii();
-        if utf8_addresses && !self.caps.smtputf8 {
+        // RFC 6531/6532: a UTF-8 address, in the envelope or in a header (an RFC 6532
+        // message), goes only to a server offering SMTPUTF8; never punycoded, never raw
+        // to one that did not offer it.
+        let internationalised =
+            !from.is_ascii() || !to.is_ascii() || !header_section(message).is_ascii();
+        if internationalised && !self.caps.smtputf8 {
             return Err(SmtpError::Unsupported(
-                "the server does not accept internationalized addresses (no SMTPUTF8)".into(),
+                "the receiving server does not offer SMTPUTF8 (RFC 6531), which this message \
+                 needs for its internationalised (UTF-8) address"
+                    .into(),
             ));
         }
         let parameters = MailParameters {
             eight_bit_mime: self.caps.eight_bit_mime && !message.is_ascii(),
-            smtputf8: utf8_addresses,
+            smtputf8: internationalised,
             size: (self.caps.size > 0).then_some(message.len()),
         };
         let mut commands = Vec::with_capacity(4);
@@ -497,6 +571,15 @@ fn dot_stuffed(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The header section of a message (RFC 5322 §2.1): everything before the first empty
+/// line; the whole message when it has none.
+fn header_section(message: &[u8]) -> &[u8] {
+    message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message, |end| &message[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,5 +600,16 @@ mod tests {
         let caps = Capabilities::parse(&lines);
         assert!(caps.pipelining && caps.starttls && caps.eight_bit_mime && !caps.smtputf8);
         assert_eq!(caps.size, 1000);
+    }
+
+    #[test]
+    fn the_header_section_ends_at_the_first_empty_line() {
+        assert_eq!(
+            header_section(b"To: a\r\nX: y\r\n\r\nbody\r\n\r\n"),
+            b"To: a\r\nX: y"
+        );
+        assert_eq!(header_section(b"To: a"), b"To: a");
+        assert!(!header_section("To: \u{e4}@x\r\n\r\n".as_bytes()).is_ascii());
+        assert!(header_section("To: a@x\r\n\r\n\u{e4}".as_bytes()).is_ascii());
     }
 }

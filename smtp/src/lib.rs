@@ -13,7 +13,8 @@
 //!   pipelined transactions, and the errors a session ends in.
 //! - [`pool`]: idle sessions reused per (source IP, MX address), connection caps per
 //!   (source IP, provider).
-//! - `tls`: the opportunistic-TLS client configuration.
+//! - [`tls`]: the opportunistic-TLS client configuration, and the [`CertificateVerifier`]
+//!   that authenticates MX hosts for MTA-STS (RFC 8461), failures named as in RFC 8460.
 //! - [`metric`]: the names of the metrics it records, each with what it counts.
 
 pub mod client;
@@ -21,9 +22,10 @@ pub mod command;
 pub mod metric;
 pub mod pool;
 pub mod reply;
-mod tls;
+pub mod tls;
 
-pub use client::{Endpoint, Session, SmtpError, TlsMode};
+pub use client::{Authentication, Endpoint, Session, SmtpError, TlsMode};
 pub use command::{Command, MailParameters, Step, Timeouts};
 pub use pool::{ConnectionPool, PoolSettings};
 pub use reply::{EnhancedStatusCode, Reply, ReplyLine};
+pub use tls::{CertificateVerifier, RootsError, TlsFailure};

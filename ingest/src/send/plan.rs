@@ -61,12 +61,13 @@ pub fn plan(
 ) -> Result<Planned, ApiError> {
     use validate::*;
 
-    email(&request.from.email).map_err(|m| ApiError::invalid("from", m))?;
+    let mut request = request;
+    request.from.email = email(&request.from.email).map_err(|m| ApiError::invalid("from", m))?;
     if let Some(name) = &request.from.name {
         header_text(name, MAX_NAME).map_err(|m| ApiError::invalid("from.name", m))?;
     }
-    if let Some(reply_to) = &request.reply_to {
-        email(&reply_to.email).map_err(|m| ApiError::invalid("reply_to", m))?;
+    if let Some(reply_to) = &mut request.reply_to {
+        reply_to.email = email(&reply_to.email).map_err(|m| ApiError::invalid("reply_to", m))?;
         if let Some(name) = &reply_to.name {
             header_text(name, MAX_NAME).map_err(|m| ApiError::invalid("reply_to.name", m))?;
         }
@@ -148,7 +149,7 @@ pub fn plan(
     };
     let mut index: u32 = 0;
     let mut first_error = None;
-    for (i, r) in request.to.into_iter().enumerate() {
+    for (i, mut r) in request.to.into_iter().enumerate() {
         let refused = |kind, to: &str, error: ApiError| RecipientResult {
             to: to.to_owned(),
             kind,
@@ -157,7 +158,7 @@ pub fn plan(
             reason: Some(error.message),
             field: error.field,
         };
-        if let Err(error) = check_recipient(i, &r) {
+        if let Err(error) = check_recipient(i, &mut r) {
             first_error.get_or_insert_with(|| error.clone());
             // Every copy of a refused recipient is refused with it.
             planned
@@ -245,15 +246,16 @@ pub fn plan(
 }
 
 /// Everything inside one `to` entry: its address, name, copies, data and headers.
-fn check_recipient(i: usize, r: &request::Recipient) -> Result<(), ApiError> {
+/// Addresses are replaced by their canonical form ([`validate::email`]).
+fn check_recipient(i: usize, r: &mut request::Recipient) -> Result<(), ApiError> {
     use validate::*;
-    email(&r.email).map_err(|m| ApiError::invalid(format!("to[{i}].email"), m))?;
+    r.email = email(&r.email).map_err(|m| ApiError::invalid(format!("to[{i}].email"), m))?;
     if let Some(name) = &r.name {
         header_text(name, MAX_NAME).map_err(|m| ApiError::invalid(format!("to[{i}].name"), m))?;
     }
-    for (list, mailboxes) in [("cc", &r.cc), ("bcc", &r.bcc)] {
-        for (j, m) in mailboxes.iter().enumerate() {
-            email(&m.email)
+    for (list, mailboxes) in [("cc", &mut r.cc), ("bcc", &mut r.bcc)] {
+        for (j, m) in mailboxes.iter_mut().enumerate() {
+            m.email = email(&m.email)
                 .map_err(|msg| ApiError::invalid(format!("to[{i}].{list}[{j}].email"), msg))?;
             if let Some(name) = &m.name {
                 header_text(name, MAX_NAME)
@@ -286,9 +288,14 @@ fn decode_attachments(
         validate::filename(&a.filename).map_err(|m| ApiError::invalid(field("filename"), m))?;
         validate::content_type(&a.content_type)
             .map_err(|m| ApiError::invalid(field("content_type"), m))?;
-        if let Some(cid) = &a.content_id {
-            validate::content_id(cid).map_err(|m| ApiError::invalid(field("content_id"), m))?;
-        }
+        let content_id = match &a.content_id {
+            Some(cid) => Some(
+                validate::content_id(cid)
+                    .map_err(|m| ApiError::invalid(field("content_id"), m))?
+                    .to_owned(),
+            ),
+            None => None,
+        };
         // Line breaks are common in base64 from other tools; they carry nothing.
         let compact: String = a.content.split_ascii_whitespace().collect();
         let content = STANDARD
@@ -308,7 +315,7 @@ fn decode_attachments(
             filename: a.filename.clone(),
             content_type: a.content_type.to_ascii_lowercase(),
             content,
-            content_id: a.content_id.clone(),
+            content_id,
         });
     }
     Ok(attachments)
