@@ -154,10 +154,13 @@ pub async fn list(
         .bind(caller.0.account_id.to_string())
         .bind(since.unix_timestamp().max(0))
         .bind(until.unix_timestamp().max(0));
-    for value in [&query.to, &query.tag, &query.campaign_id]
-        .into_iter()
-        .flatten()
-    {
+    // Recipients are stored in their canonical form (A-label domain): `to` is found in
+    // whichever form it is written.
+    let to = query
+        .to
+        .as_deref()
+        .map(|to| sendmill_wire::address::email(to).unwrap_or_else(|_| to.to_owned()));
+    for value in [&to, &query.tag, &query.campaign_id].into_iter().flatten() {
         q = q.bind(value.as_str());
     }
     if let Some(status) = &query.status {

@@ -18,7 +18,7 @@
 #   tls.test               MX -> 127.0.0.21 postfix offering STARTTLS (certificate for
 #                          mx.tls.test from the local CA), relaying to the accepting sink
 #   xn--bcher-kva.test     (bücher.test) MX -> 127.0.0.2, an internationalised domain
-#   utf8.test              MX -> 127.0.0.22 postfix offering SMTPUTF8 (RFC 6531), which
+#   utf8.test              MX -> 127.0.0.24 postfix offering SMTPUTF8 (RFC 6531), which
 #                          delivers into the Maildir $SENDMILL_LOCAL_DIR/postfix-utf8/mail/
 #                          (the accepting sink does not offer SMTPUTF8)
 #   sts-enforce.test       MTA-STS (RFC 8461) domains: TXT _mta-sts.<domain>, policy host
@@ -133,7 +133,7 @@ mkdir -p "$dns/conf.d"
   echo "host-record=mx.tls.test,127.0.0.21"
   echo "mx-host=xn--bcher-kva.test,mx.ok.test,10"
   echo "mx-host=utf8.test,mx.utf8.test,10"
-  echo "host-record=mx.utf8.test,127.0.0.22"
+  echo "host-record=mx.utf8.test,127.0.0.24"
   echo "host-record=mx2.tls.test,127.0.0.21"
   for sts in enforce testing tls mismatch badcert; do
     case $sts in enforce|testing) mx=mx.ok.test ;; badcert) mx=mx2.tls.test ;; *) mx=mx.tls.test ;; esac
@@ -247,16 +247,16 @@ if [ "$(postconf -c "$pf" -h smtpd_tls_cert_file)" != "$ca/mx-tls.pem" ] \
   log "postfix (STARTTLS): reconfigured"
 fi
 
-# --- postfix with SMTPUTF8 (127.0.0.22:25) ----------------------------------------------
+# --- postfix with SMTPUTF8 (127.0.0.24:25) ----------------------------------------------
 # A real MTA offering SMTPUTF8 for utf8.test: every recipient of the domain is delivered
 # into one Maildir, whose files carry the envelope recipient (X-Original-To) as received.
 pf8=$dir/postfix-utf8
-if port_open 127.0.0.22 25; then
-  log "postfix (SMTPUTF8): reusing 127.0.0.22:25"
+if port_open 127.0.0.24 25; then
+  log "postfix (SMTPUTF8): reusing 127.0.0.24:25"
 else
   mkdir -p "$pf8/mail"
   chown nobody:nogroup "$pf8/mail"
-  postfix_start "$pf8" 127.0.0.22 <<MAIN
+  postfix_start "$pf8" 127.0.0.24 <<MAIN
 myhostname = mx.utf8.test
 smtputf8_enable = yes
 virtual_mailbox_domains = utf8.test
@@ -265,7 +265,7 @@ virtual_mailbox_maps = static:mail/
 virtual_uid_maps = static:$(id -u nobody)
 virtual_gid_maps = static:$(getent group nogroup | cut -d: -f3)
 MAIN
-  log "postfix (SMTPUTF8): started on 127.0.0.22:25"
+  log "postfix (SMTPUTF8): started on 127.0.0.24:25"
 fi
 
 cat <<INFO
@@ -276,6 +276,6 @@ Local services for Sendmill:
   clickhouse  http://127.0.0.1:18123
   dns         127.0.0.1:5353  (MX records for *.test)
   smtp-sink   127.0.0.2:25 accepts (dumps to $sinks/ok), 127.0.0.3:25 5xx, 127.0.0.4:25 4xx, 127.0.0.6:25 421
-  postfix     127.0.0.21:25 STARTTLS (tls.test), 127.0.0.22:25 SMTPUTF8 (utf8.test, Maildir $pf8/mail)
+  postfix     127.0.0.21:25 STARTTLS (tls.test), 127.0.0.24:25 SMTPUTF8 (utf8.test, Maildir $pf8/mail)
   local CA    $ca/ca.pem
 INFO

@@ -12,7 +12,7 @@ done
 if [ -f "$dir/postfix-tls/main.cf" ] && port_open 127.0.0.21 25; then
   postfix -c "$dir/postfix-tls" stop >/dev/null 2>&1 && log "stopped postfix (STARTTLS)"
 fi
-if [ -f "$dir/postfix-utf8/main.cf" ] && port_open 127.0.0.22 25; then
+if [ -f "$dir/postfix-utf8/main.cf" ] && port_open 127.0.0.24 25; then
   postfix -c "$dir/postfix-utf8" stop >/dev/null 2>&1 && log "stopped postfix (SMTPUTF8)"
 fi
 if [ -s "$dir/postgresql.started" ]; then

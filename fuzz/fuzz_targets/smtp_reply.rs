@@ -1,5 +1,6 @@
 //! What a receiving server says, as bytes off the wire: every line through the reply
-//! parser, every reply through the enhanced-code split and the bounce classifier with
+//! parser, every reply through the enhanced-code split, the multi-line join (repeated
+//! enhanced codes removed) and the bounce classifier with
 //! the built-in rules. A hostile or broken server must not be able to panic a
 //! dispatcher, and the verdict must agree with the reply code class where no rule says
 //! otherwise.
@@ -45,7 +46,23 @@ fuzz_target!(|wire: &[u8]| {
         joined.split_whitespace().collect::<Vec<_>>(),
         "{joined:?} became {split:?}"
     );
-    let verdict = classify(rules(), &split);
+    // The reply as the client reads it: continuation lines' repeated enhanced codes
+    // removed, lines joined with one space. Only such codes go; every other word stays.
+    let read: SmtpReply = Reply::from_lines(code, &text).into();
+    assert_eq!(read.enhanced, split.enhanced, "{text:?}");
+    assert!(!read.text.contains("  ") || joined.contains("  "), "{text:?}");
+    assert_eq!(read.text.trim(), read.text, "{text:?}");
+    let kept: Vec<&str> = read.text.split_whitespace().collect();
+    let all: Vec<&str> = split.text.split_whitespace().collect();
+    assert!(kept.len() <= all.len(), "{text:?} became {read:?}");
+    let mut rest = all.iter();
+    for word in &kept {
+        assert!(
+            rest.any(|w| w == word),
+            "{word:?} of {read:?} is not from {text:?}"
+        );
+    }
+    let verdict = classify(rules(), &read);
     if verdict.suppress {
         assert!(
             verdict.permanent,

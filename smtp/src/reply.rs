@@ -122,9 +122,10 @@ impl Reply {
     /// read in timelines, webhooks and dashboards is the sentence the server wrote.
     pub fn from_lines(code: u16, lines: &[String]) -> Self {
         let mut joined = String::new();
-        for (i, line) in lines.iter().enumerate() {
+        for line in lines {
             let mut line = line.trim();
-            if i > 0 {
+            // The first line with text keeps its code: it is the reply's.
+            if !joined.is_empty() {
                 let first = line.split_whitespace().next().unwrap_or("");
                 if EnhancedStatusCode::parse(first).is_some() {
                     line = line[first.len()..].trim_start();
@@ -236,6 +237,15 @@ mod tests {
              our Bulk Email Senders Guidelines. a1si123 - gsmtp"
         );
         // Lines without codes, an empty line, and a code word later in a line (kept).
+        let leading_empty: Vec<String> = ["", "5.1.1 user unknown", "5.1.1 here"]
+            .map(String::from)
+            .into();
+        let reply = Reply::from_lines(550, &leading_empty);
+        assert_eq!(
+            reply.enhanced.map(|e| e.to_string()).as_deref(),
+            Some("5.1.1")
+        );
+        assert_eq!(reply.text, "user unknown here");
         let plain: Vec<String> = ["mx.test rejects", "", "  see 5.7.1 above  "]
             .map(String::from)
             .into();

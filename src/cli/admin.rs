@@ -163,6 +163,9 @@ pub async fn run(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
             domain,
             selector,
         } => {
+            // Stored as A-labels, as the API stores it (IDNA2008).
+            let domain = sendmill_wire::address::domain_name(&domain)
+                .map_err(|e| anyhow::anyhow!("domain {domain:?}: {e}"))?;
             let added = store
                 .add_sending_domain(account, &domain, &selector)
                 .await?;
@@ -200,6 +203,7 @@ pub async fn run(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
             domain,
             on,
         } => {
+            let domain = sendmill_wire::address::domain_name(&domain).unwrap_or(domain);
             if !store.set_dual_sign(account, &domain, on).await? {
                 bail!("the account has no sending domain {domain} with an Ed25519 key");
             }

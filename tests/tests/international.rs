@@ -84,6 +84,24 @@ async fn an_idn_recipient_is_delivered_with_an_a_label_rcpt_and_an_encoded_to() 
     );
     assert!(dkim_verifies(&dump, &p.dkim_record));
 
+    // The timeline's message list finds the recipient in either form.
+    for form in ["kunde@bücher.test", "kunde@xn--bcher-kva.test"] {
+        let found = poll_until(LIMIT, || async {
+            let (status, page) = p
+                .call_analytics(&p.api_key, Method::GET, &format!("/v1/messages?to={form}"))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["message_id"] == id.as_str())
+                .then_some(())
+        })
+        .await;
+        assert!(found.is_some(), "{form} not found in /v1/messages");
+    }
+
     // A suppression given in one form stops mail to the other.
     let (status, added, _) = p
         .call(
@@ -111,6 +129,67 @@ async fn an_idn_recipient_is_delivered_with_an_a_label_rcpt_and_an_encoded_to() 
         assert_eq!(status, 200, "{form}: {entry}");
         assert_eq!(entry["email"], "leser@xn--bcher-kva.test");
     }
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sending_domain_given_in_u_labels_signs_as_a_labels() {
+    let p = TestPipeline::start().await;
+    let (status, domain, _) = p
+        .call(
+            &p.api_key,
+            Method::POST,
+            "/v1/domains",
+            Some(&json!({"domain": "Versand.Bücher.test."})),
+        )
+        .await;
+    assert_eq!(status, 201, "{domain}");
+    assert_eq!(domain["domain"], "versand.xn--bcher-kva.test", "{domain}");
+    assert_eq!(domain["domain_unicode"], "versand.bücher.test", "{domain}");
+    let dkim = domain["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "TXT" && r["name"].as_str().unwrap().contains("._domainkey."))
+        .unwrap_or_else(|| panic!("no DKIM record in {domain}"));
+    let dkim_name = dkim["name"].as_str().unwrap().to_owned();
+    assert!(
+        dkim_name.ends_with("._domainkey.versand.xn--bcher-kva.test"),
+        "{dkim}"
+    );
+    // Found under either form.
+    let (status, again, _) = p
+        .call(
+            &p.api_key,
+            Method::GET,
+            "/v1/domains/versand.bücher.test",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &again["domain"]),
+        (200, &domain["domain"]),
+        "{again}"
+    );
+
+    let mut body = message_to(&p, json!(["kunde@ok.test"]));
+    body["from"] = json!("Versand <news@versand.bücher.test>");
+    let (status, sent) = p.send(&body).await;
+    assert_eq!(status, 202, "{sent}");
+    let id = first_message_id(&sent);
+    p.wait_for_status(&id, "delivered", LIMIT).await;
+    let dump = dumped_message(&id).unwrap();
+    let head = header_section(&dump);
+    assert_eq!(
+        header_values(&head, "From"),
+        ["\"Versand\" <news@versand.xn--bcher-kva.test>"]
+    );
+    assert!(
+        head.contains("d=versand.xn--bcher-kva.test;"),
+        "DKIM d= is not the A-label domain:\n{head}"
+    );
+    let record = (dkim_name, dkim["value"].as_str().unwrap().to_owned());
+    assert!(dkim_verifies(&dump, &record));
     p.stop().await;
 }
 

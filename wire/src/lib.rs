@@ -6,6 +6,7 @@
 //! the events topic; a record nobody can process becomes a [`DeadLetterV1`].
 //!
 //! ## Layout
+//! - [`address`]: the canonical form of email addresses and domains (IDNA, SMTPUTF8).
 //! - [`ids`]: message, account, event and batch ids (UUIDv7, time-ordered).
 //! - [`topics`]: topic names per lane, retry tier and prefix.
 //! - [`payload`]: the versioned record types and their JSON codec.
@@ -19,6 +20,7 @@
 //! producer's records. A breaking change is a new `V2` type on a new `.v2` topic. The
 //! golden fixtures under `tests/fixtures/` are decoded by the tests forever.
 
+pub mod address;
 pub mod alert;
 pub mod event;
 pub mod ids;
