@@ -203,6 +203,8 @@ pub struct Deps {
 /// Why the analytics stage stopped before shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("invalid analytics config: {0}")]
+    Config(String),
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaError),
     #[error("serving the API: {0}")]
@@ -277,9 +279,11 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         shutdown.clone(),
     );
     tasks.spawn(async move { ("webhook fan-out", fanout.await.map_err(Into::into)) });
+    let client = webhooks::http_client(&config.webhooks).map_err(Error::Config)?;
     let sender = webhooks::run_sender(
         store.clone(),
         config.webhooks.clone(),
+        client,
         wake,
         shutdown.clone(),
     );

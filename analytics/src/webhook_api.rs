@@ -100,7 +100,9 @@ fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 /// A URL the platform may post to: http(s), a host, and, unless private destinations
-/// are allowed, not a loopback, private or link-local address.
+/// are allowed, not an internal address ([`sendmill_platform::dns::is_internal`]) or a
+/// name reserved for local hosts. Names are checked again, resolved, at every
+/// connection (`webhooks::http_client`).
 fn check_url(url: &str, allow_private: bool) -> Result<(), ApiError> {
     let bad = |m: &str| ApiError::invalid("url", m);
     if url.len() > MAX_URL_LEN {
@@ -124,30 +126,13 @@ fn check_url(url: &str, allow_private: bool) -> Result<(), ApiError> {
             let name = name.to_ascii_lowercase();
             name == "localhost" || name.ends_with(".localhost") || name.ends_with(".internal")
         }
-        url::Host::Ipv4(ip) => is_private(IpAddr::V4(ip)),
-        url::Host::Ipv6(ip) => is_private(IpAddr::V6(ip)),
+        url::Host::Ipv4(ip) => sendmill_platform::dns::is_internal(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => sendmill_platform::dns::is_internal(IpAddr::V6(ip)),
     };
     if private {
         return Err(bad("must not point at a private or loopback address"));
     }
     Ok(())
-}
-
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(ip) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
-        }
-        IpAddr::V6(ip) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-                || ip
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_private(IpAddr::V4(v4)))
-        }
-    }
 }
 
 fn check_event_types(types: &[String]) -> Result<(), ApiError> {

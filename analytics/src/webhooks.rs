@@ -66,8 +66,13 @@ pub struct WebhookConfig {
     /// Days delivered events and attempts are kept for the API.
     pub history_days: u64,
     /// Allow endpoints on loopback and private addresses (tests, single-host setups).
-    /// Off in production: a tenant must not reach the platform's internal network.
+    /// Off in production: a tenant must not reach the platform's internal network. It is
+    /// checked when an endpoint is saved and again at every connection, on the
+    /// addresses its name resolves to then (DNS may have changed in between).
     pub allow_private_destinations: bool,
+    /// DNS servers `ip:port` that resolve endpoint host names; empty: the system's
+    /// resolv.conf.
+    pub nameservers: Vec<String>,
 }
 
 impl Default for WebhookConfig {
@@ -84,6 +89,7 @@ impl Default for WebhookConfig {
             endpoint_cache: Duration::from_secs(5),
             history_days: 7,
             allow_private_destinations: false,
+            nameservers: Vec::new(),
         }
     }
 }
@@ -235,25 +241,62 @@ pub async fn run_fanout(
     .await
 }
 
-/// Sends the outbox to the endpoints until `shutdown`.
+/// The HTTP client webhooks are sent with: no redirects followed, endpoint names
+/// resolved by `config.nameservers` and, unless private destinations are allowed,
+/// refused when they resolve only to internal addresses (checked per connection).
+/// Errors: bad nameservers, or a client that cannot be built.
+pub fn http_client(config: &WebhookConfig) -> Result<reqwest::Client, String> {
+    use sendmill_platform::dns;
+    let servers = dns::parse_nameservers(&config.nameservers)
+        .map_err(|e| format!("analytics.webhooks.{e}"))?;
+    let resolver = dns::resolver(&servers, Duration::from_secs(5), 1_024)
+        .map_err(|e| format!("analytics.webhooks: cannot build the DNS resolver: {e}"))?;
+    reqwest::Client::builder()
+        .timeout(config.request_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(dns::HttpResolver::new(
+            resolver,
+            config.allow_private_destinations,
+        )))
+        .user_agent(concat!("Sendmill-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("analytics.webhooks: cannot build the HTTP client: {e}"))
+}
+
+/// Whether `url` names an internal IP address literally (resolvers are not asked for
+/// those, so the connect-time check is made here).
+fn internal_literal(url: &str) -> bool {
+    let host = reqwest::Url::parse(url).ok().and_then(|u| match u.host()? {
+        url::Host::Ipv4(ip) => Some(std::net::IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(std::net::IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    });
+    host.is_some_and(sendmill_platform::dns::is_internal)
+}
+
+/// An error with its causes, `a: b: c` (reqwest's own text is only the outermost).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Sends the outbox to the endpoints with `client` ([`http_client`]) until `shutdown`.
 pub async fn run_sender(
     store: Store,
     config: WebhookConfig,
+    client: reqwest::Client,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let client = match reqwest::Client::builder()
-        .timeout(config.request_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("Sendmill-Webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::error!(%error, "webhooks: cannot build the HTTP client");
-            return;
-        }
-    };
     let slots = Arc::new(Semaphore::new(config.concurrent_endpoints.max(1)));
     let lease = config.lease;
     let mut last_housekeeping: Option<Instant> = None;
@@ -377,15 +420,21 @@ async fn deliver(
             Err(error) => return give_back(store, &endpoint, error).await,
         };
         let started = Instant::now();
-        let sent = client
-            .post(&endpoint.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
-            .send()
-            .await;
+        let sent = if !config.allow_private_destinations && internal_literal(&endpoint.url) {
+            Err("the endpoint's address is internal, which webhooks may not use".to_owned())
+        } else {
+            client
+                .post(&endpoint.url)
+                .header("content-type", "application/json")
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature)
+                .body(body)
+                .send()
+                .await
+                // The error's text never includes the secret or the body.
+                .map_err(|error| error_chain(&error.without_url()))
+        };
         let elapsed = started.elapsed();
         metrics::histogram!(crate::metric::WEBHOOK_ATTEMPT_SECONDS).record(elapsed.as_secs_f64());
         let (status_code, error) = match sent {
@@ -396,8 +445,7 @@ async fn deliver(
                 Some(response.status().as_u16()),
                 Some(format!("answered {}", response.status())),
             ),
-            // The error's text never includes the secret or the body.
-            Err(error) => (None, Some(error.without_url().to_string())),
+            Err(error) => (None, Some(error)),
         };
         let record = AttemptRecord {
             webhook_id: id,

@@ -29,6 +29,7 @@
 #                          postfix, whose certificate names only mx.tls.test)
 # The local CA ($SENDMILL_LOCAL_DIR/ca/ca.pem) signs the certificates of mx.tls.test and
 # of the MTA-STS policy hosts; tests trust it as an extra root.
+#   hook.rebind.test       A 127.0.0.1 (webhooks must refuse it at connect time)
 #   d1.test .. d50.test    MX -> 127.0.0.11 .. 127.0.0.20, round robin (bench sinks,
 #                          started with BENCH_SINKS=1)
 set -euo pipefail
@@ -141,6 +142,9 @@ mkdir -p "$dns/conf.d"
     echo "txt-record=_mta-sts.sts-$sts.test,\"v=STSv1; id=20261130T000000;\""
     echo "host-record=mta-sts.sts-$sts.test,127.0.0.23"
   done
+  # A name that resolves to loopback, as a DNS-rebinding attacker's would (the webhook
+  # sender must refuse it at connect time).
+  echo "host-record=hook.rebind.test,127.0.0.1"
   echo "mx-host=ratelimited.test,mx.ratelimited.test,10"
   echo "host-record=mx.ratelimited.test,127.0.0.6"
   # Bench domains: 50 domains (50 providers) over the 10 bench sinks.

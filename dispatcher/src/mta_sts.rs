@@ -19,11 +19,10 @@
 
 use crate::mx::MxHost;
 use hickory_resolver::{proto::rr::RData, TokioResolver};
-use sendmill_platform::dns::no_records;
+use sendmill_platform::dns::{no_records, HttpResolver};
 use serde::Deserialize;
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -47,6 +46,10 @@ pub struct MtaStsConfig {
     /// PEM files of trust anchors added to the system's, for policy hosts and MX
     /// certificates alike (a private CA; the local test services use one).
     pub extra_roots: Vec<String>,
+    /// Fetch policies from hosts on loopback, private and other internal addresses
+    /// (tests, private networks). Off: a recipient domain cannot make the dispatcher
+    /// request a URL inside the platform's network.
+    pub allow_internal_policy_hosts: bool,
 }
 
 impl Default for MtaStsConfig {
@@ -57,6 +60,7 @@ impl Default for MtaStsConfig {
             fetch_timeout: Duration::from_secs(10),
             recheck: Duration::from_secs(300),
             extra_roots: Vec::new(),
+            allow_internal_policy_hosts: false,
         }
     }
 }
@@ -211,12 +215,20 @@ struct Entry {
     policy: Option<(Arc<Policy>, Instant)>,
 }
 
+/// Domains whose answer (policy or none) is cached at most; past it, entries without a
+/// live policy are dropped first, then all (a bound on memory, not a tuning knob).
+const MAX_ENTRIES: usize = 100_000;
+
 /// Policies by recipient domain, fetched and cached as the module doc says.
 pub struct MtaSts {
     config: MtaStsConfig,
     resolver: TokioResolver,
     http: reqwest::Client,
     cache: Mutex<HashMap<String, Entry>>,
+    /// One lookup per domain at a time: messages for a domain whose answer is being
+    /// fetched wait for it instead of fetching it again (the first burst to a large
+    /// domain would otherwise fetch its policy once per message).
+    lookups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Errors of [`MtaSts::new`].
@@ -226,21 +238,6 @@ pub enum SetupError {
     Root { path: String, error: String },
     #[error("cannot build the policy HTTPS client: {0}")]
     Client(String),
-}
-
-/// Resolves policy host names with the dispatcher's resolver (not the system's), so
-/// policy hosts are found where MX hosts are.
-struct HickoryResolve(TokioResolver);
-
-impl reqwest::dns::Resolve for HickoryResolve {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let resolver = self.0.clone();
-        Box::pin(async move {
-            let ips = resolver.lookup_ip(name.as_str()).await?;
-            let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, 0)).collect();
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
 }
 
 impl MtaSts {
@@ -261,7 +258,12 @@ impl MtaSts {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.fetch_timeout)
-            .dns_resolver(Arc::new(HickoryResolve(resolver.clone())))
+            // The dispatcher's resolver finds policy hosts where it finds MX hosts; a
+            // recipient domain must not point us at our own network (SSRF).
+            .dns_resolver(Arc::new(HttpResolver::new(
+                resolver.clone(),
+                config.allow_internal_policy_hosts,
+            )))
             .tls_certs_merge(roots)
             .user_agent(concat!(
                 "sendmill/",
@@ -275,6 +277,7 @@ impl MtaSts {
             resolver,
             http,
             cache: Mutex::new(HashMap::new()),
+            lookups: Mutex::new(HashMap::new()),
         })
     }
 
@@ -284,21 +287,56 @@ impl MtaSts {
         if !self.config.enabled {
             return None;
         }
+        if let Some(fresh) = self.fresh(domain) {
+            return fresh;
+        }
+        let lock = self
+            .lookups
+            .lock()
+            .expect("not poisoned")
+            .entry(domain.to_owned())
+            .or_default()
+            .clone();
+        let answer = {
+            let _one_at_a_time = lock.lock().await;
+            // Another message may have looked it up while this one waited.
+            match self.fresh(domain) {
+                Some(fresh) => fresh,
+                None => self.look_up(domain).await,
+            }
+        };
+        let mut lookups = self.lookups.lock().expect("not poisoned");
+        // The map holds one reference; ours is the other unless someone waits.
+        if Arc::strong_count(&lock) <= 2 {
+            lookups.remove(domain);
+        }
+        answer
+    }
+
+    /// The cached answer when it was looked up less than `recheck` ago.
+    fn fresh(&self, domain: &str) -> Option<Option<Arc<Policy>>> {
+        let cache = self.cache.lock().expect("not poisoned");
+        let entry = cache.get(domain)?;
+        (entry.checked.elapsed() < self.config.recheck).then(|| {
+            entry
+                .policy
+                .as_ref()
+                .filter(|(_, expires)| *expires > Instant::now())
+                .map(|(p, _)| p.clone())
+        })
+    }
+
+    /// Looks the domain's TXT record up again, and fetches its policy when the id is new.
+    async fn look_up(&self, domain: &str) -> Option<Arc<Policy>> {
         let now = Instant::now();
         let cached = {
             let cache = self.cache.lock().expect("not poisoned");
             match cache.get(domain) {
-                Some(entry) => {
-                    let live = entry
-                        .policy
-                        .as_ref()
-                        .filter(|(_, expires)| *expires > now)
-                        .map(|(p, _)| p.clone());
-                    if entry.checked.elapsed() < self.config.recheck {
-                        return live;
-                    }
-                    live
-                }
+                Some(entry) => entry
+                    .policy
+                    .as_ref()
+                    .filter(|(_, expires)| *expires > now)
+                    .map(|(p, _)| p.clone()),
                 None => None,
             }
         };
@@ -310,6 +348,12 @@ impl MtaSts {
         };
         let keep = |policy: Option<Arc<Policy>>| {
             let mut cache = self.cache.lock().expect("not poisoned");
+            if cache.len() >= MAX_ENTRIES {
+                cache.retain(|_, e| e.policy.as_ref().is_some_and(|(_, x)| *x > now));
+                if cache.len() >= MAX_ENTRIES {
+                    cache.clear();
+                }
+            }
             let expires = policy.as_ref().map(|p| now + p.max_age);
             cache.insert(
                 domain.to_owned(),

@@ -1,6 +1,9 @@
 //! One way to build a DNS resolver, for MX routing (dispatcher) and for checking the
 //! records tenants publish (domain verification): given servers over UDP and TCP, or the
-//! system's resolv.conf.
+//! system's resolv.conf. The same resolver answers reqwest's lookups ([`HttpResolver`])
+//! for HTTP clients whose destinations tenants or recipient domains choose (webhooks,
+//! MTA-STS policy hosts), refusing internal addresses at connect time: a name checked
+//! when it was saved may point elsewhere by the time it is used (DNS rebinding).
 
 pub use hickory_resolver::TokioResolver;
 use hickory_resolver::{
@@ -8,7 +11,10 @@ use hickory_resolver::{
     net::{runtime::TokioRuntimeProvider, DnsError, NetError},
     proto::op::ResponseCode,
 };
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 /// A resolver asking `nameservers` (or resolv.conf's when empty), caching up to
 /// `cache_size` answers for their TTL.
@@ -62,4 +68,126 @@ pub fn parse_nameservers(servers: &[String]) -> Result<Vec<SocketAddr>, String> 
                 .map_err(|_| format!("nameservers: {s:?} is not ip:port"))
         })
         .collect()
+}
+
+/// Whether `ip` is an address a destination chosen by a tenant or a recipient domain must
+/// never reach: loopback, private (RFC 1918, RFC 4193 unique local), link-local (cloud
+/// metadata at 169.254.169.254), shared address space (RFC 6598, some clouds' metadata),
+/// unspecified, broadcast, multicast, documentation, benchmarking (RFC 2544) and
+/// reserved ranges; an IPv4-mapped IPv6 address is judged as its IPv4 address.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            let [a, b, c, _] = ip.octets();
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.is_multicast()
+                || ip.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240
+        }
+        IpAddr::V6(ip) => {
+            let first = ip.segments()[0];
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && ip.segments()[1] == 0x0db8
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// A name that resolved only to internal addresses ([`is_internal`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves only to internal addresses, which this destination may not use")]
+pub struct InternalDestination(pub String);
+
+/// Resolves host names for reqwest with a [`TokioResolver`] (the configured servers,
+/// not the system's), and unless `allow_internal`, drops internal addresses from the
+/// answer, failing with [`InternalDestination`] when none is left. reqwest does not
+/// resolve IP literals: callers check those with [`is_internal`] themselves.
+#[derive(Clone)]
+pub struct HttpResolver {
+    resolver: TokioResolver,
+    allow_internal: bool,
+}
+
+impl HttpResolver {
+    pub fn new(resolver: TokioResolver, allow_internal: bool) -> Self {
+        Self {
+            resolver,
+            allow_internal,
+        }
+    }
+}
+
+impl reqwest::dns::Resolve for HttpResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (resolver, allow_internal) = (self.resolver.clone(), self.allow_internal);
+        Box::pin(async move {
+            let ips = resolver.lookup_ip(name.as_str()).await?;
+            let addrs: Vec<SocketAddr> = ips
+                .iter()
+                .filter(|ip| allow_internal || !is_internal(*ip))
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
+            if addrs.is_empty() {
+                return Err(Box::new(InternalDestination(name.as_str().to_owned()))
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.100.100.200",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.2.10",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fd00:ec2::254",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.128.0.1",
+            "2a00:1450:4001::1",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
+    }
 }

@@ -117,6 +117,8 @@ async fn mta_sts_policies_are_enforced_tested_and_reported() {
     let p = TestPipeline::start_configured(&Stage::ALL, |c| {
         c.dispatcher.mta_sts.policy_port = port;
         c.dispatcher.mta_sts.extra_roots = vec![ca];
+        // The policy hosts are on loopback here.
+        c.dispatcher.mta_sts.allow_internal_policy_hosts = true;
     })
     .await;
     let (status, body) = p

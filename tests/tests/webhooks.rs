@@ -375,3 +375,82 @@ async fn signed_events_reach_the_receiver_in_order_through_outages_and_replays()
     assert_eq!(status, 404);
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_resolves_to_an_internal_address_is_refused_at_connect_time() {
+    let p = TestPipeline::start_configured(&Stage::ALL, |c| {
+        c.analytics.webhooks.allow_private_destinations = false;
+        // dnsmasq: hook.rebind.test → 127.0.0.1, as a rebinding attacker would answer.
+        c.analytics.webhooks.nameservers = vec!["127.0.0.1:5353".into()];
+    })
+    .await;
+    // What a request to the internal service would reach: it must see no connection.
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = internal.local_addr().unwrap().port();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    tokio::spawn(async move {
+        while internal.accept().await.is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // Saved: the name is not one reserved for local hosts (names resolve at use).
+    let (status, hook) = analytics(
+        &p,
+        reqwest::Method::POST,
+        "/v1/webhooks",
+        Some(&json!({"url": format!("http://hook.rebind.test:{port}/hook")})),
+    )
+    .await;
+    assert_eq!(status, 201, "{hook}");
+    // An internal address written as such is refused when saved.
+    for url in [
+        format!("http://127.0.0.1:{port}/x"),
+        "http://169.254.169.254/latest/meta-data".into(),
+        "http://[::ffff:10.0.0.1]/x".into(),
+    ] {
+        let (status, refused) = analytics(
+            &p,
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            Some(&json!({"url": url})),
+        )
+        .await;
+        assert_eq!(
+            (status, refused["error"]["field"].as_str()),
+            (400, Some("url")),
+            "{url}"
+        );
+    }
+
+    send_to(&p, &["rebind@ok.test"]).await;
+    let hook_id = hook["id"].as_str().unwrap();
+    let refused = poll_until(LIMIT, || async {
+        let (_, attempts) = analytics(
+            &p,
+            reqwest::Method::GET,
+            &format!("/v1/webhooks/{hook_id}/attempts"),
+            None,
+        )
+        .await;
+        attempts["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| {
+                a["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("resolves only to internal addresses"))
+            })
+            .cloned()
+    })
+    .await;
+    assert!(refused.is_some(), "no refused attempt was recorded");
+    assert_eq!(refused.unwrap()["status_code"], Value::Null);
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the sender connected to the internal address"
+    );
+    p.stop().await;
+}
