@@ -18,8 +18,8 @@
 //! crate parses it that is kept better than these forty lines.
 
 use crate::mx::MxHost;
-use hickory_resolver::{proto::rr::RData, TokioResolver};
-use sendmill_platform::dns::{no_records, HttpResolver};
+use hickory_resolver::TokioResolver;
+use sendmill_platform::dns::HttpResolver;
 use serde::Deserialize;
 use std::{
     collections::HashMap,
@@ -384,24 +384,8 @@ impl MtaSts {
     /// `Ok(Some(id))`, `Ok(None)` (no valid record), or `Err` on a DNS failure.
     async fn lookup_txt(&self, domain: &str) -> Result<Option<String>, ()> {
         let name = format!("_mta-sts.{}.", domain.trim_end_matches('.'));
-        match self.resolver.txt_lookup(name).await {
-            Ok(lookup) => {
-                let records: Vec<String> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::TXT(txt) => Some(
-                            txt.txt_data
-                                .iter()
-                                .map(|part| String::from_utf8_lossy(part))
-                                .collect::<String>(),
-                        ),
-                        _ => None,
-                    })
-                    .collect();
-                Ok(txt_id(&records))
-            }
-            Err(error) if no_records(&error).is_some() => Ok(None),
+        match sendmill_platform::dns::txt_records(&self.resolver, &name).await {
+            Ok(records) => Ok(txt_id(&records)),
             Err(error) => {
                 tracing::debug!(%domain, %error, "MTA-STS TXT lookup failed");
                 Err(())

@@ -302,23 +302,9 @@ async fn check(resolver: &TokioResolver, record: &DnsRecord, config: &DomainsCon
             Err(e) => Err(e.to_string()),
         }
     } else {
-        match resolver.txt_lookup(name.as_str()).await {
-            Ok(lookup) => Ok(lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::TXT(txt) => Some(
-                        txt.txt_data
-                            .iter()
-                            .map(|part| String::from_utf8_lossy(part).into_owned())
-                            .collect::<String>(),
-                    ),
-                    _ => None,
-                })
-                .collect()),
-            Err(e) if no_records(&e).is_some() => Ok(Vec::new()),
-            Err(e) => Err(e.to_string()),
-        }
+        sendmill_platform::dns::txt_records(resolver, &name)
+            .await
+            .map_err(|e| e.to_string())
     };
     let found = match found {
         Ok(found) => found,

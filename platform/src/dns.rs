@@ -59,6 +59,30 @@ pub fn no_records(error: &NetError) -> Option<ResponseCode> {
     }
 }
 
+/// The TXT records at `name` (absolute, with its trailing dot), each record's
+/// character-strings joined as SPF and DKIM read them (RFC 7208 §3.3, RFC 6376
+/// §3.6.2.2): empty when the name has none (NXDOMAIN or no TXT), `Err` when the lookup
+/// failed.
+pub async fn txt_records(resolver: &TokioResolver, name: &str) -> Result<Vec<String>, NetError> {
+    match resolver.txt_lookup(name).await {
+        Ok(lookup) => Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_resolver::proto::rr::RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .map(|part| String::from_utf8_lossy(part))
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect()),
+        Err(e) if no_records(&e).is_some() => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Parses `ip:port` strings.
 pub fn parse_nameservers(servers: &[String]) -> Result<Vec<SocketAddr>, String> {
     servers

@@ -101,6 +101,19 @@ async fn serve_policies() -> u16 {
     port
 }
 
+/// Waits for message `id` to be deferred as `tls_required` with `phrase` in its reason.
+async fn deferred_for_tls(p: &TestPipeline, id: &str, phrase: &str) {
+    let timeline = p.wait_for_status(id, "deferred", LIMIT).await;
+    let deferred = event(&timeline, "deferred");
+    assert_eq!(deferred["bounce_category"], "tls_required", "{deferred}");
+    assert!(
+        deferred["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(phrase)),
+        "{phrase:?} not in {deferred}"
+    );
+}
+
 fn event<'a>(timeline: &'a Value, kind: &str) -> &'a Value {
     timeline["events"]
         .as_array()
@@ -137,26 +150,12 @@ async fn mta_sts_policies_are_enforced_tested_and_reported() {
     let ids = message_ids(&body);
 
     // enforce, MX without STARTTLS: not sent, deferred as tls_required.
-    let timeline = p.wait_for_status(&ids[0], "deferred", LIMIT).await;
-    let deferred = event(&timeline, "deferred");
-    assert_eq!(deferred["bounce_category"], "tls_required", "{deferred}");
-    let reason = deferred["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains("MTA-STS") && reason.contains("STARTTLS"),
-        "{deferred}"
-    );
+    deferred_for_tls(&p, &ids[0], "MTA-STS").await;
+    deferred_for_tls(&p, &ids[0], "STARTTLS").await;
     assert!(dumped_message(&ids[0]).is_none());
 
     // enforce, MX the policy does not name: not even a connection.
-    let timeline = p.wait_for_status(&ids[1], "deferred", LIMIT).await;
-    let deferred = event(&timeline, "deferred");
-    assert_eq!(deferred["bounce_category"], "tls_required", "{deferred}");
-    assert!(
-        deferred["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("names none of its MX hosts")),
-        "{deferred}"
-    );
+    deferred_for_tls(&p, &ids[1], "names none of its MX hosts").await;
 
     // testing: delivered in the clear, reported.
     p.wait_for_status(&ids[2], "delivered", LIMIT).await;
@@ -176,15 +175,7 @@ async fn mta_sts_policies_are_enforced_tested_and_reported() {
 
     // enforce, MX offering STARTTLS with a certificate that does not name it: refused
     // after the handshake, before any mail command.
-    let timeline = p.wait_for_status(&ids[4], "deferred", LIMIT).await;
-    let deferred = event(&timeline, "deferred");
-    assert_eq!(deferred["bounce_category"], "tls_required", "{deferred}");
-    assert!(
-        deferred["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("does not name the MX host")),
-        "{deferred}"
-    );
+    deferred_for_tls(&p, &ids[4], "does not name the MX host").await;
 
     let metrics = p.metrics().await;
     for line in [

@@ -123,6 +123,19 @@ async fn analytics(
     (status, body)
 }
 
+/// The recorded delivery attempts of webhook endpoint `hook_id`, newest first.
+async fn attempts(p: &TestPipeline, hook_id: &str) -> Vec<Value> {
+    let (status, attempts) = analytics(
+        p,
+        reqwest::Method::GET,
+        &format!("/v1/webhooks/{hook_id}/attempts"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{attempts}");
+    attempts["data"].as_array().unwrap().clone()
+}
+
 /// The event ids the pipeline wrote for `messages`.
 fn topic_event_ids(p: &TestPipeline, messages: &HashSet<String>) -> HashSet<String> {
     p.events()
@@ -229,16 +242,8 @@ async fn signed_events_reach_the_receiver_in_order_through_outages_and_replays()
     let hook_id = hook["id"].as_str().unwrap();
     let second = send_to(&p, &["dee@ok.test", "eve@ok.test", "fay@bounce.test"]).await;
     let failed_attempts = poll_until(LIMIT, || async {
-        let (_, attempts) = analytics(
-            &p,
-            reqwest::Method::GET,
-            &format!("/v1/webhooks/{hook_id}/attempts"),
-            None,
-        )
-        .await;
-        let failed = attempts["data"]
-            .as_array()
-            .unwrap()
+        let failed = attempts(&p, hook_id)
+            .await
             .iter()
             .filter(|a| a["status_code"] == 500)
             .count();
@@ -426,23 +431,11 @@ async fn a_name_that_resolves_to_an_internal_address_is_refused_at_connect_time(
     send_to(&p, &["rebind@ok.test"]).await;
     let hook_id = hook["id"].as_str().unwrap();
     let refused = poll_until(LIMIT, || async {
-        let (_, attempts) = analytics(
-            &p,
-            reqwest::Method::GET,
-            &format!("/v1/webhooks/{hook_id}/attempts"),
-            None,
-        )
-        .await;
-        attempts["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| {
-                a["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("resolves only to internal addresses"))
-            })
-            .cloned()
+        attempts(&p, hook_id).await.into_iter().find(|a| {
+            a["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("resolves only to internal addresses"))
+        })
     })
     .await;
     assert!(refused.is_some(), "no refused attempt was recorded");
