@@ -3,8 +3,8 @@
 //! endpoints and secrets.
 
 use sendmill_platform::config::{
-    self, ClickHouseConfig, ConfigError, KafkaConfig, PostgresConfig, RedisConfig, TelemetryConfig,
-    TrackingConfig,
+    self, ClickHouseConfig, ConfigError, KafkaConfig, PostgresConfig, RedisConfig, SecretsConfig,
+    TelemetryConfig, TrackingConfig,
 };
 use sendmill_tenancy::suppressions::SuppressionsConfig;
 use serde::Deserialize;
@@ -19,6 +19,8 @@ pub struct SendmillConfig {
     pub redis: RedisConfig,
     /// PostgreSQL: tenants, keys, domains.
     pub postgres: PostgresConfig,
+    /// Key-encryption keys for DKIM private keys and webhook secrets at rest.
+    pub secrets: SecretsConfig,
     /// ClickHouse: events.
     pub clickhouse: ClickHouseConfig,
     /// Logs and metrics.
@@ -99,6 +101,7 @@ impl SendmillConfig {
                 .map_err(|_| ConfigError::Invalid(format!("{name}: {addr:?} is not ip:port")))?;
         }
         self.kafka.validate()?;
+        self.keyring()?;
         // A requested record carries its attachments base64-encoded (4/3) in JSON, and
         // the ready record the MIME built from them (base64 again): both must fit.
         let largest_record = self.ingest.max_attachment_bytes / 3 * 4 + 1024 * 1024;
@@ -110,6 +113,21 @@ impl SendmillConfig {
             )));
         }
         Ok(())
+    }
+}
+
+impl SendmillConfig {
+    /// The keyring `[secrets]` and `SENDMILL_KEKS` give, if any. Errors: an unreadable
+    /// file or a malformed entry (naming the entry, never a key).
+    pub fn keyring(
+        &self,
+    ) -> Result<Option<std::sync::Arc<sendmill_store::secrets::Keyring>>, ConfigError> {
+        let Some(text) = self.secrets.keyring_text()? else {
+            return Ok(None);
+        };
+        sendmill_store::secrets::Keyring::parse(&text)
+            .map(|ring| Some(std::sync::Arc::new(ring)))
+            .map_err(|e| ConfigError::Invalid(format!("secrets: {e}")))
     }
 }
 

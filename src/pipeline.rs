@@ -52,6 +52,22 @@ pub struct Pipeline {
     shutdown: CancellationToken,
 }
 
+/// The tenant store with `max_connections`, sealing secrets at rest with the configured
+/// keyring; without one it says, once per process, that secrets are stored in plaintext.
+pub async fn connect_store(config: &SendmillConfig, max_connections: u32) -> anyhow::Result<Store> {
+    let keyring = config.keyring()?;
+    if keyring.is_none() {
+        tracing::warn!(
+            "no key-encryption key ([secrets] kek_file, SENDMILL_KEKS): DKIM private keys and \
+             webhook secrets are stored in PostgreSQL in plaintext"
+        );
+    }
+    Ok(Store::connect(&config.postgres.url, max_connections)
+        .await
+        .context("connecting to PostgreSQL")?
+        .with_keyring(keyring))
+}
+
 /// Starts `stages` against the configured Kafka cluster. Waits (saying so, and until
 /// `shutdown`) for the cluster to answer, then refuses to start when a topic is missing:
 /// topics are `sendmill migrate`'s, never auto-created. Other drift is a warning.
@@ -64,9 +80,7 @@ pub async fn start(
     check_kafka(&kafka, &shutdown).await?;
     let needs = |s: Stage| stages.contains(&s);
     // Every stage reads tenant data (the dispatcher: suppression lists).
-    let store = Store::connect(&config.postgres.url, config.postgres.max_connections)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let store = connect_store(config, config.postgres.max_connections).await?;
     // Render alone needs no Redis; the others share one connection and one view of the
     // suppression lists.
     let redis = if needs(Stage::Ingest) || needs(Stage::Dispatch) || needs(Stage::Analytics) {

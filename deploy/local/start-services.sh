@@ -192,6 +192,13 @@ if [ "${BENCH_SINKS:-0}" = 1 ]; then
   for n in $(seq 1 10); do start_sink "d$n" "127.0.0.$((10 + n))"; done
 fi
 
+# --- Sendmill's key-encryption key (deploy/local/sendmill.toml [secrets]) ----------------
+# DKIM private keys and webhook secrets are sealed at rest under it. Made once, kept.
+if [ ! -s "$dir/keks" ]; then
+  (umask 077 && echo "local-1:$(openssl rand -base64 32)" >"$dir/keks")
+  log "secrets: made a key-encryption key in $dir/keks"
+fi
+
 # --- A local certificate authority -------------------------------------------------------
 # Signs the certificates of the local MX hosts and MTA-STS policy hosts, so that TLS
 # can be verified as on the Internet (tests trust ca.pem as an extra root).
@@ -282,4 +289,5 @@ Local services for Sendmill:
   smtp-sink   127.0.0.2:25 accepts (dumps to $sinks/ok), 127.0.0.3:25 5xx, 127.0.0.4:25 4xx, 127.0.0.6:25 421
   postfix     127.0.0.21:25 STARTTLS (tls.test), 127.0.0.24:25 SMTPUTF8 (utf8.test, Maildir $pf8/mail)
   local CA    $ca/ca.pem
+  KEK file    $dir/keks  (deploy/local/sendmill.toml [secrets])
 INFO

@@ -434,6 +434,37 @@ impl TelemetryConfig {
     }
 }
 
+/// `[secrets]`: where the key-encryption keys (KEKs) come from that seal DKIM private
+/// keys and webhook signing secrets in PostgreSQL (AES-256-GCM; `sendmill_store::secrets`).
+/// The keys themselves never live in this file or in the config printed by
+/// `validate-config`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// A file of KEKs, one `id:base64-of-32-bytes` per line, the current one first; the
+    /// others are older KEKs that still open rows until `sendmill admin rotate-kek` has
+    /// resealed them. Empty: no file. Env `SENDMILL_KEKS` (the same entries,
+    /// comma-separated) takes precedence. With neither, secrets are stored in plaintext
+    /// and every process says so at start.
+    pub kek_file: String,
+}
+
+impl SecretsConfig {
+    /// The keyring's text: `SENDMILL_KEKS`, else the file's contents, else `None`.
+    /// Errors: the file cannot be read.
+    pub fn keyring_text(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(keks) = env_override("KEKS") {
+            return Ok(Some(keks));
+        }
+        if self.kek_file.is_empty() {
+            return Ok(None);
+        }
+        std::fs::read_to_string(&self.kek_file)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("secrets.kek_file {}: {e}", self.kek_file)))
+    }
+}
+
 /// Open and click tracking and unsubscribe links (render writes them, analytics answers
 /// them).
 #[derive(Clone, Debug, Deserialize)]

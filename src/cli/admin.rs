@@ -90,12 +90,21 @@ pub enum Admin {
         #[arg(long, default_value = "s1")]
         selector: String,
     },
+    /// Prints a new key-encryption key as a keyring entry (`ID:base64`), to put first in
+    /// `[secrets] kek_file` or `SENDMILL_KEKS`.
+    GenerateKek {
+        /// The new KEK's id (letters, digits, - and _), e.g. the date.
+        #[arg(long)]
+        id: String,
+    },
+    /// Reseals every DKIM private key and webhook secret under the keyring's current
+    /// KEK (after a new KEK was put first); then the old one can be dropped. Safe while
+    /// the platform runs; prints how many rows it resealed.
+    RotateKek,
 }
 
 async fn connect_store(config: &SendmillConfig) -> anyhow::Result<Store> {
-    let store = Store::connect(&config.postgres.url, 2)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let store = crate::pipeline::connect_store(config, 2).await?;
     store.migrate().await.context("PostgreSQL migrations")?;
     Ok(store)
 }
@@ -135,11 +144,34 @@ pub async fn run(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Admin::GenerateKek { id } => {
+            let entry = format!("{id}:{}", sendmill_store::secrets::Keyring::generate_key()?);
+            // Checked as the keyring will read it.
+            sendmill_store::secrets::Keyring::parse(&entry)?;
+            println!("{entry}");
+            return Ok(());
+        }
         _ => {}
     }
     let store = connect_store(config).await?;
     match admin {
-        Admin::Pause { .. } | Admin::Resume { .. } | Admin::Paused => unreachable!("handled above"),
+        Admin::Pause { .. } | Admin::Resume { .. } | Admin::Paused | Admin::GenerateKek { .. } => {
+            unreachable!("handled above")
+        }
+        Admin::RotateKek => {
+            let Some(keyring) = config.keyring()? else {
+                anyhow::bail!(
+                    "no key-encryption key is configured ([secrets] kek_file, SENDMILL_KEKS)"
+                );
+            };
+            let resealed = store.reseal_secrets().await?;
+            println!(
+                "resealed under KEK {}: {} sending domains, {} webhook endpoints",
+                keyring.current(),
+                resealed.sending_domains,
+                resealed.webhook_endpoints
+            );
+        }
         Admin::CreateAccount { name, operator } => {
             let id = store.create_account(&name).await?;
             if operator {

@@ -4,7 +4,6 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use sendmill::SendmillConfig;
 use sendmill_platform::kafka::{admin, KafkaConnection};
-use sendmill_store::Store;
 
 #[derive(Subcommand)]
 pub enum KafkaCommand {
@@ -23,11 +22,18 @@ pub async fn run(config: &SendmillConfig, command: KafkaCommand) -> anyhow::Resu
 
 /// Applies the PostgreSQL and ClickHouse schemas and reconciles the Kafka topics.
 pub async fn migrate(config: &SendmillConfig) -> anyhow::Result<()> {
-    let store = Store::connect(&config.postgres.url, 2)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let store = crate::pipeline::connect_store(config, 2).await?;
     store.migrate().await.context("PostgreSQL migrations")?;
     tracing::info!("PostgreSQL schema is up to date");
+    // Secrets written before a KEK was configured are sealed now.
+    let resealed = store.reseal_secrets().await.context("sealing secrets")?;
+    if resealed != Default::default() {
+        tracing::info!(
+            sending_domains = resealed.sending_domains,
+            webhook_endpoints = resealed.webhook_endpoints,
+            "secrets sealed under the current key-encryption key"
+        );
+    }
     let applied = sendmill_analytics::schema::migrate(&config.clickhouse)
         .await
         .context("ClickHouse migrations")?;

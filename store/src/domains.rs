@@ -1,8 +1,13 @@
 //! Sending domains: the domains an account sends from, each with its DKIM keys (RSA-2048,
 //! optionally Ed25519 for dual signing), return-path domain and the result of the last
-//! DNS verification. Every query takes the account id.
+//! DNS verification. Every query takes the account id. Private keys are sealed at rest
+//! (`secrets`) when a keyring is configured.
 
-use crate::{dkim, Store, StoreError};
+use crate::{
+    dkim,
+    secrets::{open_stored, seal_stored, SecretKind},
+    Store, StoreError,
+};
 use sendmill_wire::AccountId;
 use sqlx::Row;
 use std::fmt;
@@ -99,24 +104,39 @@ impl Store {
             verification: None,
         };
         let ed = sending.ed25519.as_ref().expect("just generated");
+        let keyring = self.keyring();
+        let (kek_id, rsa_stored) = seal_stored(
+            keyring,
+            SecretKind::DkimRsa,
+            sending.id,
+            &sending.dkim_private_key_pkcs8,
+        )?;
+        // One KEK per row: both keys are sealed in one go, so they share it.
+        let (_, ed_stored) = seal_stored(
+            keyring,
+            SecretKind::DkimEd25519,
+            sending.id,
+            &ed.private_pkcs8,
+        )?;
         let inserted = sqlx::query(
             "INSERT INTO sending_domains
                (id, account_id, domain, dkim_selector, dkim_private_key, dkim_public_key,
                 dkim_ed25519_selector, dkim_ed25519_private_key, dkim_ed25519_public_key,
-                return_path_domain)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                return_path_domain, dkim_kek_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (account_id, domain) DO NOTHING",
         )
         .bind(sending.id)
         .bind(account_id.0)
         .bind(&sending.domain)
         .bind(&sending.dkim_selector)
-        .bind(&sending.dkim_private_key_pkcs8)
+        .bind(&rsa_stored)
         .bind(&sending.dkim_public_key)
         .bind(&ed.selector)
-        .bind(&ed.private_pkcs8)
+        .bind(&ed_stored)
         .bind(&ed.public_key)
         .bind(&sending.return_path_domain)
+        .bind(kek_id)
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -133,14 +153,15 @@ impl Store {
         let row = sqlx::query(
             "SELECT id, domain, dkim_selector, dkim_private_key, dkim_public_key,
                     dkim_ed25519_selector, dkim_ed25519_private_key, dkim_ed25519_public_key,
-                    dual_sign, return_path_domain, verified_at, verification
+                    dual_sign, return_path_domain, verified_at, verification, dkim_kek_id
              FROM sending_domains WHERE account_id = $1 AND domain = $2",
         )
         .bind(account_id.0)
         .bind(domain.to_ascii_lowercase())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| sending_domain_from_row(account_id, &r)))
+        row.map(|r| self.sending_domain_from_row(account_id, &r))
+            .transpose()
     }
 
     /// The account's sending domains, by name.
@@ -151,16 +172,15 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, domain, dkim_selector, dkim_private_key, dkim_public_key,
                     dkim_ed25519_selector, dkim_ed25519_private_key, dkim_ed25519_public_key,
-                    dual_sign, return_path_domain, verified_at, verification
+                    dual_sign, return_path_domain, verified_at, verification, dkim_kek_id
              FROM sending_domains WHERE account_id = $1 ORDER BY domain",
         )
         .bind(account_id.0)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| sending_domain_from_row(account_id, r))
-            .collect())
+        rows.iter()
+            .map(|r| self.sending_domain_from_row(account_id, r))
+            .collect()
     }
 
     /// Removes the domain (and its keys); `false` when the account has no such domain.
@@ -239,35 +259,47 @@ impl Store {
     }
 }
 
-fn sending_domain_from_row(account_id: AccountId, r: &sqlx::postgres::PgRow) -> SendingDomain {
-    let domain: String = r.get("domain");
-    let ed25519 = match (
-        r.get::<Option<String>, _>("dkim_ed25519_selector"),
-        r.get::<Option<Vec<u8>>, _>("dkim_ed25519_private_key"),
-        r.get::<Option<String>, _>("dkim_ed25519_public_key"),
-    ) {
-        (Some(selector), Some(private_pkcs8), Some(public_key)) => Some(Ed25519DkimKey {
-            selector,
-            private_pkcs8,
-            public_key,
-        }),
-        _ => None,
-    };
-    SendingDomain {
-        id: r.get("id"),
-        account_id,
-        return_path_domain: r
-            .get::<Option<String>, _>("return_path_domain")
-            .unwrap_or_else(|| format!("bounces.{domain}")),
-        domain,
-        dkim_selector: r.get("dkim_selector"),
-        dkim_private_key_pkcs8: r.get("dkim_private_key"),
-        dkim_public_key: r.get("dkim_public_key"),
-        ed25519,
-        dual_sign: r.get("dual_sign"),
-        verified_at: r.get("verified_at"),
-        verification: r
-            .get::<Option<sqlx::types::Json<serde_json::Value>>, _>("verification")
-            .map(|j| j.0),
+impl Store {
+    /// A sending domain as stored, its private keys opened.
+    fn sending_domain_from_row(
+        &self,
+        account_id: AccountId,
+        r: &sqlx::postgres::PgRow,
+    ) -> Result<SendingDomain, StoreError> {
+        let id: Uuid = r.get("id");
+        let kek_id: Option<String> = r.get("dkim_kek_id");
+        let open = |kind, stored: Vec<u8>| {
+            open_stored(self.keyring(), kind, id, kek_id.as_deref(), stored)
+        };
+        let domain: String = r.get("domain");
+        let ed25519 = match (
+            r.get::<Option<String>, _>("dkim_ed25519_selector"),
+            r.get::<Option<Vec<u8>>, _>("dkim_ed25519_private_key"),
+            r.get::<Option<String>, _>("dkim_ed25519_public_key"),
+        ) {
+            (Some(selector), Some(private_pkcs8), Some(public_key)) => Some(Ed25519DkimKey {
+                selector,
+                private_pkcs8: open(SecretKind::DkimEd25519, private_pkcs8)?,
+                public_key,
+            }),
+            _ => None,
+        };
+        Ok(SendingDomain {
+            id,
+            account_id,
+            return_path_domain: r
+                .get::<Option<String>, _>("return_path_domain")
+                .unwrap_or_else(|| format!("bounces.{domain}")),
+            domain,
+            dkim_selector: r.get("dkim_selector"),
+            dkim_private_key_pkcs8: open(SecretKind::DkimRsa, r.get("dkim_private_key"))?,
+            dkim_public_key: r.get("dkim_public_key"),
+            ed25519,
+            dual_sign: r.get("dual_sign"),
+            verified_at: r.get("verified_at"),
+            verification: r
+                .get::<Option<sqlx::types::Json<serde_json::Value>>, _>("verification")
+                .map(|j| j.0),
+        })
     }
 }

@@ -16,6 +16,8 @@
 //! - [`suppressions`]: per-account and global suppression lists.
 //! - [`webhooks`]: customer webhook endpoints, their outbox and delivery attempts.
 //! - [`held`]: rows locked in a transaction while a side effect (a Kafka write) happens.
+//! - [`secrets`]: DKIM private keys and webhook secrets sealed at rest (AES-256-GCM under
+//!   a key-encryption key from the environment or a file), and their rotation.
 
 pub mod alerts;
 pub mod dkim;
@@ -24,6 +26,7 @@ pub mod held;
 pub mod idempotency;
 pub mod keys;
 pub mod schedule;
+pub mod secrets;
 pub mod suppressions;
 pub mod templates;
 pub mod webhooks;
@@ -48,6 +51,8 @@ pub enum StoreError {
     KeyGeneration,
     #[error("{0} already exists")]
     Conflict(&'static str),
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
 }
 
 /// The one mapping of a tenant-database failure to an answer: a uniqueness conflict is a
@@ -209,6 +214,8 @@ fn limits_from_row(r: &sqlx::postgres::PgRow) -> AccountLimits {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Seals and opens secrets at rest; `None`: they are written in plaintext.
+    keyring: Option<std::sync::Arc<secrets::Keyring>>,
 }
 
 impl Store {
@@ -218,7 +225,20 @@ impl Store {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            keyring: None,
+        })
+    }
+
+    /// The store sealing secrets with `keyring` (`None`: plaintext, as without one).
+    pub fn with_keyring(mut self, keyring: Option<std::sync::Arc<secrets::Keyring>>) -> Self {
+        self.keyring = keyring;
+        self
+    }
+
+    pub(crate) fn keyring(&self) -> Option<&secrets::Keyring> {
+        self.keyring.as_deref()
     }
 
     /// Applies the schema migrations (safe to run concurrently and repeatedly).

@@ -6,8 +6,12 @@
 //! commits. A sender claims an endpoint with a lease, sends its oldest pending events,
 //! and marks them delivered, or counts a failure and sets when to try again. Rows older
 //! than the retry window become `dead` (the dead-letter queue) and can be replayed.
+//! Signing secrets are sealed at rest (`secrets`) when a keyring is configured.
 
-use crate::{Store, StoreError};
+use crate::{
+    secrets::{open_stored, seal_stored, Keyring, SecretError, SecretKind},
+    Store, StoreError,
+};
 use base64::{engine::general_purpose::STANDARD, Engine};
 use rand::RngCore;
 use sendmill_wire::AccountId;
@@ -132,6 +136,36 @@ pub struct Delivery {
     pub last_error: Option<String>,
 }
 
+/// A webhook secret as stored: sealed bytes in base64 under a KEK, or the plaintext.
+pub(crate) fn seal_secret(
+    keyring: Option<&Keyring>,
+    id: Uuid,
+    secret: &str,
+) -> Result<(Option<String>, String), StoreError> {
+    Ok(
+        match seal_stored(keyring, SecretKind::WebhookSecret, id, secret.as_bytes())? {
+            (Some(kek), sealed) => (Some(kek), STANDARD.encode(sealed)),
+            (None, plain) => (None, String::from_utf8(plain).expect("was a str")),
+        },
+    )
+}
+
+/// The webhook secret of row `id` from its stored form.
+pub(crate) fn open_secret(
+    keyring: Option<&Keyring>,
+    id: Uuid,
+    kek_id: Option<&str>,
+    stored: String,
+) -> Result<String, StoreError> {
+    let Some(kek_id) = kek_id else {
+        return Ok(stored);
+    };
+    let corrupt = || SecretError::Corrupt(kek_id.to_owned());
+    let sealed = STANDARD.decode(stored.as_bytes()).map_err(|_| corrupt())?;
+    let plain = open_stored(keyring, SecretKind::WebhookSecret, id, Some(kek_id), sealed)?;
+    Ok(String::from_utf8(plain).map_err(|_| corrupt())?)
+}
+
 /// A new signing secret: `whsec_` + base64 of 24 random bytes.
 pub fn generate_secret() -> String {
     let mut key = [0u8; 24];
@@ -190,17 +224,20 @@ impl Store {
     ) -> Result<(Endpoint, String), StoreError> {
         let id = Uuid::now_v7();
         let secret = generate_secret();
+        let (kek_id, stored) = seal_secret(self.keyring(), id, &secret)?;
         sqlx::query(
-            "INSERT INTO webhook_endpoints (id, account_id, url, description, event_types, secret, max_batch)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO webhook_endpoints
+               (id, account_id, url, description, event_types, secret, max_batch, secret_kek_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id)
         .bind(account_id.0)
         .bind(url)
         .bind(description)
         .bind(event_types)
-        .bind(&secret)
+        .bind(&stored)
         .bind(max_batch)
+        .bind(kek_id)
         .execute(&self.pool)
         .await?;
         let endpoint = self
@@ -242,13 +279,15 @@ impl Store {
         account_id: AccountId,
         id: Uuid,
     ) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT secret FROM webhook_endpoints WHERE account_id = $1 AND id = $2",
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT secret, secret_kek_id FROM webhook_endpoints WHERE account_id = $1 AND id = $2",
         )
         .bind(account_id.0)
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        row.map(|(stored, kek_id)| open_secret(self.keyring(), id, kek_id.as_deref(), stored))
+            .transpose()
     }
 
     /// Applies `change`; `None` when the account has no such endpoint. Enabling an
@@ -359,23 +398,24 @@ impl Store {
                                WHERE d.endpoint_id = e.id AND d.status = 'pending')
                  ORDER BY e.retry_at LIMIT 1
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, account_id, url, secret, max_batch, failures",
+             RETURNING id, account_id, url, secret, secret_kek_id, max_batch, failures",
         )
         .bind(lease.as_secs_f64())
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
+            let id: Uuid = r.try_get("id")?;
+            let kek_id: Option<String> = r.try_get("secret_kek_id")?;
             Ok(Claimed {
-                id: r.try_get("id")?,
+                id,
                 account_id: AccountId(r.try_get("account_id")?),
                 url: r.try_get("url")?,
-                secret: r.try_get("secret")?,
+                secret: open_secret(self.keyring(), id, kek_id.as_deref(), r.try_get("secret")?)?,
                 max_batch: r.try_get("max_batch")?,
                 failures: r.try_get("failures")?,
             })
         })
         .transpose()
-        .map_err(|e: sqlx::Error| e.into())
     }
 
     /// Moves the endpoint's events queued longer than `retry_for` to the dead-letter

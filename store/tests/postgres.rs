@@ -1,6 +1,6 @@
 //! Against the real PostgreSQL started by deploy/local/start-services.sh.
 
-use sendmill_store::{Scope, Store};
+use sendmill_store::{secrets::Keyring, Scope, Store};
 
 async fn store() -> Store {
     let url = std::env::var("SENDMILL_TEST_DATABASE_URL")
@@ -69,4 +69,180 @@ async fn sending_domains_are_scoped_to_their_account() {
         .add_sending_domain(owner, &domain, "s2")
         .await
         .is_err());
+}
+
+/// A database of its own (resealing touches every row of a database, and other tests
+/// share `sendmill_test`), dropped at the end.
+struct OwnDatabase {
+    admin: sqlx::PgPool,
+    name: String,
+    url: String,
+}
+
+impl OwnDatabase {
+    async fn create() -> Self {
+        let base = std::env::var("SENDMILL_TEST_DATABASE_URL").unwrap_or_else(|_| {
+            "postgres://sendmill:sendmill@127.0.0.1:5432/sendmill_test".to_owned()
+        });
+        let admin = sqlx::PgPool::connect(&base).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is required at {base} (run deploy/local/start-services.sh): {e}")
+        });
+        let name = format!("sendmill_secrets_{}", uuid::Uuid::now_v7().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        OwnDatabase { admin, name, url }
+    }
+
+    async fn store(&self, keyring: Option<&str>) -> Store {
+        let ring = keyring.map(|k| std::sync::Arc::new(Keyring::parse(k).unwrap()));
+        let store = Store::connect(&self.url, 2)
+            .await
+            .unwrap()
+            .with_keyring(ring);
+        store.migrate().await.unwrap();
+        store
+    }
+
+    async fn drop_it(self) {
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&self.admin)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_resealed_on_rotation_and_bound_to_their_row() {
+    let db = OwnDatabase::create().await;
+    let k1 = format!("k1:{}", Keyring::generate_key().unwrap());
+    let k2 = format!("k2:{}", Keyring::generate_key().unwrap());
+
+    // Before any KEK: plaintext, as rows written by an older version are.
+    let plain = db.store(None).await;
+    let account = plain.create_account("secrets").await.unwrap();
+    let old_domain = plain
+        .add_sending_domain(account, "old.example.test", "s1")
+        .await
+        .unwrap();
+    let (old_hook, old_secret) = plain
+        .create_webhook(account, "https://hooks.example.test/a", "", &[], 10)
+        .await
+        .unwrap();
+
+    // With k1: new rows are sealed; the migration-time reseal seals the old ones.
+    let sealed = db.store(Some(&k1)).await;
+    let new_domain = sealed
+        .add_sending_domain(account, "new.example.test", "s1")
+        .await
+        .unwrap();
+    let resealed = sealed.reseal_secrets().await.unwrap();
+    assert_eq!(
+        (resealed.sending_domains, resealed.webhook_endpoints),
+        (1, 1)
+    );
+    assert_eq!(
+        sealed.reseal_secrets().await.unwrap(),
+        Default::default(),
+        "idempotent"
+    );
+    for domain in [&old_domain, &new_domain] {
+        let (stored, ed, kek): (Vec<u8>, Vec<u8>, Option<String>) = sqlx::query_as(
+            "SELECT dkim_private_key, dkim_ed25519_private_key, dkim_kek_id
+             FROM sending_domains WHERE id = $1",
+        )
+        .bind(domain.id)
+        .fetch_one(sealed.pool())
+        .await
+        .unwrap();
+        assert_eq!(kek.as_deref(), Some("k1"));
+        assert_ne!(
+            stored, domain.dkim_private_key_pkcs8,
+            "the RSA key is in plaintext"
+        );
+        assert_ne!(ed, domain.ed25519.as_ref().unwrap().private_pkcs8);
+        let read = sealed
+            .sending_domain(account, &domain.domain)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.dkim_private_key_pkcs8, domain.dkim_private_key_pkcs8);
+        assert_eq!(
+            read.ed25519.unwrap().private_pkcs8,
+            domain.ed25519.as_ref().unwrap().private_pkcs8
+        );
+    }
+    let (stored_secret, kek): (String, Option<String>) =
+        sqlx::query_as("SELECT secret, secret_kek_id FROM webhook_endpoints WHERE id = $1")
+            .bind(old_hook.id)
+            .fetch_one(sealed.pool())
+            .await
+            .unwrap();
+    assert_eq!(kek.as_deref(), Some("k1"));
+    assert!(!stored_secret.contains(&old_secret[6..]));
+    assert_eq!(
+        sealed.webhook_secret(account, old_hook.id).await.unwrap(),
+        Some(old_secret.clone())
+    );
+
+    // Without the KEK the sealed rows do not open, and say why.
+    let error = db
+        .store(None)
+        .await
+        .sending_domain(account, "new.example.test")
+        .await
+        .expect_err("a sealed key read without a keyring");
+    assert!(
+        error.to_string().contains("no KEK is configured"),
+        "{error}"
+    );
+
+    // A sealed key moved to another row does not open there.
+    sqlx::query(
+        "UPDATE sending_domains SET dkim_private_key = (SELECT dkim_private_key FROM sending_domains WHERE id = $1)
+         WHERE id = $2",
+    )
+    .bind(new_domain.id)
+    .bind(old_domain.id)
+    .execute(sealed.pool())
+    .await
+    .unwrap();
+    assert!(sealed
+        .sending_domain(account, "old.example.test")
+        .await
+        .is_err());
+    sqlx::query("DELETE FROM sending_domains WHERE id = $1")
+        .bind(old_domain.id)
+        .execute(sealed.pool())
+        .await
+        .unwrap();
+
+    // Rotation: k2 first, k1 kept to open; reseal; then k2 alone opens everything.
+    let rotating = db.store(Some(&format!("{k2}\n{k1}"))).await;
+    let rotated = rotating.reseal_secrets().await.unwrap();
+    assert_eq!((rotated.sending_domains, rotated.webhook_endpoints), (1, 1));
+    let only_k2 = db.store(Some(&k2)).await;
+    let read = only_k2
+        .sending_domain(account, "new.example.test")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        read.dkim_private_key_pkcs8,
+        new_domain.dkim_private_key_pkcs8
+    );
+    assert_eq!(
+        only_k2.webhook_secret(account, old_hook.id).await.unwrap(),
+        Some(old_secret)
+    );
+    // k1 alone no longer opens them.
+    assert!(db
+        .store(Some(&k1))
+        .await
+        .sending_domain(account, "new.example.test")
+        .await
+        .is_err());
+    db.drop_it().await;
 }

@@ -95,6 +95,8 @@ pub fn test_config(id: &str) -> SendmillConfig {
     config.postgres.url = std::env::var("SENDMILL_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://sendmill:sendmill@127.0.0.1:5432/sendmill_test".into());
     config.postgres.max_connections = 4;
+    // DKIM keys and webhook secrets are sealed at rest in every test.
+    config.secrets.kek_file = test_kek_file();
     config.kafka.brokers = kafka_brokers();
     config.kafka.topic_prefix = format!("{id}.");
     config.kafka.partitions = 2;
@@ -162,7 +164,21 @@ pub(crate) async fn require_postgres(config: &SendmillConfig) -> Store {
             )
         });
     store.migrate().await.expect("PostgreSQL migrations apply");
-    store
+    store.with_keyring(config.keyring().expect("the test keyring parses"))
+}
+
+/// The tests' keyring file: one fixed KEK (tests share `sendmill_test`, so every test
+/// seals with the same key; the store's own tests use databases of their own).
+fn test_kek_file() -> String {
+    const TEST_KEYRING: &str = "test-1:c2VuZG1pbGwtdGVzdC1rZWstMzItYnl0ZXMtbG9uZyE=\n";
+    let path = std::env::temp_dir().join("sendmill-test-keks");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(TEST_KEYRING) {
+        // Written whole under another name first: parallel tests never read half a file.
+        let partial = path.with_extension(format!("{}", std::process::id()));
+        std::fs::write(&partial, TEST_KEYRING).expect("the temp dir is writable");
+        std::fs::rename(&partial, &path).expect("the temp dir is writable");
+    }
+    path.to_string_lossy().into_owned()
 }
 
 pub(crate) async fn require_redis(config: &SendmillConfig) {

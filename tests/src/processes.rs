@@ -34,7 +34,8 @@ impl StageProcess {
         let toml = format!(
             "[kafka]\ntopic_prefix = {prefix:?}\npartitions = {partitions}\nreplication_factor = {rf}\n\
              min_insync_replicas = {isr}\n[redis]\nurl = {redis_url:?}\nkey_prefix = {redis:?}\n\
-             [postgres]\nurl = {pg:?}\n[clickhouse]\nurl = {ch_url:?}\ndatabase = {ch:?}\n{sections}\n",
+             [postgres]\nurl = {pg:?}\n[secrets]\nkek_file = {kek:?}\n\
+             [clickhouse]\nurl = {ch_url:?}\ndatabase = {ch:?}\n{sections}\n",
             prefix = config.kafka.topic_prefix,
             partitions = config.kafka.partitions,
             rf = config.kafka.replication_factor,
@@ -42,6 +43,7 @@ impl StageProcess {
             redis_url = config.redis.url,
             redis = config.redis.key_prefix,
             pg = config.postgres.url,
+            kek = config.secrets.kek_file,
             ch_url = config.clickhouse.url,
             ch = config.clickhouse.database,
         );
