@@ -29,6 +29,31 @@ impl StageProcess {
         name: &str,
         sections: &str,
     ) -> Self {
+        Self::spawn(p, config, subcommand, name, sections, None)
+    }
+
+    /// As [`StageProcess::start`], its stdout and stderr written to `log` and its
+    /// tracing filter `filter` (e.g. `debug`), for tests that read what it logged.
+    pub fn start_logged(
+        p: &TestPipeline,
+        config: &SendmillConfig,
+        subcommand: &str,
+        name: &str,
+        sections: &str,
+        log: &Path,
+        filter: &str,
+    ) -> Self {
+        Self::spawn(p, config, subcommand, name, sections, Some((log, filter)))
+    }
+
+    fn spawn(
+        p: &TestPipeline,
+        config: &SendmillConfig,
+        subcommand: &str,
+        name: &str,
+        sections: &str,
+        logged: Option<(&Path, &str)>,
+    ) -> Self {
         let binary = sendmill_binary();
         let path = std::env::temp_dir().join(format!("{}{name}.toml", p.config.kafka.topic_prefix));
         let toml = format!(
@@ -48,19 +73,34 @@ impl StageProcess {
             ch = config.clickhouse.database,
         );
         std::fs::write(&path, toml).unwrap();
-        let child = std::process::Command::new(&binary)
+        let mut command = std::process::Command::new(&binary);
+        command
             .args(["--config", path.to_str().unwrap(), subcommand])
             .env("SENDMILL_KAFKA_BROKERS", &config.kafka.brokers)
             // Static group membership under the process's name: a process restarted
             // under the same name (the fault suite's) takes its partitions back at once.
-            .env("SENDMILL_KAFKA_INSTANCE_ID", name)
-            // SENDMILL_TEST_CHILD_LOG: a tracing filter for these processes when debugging.
-            .env(
-                "RUST_LOG",
-                std::env::var("SENDMILL_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
+            .env("SENDMILL_KAFKA_INSTANCE_ID", name);
+        match logged {
+            Some((log, filter)) => {
+                let file = std::fs::File::create(log).expect("the log file can be created");
+                command
+                    .env("RUST_LOG", filter)
+                    .stdout(file.try_clone().unwrap())
+                    .stderr(file);
+            }
+            None => {
+                command
+                    // SENDMILL_TEST_CHILD_LOG: a tracing filter for these processes when
+                    // debugging.
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("SENDMILL_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+                    )
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::inherit());
+            }
+        }
+        let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         Self { child }
