@@ -131,9 +131,86 @@ impl SendmillConfig {
     }
 }
 
+/// What stands in for a secret in printed settings.
+const REDACTED: &str = "<redacted>";
+
+impl SendmillConfig {
+    /// The settings with every secret replaced, for printing (`validate-config`): the
+    /// tracking and dashboard secrets, the ClickHouse password, Kafka client settings
+    /// named like a password or secret, and passwords inside connection URLs.
+    pub fn redacted(&self) -> SendmillConfig {
+        let mut c = self.clone();
+        for secret in [
+            &mut c.tracking.secret,
+            &mut c.analytics.dashboard_secret,
+            &mut c.clickhouse.password,
+        ] {
+            if !secret.is_empty() {
+                *secret = REDACTED.to_owned();
+            }
+        }
+        for (key, value) in c.kafka.client.iter_mut() {
+            if key.contains("password") || key.contains("secret") {
+                *value = REDACTED.to_owned();
+            }
+        }
+        for url in [&mut c.postgres.url, &mut c.redis.url, &mut c.clickhouse.url] {
+            *url = without_password(url);
+        }
+        c
+    }
+}
+
+/// `scheme://user:password@host/…` with the password replaced.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printed_settings_carry_no_secret() {
+        let mut config = SendmillConfig::default();
+        config.tracking.secret = "tracking-secret-of-thirty-two-bytes!!".into();
+        config.analytics.dashboard_secret = "dashboard-secret".into();
+        config.clickhouse.password = "ch-password".into();
+        config.postgres.url = "postgres://sendmill:pg-password@db.internal:5432/sendmill".into();
+        config.redis.url = "redis://:redis-password@cache.internal:6379/0".into();
+        config
+            .kafka
+            .client
+            .insert("sasl.password".into(), "kafka-password".into());
+        let printed = format!("{:#?}", config.redacted());
+        for secret in [
+            "tracking-secret",
+            "dashboard-secret",
+            "ch-password",
+            "pg-password",
+            "redis-password",
+            "kafka-password",
+        ] {
+            assert!(!printed.contains(secret), "{secret} printed");
+        }
+        assert!(printed.contains("postgres://sendmill:<redacted>@db.internal:5432/sendmill"));
+        assert_eq!(
+            without_password("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(without_password("http://u@h/x"), "http://u@h/x");
+    }
 
     /// Every example config shipped under deploy/ parses and validates.
     #[test]

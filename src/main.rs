@@ -97,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => cli::kafka::migrate(&config).await,
         Command::Kafka(command) => cli::kafka::run(&config, command).await,
         Command::ValidateConfig => {
-            println!("config ok\n{config:#?}");
+            // Secrets are replaced: this output ends up in terminals and CI logs.
+            println!("config ok\n{:#?}", config.redacted());
             Ok(())
         }
         Command::Admin(admin) => cli::admin::run(&config, admin).await,
