@@ -184,17 +184,37 @@ impl FromAddressString for RecipientFields {
     }
 }
 
-/// Splits `"Name <a@b.c>"` into address and name; a bare string is the address.
+/// Splits `"Name <a@b.c>"` into address and name; a bare string is the address. A
+/// quoted name loses its quotes and its quoted-pairs their backslash (RFC 5322 §3.2.4:
+/// `"O\"Brien"` is `O"Brien`), as the object form would give it.
 pub fn split_address(text: &str) -> (String, Option<String>) {
     let text = text.trim();
     if let (Some(open), true) = (text.rfind('<'), text.ends_with('>')) {
         let email = text[open + 1..text.len() - 1].trim().to_owned();
-        let name = text[..open].trim().trim_matches('"').trim();
+        let name = text[..open].trim();
+        let name = match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            Some(quoted) => unquote(quoted),
+            None => name.trim_matches('"').to_owned(),
+        };
+        let name = name.trim();
         let name = (!name.is_empty()).then(|| name.to_owned());
         (email, name)
     } else {
         (text.to_owned(), None)
     }
+}
+
+/// The content of a quoted-string: each `\x` is `x`.
+fn unquote(quoted: &str) -> String {
+    let mut out = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Deserializes an address string or the object form `T`.
@@ -245,6 +265,27 @@ impl SendRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_names_are_unquoted() {
+        let cases = [
+            (r#""O\"Brien" <a@ok.test>"#, Some(r#"O"Brien"#)),
+            (r#""a\\b" <a@ok.test>"#, Some(r"a\b")),
+            (
+                r#""Müller, \"Kunde\" (Chef)" <a@ok.test>"#,
+                Some(r#"Müller, "Kunde" (Chef)"#),
+            ),
+            ("Plain Name <a@ok.test>", Some("Plain Name")),
+            (r#"" " <a@ok.test>"#, None),
+            (r#"" <a@ok.test>"#, None),
+            ("<a@ok.test>", None),
+        ];
+        for (text, name) in cases {
+            let (email, parsed) = split_address(text);
+            assert_eq!(email, "a@ok.test", "{text}");
+            assert_eq!(parsed.as_deref(), name, "{text}");
+        }
+    }
 
     #[test]
     fn addresses_parse_from_strings_and_objects() {

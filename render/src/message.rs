@@ -77,14 +77,23 @@ fn address_list_header(
     ))
 }
 
+/// lettre's mailbox for `address`. The address is checked by the rules ingest applied
+/// (`sendmill_wire::address::email`), not by lettre's parser: that one refuses UTF-8
+/// local parts RFC 6531 allows (combining marks, as in Devanagari, and symbols), which
+/// ingest has accepted. Its own parse is kept where it agrees.
 fn mailbox(address: &EmailAddress) -> Result<Mailbox, RenderError> {
     if address.name.as_deref().is_some_and(|n| !one_line(n)) {
         return Err(RenderError::Header("display name".into()));
     }
-    let email = address
-        .email
-        .parse()
-        .map_err(|_| RenderError::Address(address.email.clone()))?;
+    let invalid = || RenderError::Address(address.email.clone());
+    sendmill_wire::address::email(&address.email).map_err(|_| invalid())?;
+    let email = match address.email.parse::<lettre::Address>() {
+        Ok(email) => email,
+        Err(_) => {
+            let (user, domain) = address.email.rsplit_once('@').ok_or_else(invalid)?;
+            lettre::Address::new_dangerous(user, domain)
+        }
+    };
     Ok(Mailbox::new(address.name.clone(), email))
 }
 
@@ -145,7 +154,15 @@ pub fn build(
 
     let domain = domain_of(&request.from.email);
     let encoded_subject = crate::encoding::unstructured("Subject", &subject);
+    // Given, so that lettre does not derive it by parsing our headers with its stricter
+    // address rules; only the formatted message is used.
+    let envelope = lettre::address::Envelope::new(
+        Some(mailbox(&request.from)?.email),
+        vec![mailbox(&request.to)?.email],
+    )
+    .map_err(|e| RenderError::Build(e.to_string()))?;
     let mut builder = Message::builder()
+        .envelope(envelope)
         .raw_header(address_header("From", &request.from)?)
         .raw_header(address_header("To", &request.to)?)
         .raw_header(HeaderValue::dangerous_new_pre_encoded(

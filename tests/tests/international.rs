@@ -201,13 +201,17 @@ async fn a_utf8_local_part_goes_only_to_an_mx_offering_smtputf8() {
             &p,
             json!([
                 {"email": "jürgen.müller@utf8.test", "name": "Jürgen Müller"},
-                "jürgen.müller@ok.test"
+                "jürgen.müller@ok.test",
+                // Combining marks (Devanagari) and symbols: RFC 6531 allows them, and
+                // lettre's own address parser does not.
+                "नमस्ते@utf8.test",
+                "😀@utf8.test"
             ]),
         ))
         .await;
     assert_eq!(status, 202, "{body}");
     let ids = message_ids(&body);
-    assert_eq!(body["accepted"], 2, "{body}");
+    assert_eq!(body["accepted"], 4, "{body}");
 
     // The SMTPUTF8 MX got it: the envelope recipient as written, UTF-8 headers
     // (RFC 6532), a valid signature.
@@ -226,6 +230,17 @@ async fn a_utf8_local_part_goes_only_to_an_mx_offering_smtputf8() {
         "{parsed}"
     );
     assert!(dkim_verifies(&stored, &p.dkim_record));
+
+    for (id, rcpt) in [(&ids[2], "नमस्ते@utf8.test"), (&ids[3], "😀@utf8.test")] {
+        p.wait_for_status(id, "delivered", LIMIT).await;
+        let stored = poll_until(LIMIT, || async { maildir_message(id) })
+            .await
+            .expect("postfix delivered the message into its Maildir");
+        assert_eq!(
+            header_values(&header_section(&stored), "X-Original-To"),
+            [rcpt]
+        );
+    }
 
     // The sink does not offer SMTPUTF8: a permanent failure that says why, nothing sent
     // (no punycoded local part, no raw UTF-8 to a server that did not offer it).
@@ -247,7 +262,7 @@ async fn a_utf8_local_part_goes_only_to_an_mx_offering_smtputf8() {
 async fn lenient_where_the_field_is_lenient_strict_where_it_matters() {
     let p = TestPipeline::start().await;
     let logo = "R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7";
-    let mut body = message_to(&p, json!(["inline@ok.test"]));
+    let mut body = message_to(&p, json!(["\"O\\\"Brien, Ada\" <inline@ok.test>"]));
     body["html"] = json!("<p><img src=\"cid:logo\"><img src=\"cid:mark@x\"></p>");
     body["attachments"] = json!([
         {"filename": "logo.gif", "content_type": "image/gif", "content": logo, "content_id": "<logo>"},
@@ -268,6 +283,11 @@ async fn lenient_where_the_field_is_lenient_strict_where_it_matters() {
         .collect();
     assert_eq!(ids, ["<logo>", "<mark@x>"], "{parsed}");
     assert_eq!(parsed["headers"]["x-lower-case"][0], "kept");
+    // A quoted display name's quoted-pairs are read, then written again once.
+    assert_eq!(
+        header_values(&header_section(&dump), "To"),
+        [r#""O\"Brien, Ada" <inline@ok.test>"#]
+    );
     assert_eq!(parsed["headers"]["X-Mixed-Case"][0], "kept");
 
     // Still refused: header injection in any case, control characters, bad addresses.
@@ -280,6 +300,8 @@ async fn lenient_where_the_field_is_lenient_strict_where_it_matters() {
         ),
         ("to", json!(["a\u{202e}b@ok.test"]), "to[0].email"),
         ("to", json!(["ada@bü_cher.test"]), "to[0].email"),
+        // UTS 46 would drop an invisible character from a domain: refused instead.
+        ("to", json!(["kunde@bü\u{200b}cher.test"]), "to[0].email"),
         ("from", json!("hello\r\n@ok.test"), "from"),
     ] {
         let mut bad = message_to(&p, json!(["x@ok.test"]));

@@ -84,11 +84,16 @@ fn local_part(local: &str) -> Result<String, &'static str> {
 }
 
 /// A domain as given (U-labels, A-labels or both, any case, a trailing dot) in its
-/// canonical form: lower-case A-labels, checked by [`domain`]. IDNA2008 / UTS 46
-/// through the `idna` crate (never our own Punycode).
+/// canonical form: lower-case A-labels, checked by [`domain`]. UTS 46 processing
+/// (nontransitional, STD3 rules, DNS lengths) through the `idna` crate, never our own
+/// Punycode; like browsers and registries it accepts some labels IDNA2008 alone refuses
+/// (emoji). Default-ignorable characters are refused rather than dropped.
 pub fn domain_name(name: &str) -> Result<String, &'static str> {
     let name = name.trim();
-    let name = name.strip_suffix('.').unwrap_or(name);
+    // The root's dot, in any of the forms UTS 46 maps to a full stop.
+    let name = name
+        .strip_suffix(['.', '\u{3002}', '\u{ff0e}', '\u{ff61}'])
+        .unwrap_or(name);
     if name.is_ascii() {
         let lower = name.to_ascii_lowercase();
         domain(&lower)?;
@@ -102,8 +107,16 @@ pub fn domain_name(name: &str) -> Result<String, &'static str> {
     if name.len() > 1_000 {
         return Err("domain is longer than 253 characters");
     }
+    // UTS 46 maps default-ignorable characters (zero-width space, soft hyphen, joiners,
+    // variation selectors) to nothing: a domain written with one would silently become
+    // another, which is how look-alike domains are made. Refused instead.
+    use icu_properties::{props::DefaultIgnorableCodePoint, CodePointSetData};
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+    if name.chars().any(|c| ignorable.contains(c)) {
+        return Err("domain contains an invisible (default-ignorable) character");
+    }
     let ascii = idna::domain_to_ascii_strict(name)
-        .map_err(|_| "domain is not a valid internationalised domain name (IDNA2008)")?;
+        .map_err(|_| "domain is not a valid internationalised domain name (IDNA, UTS 46)")?;
     domain(&ascii)?;
     Ok(ascii)
 }
@@ -198,6 +211,19 @@ mod tests {
             domain_name("BÜCHER.example"),
             Ok("xn--bcher-kva.example".into())
         );
+        assert_eq!(
+            domain_name("bücher.example\u{3002}"),
+            Ok("xn--bcher-kva.example".into())
+        );
+        assert_eq!(domain_name("ok.test\u{3002}"), Ok("ok.test".into()));
+        for invisible in [
+            "\u{200b}", "\u{ad}", "\u{2060}", "\u{feff}", "\u{34f}", "\u{fe0f}",
+        ] {
+            assert!(
+                domain_name(&format!("bü{invisible}cher.example")).is_err(),
+                "{invisible:?}"
+            );
+        }
         // 64 octets is the limit, not 64 characters.
         assert!(email(&format!("{}@ok.test", "ä".repeat(33))).is_err());
         assert!(email(&format!("{}@ok.test", "ä".repeat(32))).is_ok());
