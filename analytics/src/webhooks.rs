@@ -254,6 +254,9 @@ pub fn http_client(config: &WebhookConfig) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(config.request_timeout)
         .redirect(reqwest::redirect::Policy::none())
+        // Straight to the destination: a proxy from the environment would resolve the
+        // name itself, around the internal-address check.
+        .no_proxy()
         .dns_resolver(Arc::new(dns::HttpResolver::new(
             resolver,
             config.allow_private_destinations,

@@ -257,6 +257,9 @@ impl MtaSts {
         }
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Straight to the destination: a proxy from the environment would resolve the
+            // name itself, around the internal-address check.
+            .no_proxy()
             .timeout(config.fetch_timeout)
             // The dispatcher's resolver finds policy hosts where it finds MX hosts; a
             // recipient domain must not point us at our own network (SSRF).

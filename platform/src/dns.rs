@@ -98,7 +98,8 @@ pub fn parse_nameservers(servers: &[String]) -> Result<Vec<SocketAddr>, String> 
 /// never reach: loopback, private (RFC 1918, RFC 4193 unique local), link-local (cloud
 /// metadata at 169.254.169.254), shared address space (RFC 6598, some clouds' metadata),
 /// unspecified, broadcast, multicast, documentation, benchmarking (RFC 2544) and
-/// reserved ranges; an IPv4-mapped IPv6 address is judged as its IPv4 address.
+/// reserved ranges; an IPv6 address that carries an IPv4 one (mapped, compatible, NAT64,
+/// 6to4) is judged as that IPv4 address too.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(ip) => {
@@ -117,16 +118,24 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || a >= 240
         }
         IpAddr::V6(ip) => {
-            let first = ip.segments()[0];
+            let s = ip.segments();
+            let embedded = |hi: u16, lo: u16| {
+                is_internal(IpAddr::V4(std::net::Ipv4Addr::from(
+                    (u32::from(hi) << 16) | u32::from(lo),
+                )))
+            };
             ip.is_loopback()
                 || ip.is_unspecified()
                 || ip.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && ip.segments()[1] == 0x0db8
-                || ip
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || s[0] == 0x2001 && s[1] == 0x0db8
+                // IPv4-mapped and IPv4-compatible (::a.b.c.d) forms.
+                || ip.to_ipv4().is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+                // NAT64 (RFC 6052, 64:ff9b::/96) and 6to4 (RFC 3056, 2002::/16) reach
+                // the IPv4 address they embed.
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] && embedded(s[6], s[7]))
+                || (s[0] == 0x2002 && embedded(s[1], s[2]))
         }
     }
 }
@@ -201,6 +210,11 @@ mod tests {
             "2001:db8::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "2002:c0a8:101::1",
         ] {
             assert!(is_internal(internal.parse().unwrap()), "{internal}");
         }
@@ -210,6 +224,8 @@ mod tests {
             "100.128.0.1",
             "2a00:1450:4001::1",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert!(!is_internal(public.parse().unwrap()), "{public}");
         }
