@@ -98,7 +98,7 @@ impl Dispatcher {
         if hosts.is_empty() {
             // RFC 8461 §5.1: no MX host the policy names, no delivery (a temporary
             // failure: the policy or the MX records may change).
-            metrics::counter!(crate::metric::TLS_RPT_SESSIONS_TOTAL, "domain" => domain.clone(), "result" => "validation-failure", "mode" => "enforce").increment(1);
+            metrics::counter!(crate::metric::TLS_RPT_SESSIONS_TOTAL, "domain" => self.mta_sts.label(&domain), "result" => "validation-failure", "mode" => "enforce").increment(1);
             return Err(Outcome::Temporary(Failure::new(
                 FailureReason::Tls(format!(
                     "the MTA-STS policy of {domain} (enforce) names none of its MX hosts"
@@ -218,9 +218,9 @@ impl Dispatcher {
                     host_name: &host.name,
                     helo: &source.helo,
                     tls: route.tls,
-                    authentication: match route.sts.as_deref().map(|p| p.mode) {
-                        Some(Mode::Enforce) => Authentication::Require(&self.verifier),
-                        Some(Mode::Testing) => Authentication::Report(&self.verifier),
+                    authentication: match (route.sts.as_deref().map(|p| p.mode), &self.verifier) {
+                        (Some(Mode::Enforce), Some(v)) => Authentication::Require(v),
+                        (Some(Mode::Testing), Some(v)) => Authentication::Report(v),
                         _ => Authentication::None,
                     },
                 };
@@ -325,7 +325,7 @@ impl Dispatcher {
         };
         let opened = opened.await;
         if let Some(policy) = &route.sts {
-            tls_report(&route.domain, policy.mode, &opened);
+            tls_report(&self.mta_sts.label(&route.domain), policy.mode, &opened);
         }
         let session = match opened {
             Ok(session) => session,

@@ -81,8 +81,9 @@ pub struct Routed {
 pub struct Dispatcher {
     resolver: mx::MxResolver,
     mta_sts: mta_sts::MtaSts,
-    /// Judges MX certificates where a domain's MTA-STS policy asks.
-    verifier: sendmill_smtp::CertificateVerifier,
+    /// Judges MX certificates where a domain's MTA-STS policy asks (`None` when MTA-STS
+    /// is off: no policy is then ever found).
+    verifier: Option<sendmill_smtp::CertificateVerifier>,
     providers: provider::Providers,
     pools: pools::Pools,
     shaper: shaping::Shaper,
@@ -184,8 +185,14 @@ impl Dispatcher {
             .map_err(|e| Error::Dns(e.to_string()))?;
         let mta_sts = mta_sts::MtaSts::new(config.mta_sts.clone(), resolver.resolver().clone())
             .map_err(|e| Error::MtaSts(e.to_string()))?;
-        let verifier = sendmill_smtp::CertificateVerifier::new(&config.mta_sts.extra_roots)
-            .map_err(|e| Error::MtaSts(e.to_string()))?;
+        let verifier = if config.mta_sts.enabled {
+            Some(
+                sendmill_smtp::CertificateVerifier::new(&config.mta_sts.extra_roots)
+                    .map_err(|e| Error::MtaSts(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let connections = ConnectionPool::new(PoolSettings {
             timeouts: Timeouts {
                 connect: config.connect_timeout,

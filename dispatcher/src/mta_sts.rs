@@ -141,7 +141,7 @@ impl Policy {
                     let seconds: u64 = value
                         .parse()
                         .ok()
-                        .filter(|_| value.len() <= 10)
+                        .filter(|_| value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit()))
                         .ok_or_else(|| PolicyError::Invalid("max_age is not a number".into()))?;
                     max_age = Some(Duration::from_secs(seconds.min(MAX_AGE_CAP)));
                 }
@@ -188,9 +188,13 @@ impl Policy {
 /// The `id` of a domain's `_mta-sts` TXT records: `None` unless exactly one of them is
 /// an STSv1 record (§3.1) with a valid id.
 fn txt_id(records: &[String]) -> Option<String> {
+    // `v=STSv1` is a whole field: `v=STSv10` is another version.
     let sts: Vec<&String> = records
         .iter()
-        .filter(|r| r.starts_with("v=STSv1"))
+        .filter(|r| {
+            r.strip_prefix("v=STSv1")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([';', ' ', '\t']))
+        })
         .collect();
     let [record] = sts.as_slice() else {
         return None;
@@ -211,13 +215,35 @@ fn txt_id(records: &[String]) -> Option<String> {
 struct Entry {
     /// When the TXT record was last looked up.
     checked: Instant,
-    /// The cached policy and when it expires.
+    /// How long after `checked` the answer is used without asking again: `recheck`, or
+    /// a short while after a DNS failure.
+    fresh_for: Duration,
+    /// The cached policy and when it expires: `max_age` after it was fetched (§3.2),
+    /// never moved by a later TXT lookup.
     policy: Option<(Arc<Policy>, Instant)>,
 }
 
-/// Domains whose answer (policy or none) is cached at most; past it, entries without a
-/// live policy are dropped first, then all (a bound on memory, not a tuning knob).
+/// Domains whose answer is cached at most (a bound on memory, not a tuning knob): when
+/// full, answers without a live policy are dropped; live policies are never dropped for
+/// room (that would open a downgrade window), a new answer is then not cached.
 const MAX_ENTRIES: usize = 100_000;
+
+/// How long a DNS failure is remembered before the TXT record is asked for again.
+const DNS_FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Distinct `domain` label values of [`crate::metric::TLS_RPT_SESSIONS_TOTAL`] at most;
+/// later domains are counted under `other` (anyone who can make us mail random
+/// subdomains of a wildcard domain could otherwise grow the series without end).
+const MAX_LABELLED_DOMAINS: usize = 1_000;
+
+/// The entry's policy while it has not expired.
+fn live(entry: &Entry, now: Instant) -> Option<Arc<Policy>> {
+    entry
+        .policy
+        .as_ref()
+        .filter(|(_, expires)| *expires > now)
+        .map(|(p, _)| p.clone())
+}
 
 /// Policies by recipient domain, fetched and cached as the module doc says.
 pub struct MtaSts {
@@ -229,6 +255,8 @@ pub struct MtaSts {
     /// fetched wait for it instead of fetching it again (the first burst to a large
     /// domain would otherwise fetch its policy once per message).
     lookups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Domains that have their own `domain` label on the TLS-RPT counters.
+    labelled: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Errors of [`MtaSts::new`].
@@ -281,6 +309,7 @@ impl MtaSts {
             http,
             cache: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
+            labelled: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -309,77 +338,86 @@ impl MtaSts {
             }
         };
         let mut lookups = self.lookups.lock().expect("not poisoned");
-        // The map holds one reference; ours is the other unless someone waits.
-        if Arc::strong_count(&lock) <= 2 {
+        // Ours and the map's are the only references left: nobody waits, the entry goes.
+        if lookups
+            .get(domain)
+            .is_some_and(|held| Arc::ptr_eq(held, &lock) && Arc::strong_count(&lock) == 2)
+        {
             lookups.remove(domain);
         }
         answer
     }
 
-    /// The cached answer when it was looked up less than `recheck` ago.
+    /// The `domain` label for TLS-RPT counters (see [`MAX_LABELLED_DOMAINS`]).
+    pub fn label(&self, domain: &str) -> String {
+        let mut labelled = self.labelled.lock().expect("not poisoned");
+        if labelled.contains(domain) || labelled.len() < MAX_LABELLED_DOMAINS {
+            labelled.insert(domain.to_owned());
+            return domain.to_owned();
+        }
+        "other".to_owned()
+    }
+
+    /// The cached answer while it is fresh.
     fn fresh(&self, domain: &str) -> Option<Option<Arc<Policy>>> {
         let cache = self.cache.lock().expect("not poisoned");
         let entry = cache.get(domain)?;
-        (entry.checked.elapsed() < self.config.recheck).then(|| {
-            entry
-                .policy
-                .as_ref()
-                .filter(|(_, expires)| *expires > Instant::now())
-                .map(|(p, _)| p.clone())
-        })
+        (entry.checked.elapsed() < entry.fresh_for).then(|| live(entry, Instant::now()))
     }
 
-    /// Looks the domain's TXT record up again, and fetches its policy when the id is new.
+    /// Looks the domain's TXT record up again, and fetches its policy when the id is new
+    /// or the cached one has less than half its `max_age` left (§5.1: refreshed before
+    /// it expires).
     async fn look_up(&self, domain: &str) -> Option<Arc<Policy>> {
         let now = Instant::now();
-        let cached = {
-            let cache = self.cache.lock().expect("not poisoned");
-            match cache.get(domain) {
-                Some(entry) => entry
-                    .policy
-                    .as_ref()
-                    .filter(|(_, expires)| *expires > now)
-                    .map(|(p, _)| p.clone()),
-                None => None,
-            }
-        };
-        let txt = self.lookup_txt(domain).await;
-        let id = match txt {
-            Ok(id) => id,
-            // DNS failing: what was known stays (and is asked again next time).
-            Err(()) => return cached,
-        };
-        let keep = |policy: Option<Arc<Policy>>| {
+        let cached: Option<(Arc<Policy>, Instant)> = self
+            .cache
+            .lock()
+            .expect("not poisoned")
+            .get(domain)
+            .and_then(|e| e.policy.clone())
+            .filter(|(_, expires)| *expires > now);
+        let keep = |policy: Option<(Arc<Policy>, Instant)>, fresh_for: Duration| {
             let mut cache = self.cache.lock().expect("not poisoned");
-            if cache.len() >= MAX_ENTRIES {
+            let known = cache.contains_key(domain);
+            if cache.len() >= MAX_ENTRIES && !known {
                 cache.retain(|_, e| e.policy.as_ref().is_some_and(|(_, x)| *x > now));
-                if cache.len() >= MAX_ENTRIES {
-                    cache.clear();
-                }
             }
-            let expires = policy.as_ref().map(|p| now + p.max_age);
-            cache.insert(
-                domain.to_owned(),
-                Entry {
+            if known || cache.len() < MAX_ENTRIES {
+                let entry = Entry {
                     checked: now,
-                    policy: policy.clone().zip(expires),
-                },
-            );
-            policy
+                    fresh_for,
+                    policy: policy.clone(),
+                };
+                cache.insert(domain.to_owned(), entry);
+            }
+            policy.map(|(p, _)| p)
         };
-        let Some(id_now) = id.clone() else {
+        let recheck = self.config.recheck;
+        let id = match self.lookup_txt(domain).await {
+            Ok(id) => id,
+            // DNS failing: what was known stays; asked again after a short while.
+            Err(()) => return keep(cached, DNS_FAILURE_BACKOFF.min(recheck)),
+        };
+        let Some(id) = id else {
             // No record: a cached policy is used until it expires (§5.1).
-            return keep(cached);
+            return keep(cached, recheck);
         };
-        if cached.as_ref().is_some_and(|p| p.id == id_now) {
-            return keep(cached);
+        if let Some((policy, expires)) = &cached {
+            let half_left = *expires > now + policy.max_age / 2;
+            if policy.id == id && half_left {
+                return keep(cached, recheck);
+            }
         }
-        match self.fetch(domain, &id_now).await {
-            Ok(policy) => keep(Some(Arc::new(policy))),
+        match self.fetch(domain, &id).await {
+            Ok(policy) => {
+                let expires = now + policy.max_age;
+                keep(Some((Arc::new(policy), expires)), recheck)
+            }
             Err(error) => {
                 tracing::warn!(%domain, %error, "MTA-STS policy not fetched");
-                metrics::counter!(crate::metric::TLS_RPT_SESSIONS_TOTAL, "domain" => domain.to_owned(), "result" => error.result_type()).increment(1);
-                keep(cached)
+                metrics::counter!(crate::metric::TLS_RPT_SESSIONS_TOTAL, "domain" => self.label(domain), "result" => error.result_type()).increment(1);
+                keep(cached, recheck)
             }
         }
     }
@@ -414,7 +452,10 @@ impl MtaSts {
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/plain"));
+            .is_some_and(|v| {
+                let media_type = v.split(';').next().unwrap_or("").trim();
+                media_type.eq_ignore_ascii_case("text/plain")
+            });
         if !text_plain {
             return Err(PolicyError::Invalid("the policy is not text/plain".into()));
         }
@@ -484,6 +525,7 @@ mod tests {
             "version: STSv1\nmode: enforce\nmx: a.test\n",
             "version: STSv1\nmode: enforce\nmx: a.test\nmax_age: -1\n",
             "version: STSv1\nmode: enforce\nmx: a.test\nmax_age: 99999999999\n",
+            "version: STSv1\nmode: enforce\nmx: a.test\nmax_age: +5\n",
             "version STSv1\n",
         ] {
             assert!(
@@ -502,6 +544,7 @@ mod tests {
         );
         assert_eq!(one("v=STSv1;id=abc"), Some("abc".into()));
         assert_eq!(one("v=STSv1; id=bad-char"), None);
+        assert_eq!(one("v=STSv10; id=abc"), None);
         assert_eq!(one("v=STSv1;"), None);
         assert_eq!(one("v=spf1 -all"), None);
         assert_eq!(

@@ -130,6 +130,14 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
                 || s[0] == 0x2001 && s[1] == 0x0db8
+                // Site-local (deprecated, still routed inside some networks), Teredo,
+                // and the local-use NAT64 prefix (RFC 8215), which reaches whatever the
+                // operator's translator maps.
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0)
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                // SIIT (::ffff:0:a.b.c.d, RFC 6052 §2.1's translated form).
+                || (s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 && embedded(s[6], s[7]))
                 // IPv4-mapped and IPv4-compatible (::a.b.c.d) forms.
                 || ip.to_ipv4().is_some_and(|v4| is_internal(IpAddr::V4(v4)))
                 // NAT64 (RFC 6052, 64:ff9b::/96) and 6to4 (RFC 3056, 2002::/16) reach
@@ -140,9 +148,11 @@ pub fn is_internal(ip: IpAddr) -> bool {
     }
 }
 
-/// A name that resolved only to internal addresses ([`is_internal`]).
+/// A name that resolved to no public address: only internal ones ([`is_internal`]), or
+/// none at all. One message for both, so that a tenant cannot tell an internal name
+/// from a missing one (the answer would map the platform's private DNS).
 #[derive(Debug, thiserror::Error)]
-#[error("{0} resolves only to internal addresses, which this destination may not use")]
+#[error("{0} does not resolve to a public address")]
 pub struct InternalDestination(pub String);
 
 /// Resolves host names for reqwest with a [`TokioResolver`] (the configured servers,
@@ -168,7 +178,11 @@ impl reqwest::dns::Resolve for HttpResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let (resolver, allow_internal) = (self.resolver.clone(), self.allow_internal);
         Box::pin(async move {
-            let ips = resolver.lookup_ip(name.as_str()).await?;
+            let ips = match resolver.lookup_ip(name.as_str()).await {
+                Ok(ips) => ips,
+                Err(error) if allow_internal => return Err(Box::new(error) as _),
+                Err(_) => return Err(Box::new(InternalDestination(name.as_str().to_owned())) as _),
+            };
             let addrs: Vec<SocketAddr> = ips
                 .iter()
                 .filter(|ip| allow_internal || !is_internal(*ip))
@@ -215,6 +229,10 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::",
             "2002:c0a8:101::1",
+            "fec0::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b:1::a00:1",
+            "::ffff:0:7f00:1",
         ] {
             assert!(is_internal(internal.parse().unwrap()), "{internal}");
         }

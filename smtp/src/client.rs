@@ -65,7 +65,8 @@ impl SmtpError {
             // 421: the server is shutting the session down, not judging the message; a
             // refused greeting is the host's state, not the message's.
             SmtpError::Rejected { reply, step } => reply.code == 421 || *step == Step::Greeting,
-            SmtpError::Unsupported(_) => false,
+            // A limit of this host (SIZE, no SMTPUTF8): a backup MX may not have it.
+            SmtpError::Unsupported(_) => true,
         }
     }
 

@@ -97,9 +97,11 @@ pub enum Admin {
         #[arg(long)]
         id: String,
     },
-    /// Reseals every DKIM private key and webhook secret under the keyring's current
-    /// KEK (after a new KEK was put first); then the old one can be dropped. Safe while
-    /// the platform runs; prints how many rows it resealed.
+    /// Seals every DKIM private key and webhook secret under the keyring's current KEK:
+    /// rows from before a KEK was configured, and rows under an older KEK (after a new
+    /// one was put first; then the old one can be dropped). Run it once every process
+    /// has the keyring. Safe while the platform runs; prints how many rows it resealed
+    /// and each row that did not open.
     RotateKek,
 }
 
@@ -171,6 +173,15 @@ pub async fn run(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
                 resealed.sending_domains,
                 resealed.webhook_endpoints
             );
+            for failed in &resealed.failed {
+                println!("not resealed: {failed}");
+            }
+            if !resealed.failed.is_empty() {
+                anyhow::bail!(
+                    "{} rows did not open; the rest are resealed",
+                    resealed.failed.len()
+                );
+            }
         }
         Admin::CreateAccount { name, operator } => {
             let id = store.create_account(&name).await?;

@@ -25,15 +25,9 @@ pub async fn migrate(config: &SendmillConfig) -> anyhow::Result<()> {
     let store = crate::pipeline::connect_store(config, 2).await?;
     store.migrate().await.context("PostgreSQL migrations")?;
     tracing::info!("PostgreSQL schema is up to date");
-    // Secrets written before a KEK was configured are sealed now.
-    let resealed = store.reseal_secrets().await.context("sealing secrets")?;
-    if resealed != Default::default() {
-        tracing::info!(
-            sending_domains = resealed.sending_domains,
-            webhook_endpoints = resealed.webhook_endpoints,
-            "secrets sealed under the current key-encryption key"
-        );
-    }
+    // Secrets are not resealed here: processes of the previous version may still run
+    // and could not read them. `sendmill admin rotate-kek` does it when all have the
+    // keyring.
     let applied = sendmill_analytics::schema::migrate(&config.clickhouse)
         .await
         .context("ClickHouse migrations")?;

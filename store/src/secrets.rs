@@ -213,22 +213,28 @@ pub(crate) fn seal_stored(
     }
 }
 
-/// Rows [`crate::Store::reseal_secrets`] sealed under the current KEK.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What [`crate::Store::reseal_secrets`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resealed {
+    /// Rows now sealed under the current KEK.
     pub sending_domains: u64,
     pub webhook_endpoints: u64,
+    /// Rows left as they were because they did not open (`table id: why`); the rest
+    /// was resealed all the same.
+    pub failed: Vec<String>,
 }
 
-/// Rows resealed per statement batch.
+/// Rows read per statement.
 const RESEAL_BATCH: i64 = 200;
 
 impl crate::Store {
     /// Seals every secret not yet under the keyring's current KEK: plaintext rows (from
-    /// before a KEK was configured; `sendmill migrate` runs this) and rows under an older
-    /// KEK (`sendmill admin rotate-kek`). Safe while the platform runs and to repeat: a
-    /// row is rewritten only if its KEK id is still the one it was read with. Without a
-    /// keyring it does nothing.
+    /// before a KEK was configured) and rows under an older KEK. One pass over each
+    /// table in id order, so it ends even if another process with another keyring runs
+    /// at the same time; a row is rewritten only if its KEK id is still the one it was
+    /// read with; a row that does not open is reported and skipped. Run it (`sendmill
+    /// admin rotate-kek`) once every process holds the new keyring: a process without
+    /// the KEK a row is sealed under cannot open it. Without a keyring it does nothing.
     pub async fn reseal_secrets(&self) -> Result<Resealed, crate::StoreError> {
         use sqlx::Row;
         let Some(ring) = self.keyring() else {
@@ -236,41 +242,53 @@ impl crate::Store {
         };
         let current = ring.current().to_owned();
         let mut done = Resealed::default();
+        let mut after = Uuid::nil();
         loop {
             let rows = sqlx::query(
                 "SELECT id, dkim_private_key, dkim_ed25519_private_key, dkim_kek_id
-                 FROM sending_domains WHERE dkim_kek_id IS DISTINCT FROM $1 LIMIT $2",
+                 FROM sending_domains WHERE id > $1 AND dkim_kek_id IS DISTINCT FROM $2
+                 ORDER BY id LIMIT $3",
             )
+            .bind(after)
             .bind(&current)
             .bind(RESEAL_BATCH)
             .fetch_all(self.pool())
             .await?;
-            if rows.is_empty() {
-                break;
-            }
+            let Some(last) = rows.last() else { break };
+            after = last.get("id");
             for r in &rows {
                 let id: Uuid = r.get("id");
                 let old: Option<String> = r.get("dkim_kek_id");
-                let rsa = open_stored(
-                    Some(ring),
-                    SecretKind::DkimRsa,
-                    id,
-                    old.as_deref(),
-                    r.get("dkim_private_key"),
-                )?;
-                let (_, rsa) = ring.seal(SecretKind::DkimRsa, id, &rsa)?;
-                let ed = match r.get::<Option<Vec<u8>>, _>("dkim_ed25519_private_key") {
-                    Some(stored) => {
-                        let plain = open_stored(
-                            Some(ring),
-                            SecretKind::DkimEd25519,
-                            id,
-                            old.as_deref(),
-                            stored,
-                        )?;
-                        Some(ring.seal(SecretKind::DkimEd25519, id, &plain)?.1)
+                let resealed = (|| -> Result<(Vec<u8>, Option<Vec<u8>>), SecretError> {
+                    let rsa = open_stored(
+                        Some(ring),
+                        SecretKind::DkimRsa,
+                        id,
+                        old.as_deref(),
+                        r.get("dkim_private_key"),
+                    )?;
+                    let rsa = ring.seal(SecretKind::DkimRsa, id, &rsa)?.1;
+                    let ed = match r.get::<Option<Vec<u8>>, _>("dkim_ed25519_private_key") {
+                        Some(stored) => {
+                            let plain = open_stored(
+                                Some(ring),
+                                SecretKind::DkimEd25519,
+                                id,
+                                old.as_deref(),
+                                stored,
+                            )?;
+                            Some(ring.seal(SecretKind::DkimEd25519, id, &plain)?.1)
+                        }
+                        None => None,
+                    };
+                    Ok((rsa, ed))
+                })();
+                let (rsa, ed) = match resealed {
+                    Ok(keys) => keys,
+                    Err(e) => {
+                        done.failed.push(format!("sending_domains {id}: {e}"));
+                        continue;
                     }
-                    None => None,
                 };
                 let updated = sqlx::query(
                     "UPDATE sending_domains
@@ -287,24 +305,33 @@ impl crate::Store {
                 done.sending_domains += updated.rows_affected();
             }
         }
+        let mut after = Uuid::nil();
         loop {
             let rows = sqlx::query(
                 "SELECT id, secret, secret_kek_id
-                 FROM webhook_endpoints WHERE secret_kek_id IS DISTINCT FROM $1 LIMIT $2",
+                 FROM webhook_endpoints WHERE id > $1 AND secret_kek_id IS DISTINCT FROM $2
+                 ORDER BY id LIMIT $3",
             )
+            .bind(after)
             .bind(&current)
             .bind(RESEAL_BATCH)
             .fetch_all(self.pool())
             .await?;
-            if rows.is_empty() {
-                break;
-            }
+            let Some(last) = rows.last() else { break };
+            after = last.get("id");
             for r in &rows {
                 let id: Uuid = r.get("id");
                 let old: Option<String> = r.get("secret_kek_id");
-                let plain =
-                    crate::webhooks::open_secret(Some(ring), id, old.as_deref(), r.get("secret"))?;
-                let (kek, stored) = crate::webhooks::seal_secret(Some(ring), id, &plain)?;
+                let sealed =
+                    crate::webhooks::open_secret(Some(ring), id, old.as_deref(), r.get("secret"))
+                        .and_then(|plain| crate::webhooks::seal_secret(Some(ring), id, &plain));
+                let (kek, stored) = match sealed {
+                    Ok(sealed) => sealed,
+                    Err(e) => {
+                        done.failed.push(format!("webhook_endpoints {id}: {e}"));
+                        continue;
+                    }
+                };
                 let updated = sqlx::query(
                     "UPDATE webhook_endpoints SET secret = $2, secret_kek_id = $3
                      WHERE id = $1 AND secret_kek_id IS NOT DISTINCT FROM $4",

@@ -1,7 +1,8 @@
 //! Suppression lists in PostgreSQL: per account, and one global list operators keep for
 //! every account (spam traps, legal requests). PostgreSQL is the truth; the Redis copy
 //! the send path reads (`platform::suppressions`) is rebuilt from here when it is lost.
-//! Addresses are stored lower-cased.
+//! Addresses are stored lower-cased (Unicode lower case, so UTF-8 local parts match in
+//! any case, as ASCII ones always did).
 
 use crate::{Store, StoreError};
 use sendmill_wire::AccountId;
@@ -137,7 +138,7 @@ impl Store {
              VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, email) DO NOTHING",
         )
         .bind(account_id.0)
-        .bind(email.to_ascii_lowercase())
+        .bind(email.to_lowercase())
         .bind(reason.as_str())
         .bind(source)
         .execute(self.pool())
@@ -161,7 +162,7 @@ impl Store {
              LIMIT 1",
         )
         .bind(account_id.0)
-        .bind(email.to_ascii_lowercase())
+        .bind(email.to_lowercase())
         .fetch_optional(self.pool())
         .await?)
     }
@@ -179,7 +180,7 @@ impl Store {
         }
         let mut last_of: std::collections::HashMap<String, usize> = Default::default();
         for (i, entry) in entries.iter().enumerate() {
-            last_of.insert(entry.email.to_ascii_lowercase(), i);
+            last_of.insert(entry.email.to_lowercase(), i);
         }
         let mut kept: Vec<(String, usize)> = last_of.into_iter().collect();
         kept.sort_unstable_by_key(|&(_, i)| i);
@@ -229,7 +230,7 @@ impl Store {
         );
         let row = sqlx::query(&sql)
             .bind(list.account())
-            .bind(email.to_ascii_lowercase())
+            .bind(email.to_lowercase())
             .fetch_optional(self.pool())
             .await?;
         Ok(row.as_ref().map(from_row))
@@ -244,7 +245,7 @@ impl Store {
         );
         let done = sqlx::query(&sql)
             .bind(list.account())
-            .bind(email.to_ascii_lowercase())
+            .bind(email.to_lowercase())
             .execute(self.pool())
             .await?;
         Ok(done.rows_affected() == 1)

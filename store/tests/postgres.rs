@@ -213,16 +213,17 @@ async fn secrets_are_sealed_at_rest_resealed_on_rotation_and_bound_to_their_row(
         .sending_domain(account, "old.example.test")
         .await
         .is_err());
-    sqlx::query("DELETE FROM sending_domains WHERE id = $1")
-        .bind(old_domain.id)
-        .execute(sealed.pool())
-        .await
-        .unwrap();
-
     // Rotation: k2 first, k1 kept to open; reseal; then k2 alone opens everything.
     let rotating = db.store(Some(&format!("{k2}\n{k1}"))).await;
     let rotated = rotating.reseal_secrets().await.unwrap();
     assert_eq!((rotated.sending_domains, rotated.webhook_endpoints), (1, 1));
+    // The row that does not open is reported by id and left as it was.
+    assert_eq!(rotated.failed.len(), 1, "{:?}", rotated.failed);
+    assert!(
+        rotated.failed[0].contains(&old_domain.id.to_string()),
+        "{:?}",
+        rotated.failed
+    );
     let only_k2 = db.store(Some(&k2)).await;
     let read = only_k2
         .sending_domain(account, "new.example.test")

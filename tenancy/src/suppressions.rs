@@ -171,7 +171,7 @@ impl SuppressionCache {
         account: AccountId,
         emails: &[String],
     ) -> Result<Vec<Option<Suppressed>>, SuppressionError> {
-        let lowered: Vec<String> = emails.iter().map(|e| e.to_ascii_lowercase()).collect();
+        let lowered: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
         let [account_hash, account_marker, _] = self.keys(List::Account(account));
         let [global_hash, global_marker, _] = self.keys(List::Global);
         // Two rebuilds at most (account, global), then the answer.
@@ -263,7 +263,7 @@ impl SuppressionCache {
             .iter()
             .map(|e| {
                 (
-                    e.email.to_ascii_lowercase(),
+                    e.email.to_lowercase(),
                     encode_value(e.reason.as_str(), e.expires_at),
                 )
             })
@@ -286,10 +286,7 @@ impl SuppressionCache {
             .add_suppression(account, email, reason, source)
             .await?;
         if added {
-            let pair = (
-                email.to_ascii_lowercase(),
-                encode_value(reason.as_str(), None),
-            );
+            let pair = (email.to_lowercase(), encode_value(reason.as_str(), None));
             self.write_through(List::Account(account), &[pair]).await?;
         }
         Ok(added)
@@ -298,7 +295,7 @@ impl SuppressionCache {
     /// Removes an entry from PostgreSQL and the copy; `false` when there was none.
     pub async fn delete(&self, list: List, email: &str) -> Result<bool, SuppressionError> {
         let deleted = self.store.delete_suppression(list, email).await?;
-        self.write_through(list, &[(email.to_ascii_lowercase(), String::new())])
+        self.write_through(list, &[(email.to_lowercase(), String::new())])
             .await?;
         Ok(deleted)
     }

@@ -108,12 +108,18 @@ async fn an_idn_recipient_is_delivered_with_an_a_label_rcpt_and_an_encoded_to() 
             &p.api_key,
             Method::POST,
             "/v1/suppressions",
-            Some(&json!({"suppressions": [{"email": "leser@bücher.test"}]})),
+            Some(&json!({"suppressions": [{"email": "leser@bücher.test"}, {"email": "Ädä@bücher.test"}]})),
         )
         .await;
     assert_eq!(status, 200, "{added}");
     let (status, body) = p
         .send(&message_to(&p, json!(["leser@xn--bcher-kva.test"])))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["messages"][0]["status"], "suppressed", "{body}");
+    // Case does not matter beyond ASCII either.
+    let (status, body) = p
+        .send(&message_to(&p, json!(["ädä@xn--bcher-kva.test"])))
         .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["messages"][0]["status"], "suppressed", "{body}");

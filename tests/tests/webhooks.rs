@@ -434,7 +434,7 @@ async fn a_name_that_resolves_to_an_internal_address_is_refused_at_connect_time(
         attempts(&p, hook_id).await.into_iter().find(|a| {
             a["error"]
                 .as_str()
-                .is_some_and(|e| e.contains("resolves only to internal addresses"))
+                .is_some_and(|e| e.contains("does not resolve to a public address"))
         })
     })
     .await;

@@ -80,6 +80,13 @@ fn local_part(local: &str) -> Result<String, &'static str> {
     if !local.chars().all(atext) {
         return Err("local part has a character that is not allowed");
     }
+    // Invisible characters outside the format category (combining grapheme joiner,
+    // variation selectors, Hangul fillers) would make a look-alike of another address.
+    use icu_properties::{props::DefaultIgnorableCodePoint, CodePointSetData};
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+    if local.chars().any(|c| ignorable.contains(c)) {
+        return Err("local part contains an invisible (default-ignorable) character");
+    }
     Ok(local)
 }
 
@@ -251,6 +258,9 @@ mod tests {
             "a\u{202e}b@ok.test",
             "a\u{a0}b@ok.test",
             "ä\u{e000}@ok.test",
+            "ad\u{34f}a@ok.test",
+            "a\u{fe0f}@ok.test",
+            "a\u{3164}@ok.test",
             "ada@bü_cher.test",
             "ada@xn--zz.test",
             "ada@xn--bcher-kva.xn--",
