@@ -931,6 +931,21 @@ async fn messages_are_listed_by_tag_status_and_recipient_page_by_page() {
 }
 
 /// A dnsmasq of the test's own, ended (by its PID) when dropped.
+/// A port below the ephemeral range (32768 and up) that is free for UDP and TCP now.
+/// dnsmasq binds both, three times over in the test below; an ephemeral port could
+/// meanwhile become the local end of another test's outgoing TCP connection (seen once:
+/// "failed to create listening socket: Address already in use").
+fn dns_port() -> u16 {
+    let seed = uuid::Uuid::now_v7().as_u128() as u16;
+    (0u16..2_000)
+        .map(|i| 20_000 + seed.wrapping_add(i.wrapping_mul(7)) % 12_000)
+        .find(|&port| {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        })
+        .expect("a free port below the ephemeral range")
+}
+
 struct Dns(std::process::Child);
 
 impl Drop for Dns {
@@ -943,11 +958,7 @@ impl Drop for Dns {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_sends_only_once_its_dns_records_are_verified() {
     // The records go to a dnsmasq started later on a port chosen now.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = dns_port();
     let p = TestPipeline::start_configured(&[Stage::Ingest], |config| {
         config.ingest.allow_unverified_domains = false;
         config.ingest.domains.nameservers = vec![format!("127.0.0.1:{port}")];
