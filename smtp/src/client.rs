@@ -575,10 +575,7 @@ fn dot_stuffed(message: &[u8]) -> Vec<u8> {
 /// The header section of a message (RFC 5322 §2.1): everything before the first empty
 /// line; the whole message when it has none.
 fn header_section(message: &[u8]) -> &[u8] {
-    message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(message, |end| &message[..end])
+    memchr::memmem::find(message, b"\r\n\r\n").map_or(message, |end| &message[..end])
 }
 
 #[cfg(test)]

@@ -82,9 +82,10 @@ fn local_part(local: &str) -> Result<String, &'static str> {
     }
     // Invisible characters outside the format category (combining grapheme joiner,
     // variation selectors, Hangul fillers) would make a look-alike of another address.
+    // (No ASCII character is one: the common case skips the lookup.)
     use icu_properties::{props::DefaultIgnorableCodePoint, CodePointSetData};
     let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
-    if local.chars().any(|c| ignorable.contains(c)) {
+    if !local.is_ascii() && local.chars().any(|c| ignorable.contains(c)) {
         return Err("local part contains an invisible (default-ignorable) character");
     }
     Ok(local)
