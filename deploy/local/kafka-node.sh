@@ -13,7 +13,9 @@
 #          included); every node of a cluster gets the same list and the same cluster id,
 #          read from DIR/cluster.id when it exists, else from $KAFKA_CLUSTER_ID, else new.
 # $KAFKA_EXTRA_PROPS (newline-separated) adds server.properties lines; $KAFKA_HEAP
-# (default "-Xms256m -Xmx512m") sizes the JVM.
+# (default "-Xms256m -Xmx512m") sizes the JVM. A node whose heap runs out exits (and says
+# so in stdout.log) instead of living on with dead request threads, which clients see as
+# endless "Message timed out".
 #
 # Prints the node's pid. The node is ready when it logged "Kafka Server started" and
 # accepts connections on HOST:PORT; this script waits up to 60 s for both.
@@ -61,6 +63,10 @@ replica.fetch.max.bytes=33554432
 # Tests create and delete many topics: let deletion free them at once.
 delete.topic.enable=true
 num.partitions=1
+# Requests read off sockets but not yet handled may hold at most this much heap; beyond
+# it the broker stops reading (back-pressure) instead of running out of memory. Many
+# clients producing multi-megabyte records at once otherwise fill a small test heap.
+queued.max.request.bytes=134217728
 ${KAFKA_EXTRA_PROPS:-}
 PROPS
 
@@ -94,7 +100,8 @@ fi
 
 : >"$node_dir/server.log"
 # shellcheck disable=SC2086
-setsid nohup java ${KAFKA_HEAP:--Xms256m -Xmx512m} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+setsid nohup java ${KAFKA_HEAP:--Xms256m -Xmx512m} -XX:+ExitOnOutOfMemoryError \
+  -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
   -Djava.awt.headless=true -Dlog4j2.configurationFile="$node_dir/log4j2.properties" \
   -cp "$libs/*" kafka.Kafka "$node_dir/server.properties" \
   >"$node_dir/stdout.log" 2>&1 </dev/null &

@@ -53,7 +53,10 @@ fi
 if kcat -b 127.0.0.1:9092 -L -m 5 >/dev/null 2>&1; then
   log "kafka: reusing 127.0.0.1:9092"
 else
-  "$(dirname "$0")/kafka-node.sh" "$dir/kafka/broker" 1 127.0.0.1 9092 9093 1@127.0.0.1:9093 >/dev/null
+  # Every test shares this broker: up to ~30 pipelines at once, some moving 2.8 GB of
+  # multi-megabyte records, so it gets more heap than a fault-suite node.
+  KAFKA_HEAP="-Xms512m -Xmx2g" \
+    "$(dirname "$0")/kafka-node.sh" "$dir/kafka/broker" 1 127.0.0.1 9092 9093 1@127.0.0.1:9093 >/dev/null
   kcat -b 127.0.0.1:9092 -L -m 10 >/dev/null 2>&1 \
     || die "kafka started but answers no metadata request (see $dir/kafka/broker/server.log)"
   log "kafka: started on 127.0.0.1:9092 (data in $dir/kafka/broker)"

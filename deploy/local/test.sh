@@ -18,7 +18,16 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # processes) start this binary; `cargo test` alone does not build it.
 log "cargo build --bin sendmill"
 cargo build --bin sendmill
-log "cargo test"
-cargo test --workspace --no-fail-fast
+# A run that hangs (a service gone, a stage retrying forever) ends here with a diagnosis
+# instead of running into CI's limit with nothing said; a whole run takes ~15 min on
+# 2 cores, so the bound is generous.
+log "cargo test (at most ${SENDMILL_TEST_MINUTES:=40} min)"
+status=0
+timeout --kill-after=30s "${SENDMILL_TEST_MINUTES}m" cargo test --workspace --no-fail-fast || status=$?
+if [ "$status" -ne 0 ]; then
+  "$here/diagnose.sh" >&2
+  [ "$status" -eq 124 ] && die "cargo test did not finish within ${SENDMILL_TEST_MINUTES} min"
+  die "cargo test failed (exit $status); the failures are listed above the diagnosis"
+fi
 log "fuzz targets, ${SENDMILL_FUZZ_SECONDS:-30}s each"
 "$here/fuzz.sh" "${SENDMILL_FUZZ_SECONDS:-30}"
