@@ -53,6 +53,12 @@ enum Command {
     /// Measurements (build with --release).
     #[command(subcommand)]
     Bench(cli::bench::Bench),
+    /// Health check for images without a shell or curl: GETs `url` (e.g.
+    /// `http://127.0.0.1:8080/readyz`) and exits 0 on a 2xx answer within 2 s, else 1.
+    Probe {
+        /// The endpoint to ask.
+        url: String,
+    },
     /// Sets up a local development tenant: account `dev`, its sending domain with a
     /// DKIM key, and a new API key (printed alone on stdout).
     Seed {
@@ -103,11 +109,22 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Admin(admin) => cli::admin::run(&config, admin).await,
         Command::Bench(bench) => cli::bench::run(&config, bench).await,
+        Command::Probe { url } => probe(&url).await,
         Command::Seed {
             domain,
             dnsmasq_dir,
         } => cli::admin::seed(&config, &domain, dnsmasq_dir.as_deref()).await,
     }
+}
+
+async fn probe(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .no_proxy()
+        .build()?;
+    let status = client.get(url).send().await?.status();
+    anyhow::ensure!(status.is_success(), "{url} answered {status}");
+    Ok(())
 }
 
 async fn run_all(config: &SendmillConfig) -> anyhow::Result<()> {

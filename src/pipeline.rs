@@ -5,7 +5,7 @@
 use anyhow::Context;
 use futures::future::BoxFuture;
 use sendmill_platform::{
-    backoff, http,
+    backoff, health, http,
     kafka::{admin, KafkaConnection},
     tracking::LinkSigner,
     CancellationToken,
@@ -50,6 +50,30 @@ pub struct Pipeline {
     pub ops_addr: Option<SocketAddr>,
     tasks: JoinSet<(Stage, anyhow::Result<()>)>,
     shutdown: CancellationToken,
+    /// What `/readyz` asks while the stages run (the dependencies they use).
+    _probes: Vec<health::Probe>,
+    /// The consumer groups `/readyz` waits for.
+    _expected: Vec<health::Condition>,
+}
+
+/// The consumer groups `stage` runs (ids without the topic prefix), for readiness.
+fn consumer_groups(config: &SendmillConfig, stage: Stage) -> Vec<String> {
+    match stage {
+        Stage::Ingest => Vec::new(),
+        Stage::Render => vec![config.render.group_id.clone()],
+        Stage::Dispatch => vec![
+            config.dispatcher.group_id.clone(),
+            config.dispatcher.retry_group_id.clone(),
+        ],
+        Stage::Analytics => {
+            let a = &config.analytics;
+            let mut groups = vec![a.group_id.clone(), a.webhooks.group_id.clone()];
+            if a.reputation.enabled {
+                groups.push(a.reputation.group_id.clone());
+            }
+            groups
+        }
+    }
 }
 
 /// The tenant store with `max_connections`, sealing secrets at rest with the configured
@@ -100,12 +124,34 @@ pub async fn start(
             config.suppressions.cache,
         )
     });
+    let mut probes = vec![kafka.readiness_probe()?, {
+        let store = store.clone();
+        health::Probe::new("postgresql", move || {
+            let store = store.clone();
+            Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+        })
+    }];
+    probes.extend(redis.clone().map(health::redis_probe));
+    if needs(Stage::Analytics) {
+        probes.push(health::clickhouse_probe(
+            sendmill_platform::clients::clickhouse(&config.clickhouse),
+        ));
+    }
+    // Unready until every consumer loop of the stages has subscribed (the stages set
+    // themselves up first: MX resolver, journal, caches).
+    let expected: Vec<health::Condition> = stages
+        .iter()
+        .flat_map(|&stage| consumer_groups(config, stage))
+        .map(|group| health::expect_consumer(&kafka.group_id(&group)))
+        .collect();
     let mut pipeline = Pipeline {
         ingest_addr: None,
         analytics_addr: None,
         ops_addr: None,
         tasks: JoinSet::new(),
         shutdown: shutdown.clone(),
+        _probes: probes,
+        _expected: expected,
     };
     let redis_prefix = config.redis.key_prefix.clone();
 

@@ -126,7 +126,8 @@ pub async fn run_inserter(
         "events",
         config.batch_rows,
         config.batch_wait,
-        shutdown.clone(),
+        // Events already taken are written for up to the drain grace after shutdown.
+        sendmill_platform::shutdown::after_grace(&shutdown, kafka.config.drain_grace),
     );
     let spec = ConsumerSpec {
         stage: "analytics",

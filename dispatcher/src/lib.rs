@@ -131,7 +131,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         redis_key_prefix,
         suppressions,
         config.clone(),
-        shutdown.clone(),
+        // Records already taken (waiting for tokens, being sent, their events produced)
+        // are finished for up to the drain grace after shutdown.
+        sendmill_platform::shutdown::after_grace(&shutdown, kafka.config.drain_grace),
     )?);
     let deliveries = {
         let spec = ConsumerSpec {

@@ -50,6 +50,7 @@ use sendmill_platform::{
     api::request_id,
     config::override_string,
     dns::TokioResolver,
+    health,
     http::ops_router,
     kafka::{KafkaConnection, Producer},
     CancellationToken,
@@ -116,6 +117,13 @@ pub struct Config {
     pub template_cache: Duration,
     /// What tenants' DNS records must point at, and how they are checked.
     pub domains: domains::DomainsConfig,
+    /// After SIGTERM, how long the API goes on taking requests while `/readyz` already
+    /// answers 503, so that load balancers stop sending before the listener closes
+    /// (Kubernetes removes a terminating pod's endpoint asynchronously, within seconds).
+    /// Then the listener closes and requests in flight finish (within
+    /// `kafka.drain_grace`). 0 for a process no balancer fronts.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub drain_delay: Duration,
 }
 
 impl Default for Config {
@@ -137,6 +145,7 @@ impl Default for Config {
             suppression_cache: None,
             template_cache: Duration::from_secs(30),
             domains: domains::DomainsConfig::default(),
+            drain_delay: Duration::from_secs(5),
         }
     }
 }
@@ -301,8 +310,17 @@ pub fn app(state: AppState) -> Router {
 /// Serves the API on `deps.listener`, and releases scheduled messages, until `shutdown`.
 /// Returns `Err` when the config is invalid, the producer cannot be made or the listener
 /// fails.
+///
+/// On `shutdown` it drains: `/readyz` fails at once, requests are still taken for
+/// `drain_delay`, then the listener closes and the requests in flight finish; their
+/// Kafka writes go on for up to `kafka.drain_grace` after shutdown.
 pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
-    let (state, listener) = AppState::new(config, deps, shutdown.clone())?;
+    let grace = deps.kafka.config.drain_grace;
+    let in_flight = sendmill_platform::shutdown::after_grace(&shutdown, grace);
+    let (state, listener) = AppState::new(config, deps, in_flight.clone())?;
+    let drain_delay = state.config.drain_delay;
+    let accepting = health::Condition::new("ingest accepting requests", "starting");
+    accepting.holds();
     let releaser = tokio::spawn(schedule::run_releaser(
         state.store.clone(),
         state.producer.clone(),
@@ -310,9 +328,26 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         state.config.release_interval,
         shutdown.clone(),
     ));
+    let close = CancellationToken::new();
+    let closer = {
+        let (shutdown, close) = (shutdown.clone(), close.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            accepting.fails("draining");
+            tracing::info!(
+                drain_delay_ms = drain_delay.as_millis() as u64,
+                "draining: /readyz fails, requests are taken until the listener closes"
+            );
+            tokio::time::sleep(drain_delay).await;
+            close.cancel();
+        })
+    };
     let served =
-        sendmill_platform::http::serve("ingest", listener, app(state), shutdown.clone()).await;
+        sendmill_platform::http::serve("ingest", listener, app(state), close.clone()).await;
     shutdown.cancel();
+    close.cancel();
+    in_flight.cancel();
+    let _ = closer.await;
     let _ = releaser.await;
     Ok(served?)
 }

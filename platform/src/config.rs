@@ -222,6 +222,15 @@ pub struct KafkaConfig {
     /// Consumer session timeout; a crashed consumer's partitions move after this long.
     #[serde(with = "crate::config::duration")]
     pub session_timeout: Duration,
+    /// After SIGTERM, how long work already taken may go on: a consumer stage stops
+    /// fetching at once and its handlers finish the records they hold (waiting for
+    /// rate-limit tokens, retrying a produce) for up to this long before they are
+    /// interrupted (those records are redelivered, never lost); ingest's accepted
+    /// requests wait this long for Kafka's acknowledgement. Keep it below the
+    /// scheduler's kill deadline (Kubernetes' `terminationGracePeriodSeconds`, 30 s by
+    /// default) minus `ingest.drain_delay`. At most 4 min (librdkafka's poll interval).
+    #[serde(with = "crate::config::duration")]
+    pub drain_grace: Duration,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,
     /// `sasl.mechanisms`). Secrets belong in `SENDMILL_KAFKA_SASL_PASSWORD`.
     pub client: BTreeMap<String, String>,
@@ -242,6 +251,7 @@ impl Default for KafkaConfig {
             max_bytes_in_flight: 256 * 1024 * 1024,
             group_instance_id: String::new(),
             session_timeout: Duration::from_millis(10_000),
+            drain_grace: Duration::from_secs(20),
             client: BTreeMap::new(),
         }
     }
@@ -279,6 +289,11 @@ impl KafkaConfig {
         }
         if self.max_message_bytes < 1024 * 1024 {
             return invalid("max_message_bytes must be at least 1 MiB (1048576)");
+        }
+        // The loop does not poll while it drains; librdkafka's max.poll.interval.ms
+        // (5 min) would take the partitions away before the handlers end.
+        if self.drain_grace > Duration::from_secs(240) {
+            return invalid("drain_grace must be at most 4 min");
         }
         Ok(())
     }

@@ -1,18 +1,43 @@
-//! The ops endpoints every stage serves (`/healthz`, `/metrics`) and serving an axum
-//! router until shutdown.
+//! The ops endpoints every stage serves (`/livez`, `/readyz`, `/healthz`, `/metrics`) and
+//! serving an axum router until shutdown.
 
-use axum::{http::header, response::IntoResponse, routing::get, Json, Router};
+use axum::{
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Json, Router,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// `/healthz` (JSON, names the stage) and `/metrics` (Prometheus text).
+/// - `/livez` (and its older name `/healthz`): 200 and `{"status":"ok","stage":…}`
+///   whenever the process answers at all (the liveness probe);
+/// - `/readyz`: 200 `{"status":"ready","checks":{name: "ok"}}` when every condition and
+///   dependency of [`crate::health`] holds, else 503 with `"not_ready"` and each failing
+///   check's reason (the readiness probe);
+/// - `/metrics`: Prometheus text.
 pub fn ops_router(stage: &'static str) -> Router {
+    let live = move || async move { Json(serde_json::json!({"status": "ok", "stage": stage})) };
     Router::new()
-        .route(
-            "/healthz",
-            get(move || async move { Json(serde_json::json!({"status": "ok", "stage": stage})) }),
-        )
+        .route("/livez", get(live))
+        .route("/healthz", get(live))
+        .route("/readyz", get(move || ready(stage)))
         .route("/metrics", get(render_metrics))
+}
+
+async fn ready(stage: &'static str) -> impl IntoResponse {
+    let report = crate::health::readiness().await;
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if report.ready { "ready" } else { "not_ready" },
+        "stage": stage,
+        "checks": report.checks,
+    });
+    (status, Json(body))
 }
 
 async fn render_metrics() -> impl IntoResponse {

@@ -12,8 +12,10 @@
 //! - [`telemetry`]: tracing subscriber, the optional OTLP span exporter and the
 //!   Prometheus recorder.
 //! - [`traces`]: W3C trace context carried in Kafka record and HTTP headers.
-//! - [`http`]: `/healthz` and `/metrics`, and serving a router until shutdown.
-//! - [`shutdown`]: one cancellation token fired by SIGTERM or ctrl-c.
+//! - [`http`]: `/livez`, `/readyz`, `/metrics`, and serving a router until shutdown.
+//! - [`health`]: what makes this process ready (conditions and dependency probes).
+//! - [`shutdown`]: one cancellation token fired by SIGTERM or ctrl-c, and the drain
+//!   grace after it.
 //! - [`api`]: the JSON error shape every HTTP API answers with, its router, request ids.
 //! - [`body`]: JSON bodies and query strings parsed into the one 4xx error shape.
 //! - [`backoff`]: retrying an infrastructure call until it succeeds or shutdown.
@@ -32,6 +34,7 @@ pub mod body;
 pub mod clients;
 pub mod config;
 pub mod dns;
+pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod metric;

@@ -118,7 +118,8 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         identities: signing::IdentityCache::new(store.clone(), config.key_cache),
         templates: templates::AccountTemplates::new(store.clone(), config.template_cache),
         kafka: kafka.clone(),
-        shutdown: shutdown.clone(),
+        // Records already taken are finished for up to the drain grace after shutdown.
+        shutdown: sendmill_platform::shutdown::after_grace(&shutdown, kafka.config.drain_grace),
     });
     let spec = ConsumerSpec {
         stage: "render",

@@ -247,6 +247,12 @@ impl Store {
         Ok(())
     }
 
+    /// `SELECT 1`: PostgreSQL answers and the pool can give a connection (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

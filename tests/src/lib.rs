@@ -110,6 +110,10 @@ pub fn test_config(id: &str) -> SendmillConfig {
     // off for itself.
     config.ingest.allow_unverified_domains = true;
     config.ingest.release_interval = std::time::Duration::from_millis(100);
+    // No balancer fronts a test's ingest, and a test that stops a pipeline should not
+    // wait for records held behind a rate limit: the drain test sets its own.
+    config.ingest.drain_delay = std::time::Duration::ZERO;
+    config.kafka.drain_grace = std::time::Duration::from_secs(2);
     config.analytics.listen = "127.0.0.1:0".into();
     config.analytics.batch_wait = std::time::Duration::from_millis(100);
     config.dispatcher.nameservers = vec!["127.0.0.1:5353".into()];

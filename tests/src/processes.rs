@@ -106,6 +106,35 @@ impl StageProcess {
         Self { child }
     }
 
+    /// Sends SIGTERM (the process begins its drain).
+    pub fn sigterm(&self) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill(1) runs");
+        assert!(sent.success(), "SIGTERM to {pid}");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status. Panics when it is
+    /// still running then (it is killed on drop).
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waitpid") {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// [`StageProcess::sigterm`], then [`StageProcess::wait_exit`].
+    pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
+        self.sigterm();
+        self.wait_exit(limit)
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
@@ -117,6 +146,33 @@ impl Drop for StageProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The address in the first line of `log` that contains `marker` and then
+/// `http://ADDR/` (the lines a stage process logs when it listens: "send API: POST
+/// http://…", "ops endpoints: http://…"); waits up to 60 s for it to be written.
+pub fn logged_address(log: &Path, marker: &str) -> std::net::SocketAddr {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter(|l| l.contains(marker))
+            .find_map(|line| {
+                let rest = &line[line.find(marker)?..];
+                let url = &rest[rest.find("http://")? + "http://".len()..];
+                url[..url.find('/')?].parse().ok()
+            });
+        if let Some(addr) = found {
+            return addr;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} never logged {marker:?}: {text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -10,6 +10,10 @@ use sendmill::{SendmillConfig, Stage};
 use sendmill_dispatcher::config::{
     PoolConfig, PoolIp, ProviderConfig, ShapingRule, ShapingScope, WarmupConfig,
 };
+use sendmill_platform::kafka::{
+    lag::{GroupTopics, LagProbe},
+    KafkaConnection,
+};
 use sendmill_tenancy::pauses::{self, Target};
 use sendmill_tests::*;
 use sendmill_wire::{BounceCategory, EventType, EventV1, Lane, ReadyV1, RetryTier};
@@ -389,12 +393,21 @@ struct DispatcherProcess;
 
 impl DispatcherProcess {
     fn start(p: &TestPipeline, config: &SendmillConfig, name: &str, extra: &str) -> StageProcess {
-        let section = format!(
+        StageProcess::start(
+            p,
+            config,
+            "dispatch",
+            name,
+            &Self::section(config, name, extra),
+        )
+    }
+
+    fn section(config: &SendmillConfig, name: &str, extra: &str) -> String {
+        format!(
             "[dispatcher]\nnameservers = [\"127.0.0.1:5353\"]\nhelo_name = \"{name}.sendmill.test\"\n\
              ops_listen = \"127.0.0.1:0\"\njournal_dir = {journal:?}\n{extra}\n",
             journal = format!("{}-{name}", config.dispatcher.journal_dir),
-        );
-        StageProcess::start(p, config, "dispatch", name, &section)
+        )
     }
 }
 
@@ -520,6 +533,114 @@ async fn a_dispatcher_killed_mid_send_delivers_every_message_exactly_once_after_
     // when the kill landed may go twice (README, "No duplicates"): at most one in
     // practice; a broken journal would resend every message in flight (up to 256).
     assert!(twice.len() <= 1, "messages delivered twice: {twice:?}");
+    p.stop().await;
+}
+
+/// SIGTERM under load: the dispatcher stops fetching, finishes every record it holds,
+/// commits their offsets and exits 0, so the group's committed offsets account for
+/// exactly the messages already at the sink (nothing left for redelivery to repeat);
+/// a new dispatcher then delivers the rest, each once. Its `/readyz` answered 200 with
+/// the group joined and every dependency reachable while it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_drained_by_sigterm_leaves_nothing_to_redeliver_and_loses_nothing() {
+    let p = TestPipeline::start_configured(&[], |_| {}).await;
+    let recipients: Vec<String> = (0..3000).map(|i| format!("drain{i}@ok.test")).collect();
+    let records = preload(&p, &recipients).await;
+    let ids: HashSet<String> = records.iter().map(|r| r.message_id.to_string()).collect();
+    let log = std::env::temp_dir().join(format!("{}drain.log", p.config.kafka.topic_prefix));
+    // Load: a provider limit keeps the dispatcher busy for ~10 s, holding up to 500
+    // records (some waiting for tokens) when SIGTERM comes. The default drain grace
+    // (20 s) applies: the process's config sets no other.
+    let shaping = "queue_capacity = 500\n\
+                   [[dispatcher.providers]]\nname = \"drain-sink\"\nmx_suffixes = [\"ok.test\"]\n\
+                   [[dispatcher.shaping]]\nprovider = \"drain-sink\"\nmessages_per_sec = 300.0\n";
+    let section = DispatcherProcess::section(&p.config, "drain", shaping);
+    let first =
+        StageProcess::start_logged(&p, &p.config, "dispatch", "drain", &section, &log, "info");
+    let ops = logged_address(&log, "ops endpoints");
+    let ready = poll_until(LIMIT, || async {
+        let response = p
+            .http
+            .get(format!("http://{ops}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.ok()?;
+        (status == 200).then_some(body)
+    })
+    .await
+    .expect("/readyz answers 200 once the group is joined");
+    let checks = ready["checks"].as_object().unwrap();
+    for name in ["kafka", "postgresql", "redis"] {
+        assert_eq!(checks[name], "ok", "{ready}");
+    }
+    assert!(
+        checks.keys().any(|k| k.starts_with("kafka consumer")),
+        "{ready}"
+    );
+    let live = p
+        .http
+        .get(format!("http://{ops}/livez"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status().as_u16(), 200);
+
+    poll_until(LIMIT, || async {
+        (dumps_for_domain(&p.domain).len() >= 600).then_some(())
+    })
+    .await
+    .expect("deliveries started");
+    let status = tokio::task::spawn_blocking(move || first.terminate(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("consumer stopped"), "{text}");
+    let at_sink = dumps_for_domain(&p.domain).len();
+    assert!(
+        at_sink < ids.len(),
+        "SIGTERM came after everything was sent"
+    );
+
+    // Committed = records whose handling finished; every one of them is at the sink, and
+    // nothing at the sink is uncommitted (which a restart would handle again).
+    let kafka = KafkaConnection::new(p.config.kafka.brokers.clone(), p.config.kafka.clone());
+    let group = GroupTopics {
+        group_id: p.config.dispatcher.group_id.clone(),
+        topics: vec![p.topics.ready(Lane::Transactional)],
+    };
+    let lag = tokio::task::spawn_blocking(move || {
+        LagProbe::new(&kafka, vec![group], Duration::from_secs(10))
+            .and_then(|probe| probe.sample())
+            .expect("the broker answers")[0]
+            .1
+    })
+    .await
+    .unwrap();
+    let committed = ids.len() - lag as usize;
+    println!(
+        "SIGTERM with {at_sink} of {} at the sink; {committed} committed",
+        ids.len()
+    );
+    assert_eq!(
+        committed, at_sink,
+        "handled records and committed offsets differ"
+    );
+
+    let second = DispatcherProcess::start(&p, &p.config, "drain", "");
+    let ended = terminal_events(&p, &ids).await;
+    drop(second);
+    assert!(ended
+        .values()
+        .all(|e| e.len() == 1 && e[0].event_type == EventType::Delivered));
+    let dumps = dumps_for_domain(&p.domain);
+    assert_eq!(dumps.len(), ids.len(), "messages never reached the sink");
+    assert!(
+        dumps.values().all(|d| d.len() == 1),
+        "a message was delivered twice"
+    );
     p.stop().await;
 }
 

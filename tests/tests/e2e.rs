@@ -8,6 +8,94 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// SIGTERM to an ingest process: `/readyz` fails at once (the balancer's cue) while
+/// requests are still taken for `drain_delay`; then the listener closes, and the
+/// process exits 0. Every request answered 202 is in Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_on_sigterm_fails_readiness_first_then_stops_taking_requests() {
+    let p = TestPipeline::start_stages(&[]).await;
+    let log = std::env::temp_dir().join(format!("{}ingest.log", p.config.kafka.topic_prefix));
+    // Long enough that the requests below land inside it on a loaded machine.
+    let section = "[ingest]\nlisten = \"127.0.0.1:0\"\nallow_unverified_domains = true\n\
+                   drain_delay = \"10s\"\n";
+    let mut ingest =
+        StageProcess::start_logged(&p, &p.config, "ingest", "ingest", section, &log, "info");
+    let api = logged_address(&log, "send API");
+    let readyz = |http: reqwest::Client| async move {
+        let response = http.get(format!("http://{api}/readyz")).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json::<serde_json::Value>().await.ok()?))
+    };
+    poll_until(LIMIT, || async {
+        readyz(p.http.clone()).await.filter(|(s, _)| *s == 200)
+    })
+    .await
+    .expect("/readyz answers 200");
+    let send = |http: reqwest::Client, to: &'static str| {
+        let (body, key) = (message_to(&p, json!([to])), p.api_key.clone());
+        async move {
+            http.post(format!("http://{api}/v1/messages"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+        }
+    };
+    // `sendmill probe`, the images' health check, says the same.
+    let probe = |path: &str| {
+        std::process::Command::new(sendmill_binary())
+            .args(["probe", &format!("http://{api}{path}")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(probe("/readyz"));
+    let before = send(p.http.clone(), "before@ok.test").await.unwrap();
+    assert_eq!(before.status().as_u16(), 202);
+    let before = first_message_id(&before.json().await.unwrap());
+
+    ingest.sigterm();
+    let (_, not_ready) = poll_until(LIMIT, || async {
+        readyz(p.http.clone()).await.filter(|(s, _)| *s == 503)
+    })
+    .await
+    .expect("/readyz answers 503 once draining");
+    assert_eq!(not_ready["status"], "not_ready");
+    assert_eq!(not_ready["checks"]["ingest accepting requests"], "draining");
+    assert!(!probe("/readyz"), "sendmill probe fails while draining");
+    assert!(probe("/livez"), "still live while draining");
+    let during = send(p.http.clone(), "during@ok.test").await.unwrap();
+    assert_eq!(
+        during.status().as_u16(),
+        202,
+        "taken during the drain delay"
+    );
+    let during = first_message_id(&during.json().await.unwrap());
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = ingest.wait_exit(LIMIT);
+        drop(ingest);
+        status
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(send(p.http.clone(), "after@ok.test").await.is_err());
+    let queued: Vec<String> = p
+        .read_topic(&p.topics.requested(Lane::Transactional))
+        .iter()
+        .map(|payload| String::from_utf8_lossy(payload).into_owned())
+        .collect();
+    for id in [&before, &during] {
+        assert!(
+            queued.iter().any(|r| r.contains(id.as_str())),
+            "{id} is not in Kafka"
+        );
+    }
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_delivered_dkim_signed_and_its_timeline_is_in_clickhouse() {
     let p = TestPipeline::start().await;

@@ -61,6 +61,42 @@ impl KafkaConnection {
         Producer::new(self.client_config(), self.config.max_message_bytes)
     }
 
+    /// A readiness probe ([`crate::health`]): the cluster answers a metadata request for
+    /// the dead-letter topic (every stage may write it) within the probe timeout, and has
+    /// a leader for its partitions.
+    pub fn readiness_probe(&self) -> Result<crate::health::Probe, KafkaError> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        // A client without a group: metadata requests only.
+        let client: std::sync::Arc<BaseConsumer> =
+            std::sync::Arc::new(self.client_config().create()?);
+        let topic = self.topics.dlq();
+        Ok(crate::health::Probe::new("kafka", move || {
+            let (client, topic) = (client.clone(), topic.clone());
+            Box::pin(async move {
+                // A metadata request blocks: off the runtime's threads.
+                tokio::task::spawn_blocking(move || {
+                    let metadata = client
+                        .fetch_metadata(Some(&topic), crate::health::PROBE_TIMEOUT)
+                        .map_err(|e| format!("metadata request: {e}"))?;
+                    match metadata.topics().first() {
+                        Some(t)
+                            if t.error().is_none()
+                                && t.partitions().iter().all(|p| p.leader() >= 0) =>
+                        {
+                            Ok(())
+                        }
+                        Some(t) if t.error().is_some() => {
+                            Err(format!("topic {topic}: {:?}", t.error()))
+                        }
+                        _ => Err(format!("topic {topic}: a partition has no leader")),
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            })
+        }))
+    }
+
     /// The consumer group `group_id` of this installation: carries the topic prefix, so
     /// that installations (and tests) sharing a cluster never share a group, whose
     /// rebalances would then stop them all.

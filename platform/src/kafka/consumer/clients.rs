@@ -2,13 +2,34 @@
 //! members of the stage's group, addressed as one.
 
 use super::ConsumerSpec;
-use crate::kafka::KafkaConnection;
+use crate::{health::Condition, kafka::KafkaConnection};
 use rdkafka::{
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, KafkaResult},
-    Offset, TopicPartitionList,
+    ClientContext, Offset, TopicPartitionList,
 };
 use std::time::Duration;
+
+/// A client's context: its readiness condition holds once the group has given it an
+/// assignment (possibly of no partition: more members than partitions), and fails while
+/// a rebalance errs. Called on the thread that polls the client.
+pub(crate) struct GroupContext {
+    joined: Condition,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(_) => self.joined.holds(),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => self.joined.fails(format!("rebalance failed: {error}")),
+        }
+    }
+}
+
+pub(crate) type Client = StreamConsumer<GroupContext>;
 
 /// The loop's clients: one per subscribed topic, all members of the stage's group.
 ///
@@ -19,7 +40,7 @@ use std::time::Duration;
 /// shaping test on Apache Kafka). A client per topic is assigned only that topic's
 /// partitions, so every topic is spread over the processes on its own.
 pub(crate) struct GroupClients {
-    pub(super) clients: Vec<(String, StreamConsumer)>,
+    pub(super) clients: Vec<(String, Client)>,
 }
 
 impl GroupClients {
@@ -29,14 +50,24 @@ impl GroupClients {
     ) -> Result<Self, KafkaError> {
         let mut clients = Vec::with_capacity(spec.topics.len());
         for (i, topic) in spec.topics.iter().enumerate() {
-            let client: StreamConsumer = kafka.consumer_config(&spec.group_id, i).create()?;
+            let joined = Condition::new(
+                format!(
+                    "kafka consumer {} of {topic}",
+                    kafka.group_id(&spec.group_id)
+                ),
+                "joining the consumer group",
+            );
+            let client: Client = kafka
+                .consumer_config(&spec.group_id, i)
+                .create_with_context(GroupContext { joined })?;
             client.subscribe(&[topic.as_str()])?;
             clients.push((topic.clone(), client));
         }
+        crate::health::consumer_subscribed(&kafka.group_id(&spec.group_id));
         Ok(Self { clients })
     }
 
-    fn client(&self, topic: &str) -> Option<&StreamConsumer> {
+    fn client(&self, topic: &str) -> Option<&Client> {
         self.clients
             .iter()
             .find(|(t, _)| t == topic)
@@ -44,8 +75,8 @@ impl GroupClients {
     }
 
     /// `list` split by the client that owns each partition's topic.
-    fn by_client(&self, list: &TopicPartitionList) -> Vec<(&StreamConsumer, TopicPartitionList)> {
-        let mut split: Vec<(&StreamConsumer, TopicPartitionList)> = Vec::new();
+    fn by_client(&self, list: &TopicPartitionList) -> Vec<(&Client, TopicPartitionList)> {
+        let mut split: Vec<(&Client, TopicPartitionList)> = Vec::new();
         for element in list.elements() {
             let Some(client) = self.client(element.topic()) else {
                 continue;
@@ -105,6 +136,13 @@ impl GroupClients {
         match self.client(topic) {
             Some(client) => client.store_offset(topic, partition, offset),
             None => Ok(()),
+        }
+    }
+
+    /// Marks every client not ready, for `reason` (e.g. draining after SIGTERM).
+    pub(super) fn not_ready(&self, reason: &str) {
+        for (_, client) in &self.clients {
+            client.context().joined.fails(reason);
         }
     }
 

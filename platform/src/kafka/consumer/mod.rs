@@ -40,7 +40,7 @@ use futures::{FutureExt, StreamExt};
 use gate::{Action, Load, PartitionKey, PauseGate};
 use offsets::OffsetTracker;
 use rdkafka::{
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    consumer::{CommitMode, Consumer},
     error::KafkaError,
     Message, Offset, TopicPartitionList,
 };
@@ -99,8 +99,12 @@ pub struct ConsumerSpec {
     pub concurrency: usize,
 }
 
-/// Runs the loop until `shutdown`; then finishes in-flight handlers (handlers watch the
-/// same token), stores and commits their offsets, and returns.
+/// Runs the loop until `shutdown`; then drains: fetches nothing more, lets the handlers
+/// finish the records they hold for up to `kafka.drain_grace` (the token they are given
+/// fires only then: [`crate::shutdown::after_grace`]), stores and commits their offsets,
+/// leaves the group and returns. A drain within the grace leaves nothing to redeliver.
+/// The clients' readiness ([`crate::health`]) holds from their first assignment until the
+/// drain begins.
 ///
 /// A fatal consumer error (librdkafka gives up on a client: e.g. a static member fenced
 /// after a group coordinator failover, `FencedInstanceId`) does not leave the stage
@@ -119,8 +123,18 @@ where
 {
     let dlq = kafka.producer()?;
     let handler = Arc::new(handler);
+    let abort = crate::shutdown::after_grace(&shutdown, kafka.config.drain_grace);
     loop {
-        match run_clients(kafka, &spec, handler.clone(), dlq.clone(), &shutdown).await? {
+        match run_clients(
+            kafka,
+            &spec,
+            handler.clone(),
+            dlq.clone(),
+            &shutdown,
+            &abort,
+        )
+        .await?
+        {
             None => return Ok(()),
             Some(error) => {
                 metrics::counter!(crate::metric::CONSUMER_RESTARTS_TOTAL, "stage" => spec.stage)
@@ -136,13 +150,14 @@ where
 }
 
 /// One generation of clients: runs until `shutdown` (`None`) or a fatal consumer error
-/// (`Some`), and finishes in-flight handlers either way.
+/// (`Some`), and finishes in-flight handlers either way; handlers watch `abort`.
 async fn run_clients<H, Fut>(
     kafka: &KafkaConnection,
     spec: &ConsumerSpec,
     handler: Arc<H>,
     dlq: Producer,
     shutdown: &CancellationToken,
+    abort: &CancellationToken,
 ) -> Result<Option<KafkaError>, KafkaError>
 where
     H: Fn(Record) -> Fut + Send + Sync + 'static,
@@ -228,7 +243,7 @@ where
                     stage: spec.stage,
                     dlq: dlq.clone(),
                     dlq_topic: dlq_topic.clone(),
-                    shutdown: shutdown.clone(),
+                    abort: abort.clone(),
                 };
                 let span = record_span(spec.stage, &record);
                 in_flight.spawn(async move {
@@ -248,8 +263,13 @@ where
         apply(&consumer, &mut gate, settled);
     }
 
-    // Shutdown: handlers see the same token and finish or give up quickly. Nothing is
+    // Drain: nothing more is fetched; the handlers finish what they hold (their token
+    // fires `drain_grace` after shutdown, and then they give up quickly). Nothing is
     // resumed any more: offsets are what matters now.
+    consumer.not_ready("draining");
+    if !in_flight.is_empty() {
+        tracing::info!(stage = spec.stage, records = in_flight.len(), "draining");
+    }
     while let Some(done) = in_flight.join_next().await {
         let done = done.expect("handler tasks catch their own panics");
         on_completion(&consumer, &mut tracker, &mut gate, done);
@@ -312,7 +332,8 @@ struct HandlerTask<H> {
     stage: &'static str,
     dlq: Producer,
     dlq_topic: String,
-    shutdown: CancellationToken,
+    /// Fires when the drain grace after shutdown has passed.
+    abort: CancellationToken,
 }
 
 impl<H, Fut> HandlerTask<H>
@@ -354,7 +375,7 @@ where
                     reason,
                 };
                 let key = letter.key.clone().unwrap_or_default();
-                backoff::until_ok("dlq produce", &self.shutdown, || {
+                backoff::until_ok("dlq produce", &self.abort, || {
                     self.dlq.send(&self.dlq_topic, &key, &letter)
                 })
                 .await?;
@@ -499,7 +520,7 @@ fn report_lag(consumer: &GroupClients, stage: &'static str) {
 }
 
 fn report_client_lag(
-    consumer: &StreamConsumer,
+    consumer: &clients::Client,
     positions: &TopicPartitionList,
     stage: &'static str,
 ) {
