@@ -67,15 +67,24 @@ fi
 # PyPI packages the tests use, in a venv beside the services (Debian's python3 refuses
 # system-wide pip installs). Pinned so that a test run is repeatable.
 # standardwebhooks verifies webhook signatures; schemathesis fuzzes the HTTP APIs from
-# their OpenAPI documents.
+# their OpenAPI documents; kubernetes-validate checks deploy/k8s against Kubernetes'
+# schemas (deploy/k8s/validate.py).
 venv=$SENDMILL_LOCAL_DIR/venv
 if ! "$venv/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1 \
-  || [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version 4.32.5" ]; then
+  || [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version 4.32.5" ] \
+  || [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "1.34.1" ]; then
   log "installing PyPI test tools into $venv"
   mkdir -p "$SENDMILL_LOCAL_DIR"
   [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check standardwebhooks==1.0.0 schemathesis==4.32.5
+  "$venv/bin/pip" install -q --disable-pip-version-check standardwebhooks==1.0.0 \
+    schemathesis==4.32.5 kubernetes-validate==1.34.1
 fi
+
+# Go (on the machine) builds deploy/tools, which renders deploy/k8s and deploy/compose
+# with kustomize's and compose-go's own libraries; the modules and KEDA's CRDs come from
+# the Go module proxy, pinned in deploy/tools/go.mod and tests/tests/deploy.rs.
+command -v go >/dev/null 2>&1 || die "go is missing: the deploy tests build deploy/tools with it"
+(cd "$(dirname "$0")/../tools" && go mod download) || die "cannot fetch deploy/tools' Go modules"
 
 # playwright-core drives Debian's chromium (it cannot download browsers here).
 node_dir=$SENDMILL_LOCAL_DIR/node
