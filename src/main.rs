@@ -88,6 +88,10 @@ impl Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // A health check runs every few seconds: no config, no telemetry.
+    if let Command::Probe { url } = &cli.command {
+        return probe(url).await;
+    }
     let config = SendmillConfig::load(cli.config.as_deref())?;
     // Held to the end of main: dropping it exports the spans still queued.
     let _telemetry = telemetry::init(&config.telemetry, cli.command.service_name())?;

@@ -54,6 +54,8 @@ pub struct Pipeline {
     _probes: Vec<health::Probe>,
     /// The consumer groups `/readyz` waits for.
     _expected: Vec<health::Condition>,
+    /// A lone render or dispatcher's ops endpoints, and what stops them.
+    ops_server: Option<(tokio::task::JoinHandle<std::io::Result<()>>, CancellationToken)>,
 }
 
 /// The consumer groups `stage` runs (ids without the topic prefix), for readiness.
@@ -152,6 +154,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
         _probes: probes,
         _expected: expected,
+        ops_server: None,
     };
     let redis_prefix = config.redis.key_prefix.clone();
 
@@ -222,16 +225,16 @@ pub async fn start(
         };
         let listener = bind(listen).await?;
         pipeline.ops_addr = Some(listener.local_addr()?);
-        let token = shutdown.clone();
-        let stage = if needs(Stage::Render) {
-            Stage::Render
-        } else {
-            Stage::Dispatch
-        };
-        pipeline.tasks.spawn(async move {
-            let result = http::serve(name, listener, http::ops_router(name), token).await;
-            (stage, result.map_err(Into::into))
-        });
+        // Stopped by `wait` once the stages have drained: /livez and /metrics answer
+        // through the drain.
+        let token = CancellationToken::new();
+        let serving = tokio::spawn(http::serve(
+            name,
+            listener,
+            http::ops_router(name),
+            token.clone(),
+        ));
+        pipeline.ops_server = Some((serving, token));
     }
     Ok(pipeline)
 }
@@ -284,9 +287,18 @@ async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
+impl Drop for Pipeline {
+    /// A pipeline dropped without `wait` stops serving its ops endpoints too.
+    fn drop(&mut self) {
+        if let Some((_, stop)) = &self.ops_server {
+            stop.cancel();
+        }
+    }
+}
+
 impl Pipeline {
-    /// Waits for every stage to end. The first stage to fail (or to end before shutdown)
-    /// stops the others; its error is returned.
+    /// Waits for every stage to end (then stops the ops endpoints). The first stage to
+    /// fail (or to end before shutdown) stops the others; its error is returned.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let mut first_error = None;
         while let Some(joined) = self.tasks.join_next().await {
@@ -304,6 +316,12 @@ impl Pipeline {
                     first_error.get_or_insert(error.context(format!("{} failed", stage.name())));
                     self.shutdown.cancel();
                 }
+            }
+        }
+        if let Some((serving, stop)) = self.ops_server.take() {
+            stop.cancel();
+            if let Ok(Err(error)) = serving.await {
+                first_error.get_or_insert(anyhow::Error::from(error).context("ops endpoints"));
             }
         }
         first_error.map_or(Ok(()), Err)

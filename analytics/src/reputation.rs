@@ -293,7 +293,8 @@ pub async fn run(
         concurrency: 256,
     };
     let monitor = std::sync::Arc::new(monitor);
-    let token = shutdown.clone();
+    // Records already taken are finished for up to the drain grace after shutdown.
+    let token = sendmill_platform::shutdown::after_grace(&shutdown, kafka.config.drain_grace);
     kafka::consumer::run(
         &kafka,
         spec,

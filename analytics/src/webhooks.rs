@@ -190,7 +190,8 @@ pub async fn run_fanout(
         topics: vec![kafka.topics.events()],
         concurrency: 256,
     };
-    let token = shutdown.clone();
+    // Records already taken are finished for up to the drain grace after shutdown.
+    let token = sendmill_platform::shutdown::after_grace(&shutdown, kafka.config.drain_grace);
     kafka::consumer::run(
         &kafka,
         spec,

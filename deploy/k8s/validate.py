@@ -6,8 +6,10 @@ Each FILE is a multi-document YAML stream (one `kustomize build`). Built-in kind
 checked by the PyPI package kubernetes-validate against the Kubernetes version's
 OpenAPI schemas; custom resources (KEDA's ScaledObject) against the openAPIV3Schema of
 their CustomResourceDefinition in DIR (KEDA's own CRD files), made strict by refusing
-properties the schema does not name. Prints one line per resource; exits 1 on the
-first file with an error, naming the resource and the path of the bad field.
+properties the schema does not name. Then what no schema sees: no workload's pods
+fall under two PodDisruptionBudgets (the eviction API refuses such pods, so a node
+never drains). Prints one line per resource; exits 1 on the first file with an error,
+naming the resource and the path of the bad field.
 """
 
 import argparse
@@ -54,6 +56,26 @@ def load_crds(directory):
     return schemas
 
 
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}
+
+
+def budgets_per_workload(documents):
+    """Errors for workloads whose pod labels two PodDisruptionBudgets select."""
+    budgets = [d for d in documents if d.get("kind") == "PodDisruptionBudget"]
+    errors = []
+    for workload in (d for d in documents if d.get("kind") in WORKLOADS):
+        labels = workload["spec"]["template"]["metadata"].get("labels", {})
+        matching = [
+            b["metadata"]["name"]
+            for b in budgets
+            if b["metadata"].get("namespace") == workload["metadata"].get("namespace")
+            and all(labels.get(k) == v for k, v in b["spec"]["selector"].get("matchLabels", {}).items())
+        ]
+        if len(matching) > 1:
+            errors.append(f"{workload['kind']}/{workload['metadata']['name']}: pods under {matching}")
+    return errors
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--kubernetes", required=True)
@@ -82,6 +104,8 @@ def main():
             except kubernetes_validate.SchemaNotFoundError as error:
                 sys.exit(f"UNKNOWN {name}: no schema for {key} ({error})")
             print(f"valid {name}")
+        for error in budgets_per_workload(documents):
+            sys.exit(f"INVALID {file}: {error}")
 
 
 if __name__ == "__main__":

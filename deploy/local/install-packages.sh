@@ -85,6 +85,8 @@ fi
 # the Go module proxy, pinned in deploy/tools/go.mod and tests/tests/deploy.rs.
 command -v go >/dev/null 2>&1 || die "go is missing: the deploy tests build deploy/tools with it"
 (cd "$(dirname "$0")/../tools" && go mod download) || die "cannot fetch deploy/tools' Go modules"
+# KEDA's CRDs, which tests/tests/deploy.rs validates ScaledObjects against (its KEDA).
+go mod download github.com/kedacore/keda/v2@v2.21.0 || die "cannot fetch KEDA's CRDs"
 
 # playwright-core drives Debian's chromium (it cannot download browsers here).
 node_dir=$SENDMILL_LOCAL_DIR/node

@@ -313,13 +313,19 @@ pub fn app(state: AppState) -> Router {
 ///
 /// On `shutdown` it drains: `/readyz` fails at once, requests are still taken for
 /// `drain_delay`, then the listener closes and the requests in flight finish; their
-/// Kafka writes go on for up to `kafka.drain_grace` after shutdown.
+/// Kafka writes go on for up to `kafka.drain_grace` after the listener closed.
 pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
     let grace = deps.kafka.config.drain_grace;
-    let in_flight = sendmill_platform::shutdown::after_grace(&shutdown, grace);
+    // Closes the listener: `drain_delay` after shutdown.
+    let close = CancellationToken::new();
+    // What requests in flight watch: `drain_grace` after the listener closed.
+    let in_flight = sendmill_platform::shutdown::after_grace(&close, grace);
     let (state, listener) = AppState::new(config, deps, in_flight.clone())?;
     let drain_delay = state.config.drain_delay;
-    let accepting = health::Condition::new("ingest accepting requests", "starting");
+    let accepting = Arc::new(health::Condition::new(
+        "ingest accepting requests",
+        "starting",
+    ));
     accepting.holds();
     let releaser = tokio::spawn(schedule::run_releaser(
         state.store.clone(),
@@ -328,9 +334,8 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         state.config.release_interval,
         shutdown.clone(),
     ));
-    let close = CancellationToken::new();
     let closer = {
-        let (shutdown, close) = (shutdown.clone(), close.clone());
+        let (shutdown, close, accepting) = (shutdown.clone(), close.clone(), accepting.clone());
         tokio::spawn(async move {
             shutdown.cancelled().await;
             accepting.fails("draining");
@@ -342,12 +347,13 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             close.cancel();
         })
     };
-    let served =
-        sendmill_platform::http::serve("ingest", listener, app(state), close.clone()).await;
+    let served = sendmill_platform::http::serve("ingest", listener, app(state), close.clone()).await;
     shutdown.cancel();
     close.cancel();
     in_flight.cancel();
     let _ = closer.await;
     let _ = releaser.await;
+    // Not ready until the very end (dropped here, the condition would vanish).
+    drop(accepting);
     Ok(served?)
 }

@@ -224,11 +224,15 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
     /// After SIGTERM, how long work already taken may go on: a consumer stage stops
     /// fetching at once and its handlers finish the records they hold (waiting for
-    /// rate-limit tokens, retrying a produce) for up to this long before they are
-    /// interrupted (those records are redelivered, never lost); ingest's accepted
-    /// requests wait this long for Kafka's acknowledgement. Keep it below the
-    /// scheduler's kill deadline (Kubernetes' `terminationGracePeriodSeconds`, 30 s by
-    /// default) minus `ingest.drain_delay`. At most 4 min (librdkafka's poll interval).
+    /// rate-limit tokens, retrying a produce) for up to this long; then their waits and
+    /// retries give up and those records are redelivered after the restart (never lost).
+    /// An SMTP transaction already under way is not cut: its own timeouts bound it.
+    /// Ingest's requests in flight get this long from the moment its listener closes
+    /// (`ingest.drain_delay` after SIGTERM). Keep the scheduler's kill deadline
+    /// (Kubernetes' `terminationGracePeriodSeconds`) above this plus `drain_delay` for
+    /// ingest, above this plus a typical SMTP transaction for the dispatcher. At most
+    /// 4 min (librdkafka's default `max.poll.interval.ms` is 5: the loop does not poll
+    /// while it drains).
     #[serde(with = "crate::config::duration")]
     pub drain_grace: Duration,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,

@@ -178,23 +178,29 @@ pub struct Report {
     pub checks: BTreeMap<String, String>,
 }
 
-/// Asks every probe (side by side) and reads every condition.
+/// How long an answer of [`readiness`] is reused: the readiness endpoint may be public
+/// (ingest's and analytics' ports), and each answer asks every dependency.
+pub const ANSWER_REUSE: Duration = Duration::from_secs(1);
+
+/// Asks every probe (side by side) and reads every condition; an answer younger than
+/// [`ANSWER_REUSE`] is given again instead (its conditions read afresh). A probe's
+/// error is logged, and reported only as "unreachable": the endpoint may be public.
 pub async fn readiness() -> Report {
-    let (conditions, probes): (Vec<_>, Vec<_>) = {
-        let r = registry();
-        (
-            r.conditions.values().cloned().collect(),
-            r.probes.values().cloned().collect(),
-        )
+    static LAST: LazyLock<tokio::sync::Mutex<Option<(std::time::Instant, Vec<(String, Option<String>)>)>>> =
+        LazyLock::new(Default::default);
+    let answers = {
+        // One asker at a time: concurrent requests wait for its answer.
+        let mut last = LAST.lock().await;
+        match &*last {
+            Some((at, answers)) if at.elapsed() < ANSWER_REUSE => answers.clone(),
+            _ => {
+                let answers = ask_probes().await;
+                *last = Some((std::time::Instant::now(), answers.clone()));
+                answers
+            }
+        }
     };
-    let answers = futures::future::join_all(probes.into_iter().map(|(name, check)| async move {
-        let answer = match tokio::time::timeout(PROBE_TIMEOUT, check()).await {
-            Ok(answer) => answer,
-            Err(_) => Err(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
-        };
-        (name, answer.err())
-    }))
-    .await;
+    let conditions: Vec<_> = registry().conditions.values().cloned().collect();
     let mut checks = BTreeMap::new();
     let mut ready = true;
     for (name, failure) in conditions.into_iter().chain(answers) {
@@ -209,19 +215,43 @@ pub async fn readiness() -> Report {
     Report { ready, checks }
 }
 
+/// Every probe's answer: `None` when it answered, else what to report.
+async fn ask_probes() -> Vec<(String, Option<String>)> {
+    let probes: Vec<_> = registry().probes.values().cloned().collect();
+    futures::future::join_all(probes.into_iter().map(|(name, check)| async move {
+        let failure = match tokio::time::timeout(PROBE_TIMEOUT, check()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => {
+                tracing::warn!(dependency = %name, %error, "readiness: unreachable");
+                Some("unreachable".to_owned())
+            }
+            Err(_) => Some(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
+        };
+        (name, failure)
+    }))
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The answer with the probes asked afresh (the cache forgotten: paused time would
+    /// not move `Instant`, so the test waits the reuse period out).
+    async fn fresh() -> Report {
+        tokio::time::sleep(ANSWER_REUSE).await;
+        readiness().await
+    }
+
     #[tokio::test]
     async fn conditions_and_probes_decide_readiness_until_dropped() {
         let joined = Condition::new("test consumer a", "joining the group");
-        let report = readiness().await;
+        let report = fresh().await;
         assert!(!report.ready);
         assert_eq!(report.checks["test consumer a"], "joining the group");
         joined.holds();
         let down = Probe::new("test database", || {
-            Box::pin(async { Err("connection refused".to_owned()) })
+            Box::pin(async { Err("connection refused to db.internal".to_owned()) })
         });
         let slow = Probe::new("test cache", || {
             Box::pin(async {
@@ -229,13 +259,15 @@ mod tests {
                 Ok(())
             })
         });
-        let report = readiness().await;
+        let report = fresh().await;
         assert!(!report.ready);
         assert_eq!(report.checks["test consumer a"], "ok");
-        assert_eq!(report.checks["test database"], "connection refused");
+        // The error is logged, not said: the endpoint may be public.
+        assert_eq!(report.checks["test database"], "unreachable");
         assert_eq!(report.checks["test cache"], "no answer within 900 ms");
         drop((down, slow));
-        assert!(readiness().await.ready);
+        assert!(fresh().await.ready);
+        // Conditions are read afresh even while the probes' answer is reused.
         joined.fails("draining");
         assert_eq!(readiness().await.checks["test consumer a"], "draining");
         drop(joined);

@@ -157,6 +157,23 @@ fn every_kubernetes_overlay_renders_and_validates_strictly() {
         assert!(said.contains(bad.trim_end_matches(':')), "{said}");
     }
 
+    // And what no schema sees: pods under two PodDisruptionBudgets (the pooled
+    // dispatchers' label is what keeps a sending node's pods out of their budget).
+    let overlapping: String = large
+        .lines()
+        .filter(|l| l.trim() != "sendmill.io/sending-node: pooled")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let broken = dir.join("broken.yaml");
+    std::fs::write(&broken, overlapping).unwrap();
+    let output = validate(&[broken]);
+    assert!(!output.status.success(), "overlapping budgets were accepted");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("pods under"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
     validate_config(&k8s.join("base/sendmill.toml"));
     validate_config(&k8s.join("overlays/large/sending-node-mta1/sendmill.toml"));
     std::fs::remove_dir_all(&dir).unwrap();

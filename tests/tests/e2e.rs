@@ -17,7 +17,7 @@ async fn ingest_on_sigterm_fails_readiness_first_then_stops_taking_requests() {
     let log = std::env::temp_dir().join(format!("{}ingest.log", p.config.kafka.topic_prefix));
     // Long enough that the requests below land inside it on a loaded machine.
     let section = "[ingest]\nlisten = \"127.0.0.1:0\"\nallow_unverified_domains = true\n\
-                   drain_delay = \"10s\"\n";
+                   drain_delay = \"15s\"\n";
     let mut ingest =
         StageProcess::start_logged(&p, &p.config, "ingest", "ingest", section, &log, "info");
     let api = logged_address(&log, "send API");

@@ -124,22 +124,27 @@ where
     let dlq = kafka.producer()?;
     let handler = Arc::new(handler);
     let abort = crate::shutdown::after_grace(&shutdown, kafka.config.drain_grace);
+    // Between a fatal error and the new clients' subscription, the process is not ready.
+    let mut restarting = None;
     loop {
-        match run_clients(
+        let generation = run_clients(
             kafka,
             &spec,
             handler.clone(),
             dlq.clone(),
-            &shutdown,
-            &abort,
-        )
-        .await?
-        {
+            (&shutdown, &abort),
+            restarting.take(),
+        );
+        match generation.await? {
             None => return Ok(()),
             Some(error) => {
                 metrics::counter!(crate::metric::CONSUMER_RESTARTS_TOTAL, "stage" => spec.stage)
                     .increment(1);
                 tracing::error!(stage = spec.stage, %error, "fatal consumer error: new clients subscribe");
+                restarting = Some(crate::health::Condition::new(
+                    format!("kafka consumer {} restart", kafka.group_id(&spec.group_id)),
+                    "new clients after a fatal consumer error",
+                ));
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.cancelled() => return Ok(()),
@@ -151,19 +156,22 @@ where
 
 /// One generation of clients: runs until `shutdown` (`None`) or a fatal consumer error
 /// (`Some`), and finishes in-flight handlers either way; handlers watch `abort`.
+/// `restarting` (the previous generation's failed readiness) ends once the new clients
+/// have subscribed and registered their own.
 async fn run_clients<H, Fut>(
     kafka: &KafkaConnection,
     spec: &ConsumerSpec,
     handler: Arc<H>,
     dlq: Producer,
-    shutdown: &CancellationToken,
-    abort: &CancellationToken,
+    (shutdown, abort): (&CancellationToken, &CancellationToken),
+    restarting: Option<crate::health::Condition>,
 ) -> Result<Option<KafkaError>, KafkaError>
 where
     H: Fn(Record) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Handled, HandlerError>> + Send + 'static,
 {
     let consumer = Arc::new(GroupClients::subscribe(kafka, spec)?);
+    drop(restarting);
     // Every client's records, merged; the streams borrow the clients, which outlive them.
     let mut messages = futures::stream::select_all(
         consumer
