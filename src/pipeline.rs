@@ -55,7 +55,10 @@ pub struct Pipeline {
     /// The consumer groups `/readyz` waits for.
     _expected: Vec<health::Condition>,
     /// A lone render or dispatcher's ops endpoints, and what stops them.
-    ops_server: Option<(tokio::task::JoinHandle<std::io::Result<()>>, CancellationToken)>,
+    ops_server: Option<(
+        tokio::task::JoinHandle<std::io::Result<()>>,
+        CancellationToken,
+    )>,
 }
 
 /// The consumer groups `stage` runs (ids without the topic prefix), for readiness.

@@ -347,7 +347,8 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             close.cancel();
         })
     };
-    let served = sendmill_platform::http::serve("ingest", listener, app(state), close.clone()).await;
+    let served =
+        sendmill_platform::http::serve("ingest", listener, app(state), close.clone()).await;
     shutdown.cancel();
     close.cancel();
     in_flight.cancel();

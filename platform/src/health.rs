@@ -186,7 +186,7 @@ pub const ANSWER_REUSE: Duration = Duration::from_secs(1);
 /// [`ANSWER_REUSE`] is given again instead (its conditions read afresh). A probe's
 /// error is logged, and reported only as "unreachable": the endpoint may be public.
 pub async fn readiness() -> Report {
-    static LAST: LazyLock<tokio::sync::Mutex<Option<(std::time::Instant, Vec<(String, Option<String>)>)>>> =
+    static LAST: LazyLock<tokio::sync::Mutex<Option<(std::time::Instant, Answers)>>> =
         LazyLock::new(Default::default);
     let answers = {
         // One asker at a time: concurrent requests wait for its answer.
@@ -215,8 +215,11 @@ pub async fn readiness() -> Report {
     Report { ready, checks }
 }
 
-/// Every probe's answer: `None` when it answered, else what to report.
-async fn ask_probes() -> Vec<(String, Option<String>)> {
+/// Each probe's name and `None` when it answered, else what to report.
+type Answers = Vec<(String, Option<String>)>;
+
+/// Every probe's answer.
+async fn ask_probes() -> Answers {
     let probes: Vec<_> = registry().probes.values().cloned().collect();
     futures::future::join_all(probes.into_iter().map(|(name, check)| async move {
         let failure = match tokio::time::timeout(PROBE_TIMEOUT, check()).await {

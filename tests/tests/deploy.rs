@@ -167,7 +167,10 @@ fn every_kubernetes_overlay_renders_and_validates_strictly() {
     let broken = dir.join("broken.yaml");
     std::fs::write(&broken, overlapping).unwrap();
     let output = validate(&[broken]);
-    assert!(!output.status.success(), "overlapping budgets were accepted");
+    assert!(
+        !output.status.success(),
+        "overlapping budgets were accepted"
+    );
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("pods under"),
         "{}",
