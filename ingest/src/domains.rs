@@ -64,7 +64,8 @@ pub struct AddDomain {
 /// One DNS record to publish, and what verification found for it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DnsRecord {
-    /// `dkim`, `dkim_ed25519`, `return_path`, `spf` or `dmarc`.
+    /// `dkim`, `dkim_ed25519`, `dkim_next` (a rotation's staged key), `return_path`, `spf` or
+    /// `dmarc`.
     pub purpose: String,
     #[serde(rename = "type")]
     pub record_type: String,
@@ -115,6 +116,11 @@ pub fn records(domain: &SendingDomain, config: &DomainsConfig) -> Vec<DnsRecord>
     let mut out = vec![record("dkim", "TXT", dkim_name, dkim_value, true)];
     if let Some((name, value)) = domain.dkim_records().into_iter().nth(1) {
         out.push(record("dkim_ed25519", "TXT", name, value, domain.dual_sign));
+    }
+    // A rotation's staged key: publish it before it is activated (not yet required).
+    if let Some(next) = &domain.next_dkim {
+        let (name, value) = next.dkim_record(&domain.domain);
+        out.push(record("dkim_next", "TXT", name, value, false));
     }
     out.push(record(
         "return_path",
@@ -318,19 +324,16 @@ async fn check(resolver: &TokioResolver, record: &DnsRecord, config: &DomainsCon
     };
     let compact = |s: &str| s.split_whitespace().collect::<String>();
     let ok = match record.purpose.as_str() {
-        "dkim" | "dkim_ed25519" => {
+        "dkim" | "dkim_ed25519" | "dkim_next" => {
             let key = record
                 .value
                 .split(';')
                 .map(str::trim)
                 .find_map(|tag| tag.strip_prefix("p="))
-                .unwrap_or_default()
-                .to_owned();
-            found.iter().any(|txt| {
-                compact(txt)
-                    .split(';')
-                    .any(|tag| tag.strip_prefix("p=") == Some(key.as_str()))
-            })
+                .unwrap_or_default();
+            found
+                .iter()
+                .any(|txt| sendmill_store::dkim::publishes_key(txt, key))
         }
         "return_path" => found.iter().any(|mx| {
             mx.split_whitespace()

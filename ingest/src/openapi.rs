@@ -305,7 +305,7 @@ fn schemas() -> Map<String, Value> {
         "AddDomain": {"type": "object", "required": ["domain"], "additionalProperties": false,
             "properties": {"domain": {"type": "string"}}},
         "DnsRecord": {"type": "object", "required": ["purpose", "type", "name", "value", "required"],
-            "properties": {"purpose": {"enum": ["dkim", "dkim_ed25519", "return_path", "spf", "dmarc"]},
+            "properties": {"purpose": {"enum": ["dkim", "dkim_ed25519", "dkim_next", "return_path", "spf", "dmarc"]},
                 "type": {"enum": ["TXT", "MX"]}, "name": {"type": "string"}, "value": {"type": "string"},
                 "required": {"type": "boolean"}}},
         "Check": {"type": "object", "required": ["purpose", "ok", "found"],

@@ -90,6 +90,27 @@ pub enum Admin {
         #[arg(long, default_value = "s1")]
         selector: String,
     },
+    /// Rotates a sending domain's RSA DKIM key in two steps. Without `--activate`:
+    /// stages a new key under `--selector` and prints its TXT record to publish (the
+    /// domain keeps signing with its current key). With `--activate`: checks that the
+    /// staged key's record is published (through `ingest.domains.nameservers`) and makes
+    /// it the signing key; keep the old selector's record published for a few days.
+    RotateDkim {
+        #[arg(long)]
+        account: AccountId,
+        #[arg(long)]
+        domain: String,
+        /// The new key's selector (a DNS label not in use by the domain).
+        #[arg(long, required_unless_present = "activate")]
+        selector: Option<String>,
+        /// Make the staged key the signing key.
+        #[arg(long, conflicts_with = "selector")]
+        activate: bool,
+        /// Activate without looking the record up (it is published where the configured
+        /// resolvers cannot see it).
+        #[arg(long, requires = "activate")]
+        skip_dns_check: bool,
+    },
     /// Prints a new key-encryption key as a keyring entry (`ID:base64`), to put first in
     /// `[secrets] kek_file` or `SENDMILL_KEKS`.
     GenerateKek {
@@ -240,6 +261,64 @@ pub async fn run(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
             };
             store.set_tracking_defaults(account, &settings).await?;
             println!("tracking defaults: opens {opens}, clicks {clicks}");
+        }
+        Admin::RotateDkim {
+            account,
+            domain,
+            selector,
+            activate,
+            skip_dns_check,
+        } => {
+            let domain = sendmill_wire::address::domain_name(&domain).unwrap_or(domain);
+            match selector {
+                Some(selector) if !activate => {
+                    let staged = store.stage_dkim_key(account, &domain, &selector).await?;
+                    let next = staged.next_dkim.as_ref().expect("just staged");
+                    let (name, value) = next.dkim_record(&domain);
+                    println!("Publish this DNS record, then run again with --activate:");
+                    println!("{name} TXT "{value}"");
+                }
+                _ => {
+                    let Some(sending) = store.sending_domain(account, &domain).await? else {
+                        bail!("the account has no sending domain {domain}");
+                    };
+                    let Some(next) = &sending.next_dkim else {
+                        bail!("{domain} has no staged key: stage one with --selector first");
+                    };
+                    let (name, _) = next.dkim_record(&domain);
+                    if !skip_dns_check {
+                        let nameservers = sendmill_platform::dns::parse_nameservers(
+                            &config.ingest.domains.nameservers,
+                        )
+                        .map_err(|e| anyhow::anyhow!("ingest.domains.nameservers: {e}"))?;
+                        let resolver = sendmill_platform::dns::resolver(
+                            &nameservers,
+                            config.ingest.domains.dns_timeout,
+                            0,
+                        )
+                        .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
+                        let found =
+                            sendmill_platform::dns::txt_records(&resolver, &format!("{name}."))
+                                .await
+                                .with_context(|| format!("looking up {name}"))?;
+                        let published = found
+                            .iter()
+                            .any(|txt| sendmill_store::dkim::publishes_key(txt, &next.public_key));
+                        if !published {
+                            bail!(
+                                "{name} does not publish the staged key yet (found {found:?}); \
+                                 receivers would fail its signatures"
+                            );
+                        }
+                    }
+                    let active = store.activate_dkim_key(account, &domain).await?;
+                    println!(
+                        "{domain} signs with selector {} now (within render.key_cache); keep \
+                         the old selector's record published for a few days",
+                        active.dkim_selector
+                    );
+                }
+            }
         }
         Admin::DualSign {
             account,

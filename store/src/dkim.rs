@@ -40,6 +40,13 @@ pub fn generate_ed25519() -> Result<GeneratedEd25519Key, aws_lc_rs::error::Unspe
     })
 }
 
+/// Whether TXT record `txt` (its strings joined) publishes the public key whose `p=` tag
+/// is `p` (RFC 6376 §3.6.1: tags split on `;`, whitespace in values ignored).
+pub fn publishes_key(txt: &str, p: &str) -> bool {
+    let compact: String = txt.split_whitespace().collect();
+    !p.is_empty() && compact.split(';').any(|tag| tag.strip_prefix("p=") == Some(p))
+}
+
 /// `(name, value)` of the RSA key's TXT record at `selector._domainkey.domain`.
 pub fn txt_record(domain: &str, selector: &str, public_spki_base64: &str) -> (String, String) {
     (

@@ -1,7 +1,12 @@
 //! Sending domains: the domains an account sends from, each with its DKIM keys (RSA-2048,
 //! optionally Ed25519 for dual signing), return-path domain and the result of the last
 //! DNS verification. Every query takes the account id. Private keys are sealed at rest
-//! (`secrets`) when a keyring is configured.
+//! (`secrets`) when a keyring is configured, all of a row's under one KEK.
+//!
+//! DKIM key rotation (RFC 6376 §3.1: a new key goes under a new selector) is two steps:
+//! [`Store::stage_dkim_key`] makes the next RSA key under a new selector, whose record
+//! the tenant publishes; [`Store::activate_dkim_key`] makes it the signing key. The old
+//! selector's record should stay published for a few days, for mail signed with it.
 
 use crate::{
     dkim,
@@ -30,10 +35,42 @@ pub struct SendingDomain {
     pub dual_sign: bool,
     /// The domain of VERP return paths, where asynchronous bounces come back.
     pub return_path_domain: String,
+    /// The next RSA key, staged by a rotation until it is activated.
+    pub next_dkim: Option<StagedDkimKey>,
     /// When its DNS records were last found in place; `None`: never (or no longer).
     pub verified_at: Option<OffsetDateTime>,
     /// What the last verification found, record by record.
     pub verification: Option<serde_json::Value>,
+}
+
+/// An RSA-2048 key staged under its own selector (DKIM key rotation).
+#[derive(Clone)]
+pub struct StagedDkimKey {
+    pub selector: String,
+    pub private_pkcs8: Vec<u8>,
+    pub public_key: String,
+}
+
+impl StagedDkimKey {
+    /// Its DKIM TXT record, to publish before activating it: `(name, value)`.
+    pub fn dkim_record(&self, domain: &str) -> (String, String) {
+        dkim::txt_record(domain, &self.selector, &self.public_key)
+    }
+}
+
+/// Why a key rotation step was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error("the account has no sending domain {0}")]
+    NoDomain(String),
+    #[error("selector {0:?} is in use by the domain; a new key needs a new selector")]
+    SelectorInUse(String),
+    #[error("selector {0:?} is not a DNS label (letters, digits, hyphens; at most 63)")]
+    BadSelector(String),
+    #[error("{0} has no staged key: stage one first")]
+    NothingStaged(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 #[derive(Clone)]
@@ -100,6 +137,7 @@ impl Store {
                 public_key: ed.public_base64,
             }),
             dual_sign: false,
+            next_dkim: None,
             verified_at: None,
             verification: None,
         };
@@ -153,6 +191,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT id, domain, dkim_selector, dkim_private_key, dkim_public_key,
                     dkim_ed25519_selector, dkim_ed25519_private_key, dkim_ed25519_public_key,
+                    dkim_next_selector, dkim_next_private_key, dkim_next_public_key,
                     dual_sign, return_path_domain, verified_at, verification, dkim_kek_id
              FROM sending_domains WHERE account_id = $1 AND domain = $2",
         )
@@ -172,6 +211,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, domain, dkim_selector, dkim_private_key, dkim_public_key,
                     dkim_ed25519_selector, dkim_ed25519_private_key, dkim_ed25519_public_key,
+                    dkim_next_selector, dkim_next_private_key, dkim_next_public_key,
                     dual_sign, return_path_domain, verified_at, verification, dkim_kek_id
              FROM sending_domains WHERE account_id = $1 ORDER BY domain",
         )
@@ -260,6 +300,118 @@ impl Store {
 }
 
 impl Store {
+    /// Stages a new RSA-2048 key for `domain` under `selector` (DKIM key rotation, step
+    /// one); a key staged before is replaced. The domain keeps signing with its current
+    /// key until [`Store::activate_dkim_key`]. Returns the domain with
+    /// [`SendingDomain::next_dkim`] set. Errors: no such domain; `selector` is the current
+    /// RSA or Ed25519 selector, or not a DNS label.
+    pub async fn stage_dkim_key(
+        &self,
+        account_id: AccountId,
+        domain: &str,
+        selector: &str,
+    ) -> Result<SendingDomain, RotationError> {
+        let valid = !selector.is_empty()
+            && selector.len() <= 63
+            && selector.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !selector.starts_with('-')
+            && !selector.ends_with('-');
+        if !valid {
+            return Err(RotationError::BadSelector(selector.to_owned()));
+        }
+        let mut sending = self
+            .sending_domain(account_id, domain)
+            .await?
+            .ok_or_else(|| RotationError::NoDomain(domain.to_owned()))?;
+        let in_use = selector.eq_ignore_ascii_case(&sending.dkim_selector)
+            || sending
+                .ed25519
+                .as_ref()
+                .is_some_and(|ed| selector.eq_ignore_ascii_case(&ed.selector));
+        if in_use {
+            return Err(RotationError::SelectorInUse(selector.to_owned()));
+        }
+        let key = dkim::generate_rsa_2048().map_err(|_| StoreError::KeyGeneration)?;
+        sending.next_dkim = Some(StagedDkimKey {
+            selector: selector.to_ascii_lowercase(),
+            private_pkcs8: key.private_pkcs8,
+            public_key: key.public_spki_base64,
+        });
+        self.write_dkim_keys(&sending).await?;
+        Ok(sending)
+    }
+
+    /// Makes the staged key the domain's signing key (DKIM key rotation, step two): its
+    /// selector and keys replace the current RSA ones, and nothing stays staged. Render
+    /// processes sign with it once their key cache (`render.key_cache`) expires. Errors:
+    /// no such domain, nothing staged.
+    pub async fn activate_dkim_key(
+        &self,
+        account_id: AccountId,
+        domain: &str,
+    ) -> Result<SendingDomain, RotationError> {
+        let mut sending = self
+            .sending_domain(account_id, domain)
+            .await?
+            .ok_or_else(|| RotationError::NoDomain(domain.to_owned()))?;
+        let next = sending
+            .next_dkim
+            .take()
+            .ok_or_else(|| RotationError::NothingStaged(domain.to_owned()))?;
+        sending.dkim_selector = next.selector;
+        sending.dkim_private_key_pkcs8 = next.private_pkcs8;
+        sending.dkim_public_key = next.public_key;
+        self.write_dkim_keys(&sending).await?;
+        Ok(sending)
+    }
+
+    /// Writes every DKIM key of `sending` (selectors, public keys, private keys sealed
+    /// under the keyring's current KEK, all of the row under it).
+    async fn write_dkim_keys(&self, sending: &SendingDomain) -> Result<(), StoreError> {
+        let keyring = self.keyring();
+        let (kek_id, rsa) = seal_stored(
+            keyring,
+            SecretKind::DkimRsa,
+            sending.id,
+            &sending.dkim_private_key_pkcs8,
+        )?;
+        let ed = sending
+            .ed25519
+            .as_ref()
+            .map(|ed| seal_stored(keyring, SecretKind::DkimEd25519, sending.id, &ed.private_pkcs8))
+            .transpose()?
+            .map(|(_, stored)| stored);
+        let next = sending
+            .next_dkim
+            .as_ref()
+            .map(|n| seal_stored(keyring, SecretKind::DkimRsaNext, sending.id, &n.private_pkcs8))
+            .transpose()?
+            .map(|(_, stored)| stored);
+        sqlx::query(
+            "UPDATE sending_domains
+             SET dkim_selector = $3, dkim_private_key = $4, dkim_public_key = $5,
+                 dkim_ed25519_private_key = $6,
+                 dkim_next_selector = $7, dkim_next_private_key = $8, dkim_next_public_key = $9,
+                 dkim_kek_id = $10
+             WHERE id = $1 AND account_id = $2",
+        )
+        .bind(sending.id)
+        .bind(sending.account_id.0)
+        .bind(&sending.dkim_selector)
+        .bind(rsa)
+        .bind(&sending.dkim_public_key)
+        .bind(ed)
+        .bind(sending.next_dkim.as_ref().map(|n| &n.selector))
+        .bind(next)
+        .bind(sending.next_dkim.as_ref().map(|n| &n.public_key))
+        .bind(kek_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Store {
     /// A sending domain as stored, its private keys opened.
     fn sending_domain_from_row(
         &self,
@@ -284,6 +436,18 @@ impl Store {
             }),
             _ => None,
         };
+        let next_dkim = match (
+            r.get::<Option<String>, _>("dkim_next_selector"),
+            r.get::<Option<Vec<u8>>, _>("dkim_next_private_key"),
+            r.get::<Option<String>, _>("dkim_next_public_key"),
+        ) {
+            (Some(selector), Some(private_pkcs8), Some(public_key)) => Some(StagedDkimKey {
+                selector,
+                private_pkcs8: open(SecretKind::DkimRsaNext, private_pkcs8)?,
+                public_key,
+            }),
+            _ => None,
+        };
         Ok(SendingDomain {
             id,
             account_id,
@@ -295,6 +459,7 @@ impl Store {
             dkim_private_key_pkcs8: open(SecretKind::DkimRsa, r.get("dkim_private_key"))?,
             dkim_public_key: r.get("dkim_public_key"),
             ed25519,
+            next_dkim,
             dual_sign: r.get("dual_sign"),
             verified_at: r.get("verified_at"),
             verification: r

@@ -31,7 +31,7 @@ pub mod suppressions;
 pub mod templates;
 pub mod webhooks;
 
-pub use domains::{Ed25519DkimKey, SendingDomain};
+pub use domains::{Ed25519DkimKey, RotationError, SendingDomain, StagedDkimKey};
 pub use suppressions::{Suppression, SuppressionReason};
 
 use sendmill_platform::api::ApiError;

@@ -53,6 +53,8 @@ pub enum SecretError {
 pub enum SecretKind {
     DkimRsa,
     DkimEd25519,
+    /// A staged RSA key (DKIM key rotation).
+    DkimRsaNext,
     WebhookSecret,
 }
 
@@ -61,6 +63,7 @@ impl SecretKind {
         match self {
             SecretKind::DkimRsa => "sending_domains.dkim_private_key",
             SecretKind::DkimEd25519 => "sending_domains.dkim_ed25519_private_key",
+            SecretKind::DkimRsaNext => "sending_domains.dkim_next_private_key",
             SecretKind::WebhookSecret => "webhook_endpoints.secret",
         }
     }
@@ -245,7 +248,8 @@ impl crate::Store {
         let mut after = Uuid::nil();
         loop {
             let rows = sqlx::query(
-                "SELECT id, dkim_private_key, dkim_ed25519_private_key, dkim_kek_id
+                "SELECT id, dkim_private_key, dkim_ed25519_private_key, dkim_next_private_key,
+                        dkim_kek_id
                  FROM sending_domains WHERE id > $1 AND dkim_kek_id IS DISTINCT FROM $2
                  ORDER BY id LIMIT $3",
             )
@@ -259,31 +263,23 @@ impl crate::Store {
             for r in &rows {
                 let id: Uuid = r.get("id");
                 let old: Option<String> = r.get("dkim_kek_id");
-                let resealed = (|| -> Result<(Vec<u8>, Option<Vec<u8>>), SecretError> {
-                    let rsa = open_stored(
-                        Some(ring),
-                        SecretKind::DkimRsa,
-                        id,
-                        old.as_deref(),
-                        r.get("dkim_private_key"),
-                    )?;
-                    let rsa = ring.seal(SecretKind::DkimRsa, id, &rsa)?.1;
-                    let ed = match r.get::<Option<Vec<u8>>, _>("dkim_ed25519_private_key") {
-                        Some(stored) => {
-                            let plain = open_stored(
-                                Some(ring),
-                                SecretKind::DkimEd25519,
-                                id,
-                                old.as_deref(),
-                                stored,
-                            )?;
-                            Some(ring.seal(SecretKind::DkimEd25519, id, &plain)?.1)
-                        }
-                        None => None,
-                    };
-                    Ok((rsa, ed))
+                // Every key of the row under one KEK: the row has one KEK id.
+                let reseal = |kind, stored: Option<Vec<u8>>| -> Result<Option<Vec<u8>>, SecretError> {
+                    stored
+                        .map(|stored| {
+                            let plain = open_stored(Some(ring), kind, id, old.as_deref(), stored)?;
+                            Ok(ring.seal(kind, id, &plain)?.1)
+                        })
+                        .transpose()
+                };
+                let resealed = (|| {
+                    Ok::<_, SecretError>((
+                        reseal(SecretKind::DkimRsa, r.get("dkim_private_key"))?,
+                        reseal(SecretKind::DkimEd25519, r.get("dkim_ed25519_private_key"))?,
+                        reseal(SecretKind::DkimRsaNext, r.get("dkim_next_private_key"))?,
+                    ))
                 })();
-                let (rsa, ed) = match resealed {
+                let (rsa, ed, next) = match resealed {
                     Ok(keys) => keys,
                     Err(e) => {
                         done.failed.push(format!("sending_domains {id}: {e}"));
@@ -292,12 +288,14 @@ impl crate::Store {
                 };
                 let updated = sqlx::query(
                     "UPDATE sending_domains
-                     SET dkim_private_key = $2, dkim_ed25519_private_key = $3, dkim_kek_id = $4
-                     WHERE id = $1 AND dkim_kek_id IS NOT DISTINCT FROM $5",
+                     SET dkim_private_key = $2, dkim_ed25519_private_key = $3,
+                         dkim_next_private_key = $4, dkim_kek_id = $5
+                     WHERE id = $1 AND dkim_kek_id IS NOT DISTINCT FROM $6",
                 )
                 .bind(id)
                 .bind(rsa)
                 .bind(ed)
+                .bind(next)
                 .bind(&current)
                 .bind(&old)
                 .execute(self.pool())

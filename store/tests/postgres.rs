@@ -1,6 +1,6 @@
 //! Against the real PostgreSQL started by deploy/local/start-services.sh.
 
-use sendmill_store::{secrets::Keyring, Scope, Store};
+use sendmill_store::{secrets::Keyring, RotationError, Scope, Store};
 
 async fn store() -> Store {
     let url = std::env::var("SENDMILL_TEST_DATABASE_URL")
@@ -245,5 +245,106 @@ async fn secrets_are_sealed_at_rest_resealed_on_rotation_and_bound_to_their_row(
         .sending_domain(account, "new.example.test")
         .await
         .is_err());
+    db.drop_it().await;
+}
+
+/// DKIM key rotation: a staged key is sealed under the row's KEK and published beside
+/// the signing one; activation makes it the signing key under its selector; a KEK
+/// rotation in between reseals it too; a selector in use or not a DNS label is refused.
+#[tokio::test]
+async fn a_dkim_key_is_staged_sealed_then_activated_under_its_new_selector() {
+    let db = OwnDatabase::create().await;
+    let k1 = format!("k1:{}", Keyring::generate_key().unwrap());
+    let k2 = format!("k2:{}", Keyring::generate_key().unwrap());
+    let store = db.store(Some(&k1)).await;
+    let account = store.create_account("rotation").await.unwrap();
+    let created = store
+        .add_sending_domain(account, "rotate.example.test", "s1")
+        .await
+        .unwrap();
+
+    for bad in ["s1", "S1", "s1e", "", "a.b", "-x", &"x".repeat(64)] {
+        let refused = store
+            .stage_dkim_key(account, "rotate.example.test", bad)
+            .await
+            .expect_err(bad);
+        assert!(
+            matches!(
+                refused,
+                RotationError::SelectorInUse(_) | RotationError::BadSelector(_)
+            ),
+            "{bad}: {refused}"
+        );
+    }
+    let other = store.create_account("other").await.unwrap();
+    assert!(matches!(
+        store.stage_dkim_key(other, "rotate.example.test", "s2").await,
+        Err(RotationError::NoDomain(_))
+    ));
+    assert!(matches!(
+        store.activate_dkim_key(account, "rotate.example.test").await,
+        Err(RotationError::NothingStaged(_))
+    ));
+
+    let staged = store
+        .stage_dkim_key(account, "rotate.example.test", "s2")
+        .await
+        .unwrap();
+    let next = staged.next_dkim.clone().unwrap();
+    assert_eq!(next.selector, "s2");
+    assert_ne!(next.public_key, created.dkim_public_key);
+    // Still signing with the old key.
+    let read = store
+        .sending_domain(account, "rotate.example.test")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.dkim_selector, "s1");
+    assert_eq!(read.dkim_private_key_pkcs8, created.dkim_private_key_pkcs8);
+    assert_eq!(read.next_dkim.unwrap().private_pkcs8, next.private_pkcs8);
+    let (stored, kek): (Vec<u8>, Option<String>) = sqlx::query_as(
+        "SELECT dkim_next_private_key, dkim_kek_id FROM sending_domains WHERE id = $1",
+    )
+    .bind(created.id)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(kek.as_deref(), Some("k1"));
+    assert_ne!(stored, next.private_pkcs8, "the staged key is in plaintext");
+
+    // A KEK rotation while a key is staged reseals it with the rest of the row.
+    let rotated = db.store(Some(&format!("{k2},{k1}"))).await;
+    assert_eq!(rotated.reseal_secrets().await.unwrap().sending_domains, 1);
+    let only_k2 = db.store(Some(&k2)).await;
+    let active = only_k2
+        .activate_dkim_key(account, "rotate.example.test")
+        .await
+        .unwrap();
+    assert_eq!(active.dkim_selector, "s2");
+    assert!(active.next_dkim.is_none());
+    let read = only_k2
+        .sending_domain(account, "rotate.example.test")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.dkim_selector, "s2");
+    assert_eq!(read.dkim_private_key_pkcs8, next.private_pkcs8);
+    assert_eq!(read.dkim_public_key, next.public_key);
+    assert!(read.next_dkim.is_none());
+    assert_eq!(
+        read.ed25519.unwrap().private_pkcs8,
+        created.ed25519.unwrap().private_pkcs8,
+        "the Ed25519 key is kept"
+    );
+    let (name, value) = read.dkim_record();
+    assert_eq!(name, "s2._domainkey.rotate.example.test");
+    assert!(sendmill_store::dkim::publishes_key(
+        &value.replace("; ", " ;  "),
+        &next.public_key
+    ));
+    assert!(!sendmill_store::dkim::publishes_key(
+        &value,
+        &created.dkim_public_key
+    ));
     db.drop_it().await;
 }

@@ -1223,3 +1223,87 @@ async fn nul_characters_and_repeated_addresses_get_a_clear_answer() {
     assert_eq!(entry["reason"], "complaint", "{entry}");
     p.stop().await;
 }
+
+/// DKIM key rotation end to end: `admin rotate-dkim` stages a key under a new selector
+/// (the domain API lists its record as `dkim_next`), refuses to activate it while DNS
+/// does not publish it, activates it once it does, and the next message is signed under
+/// the new selector, verified by dkimpy against the new record only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_dkim_key_is_activated_only_once_published_and_then_signs() {
+    let port = dns_port();
+    let p = TestPipeline::start_configured(&Stage::ALL, |config| {
+        config.ingest.domains.nameservers = vec![format!("127.0.0.1:{port}")];
+        config.ingest.domains.dns_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let config = std::env::temp_dir().join(format!("{}rotate.toml", p.config.kafka.topic_prefix));
+    std::fs::write(
+        &config,
+        format!(
+            "[postgres]\nurl = {:?}\n[secrets]\nkek_file = {:?}\n[ingest.domains]\n\
+             nameservers = [\"127.0.0.1:{port}\"]\ndns_timeout = \"1s\"\n",
+            p.config.postgres.url, p.config.secrets.kek_file
+        ),
+    )
+    .unwrap();
+    let rotate = |extra: &[&str]| {
+        let output = std::process::Command::new(sendmill_tests::sendmill_binary())
+            .arg("--config")
+            .arg(&config)
+            .args(["admin", "rotate-dkim", "--account", &p.account.to_string()])
+            .args(["--domain", &p.domain])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (ok, said) = rotate(&["--selector", "s2"]);
+    assert!(ok, "{said}");
+    assert!(said.contains(&format!("s2._domainkey.{} TXT", p.domain)), "{said}");
+
+    let (status, domain, _) = p
+        .call(&p.api_key, Method::GET, &format!("/v1/domains/{}", p.domain), None)
+        .await;
+    assert_eq!(status, 200, "{domain}");
+    let next: Vec<Value> = domain["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["purpose"] == "dkim_next")
+        .cloned()
+        .collect();
+    assert_eq!(next.len(), 1, "{domain}");
+    assert_eq!(next[0]["name"], format!("s2._domainkey.{}", p.domain));
+    assert_eq!(next[0]["required"], false);
+
+    let empty = start_dns_on(port, &[]);
+    let (ok, said) = rotate(&["--activate"]);
+    assert!(!ok && said.contains("does not publish the staged key"), "{said}");
+    drop(empty);
+    let dns = start_dns_on(port, &next);
+    let (ok, said) = rotate(&["--activate"]);
+    assert!(ok, "{said}");
+    drop(dns);
+
+    let (status, body) = p.send(&message_to(&p, json!(["rotated@ok.test"]))).await;
+    assert_eq!(status, 202, "{body}");
+    let id = sendmill_tests::first_message_id(&body);
+    p.wait_for_status(&id, "delivered", Duration::from_secs(60)).await;
+    let dump = sendmill_tests::dumped_message(&id).expect("delivered to the sink");
+    let text = std::fs::read_to_string(&dump).unwrap();
+    assert!(text.contains("s=s2;"), "{text}");
+    let new_record = (
+        next[0]["name"].as_str().unwrap().to_owned(),
+        next[0]["value"].as_str().unwrap().to_owned(),
+    );
+    assert!(sendmill_tests::dkim_verifies(&dump, &new_record));
+    assert!(!sendmill_tests::dkim_verifies(
+        &dump,
+        &(new_record.0.clone(), p.dkim_record.1.clone())
+    ));
+    p.stop().await;
+}
