@@ -39,6 +39,7 @@ fn domain(dual_sign: bool) -> SendingDomain {
             public_key: read_text("keys/ed25519.pub.b64"),
         }),
         dual_sign,
+        next_dkim: None,
         return_path_domain: "bounces.example.test".into(),
         verified_at: None,
         verification: None,

@@ -49,6 +49,7 @@ fn domain() -> SendingDomain {
             public_key: text("ed25519.pub.b64"),
         }),
         dual_sign: true,
+        next_dkim: None,
         return_path_domain: "bounces.example.test".into(),
         verified_at: None,
         verification: None,

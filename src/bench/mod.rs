@@ -56,6 +56,7 @@ pub fn render(runs: usize, seconds: f64) -> anyhow::Result<RenderReport> {
             public_key: ed.public_base64.clone(),
         }),
         dual_sign,
+        next_dkim: None,
         return_path_domain: "bounces.example.test".into(),
         verified_at: None,
         verification: None,

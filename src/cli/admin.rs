@@ -276,7 +276,7 @@ pub async fn run(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
                     let next = staged.next_dkim.as_ref().expect("just staged");
                     let (name, value) = next.dkim_record(&domain);
                     println!("Publish this DNS record, then run again with --activate:");
-                    println!("{name} TXT "{value}"");
+                    println!("{name} TXT \"{value}\"");
                 }
                 _ => {
                     let Some(sending) = store.sending_domain(account, &domain).await? else {
@@ -300,7 +300,7 @@ pub async fn run(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
                         let found =
                             sendmill_platform::dns::txt_records(&resolver, &format!("{name}."))
                                 .await
-                                .with_context(|| format!("looking up {name}"))?;
+                                .unwrap_or_else(|e| vec![format!("(lookup failed: {e})")]);
                         let published = found
                             .iter()
                             .any(|txt| sendmill_store::dkim::publishes_key(txt, &next.public_key));

@@ -44,7 +44,10 @@ pub fn generate_ed25519() -> Result<GeneratedEd25519Key, aws_lc_rs::error::Unspe
 /// is `p` (RFC 6376 §3.6.1: tags split on `;`, whitespace in values ignored).
 pub fn publishes_key(txt: &str, p: &str) -> bool {
     let compact: String = txt.split_whitespace().collect();
-    !p.is_empty() && compact.split(';').any(|tag| tag.strip_prefix("p=") == Some(p))
+    !p.is_empty()
+        && compact
+            .split(';')
+            .any(|tag| tag.strip_prefix("p=") == Some(p))
 }
 
 /// `(name, value)` of the RSA key's TXT record at `selector._domainkey.domain`.

@@ -313,7 +313,9 @@ impl Store {
     ) -> Result<SendingDomain, RotationError> {
         let valid = !selector.is_empty()
             && selector.len() <= 63
-            && selector.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && selector
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !selector.starts_with('-')
             && !selector.ends_with('-');
         if !valid {
@@ -378,13 +380,27 @@ impl Store {
         let ed = sending
             .ed25519
             .as_ref()
-            .map(|ed| seal_stored(keyring, SecretKind::DkimEd25519, sending.id, &ed.private_pkcs8))
+            .map(|ed| {
+                seal_stored(
+                    keyring,
+                    SecretKind::DkimEd25519,
+                    sending.id,
+                    &ed.private_pkcs8,
+                )
+            })
             .transpose()?
             .map(|(_, stored)| stored);
         let next = sending
             .next_dkim
             .as_ref()
-            .map(|n| seal_stored(keyring, SecretKind::DkimRsaNext, sending.id, &n.private_pkcs8))
+            .map(|n| {
+                seal_stored(
+                    keyring,
+                    SecretKind::DkimRsaNext,
+                    sending.id,
+                    &n.private_pkcs8,
+                )
+            })
             .transpose()?
             .map(|(_, stored)| stored);
         sqlx::query(

@@ -264,7 +264,9 @@ impl crate::Store {
                 let id: Uuid = r.get("id");
                 let old: Option<String> = r.get("dkim_kek_id");
                 // Every key of the row under one KEK: the row has one KEK id.
-                let reseal = |kind, stored: Option<Vec<u8>>| -> Result<Option<Vec<u8>>, SecretError> {
+                let reseal = |kind,
+                              stored: Option<Vec<u8>>|
+                 -> Result<Option<Vec<u8>>, SecretError> {
                     stored
                         .map(|stored| {
                             let plain = open_stored(Some(ring), kind, id, old.as_deref(), stored)?;

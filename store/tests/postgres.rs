@@ -278,11 +278,15 @@ async fn a_dkim_key_is_staged_sealed_then_activated_under_its_new_selector() {
     }
     let other = store.create_account("other").await.unwrap();
     assert!(matches!(
-        store.stage_dkim_key(other, "rotate.example.test", "s2").await,
+        store
+            .stage_dkim_key(other, "rotate.example.test", "s2")
+            .await,
         Err(RotationError::NoDomain(_))
     ));
     assert!(matches!(
-        store.activate_dkim_key(account, "rotate.example.test").await,
+        store
+            .activate_dkim_key(account, "rotate.example.test")
+            .await,
         Err(RotationError::NothingStaged(_))
     ));
 
@@ -332,7 +336,7 @@ async fn a_dkim_key_is_staged_sealed_then_activated_under_its_new_selector() {
     assert_eq!(read.dkim_public_key, next.public_key);
     assert!(read.next_dkim.is_none());
     assert_eq!(
-        read.ed25519.unwrap().private_pkcs8,
+        read.ed25519.as_ref().unwrap().private_pkcs8,
         created.ed25519.unwrap().private_pkcs8,
         "the Ed25519 key is kept"
     );

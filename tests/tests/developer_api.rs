@@ -1263,10 +1263,18 @@ async fn a_rotated_dkim_key_is_activated_only_once_published_and_then_signs() {
     };
     let (ok, said) = rotate(&["--selector", "s2"]);
     assert!(ok, "{said}");
-    assert!(said.contains(&format!("s2._domainkey.{} TXT", p.domain)), "{said}");
+    assert!(
+        said.contains(&format!("s2._domainkey.{} TXT", p.domain)),
+        "{said}"
+    );
 
     let (status, domain, _) = p
-        .call(&p.api_key, Method::GET, &format!("/v1/domains/{}", p.domain), None)
+        .call(
+            &p.api_key,
+            Method::GET,
+            &format!("/v1/domains/{}", p.domain),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{domain}");
     let next: Vec<Value> = domain["records"]
@@ -1282,7 +1290,10 @@ async fn a_rotated_dkim_key_is_activated_only_once_published_and_then_signs() {
 
     let empty = start_dns_on(port, &[]);
     let (ok, said) = rotate(&["--activate"]);
-    assert!(!ok && said.contains("does not publish the staged key"), "{said}");
+    assert!(
+        !ok && said.contains("does not publish the staged key"),
+        "{said}"
+    );
     drop(empty);
     let dns = start_dns_on(port, &next);
     let (ok, said) = rotate(&["--activate"]);
@@ -1292,7 +1303,8 @@ async fn a_rotated_dkim_key_is_activated_only_once_published_and_then_signs() {
     let (status, body) = p.send(&message_to(&p, json!(["rotated@ok.test"]))).await;
     assert_eq!(status, 202, "{body}");
     let id = sendmill_tests::first_message_id(&body);
-    p.wait_for_status(&id, "delivered", Duration::from_secs(60)).await;
+    p.wait_for_status(&id, "delivered", Duration::from_secs(60))
+        .await;
     let dump = sendmill_tests::dumped_message(&id).expect("delivered to the sink");
     let text = std::fs::read_to_string(&dump).unwrap();
     assert!(text.contains("s=s2;"), "{text}");
