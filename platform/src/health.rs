@@ -178,6 +178,10 @@ pub struct Report {
     pub checks: BTreeMap<String, String>,
 }
 
+/// The last probes' answer and when it was asked.
+static LAST: LazyLock<tokio::sync::Mutex<Option<(std::time::Instant, Answers)>>> =
+    LazyLock::new(Default::default);
+
 /// How long an answer of [`readiness`] is reused: the readiness endpoint may be public
 /// (ingest's and analytics' ports), and each answer asks every dependency.
 pub const ANSWER_REUSE: Duration = Duration::from_secs(1);
@@ -186,8 +190,6 @@ pub const ANSWER_REUSE: Duration = Duration::from_secs(1);
 /// [`ANSWER_REUSE`] is given again instead (its conditions read afresh). A probe's
 /// error is logged, and reported only as "unreachable": the endpoint may be public.
 pub async fn readiness() -> Report {
-    static LAST: LazyLock<tokio::sync::Mutex<Option<(std::time::Instant, Answers)>>> =
-        LazyLock::new(Default::default);
     let answers = {
         // One asker at a time: concurrent requests wait for its answer.
         let mut last = LAST.lock().await;
@@ -239,10 +241,9 @@ async fn ask_probes() -> Answers {
 mod tests {
     use super::*;
 
-    /// The answer with the probes asked afresh (the cache forgotten: paused time would
-    /// not move `Instant`, so the test waits the reuse period out).
+    /// The answer with the probes asked afresh: the reused answer forgotten.
     async fn fresh() -> Report {
-        tokio::time::sleep(ANSWER_REUSE).await;
+        *LAST.lock().await = None;
         readiness().await
     }
 

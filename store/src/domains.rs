@@ -440,30 +440,45 @@ impl Store {
             open_stored(self.keyring(), kind, id, kek_id.as_deref(), stored)
         };
         let domain: String = r.get("domain");
-        let ed25519 = match (
-            r.get::<Option<String>, _>("dkim_ed25519_selector"),
-            r.get::<Option<Vec<u8>>, _>("dkim_ed25519_private_key"),
-            r.get::<Option<String>, _>("dkim_ed25519_public_key"),
-        ) {
-            (Some(selector), Some(private_pkcs8), Some(public_key)) => Some(Ed25519DkimKey {
-                selector,
-                private_pkcs8: open(SecretKind::DkimEd25519, private_pkcs8)?,
-                public_key,
-            }),
-            _ => None,
+        // A key kept in three optional columns: selector, sealed private key, public key.
+        let optional_key = |columns: [&str; 3], kind| -> Result<_, StoreError> {
+            match (
+                r.get::<Option<String>, _>(columns[0]),
+                r.get::<Option<Vec<u8>>, _>(columns[1]),
+                r.get::<Option<String>, _>(columns[2]),
+            ) {
+                (Some(selector), Some(stored), Some(public_key)) => {
+                    Ok(Some((selector, open(kind, stored)?, public_key)))
+                }
+                _ => Ok(None),
+            }
         };
-        let next_dkim = match (
-            r.get::<Option<String>, _>("dkim_next_selector"),
-            r.get::<Option<Vec<u8>>, _>("dkim_next_private_key"),
-            r.get::<Option<String>, _>("dkim_next_public_key"),
-        ) {
-            (Some(selector), Some(private_pkcs8), Some(public_key)) => Some(StagedDkimKey {
-                selector,
-                private_pkcs8: open(SecretKind::DkimRsaNext, private_pkcs8)?,
-                public_key,
-            }),
-            _ => None,
-        };
+        let ed25519 = optional_key(
+            [
+                "dkim_ed25519_selector",
+                "dkim_ed25519_private_key",
+                "dkim_ed25519_public_key",
+            ],
+            SecretKind::DkimEd25519,
+        )?
+        .map(|(selector, private_pkcs8, public_key)| Ed25519DkimKey {
+            selector,
+            private_pkcs8,
+            public_key,
+        });
+        let next_dkim = optional_key(
+            [
+                "dkim_next_selector",
+                "dkim_next_private_key",
+                "dkim_next_public_key",
+            ],
+            SecretKind::DkimRsaNext,
+        )?
+        .map(|(selector, private_pkcs8, public_key)| StagedDkimKey {
+            selector,
+            private_pkcs8,
+            public_key,
+        });
         Ok(SendingDomain {
             id,
             account_id,
