@@ -45,6 +45,10 @@ impl Stage {
 /// Running stages and where their HTTP endpoints listen.
 pub struct Pipeline {
     pub ingest_addr: Option<SocketAddr>,
+    /// SMTP submission with STARTTLS (`ingest.submission.listen`), when configured.
+    pub submission_addr: Option<SocketAddr>,
+    /// SMTP submission with implicit TLS (`ingest.submission.tls_listen`), when configured.
+    pub submission_tls_addr: Option<SocketAddr>,
     pub analytics_addr: Option<SocketAddr>,
     /// `/healthz` and `/metrics` of a render or dispatcher process run alone.
     pub ops_addr: Option<SocketAddr>,
@@ -151,6 +155,8 @@ pub async fn start(
         .collect();
     let mut pipeline = Pipeline {
         ingest_addr: None,
+        submission_addr: None,
+        submission_tls_addr: None,
         analytics_addr: None,
         ops_addr: None,
         tasks: JoinSet::new(),
@@ -168,7 +174,20 @@ pub async fn start(
             Stage::Ingest => {
                 let listener = bind(&config.ingest.listen).await?;
                 pipeline.ingest_addr = Some(listener.local_addr()?);
+                let submission = &config.ingest.submission;
+                let mut listeners = sendmill_ingest::submission::Listeners::default();
+                if !submission.listen.is_empty() {
+                    let listener = bind(&submission.listen).await?;
+                    pipeline.submission_addr = Some(listener.local_addr()?);
+                    listeners.starttls = Some(listener);
+                }
+                if !submission.tls_listen.is_empty() {
+                    let listener = bind(&submission.tls_listen).await?;
+                    pipeline.submission_tls_addr = Some(listener.local_addr()?);
+                    listeners.implicit_tls = Some(listener);
+                }
                 let deps = sendmill_ingest::Deps {
+                    submission: listeners,
                     listener,
                     store: store.clone(),
                     kafka: kafka.clone(),

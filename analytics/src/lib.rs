@@ -405,6 +405,10 @@ pub struct TimelineEvent {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
     pub recipient: String,
+    /// The stage that wrote it; for `accepted`, the front door the message came through:
+    /// `ingest` (the API) or `submission` (SMTP).
+    #[serde(default)]
+    pub stage: String,
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub mx_host: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -468,6 +472,7 @@ async fn message_timeline(
             event_type: r.event_type,
             at_ms: r.occurred_at_ms,
             recipient: r.recipient,
+            stage: r.stage,
             mx_host: r.mx_host,
             smtp_code: (r.smtp_code != 0).then_some(r.smtp_code),
             smtp_enhanced: r.smtp_enhanced,

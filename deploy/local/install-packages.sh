@@ -10,8 +10,12 @@ packages=(
   # services
   redis-server postgresql postgresql-client clickhouse-server clickhouse-client
   dnsmasq-base postfix
+  # postfix's SASL client (PLAIN, LOGIN) for the submission test's relaying postfix
+  libsasl2-modules
   # test peers and tools: dkimpy verifies signatures, kcat reads topics, swaks/curl poke
   python3 python3-dkim python3-dnspython kcat swaks curl ca-certificates
+  # swaks's --tls (the submission test)
+  libnet-ssleay-perl
   # PyPI test tools (standardwebhooks verifies our webhook signatures) live in a venv
   python3-venv
   # the dashboard test drives headless Chromium through playwright-core (npm)

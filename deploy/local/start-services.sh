@@ -229,6 +229,8 @@ ca_sign() {
   echo "$sans" >"$ca/$name.sans"
 }
 ca_sign mx-tls mx.tls.test
+# The SMTP submission listener of the tests (and of `sendmill all` run locally).
+ca_sign submission submission.sendmill.test localhost
 ca_sign mta-sts mta-sts.sts-enforce.test mta-sts.sts-testing.test mta-sts.sts-tls.test \
   mta-sts.sts-mismatch.test mta-sts.sts-badcert.test
 

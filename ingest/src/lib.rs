@@ -20,6 +20,7 @@
 //! - [`validate`]: addresses, header names and values, labels.
 //! - [`send`]: the send endpoint; [`send::plan`] turns a request into records (pure).
 //! - [`schedule`]: the releaser of held messages and cancelling.
+//! - [`submission`]: SMTP submission (587/465): the same accept sequence for raw MIME.
 //! - [`keys`], [`domains`], [`templates`], [`suppressions`]: the management endpoints.
 //! - [`openapi`]: the API's contract, checked against [`routes`] by a test.
 //! - [`metric`]: the names of the metrics it records, each with what it counts.
@@ -36,6 +37,7 @@ pub mod request;
 pub mod schedule;
 pub mod send;
 pub mod senders;
+pub mod submission;
 pub mod suppressions;
 pub mod templates;
 pub mod validate;
@@ -124,6 +126,8 @@ pub struct Config {
     /// `kafka.drain_grace`). 0 for a process no balancer fronts.
     #[serde(with = "sendmill_platform::config::duration")]
     pub drain_delay: Duration,
+    /// SMTP submission listeners (off unless an address is set).
+    pub submission: submission::Config,
 }
 
 impl Default for Config {
@@ -146,6 +150,7 @@ impl Default for Config {
             template_cache: Duration::from_secs(30),
             domains: domains::DomainsConfig::default(),
             drain_delay: Duration::from_secs(5),
+            submission: submission::Config::default(),
         }
     }
 }
@@ -153,6 +158,7 @@ impl Default for Config {
 impl Config {
     pub fn apply_env(&mut self) {
         override_string(&mut self.listen, "INGEST_LISTEN");
+        self.submission.apply_env();
     }
 }
 
@@ -192,6 +198,8 @@ pub struct Deps {
     pub redis_prefix: String,
     /// The suppression lists, checked for every recipient.
     pub suppressions: SuppressionCache,
+    /// The SMTP submission listeners (bound by the caller; none when it is off).
+    pub submission: submission::Listeners,
 }
 
 /// Why the ingest stage stopped before shutdown.
@@ -213,7 +221,7 @@ impl AppState {
         config: Config,
         deps: Deps,
         shutdown: CancellationToken,
-    ) -> Result<(Self, tokio::net::TcpListener), Error> {
+    ) -> Result<(Self, tokio::net::TcpListener, submission::Listeners), Error> {
         let nameservers = sendmill_platform::dns::parse_nameservers(&config.domains.nameservers)
             .map_err(Error::Config)?;
         let resolver =
@@ -235,7 +243,7 @@ impl AppState {
             config: Arc::new(config),
             shutdown,
         };
-        Ok((state, deps.listener))
+        Ok((state, deps.listener, deps.submission))
     }
 }
 
@@ -320,7 +328,15 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let close = CancellationToken::new();
     // What requests in flight watch: `drain_grace` after the listener closed.
     let in_flight = sendmill_platform::shutdown::after_grace(&close, grace);
-    let (state, listener) = AppState::new(config, deps, in_flight.clone())?;
+    let tls = config.submission.tls().map_err(Error::Config)?;
+    let (state, listener, submission_listeners) = AppState::new(config, deps, in_flight.clone())?;
+    let submission = tokio::spawn(submission::serve(
+        state.clone(),
+        state.config.submission.clone(),
+        tls,
+        submission_listeners,
+        close.clone(),
+    ));
     let drain_delay = state.config.drain_delay;
     let accepting = Arc::new(health::Condition::new(
         "ingest accepting requests",
@@ -354,6 +370,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     in_flight.cancel();
     let _ = closer.await;
     let _ = releaser.await;
+    let _ = submission.await;
     // Not ready until the very end (dropped here, the condition would vanish).
     drop(accepting);
     Ok(served?)

@@ -148,7 +148,7 @@ pub(crate) async fn write(
         let event = |event_type| {
             EventV1::new(
                 event_type,
-                "ingest",
+                planned.source,
                 record.message_id,
                 record.account_id,
                 record.recipient(),

@@ -17,6 +17,7 @@
 //! - [`links`]: click tracking, open pixel, one-click unsubscribe headers.
 //! - [`encoding`]: body transfer encodings in one pass.
 //! - [`dkim`]: the DKIM signer (relaxed/relaxed, RSA-SHA256 and Ed25519-SHA256).
+//! - [`submitted`]: messages submitted over SMTP, kept as they came.
 //! - [`signing`]: each sending domain's signers and return-path domain, cached.
 //! - [`metric`]: the names of the metrics it records, each with what it counts.
 
@@ -26,6 +27,7 @@ pub mod links;
 pub mod message;
 pub mod metric;
 pub mod signing;
+pub mod submitted;
 pub mod templates;
 pub mod text;
 

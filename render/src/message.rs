@@ -113,13 +113,17 @@ impl Decorations<'_> {
     };
 }
 
-/// Renders and assembles the (unsigned) message for `request` as of `now`.
+/// Renders and assembles the (unsigned) message for `request` as of `now`; a message
+/// submitted over SMTP is kept as it came ([`crate::submitted`]).
 pub fn build(
     templates: &Templates,
     decorations: Decorations<'_>,
     request: &RequestedV1,
     now: OffsetDateTime,
 ) -> Result<Vec<u8>, RenderError> {
+    if let Some(mime) = &request.mime {
+        return crate::submitted::prepare(mime, decorations, request, now);
+    }
     let data = Value::Object(request.data.clone());
     let strict = request.options.strict;
     let render = |part: Part, source: &str| {
@@ -343,6 +347,7 @@ mod tests {
             context: MessageContext::default(),
             options: RenderOptions::default(),
             attachments: vec![],
+            mime: None,
         }
     }
 

@@ -117,6 +117,7 @@ fn request(case: &Case) -> RequestedV1 {
         context: MessageContext::default(),
         options: RenderOptions::default(),
         attachments: vec![],
+        mime: None,
     }
 }
 

@@ -13,6 +13,8 @@
 //!   pipelined transactions, and the errors a session ends in.
 //! - [`pool`]: idle sessions reused per (source IP, MX address), connection caps per
 //!   (source IP, provider).
+//! - [`server`]: the server side of a session (submission, inbound): command lines
+//!   parsed by `smtp-proto`, bounded DATA, pipelined replies, STARTTLS.
 //! - [`tls`]: the opportunistic-TLS client configuration, and the [`CertificateVerifier`]
 //!   that authenticates MX hosts for MTA-STS (RFC 8461), failures named as in RFC 8460.
 //! - [`metric`]: the names of the metrics it records, each with what it counts.
@@ -22,6 +24,7 @@ pub mod command;
 pub mod metric;
 pub mod pool;
 pub mod reply;
+pub mod server;
 pub mod tls;
 
 pub use client::{Authentication, Endpoint, Session, SmtpError, TlsMode};

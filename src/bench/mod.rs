@@ -215,6 +215,7 @@ fn request(html: &str, text: &str) -> RequestedV1 {
         context: MessageContext::default(),
         options: RenderOptions::default(),
         attachments: vec![],
+        mime: None,
     }
 }
 

@@ -23,6 +23,10 @@ pub struct TestPipeline {
     pub config: SendmillConfig,
     pub ingest: SocketAddr,
     pub analytics: Option<SocketAddr>,
+    /// SMTP submission with STARTTLS, when the test configured it.
+    pub submission: Option<SocketAddr>,
+    /// SMTP submission with implicit TLS, when the test configured it.
+    pub submission_tls: Option<SocketAddr>,
     pub api_key: String,
     pub account: AccountId,
     /// The tenant's sending domain (a subdomain of example.test, unique to the test).
@@ -87,12 +91,14 @@ impl TestPipeline {
             domain,
         } = tenant;
 
-        let (shutdown, ingest, analytics, handle) = launch(&config, stages).await;
+        let (shutdown, addrs, handle) = launch(&config, stages).await;
         TestPipeline {
+            ingest: addrs.ingest,
+            analytics: addrs.analytics,
+            submission: addrs.submission,
+            submission_tls: addrs.submission_tls,
             stages: stages.to_vec(),
             topics,
-            ingest,
-            analytics,
             api_key,
             account,
             dkim_record: sending.dkim_record(),
@@ -118,10 +124,12 @@ impl TestPipeline {
                 .expect("pipeline task does not panic")
                 .expect("stages end cleanly");
         }
-        let (shutdown, ingest, analytics, handle) = launch(&self.config, &self.stages).await;
+        let (shutdown, addrs, handle) = launch(&self.config, &self.stages).await;
         self.shutdown = shutdown;
-        self.ingest = ingest;
-        self.analytics = analytics;
+        self.ingest = addrs.ingest;
+        self.analytics = addrs.analytics;
+        self.submission = addrs.submission;
+        self.submission_tls = addrs.submission_tls;
         self.running = Some(handle);
     }
 
@@ -356,13 +364,20 @@ async fn create_tenant(store: &Store, name: &str) -> (Tenant, sendmill_store::Se
     (tenant, sending)
 }
 
+/// Where a launched pipeline listens.
+struct Addresses {
+    ingest: SocketAddr,
+    analytics: Option<SocketAddr>,
+    submission: Option<SocketAddr>,
+    submission_tls: Option<SocketAddr>,
+}
+
 async fn launch(
     config: &SendmillConfig,
     stages: &[Stage],
 ) -> (
     CancellationToken,
-    SocketAddr,
-    Option<SocketAddr>,
+    Addresses,
     tokio::task::JoinHandle<Result<(), String>>,
 ) {
     let shutdown = CancellationToken::new();
@@ -372,9 +387,14 @@ async fn launch(
     let ingest = running
         .ingest_addr
         .unwrap_or_else(|| "127.0.0.1:1".parse().unwrap());
-    let analytics = running.analytics_addr;
+    let addrs = Addresses {
+        ingest,
+        analytics: running.analytics_addr,
+        submission: running.submission_addr,
+        submission_tls: running.submission_tls_addr,
+    };
     let handle = tokio::spawn(async move { running.wait().await.map_err(|e| format!("{e:#}")) });
-    (shutdown, ingest, analytics, handle)
+    (shutdown, addrs, handle)
 }
 
 pub async fn call(

@@ -99,6 +99,16 @@ pub struct RequestedV1 {
     pub options: RenderOptions,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// A message submitted over SMTP (RFC 6409): its complete RFC 5322 bytes with CRLF
+    /// line ends, `X-Sendmill-*` and `Bcc` fields already removed. Render keeps it as it
+    /// is (no template, no re-encoding) and only adds what every message gets; `subject`,
+    /// `html`, `text`, `headers`, `attachments` and `data` are then empty.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "base64_bytes_option"
+    )]
+    pub mime: Option<Vec<u8>>,
 }
 
 /// A file sent with the message: attached, or inline (an image the HTML shows through
@@ -217,6 +227,24 @@ pub struct DeadLetterV1 {
 
 impl WirePayload for DeadLetterV1 {
     const SCHEMA: &'static str = "sendmill.dlq.v1";
+}
+
+/// Optional bytes as standard base64 in JSON (absent when `None`).
+mod base64_bytes_option {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => super::base64_bytes::serialize(bytes, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "super::base64_bytes")] Vec<u8>);
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|Wrapped(bytes)| bytes))
+    }
 }
 
 /// Bytes as standard base64 in JSON.

@@ -31,6 +31,23 @@ fn requested_v1() {
 }
 
 #[test]
+fn requested_v1_submitted_over_smtp() {
+    let r: RequestedV1 = decode(&fixture("requested.v1.submitted.json")).unwrap();
+    assert_eq!(
+        r.mime.as_deref(),
+        Some(
+            &b"From: App <app@example.test>\r\nTo: ada@ok.test\r\nSubject: hi\r\n\r\nHello\r\n"[..]
+        )
+    );
+    assert!(r.html.is_none() && r.text.is_none());
+    round_trips(&r);
+    // Records of the API carry no `mime` at all.
+    let api: RequestedV1 = decode(&fixture("requested.v1.json")).unwrap();
+    assert!(api.mime.is_none());
+    assert!(!String::from_utf8(encode(&api)).unwrap().contains("mime"));
+}
+
+#[test]
 fn ready_v1() {
     let r: ReadyV1 = decode(&fixture("ready.v1.json")).unwrap();
     assert_eq!(r.lane, Lane::Bulk);

@@ -154,7 +154,7 @@ async fn accept_request(
     let send_at = schedule_time(request.send_at, now, &state.config)?;
     let sandbox = request.sandbox;
     let mut planned = plan(principal, request, &state.config, now, batch_id)?;
-    check_sender(state, principal, &planned).await?;
+    check_sender(state, principal, &planned.from.email).await?;
     mark_suppressed(state, principal, &mut planned).await?;
 
     let sendable = planned.sendable().count();
@@ -255,12 +255,14 @@ fn schedule_time(
     Ok((at > now).then_some(at))
 }
 
-async fn check_sender(
+/// Whether `from` is on a sending domain of the account that may send (verified, unless
+/// `allow_unverified_domains`): a 422 naming `from` when not.
+pub(crate) async fn check_sender(
     state: &AppState,
     principal: &Principal,
-    planned: &Planned,
+    from: &str,
 ) -> Result<(), ApiError> {
-    let sender_domain = domain_of(&planned.from.email);
+    let sender_domain = domain_of(from);
     if state.senders.allowed(principal.account_id, &sender_domain) {
         return Ok(());
     }
@@ -330,7 +332,13 @@ async fn mark_suppressed(
     Ok(())
 }
 
-async fn admit(state: &AppState, principal: &Principal, recipients: u32) -> Result<(), ApiError> {
+/// Takes `recipients` from the account's rate limit and daily quota: a 429
+/// (`rate_limited` or `quota_exceeded`, with Retry-After) when they do not allow it.
+pub(crate) async fn admit(
+    state: &AppState,
+    principal: &Principal,
+    recipients: u32,
+) -> Result<(), ApiError> {
     let limits = Limits {
         per_sec: principal
             .limits

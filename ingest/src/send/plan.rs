@@ -25,6 +25,9 @@ const MAX_METADATA_VALUE: usize = 1000;
 pub struct Planned {
     pub from: EmailAddress,
     pub copies: Vec<(RecipientResult, Option<RequestedV1>)>,
+    /// The front door it came through, the `stage` of its events: `ingest` (the API) or
+    /// `submission` (SMTP).
+    pub source: &'static str,
 }
 
 impl Planned {
@@ -146,6 +149,7 @@ pub fn plan(
     let mut planned = Planned {
         from: from.clone(),
         copies: Vec::with_capacity(copies),
+        source: "ingest",
     };
     let mut index: u32 = 0;
     let mut first_error = None;
@@ -227,6 +231,7 @@ pub fn plan(
                 },
                 options: options.clone(),
                 attachments: attachments.clone(),
+                mime: None,
             };
             let result = RecipientResult {
                 to: record.recipient().to_owned(),

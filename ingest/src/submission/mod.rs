@@ -1,0 +1,249 @@
+//! SMTP submission (RFC 6409): applications that speak SMTP, not JSON, send through the
+//! same front door as the API. What flows in is an authenticated SMTP transaction; what
+//! flows out is one `requested` record per envelope recipient (the raw message kept in
+//! [`RequestedV1::mime`]) and its `accepted` event, exactly like `POST /v1/messages`:
+//! same sending-domain check, suppression lists, account rate limit and daily quota,
+//! Kafka write and events (their stage says `submission`).
+//!
+//! - Port 587 with STARTTLS (RFC 3207) and port 465 with implicit TLS (RFC 8314), either
+//!   or both. `AUTH PLAIN` and `AUTH LOGIN` (RFC 4954) only in TLS unless
+//!   `allow_plaintext_auth`; the user name is [`Config::username`] (`apikey`, as SendGrid
+//!   and Postmark ask) or the account id, the password an API key with the `send` scope.
+//! - **250 means queued**: the reply to the final dot comes after Kafka acknowledged
+//!   every recipient's record; otherwise 451 4.3.0 and, as with the API, records already
+//!   written keep their ids: the message's `Message-ID` is claimed like an
+//!   `Idempotency-Key`, so a client that resends after a timeout (same Message-ID, same
+//!   envelope and bytes, within `ingest.idempotency_retention`) gets 250 again and no
+//!   second copy. A resent Message-ID with other content is queued as a new message.
+//! - Recipients on a suppression list are refused at RCPT (550 5.7.1), the others go on.
+//!
+//! Replies (RFC 5321 codes, RFC 3463 enhanced codes): 530 5.7.0 for AUTH before TLS and
+//! MAIL before AUTH; 535 5.7.8 for a wrong key; 454 4.7.0 when authentication cannot be
+//! checked or the account has too many connections; 552 5.3.4 over the size limit; 452
+//! 4.5.3 over the recipient limit; 550 5.7.1 for a `From` that is not one of the account's
+//! sending domains; 554 5.6.0 for a malformed message ([`message`]); 451 4.7.1 over the
+//! rate limit and 452 4.7.1 over the daily quota (both temporary: the client's queue
+//! retries); 421 when a session times out or the process drains.
+
+pub mod message;
+mod session;
+
+use crate::AppState;
+use serde::Deserialize;
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// `[ingest.submission]`: the SMTP submission listeners.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the submission port with STARTTLS (587 in production); empty: off.
+    /// Env: `SENDMILL_SUBMISSION_LISTEN`.
+    pub listen: String,
+    /// Address of the implicit-TLS submission port (465 in production, RFC 8314);
+    /// empty: off. Needs `certificate`. Env: `SENDMILL_SUBMISSION_TLS_LISTEN`.
+    pub tls_listen: String,
+    /// PEM file of the server certificate chain offered in TLS; empty: no STARTTLS.
+    pub certificate: PathBuf,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+    /// The name in the greeting and the EHLO reply.
+    pub hostname: String,
+    /// Take AUTH without TLS (the API key then crosses the network in the clear). For
+    /// local development only.
+    pub allow_plaintext_auth: bool,
+    /// The user name clients authenticate with besides the account id.
+    pub username: String,
+    /// Largest message taken, in bytes (announced as SIZE, RFC 1870). Each recipient's
+    /// record carries its own copy, so keep it well below the Kafka message size limit.
+    pub max_message_bytes: usize,
+    /// Most envelope recipients in one transaction (RFC 5321 §4.5.3.1.8 asks for 100 at
+    /// least); more get 452 4.5.3.
+    pub max_recipients: usize,
+    /// Most connections at once, all clients together; more are answered 421 4.3.2.
+    pub max_connections: usize,
+    /// Most authenticated connections of one account at once; more get 454 4.7.0 to AUTH.
+    pub max_connections_per_account: usize,
+    /// Failed AUTH attempts after which a connection is closed.
+    pub max_auth_failures: u32,
+    /// How long a command may take to arrive (RFC 5321 §4.5.3.2.7 suggests 5 minutes).
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub command_timeout: Duration,
+    /// How long each block of DATA may take to arrive (RFC 5321 §4.5.3.2.6: 3 minutes).
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub data_timeout: Duration,
+    /// How long a TLS handshake may take.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            tls_listen: String::new(),
+            certificate: PathBuf::new(),
+            private_key: PathBuf::new(),
+            hostname: "localhost".into(),
+            allow_plaintext_auth: false,
+            username: "apikey".into(),
+            max_message_bytes: 10 * 1024 * 1024,
+            max_recipients: 500,
+            max_connections: 1000,
+            max_connections_per_account: 50,
+            max_auth_failures: 3,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    pub fn apply_env(&mut self) {
+        sendmill_platform::config::override_string(&mut self.listen, "SUBMISSION_LISTEN");
+        sendmill_platform::config::override_string(&mut self.tls_listen, "SUBMISSION_TLS_LISTEN");
+    }
+
+    /// Whether a listener is configured.
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty() || !self.tls_listen.is_empty()
+    }
+
+    /// The TLS acceptor, or `None` without a certificate. Fails when the certificate
+    /// cannot be loaded, or when the settings would take no one: implicit TLS without
+    /// a certificate, or no TLS and no plaintext AUTH.
+    pub fn tls(&self) -> Result<Option<TlsAcceptor>, String> {
+        if self.certificate.as_os_str().is_empty() {
+            if !self.tls_listen.is_empty() {
+                return Err("submission.tls_listen needs submission.certificate".into());
+            }
+            if !self.listen.is_empty() && !self.allow_plaintext_auth {
+                return Err(
+                    "submission.listen without submission.certificate takes no AUTH (set \
+                     submission.certificate, or allow_plaintext_auth for development)"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        }
+        sendmill_smtp::server::tls_acceptor(&self.certificate, &self.private_key)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The listeners, bound by the caller (so it knows the addresses first).
+#[derive(Default)]
+pub struct Listeners {
+    /// STARTTLS submission (`listen`).
+    pub starttls: Option<TcpListener>,
+    /// Implicit-TLS submission (`tls_listen`).
+    pub implicit_tls: Option<TcpListener>,
+}
+
+/// Connections open per account, capped by `max_connections_per_account`.
+#[derive(Default)]
+struct AccountConnections(Mutex<HashMap<sendmill_wire::AccountId, usize>>);
+
+/// One account's connection, counted while it lives.
+struct AccountSlot {
+    connections: Arc<AccountConnections>,
+    account: sendmill_wire::AccountId,
+}
+
+impl AccountConnections {
+    fn take(
+        self: &Arc<Self>,
+        account: sendmill_wire::AccountId,
+        max: usize,
+    ) -> Option<AccountSlot> {
+        let mut open = self.0.lock().expect("not poisoned");
+        let count = open.entry(account).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(AccountSlot {
+            connections: self.clone(),
+            account,
+        })
+    }
+}
+
+impl Drop for AccountSlot {
+    fn drop(&mut self) {
+        let mut open = self.connections.0.lock().expect("not poisoned");
+        if let Some(count) = open.get_mut(&self.account) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.account);
+            }
+        }
+    }
+}
+
+/// What every session shares.
+struct Shared {
+    state: AppState,
+    config: Config,
+    tls: Option<TlsAcceptor>,
+    accounts: Arc<AccountConnections>,
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
+/// Serves the listeners until `close`; sessions in flight finish their transaction and
+/// are told 421 at their next command (the Kafka writes they wait for watch
+/// `state.shutdown`, the drain grace). Returns when every session has ended.
+pub(crate) async fn serve(
+    state: AppState,
+    config: Config,
+    tls: Option<TlsAcceptor>,
+    listeners: Listeners,
+    close: sendmill_platform::CancellationToken,
+) {
+    let shared = Arc::new(Shared {
+        connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+        state,
+        config,
+        tls,
+        accounts: Arc::default(),
+    });
+    let sessions = tokio_util::task::TaskTracker::new();
+    let mut accepting = tokio::task::JoinSet::new();
+    for (listener, implicit) in [(listeners.starttls, false), (listeners.implicit_tls, true)] {
+        let Some(listener) = listener else { continue };
+        let (shared, close, sessions) = (shared.clone(), close.clone(), sessions.clone());
+        accepting.spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    _ = close.cancelled() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            // Out of file descriptors and the like: pause, not spin.
+                            tracing::warn!(%error, "submission accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = stream.set_nodelay(true);
+                let permit = shared.connections.clone().try_acquire_owned().ok();
+                let (shared, close) = (shared.clone(), close.clone());
+                sessions.spawn(async move {
+                    session::run(shared, stream, peer, implicit, permit, close).await;
+                });
+            }
+        });
+    }
+    while accepting.join_next().await.is_some() {}
+    sessions.close();
+    sessions.wait().await;
+}
