@@ -40,7 +40,7 @@ fn fits_7bit(text: &str) -> bool {
     })
 }
 
-fn crlf(text: &str) -> Vec<u8> {
+pub(crate) fn crlf(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len() + text.len() / 32);
     for (i, line) in text.split('\n').enumerate() {
         if i > 0 {
@@ -51,7 +51,7 @@ fn crlf(text: &str) -> Vec<u8> {
     out
 }
 
-fn base64_lines(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn base64_lines(bytes: &[u8]) -> Vec<u8> {
     use base64::{engine::general_purpose::STANDARD, Engine};
     let encoded = STANDARD.encode(bytes);
     let mut out = Vec::with_capacity(encoded.len() + encoded.len() / LINE * 2 + 2);

@@ -252,6 +252,43 @@ async fn smtplib_submits_over_starttls_and_implicit_tls_and_the_body_arrives_unc
         1,
         "the campaign's one record is on the bulk lane"
     );
+
+    // Click tracking asked for by the message: the HTML part's link goes through the
+    // tracking endpoint; the text part is kept as it came.
+    let (message, _) = tricky_message(
+        &from,
+        "cy@ok.test",
+        "X-Sendmill-Track-Clicks: yes\r\n",
+        &marker,
+    );
+    let message = message.replace(
+        "<p>Hello",
+        "<p><a href=\"https://shop.test/offer\">offer</a> Hello",
+    );
+    let out = smtplib(session(
+        &p,
+        p.submission.unwrap(),
+        "starttls",
+        &from,
+        &["cy@ok.test"],
+        &message,
+    ));
+    assert_eq!(out["data"][0], 250, "{out}");
+    let id = message_id(queued_batch(out["data"][1].as_str().unwrap()), 0);
+    accepted_stage(&p, &id).await;
+    let dump = dumped_message(&id).expect("delivered");
+    let html = html_part(&dump);
+    assert!(
+        html.contains(&format!("<a href=\"{TRACKING_BASE}/t/c/")),
+        "{html}"
+    );
+    assert!(!html.contains("https://shop.test/offer"), "{html}");
+    let text = std::fs::read_to_string(&dump).unwrap();
+    assert!(
+        text.contains(&format!("Hello {marker}, caf=C3=A9 and a soft=\n break.")),
+        "{text}"
+    );
+    assert!(dkim_verifies(&dump, &p.dkim_record), "{}", dump.display());
     p.stop().await;
 }
 

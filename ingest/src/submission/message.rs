@@ -14,6 +14,9 @@
 //! - `X-Sendmill-Campaign: spring-sale` → `campaign_id` (the bulk lane, with one-click
 //!   unsubscribe headers)
 //! - `X-Sendmill-Ip-Pool: warm` → `ip_pool`
+//! - `X-Sendmill-Track-Opens: yes|no`, `X-Sendmill-Track-Clicks: yes|no` → tracking for
+//!   this message (unset: the account's defaults, as in the API); render then rewrites
+//!   the HTML part ([`sendmill_render::submitted`])
 //!
 //! Any other `X-Sendmill-*` field is refused rather than ignored: a misspelt field must
 //! not silently send without its tags.
@@ -38,6 +41,10 @@ pub struct Submitted {
     /// The `Message-ID` field's value, trimmed, when there is one (for deduplication).
     pub message_id: Option<String>,
     pub context: MessageContext,
+    /// `X-Sendmill-Track-Opens`, when given.
+    pub track_opens: Option<bool>,
+    /// `X-Sendmill-Track-Clicks`, when given.
+    pub track_clicks: Option<bool>,
 }
 
 /// Why a message is refused: a permanent SMTP reply (554 5.6.0 or 550 5.6.x).
@@ -78,6 +85,20 @@ pub fn read(data: &[u8]) -> Result<Submitted, Refusal> {
     let mut from = None;
     let mut message_id = None;
     let mut context = MessageContext::default();
+    let (mut track_opens, mut track_clicks) = (None, None);
+    let switch = |header: &mailparse::MailHeader<'_>| match header
+        .get_value()
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "yes" | "true" | "on" => Ok(true),
+        "no" | "false" | "off" => Ok(false),
+        _ => Err(refuse(format!(
+            "{} must be yes or no",
+            header.get_key_ref()
+        ))),
+    };
     for header in &headers {
         let name = header.get_key_ref().to_ascii_lowercase();
         match name.as_str() {
@@ -134,9 +155,12 @@ pub fn read(data: &[u8]) -> Result<Submitted, Refusal> {
                 validate::label(&value).map_err(|m| refuse(format!("X-Sendmill-Ip-Pool: {m}")))?;
                 context.ip_pool = Some(value);
             }
+            "x-sendmill-track-opens" => track_opens = Some(switch(header)?),
+            "x-sendmill-track-clicks" => track_clicks = Some(switch(header)?),
             other if other.starts_with("x-sendmill-") => {
                 return Err(refuse(format!(
-                    "unknown field {}: Sendmill reads X-Sendmill-Tags, -Metadata, -Campaign and -Ip-Pool",
+                    "unknown field {}: Sendmill reads X-Sendmill-Tags, -Metadata, -Campaign, \
+                     -Ip-Pool, -Track-Opens and -Track-Clicks",
                     header.get_key_ref()
                 )));
             }
@@ -155,6 +179,8 @@ pub fn read(data: &[u8]) -> Result<Submitted, Refusal> {
         from,
         message_id: message_id.filter(|m| !m.is_empty()),
         context,
+        track_opens,
+        track_clicks,
     })
 }
 
@@ -243,6 +269,13 @@ mod tests {
         assert_eq!(s.context.metadata["user"], "42");
         assert_eq!(s.context.campaign_id.as_deref(), Some("spring"));
         assert_eq!(s.context.ip_pool.as_deref(), Some("warm"));
+        assert_eq!((s.track_opens, s.track_clicks), (None, None));
+        let s = read(
+            b"From: a@b.test\r\nX-Sendmill-Track-Opens: yes\r\nX-Sendmill-Track-Clicks: No\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((s.track_opens, s.track_clicks), (Some(true), Some(false)));
+        assert_eq!(s.mime, b"From: a@b.test\r\n\r\n");
     }
 
     #[test]
@@ -264,6 +297,10 @@ mod tests {
                 .contains("X-Sendmill-Metadata")
         );
         assert!(refused(b"From: a@b.test\r\nX-Sendmill-Tags: a b\r\n\r\n").contains("\"a b\""));
+        assert!(
+            refused(b"From: a@b.test\r\nX-Sendmill-Track-Opens: maybe\r\n\r\n")
+                .contains("X-Sendmill-Track-Opens must be yes or no")
+        );
         let mut long = b"From: a@b.test\r\n\r\n".to_vec();
         long.extend(std::iter::repeat_n(b'x', 1000));
         assert!(refused(&long).contains("998"));

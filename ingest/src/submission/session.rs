@@ -629,9 +629,16 @@ fn planned(
                 data: Default::default(),
                 context: submitted.context.clone(),
                 options: RenderOptions {
+                    strict: false,
+                    // As in the API: the account's defaults unless the message says.
+                    track_opens: submitted
+                        .track_opens
+                        .unwrap_or(principal.settings.track_opens),
+                    track_clicks: submitted
+                        .track_clicks
+                        .unwrap_or(principal.settings.track_clicks),
                     // Bulk senders must offer one-click unsubscribe (Gmail, Yahoo).
                     list_unsubscribe: lane == Lane::Bulk,
-                    ..RenderOptions::default()
                 },
                 attachments: vec![],
                 mime: Some(submitted.mime.clone()),
