@@ -71,6 +71,13 @@ pub(crate) static TLS_CONFIG: LazyLock<Arc<rustls::ClientConfig>> = LazyLock::ne
     Arc::new(config)
 });
 
+/// The client configuration of opportunistic TLS (RFC 7435): any certificate is taken.
+/// For sessions whose peer is not authenticated by TLS (the dispatcher without MTA-STS,
+/// the submission bench against its self-made certificate).
+pub fn opportunistic_client_config() -> Arc<rustls::ClientConfig> {
+    TLS_CONFIG.clone()
+}
+
 /// Why a server's TLS did not authenticate it, as RFC 8460 §4.3 names the result types
 /// of a TLS-RPT report.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -19,6 +19,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 pub mod pipeline;
+pub mod submission;
 use time::OffsetDateTime;
 
 #[derive(Debug, Serialize)]

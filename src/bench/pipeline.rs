@@ -206,14 +206,14 @@ fn groups(config: &SendmillConfig, kafka: &KafkaConnection) -> Vec<(&'static str
 }
 
 /// A `sendmill` child process, killed when dropped.
-struct Process {
+pub(crate) struct Process {
     name: &'static str,
     child: Child,
     log: PathBuf,
 }
 
 impl Process {
-    fn spawn(
+    pub(crate) fn spawn(
         name: &'static str,
         config_file: &Path,
         subcommand: &str,
@@ -237,12 +237,12 @@ impl Process {
         Ok(Self { name, child, log })
     }
 
-    fn pid(&self) -> String {
+    pub(crate) fn pid(&self) -> String {
         self.child.id().to_string()
     }
 
     /// An error saying this process died, with the end of its log.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -265,18 +265,18 @@ impl Drop for Process {
 }
 
 /// Where this run's processes listen, and its names.
-struct Run {
-    id: String,
-    dir: PathBuf,
-    config: SendmillConfig,
-    ingest: std::net::SocketAddr,
+pub(crate) struct Run {
+    pub(crate) id: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: SendmillConfig,
+    pub(crate) ingest: std::net::SocketAddr,
     analytics: std::net::SocketAddr,
     render_ops: std::net::SocketAddr,
     dispatcher_ops: std::net::SocketAddr,
 }
 
 impl Run {
-    fn new(base: &SendmillConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(base: &SendmillConfig) -> anyhow::Result<Self> {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let dir = std::env::temp_dir().join(format!("sendmill-bench-{id}"));
         std::fs::create_dir_all(&dir)?;
@@ -299,7 +299,7 @@ impl Run {
 
     /// The stages' config file: this run's names and ports. Endpoints and secrets reach
     /// the processes as the `SENDMILL_*` variables of [`Run::endpoint_env`].
-    fn write_config(&self) -> anyhow::Result<PathBuf> {
+    pub(crate) fn write_config(&self) -> anyhow::Result<PathBuf> {
         let c = &self.config;
         let list = |v: &[String]| {
             let quoted: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
@@ -336,7 +336,7 @@ impl Run {
         Ok(path)
     }
 
-    fn endpoint_env(&self, brokers: &str) -> Vec<(&'static str, String)> {
+    pub(crate) fn endpoint_env(&self, brokers: &str) -> Vec<(&'static str, String)> {
         let c = &self.config;
         vec![
             ("SENDMILL_KAFKA_BROKERS", brokers.to_owned()),
@@ -352,7 +352,7 @@ impl Run {
     }
 }
 
-fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 

@@ -31,6 +31,31 @@ pub enum Bench {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Messages/s through SMTP submission (STARTTLS, AUTH PLAIN, pipelined transactions,
+    /// one recipient each) into a `sendmill ingest` child process, and its CPU per 1,000
+    /// messages, against PostgreSQL, Redis and Kafka (as configured).
+    Submission {
+        /// Measured runs (after one warm-up); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Parallel SMTP sessions.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Size of each message in bytes.
+        #[arg(long, default_value_t = 20_000)]
+        bytes: usize,
+        /// Directory of `submission.pem` and `submission.key` (made by
+        /// deploy/local/start-services.sh).
+        #[arg(
+            long,
+            default_value = "/var/tmp/sendmill-local/ca",
+            env = "SENDMILL_BENCH_CERTIFICATES"
+        )]
+        certificates: PathBuf,
+    },
     /// Delivered messages/s of one dispatcher (and per CPU-second) with messages
     /// pre-loaded in `ready`, to 1 and to 50 destination domains on local smtp-sink hosts,
     /// beside the sinks' own ceiling measured with smtp-source.
@@ -142,6 +167,42 @@ pub async fn run(config: &SendmillConfig, bench: Bench) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             println!("{json}");
+            Ok(())
+        }
+        Bench::Submission {
+            runs,
+            seconds,
+            connections,
+            bytes,
+            certificates,
+        } => {
+            let report = sendmill::bench::submission::submission(
+                config,
+                runs.max(1),
+                seconds,
+                connections.max(1),
+                bytes,
+                &certificates,
+            )
+            .await?;
+            println!(
+                "submission bench: {} B messages, {} sessions, {} runs x {} s after a warm-up, medians",
+                report.message_bytes, report.connections, report.runs, report.seconds_per_run
+            );
+            println!(
+                "  {:.0} messages/s (runs {:?}), p50 {:.1} ms, p99 {:.1} ms; CPU per 1,000: ingest {:.3} s, load generator {:.3} s",
+                report.messages_per_sec,
+                report
+                    .messages_per_sec_runs
+                    .iter()
+                    .map(|r| r.round() as u64)
+                    .collect::<Vec<_>>(),
+                report.p50_ms,
+                report.p99_ms,
+                report.ingest_cpu_s_per_1000,
+                report.client_cpu_s_per_1000
+            );
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Bench::Ingest {
