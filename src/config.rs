@@ -102,6 +102,19 @@ impl SendmillConfig {
         }
         self.kafka.validate()?;
         self.keyring()?;
+        self.ingest
+            .submission
+            .check()
+            .map_err(ConfigError::Invalid)?;
+        // A submitted message travels base64-encoded (4/3) in its requested record.
+        let largest_submitted = self.ingest.submission.max_message_bytes / 3 * 4 + 64 * 1024;
+        if largest_submitted > self.kafka.max_message_bytes as usize {
+            return Err(ConfigError::Invalid(format!(
+                "kafka.max_message_bytes ({}) cannot hold a message at \
+                 ingest.submission.max_message_bytes ({}): it needs at least {largest_submitted}",
+                self.kafka.max_message_bytes, self.ingest.submission.max_message_bytes
+            )));
+        }
         // A requested record carries its attachments base64-encoded (4/3) in JSON, and
         // the ready record the MIME built from them (base64 again): both must fit.
         let largest_record = self.ingest.max_attachment_bytes / 3 * 4 + 1024 * 1024;

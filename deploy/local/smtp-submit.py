@@ -10,10 +10,13 @@ Reads a JSON session on stdin and prints what the server answered, as JSON:
                                                   #   even without TLS (to see refusals)
      "from": "a@b.test", "to": ["c@d.test"],
      "message": "<RFC 5322 text, CRLF or LF>",
-     "mail_options": ["SIZE=123"]}
+     "mail_options": ["SIZE=123"],
+     "parallel_auth": 3}                          # optional: only authenticate, on this
+                                                  #   many sessions held open at once
 
     -> {"ehlo": [code, text], "auth": [code, text], "mail": [code, text],
         "rcpt": [[code, text], ...], "data": [code, text]}
+       or, with parallel_auth, {"auths": [[code, text], ...]} in the order opened.
 
 A step that was not reached is absent. Used by the submission tests
 (tests/tests/submission.rs) and by hand.
@@ -31,10 +34,30 @@ def answer(code, text):
     return [code, text]
 
 
+def parallel_auth(spec, context):
+    held, auths = [], []
+    for _ in range(spec["parallel_auth"]):
+        client = smtplib.SMTP(spec["host"], spec["port"], timeout=60)
+        client.ehlo("client.test")
+        client.starttls(context=context)
+        client.ehlo("client.test")
+        try:
+            auths.append(answer(*client.login(spec["user"], spec["password"])))
+        except smtplib.SMTPResponseException as e:
+            auths.append(answer(e.smtp_code, e.smtp_error))
+        held.append(client)
+    for client in held:
+        client.close()
+    return {"auths": auths}
+
+
 def main():
     spec = json.load(sys.stdin)
     out = {}
     context = ssl._create_unverified_context()  # the tests' certificate is self-made
+    if "parallel_auth" in spec:
+        print(json.dumps(parallel_auth(spec, context)))
+        return
     if spec.get("tls") == "implicit":
         client = smtplib.SMTP_SSL(spec["host"], spec["port"], context=context, timeout=60)
     else:

@@ -168,6 +168,16 @@ mod tests {
         r
     }
 
+    /// `prepare` with tracking and unsubscribe links configured.
+    fn with_links(mime: &[u8], r: &RequestedV1) -> Vec<u8> {
+        let links = Links::new("a-secret-of-at-least-thirty-two-bytes", "https://t.test/");
+        let decorations = Decorations {
+            links: Some(&links),
+            return_path_domain: "bounces.b.test",
+        };
+        prepare(mime, decorations, r, OffsetDateTime::now_utc()).unwrap()
+    }
+
     const BODY: &[u8] = b"Hello,\r\n..dots stay as they came\r\n\xc3\xa9 8-bit too\r\n";
 
     #[test]
@@ -196,12 +206,7 @@ mod tests {
     fn the_clients_own_fields_are_kept_and_not_added_twice() {
         let mime = b"Message-ID: <x@y.test>\r\nDATE: Mon, 1 Jan 2024 00:00:00 +0000\r\nlist-unsubscribe: <mailto:u@y.test>\r\nFrom: a@b.test\r\n\r\nbody\r\n";
         let r = request(mime, true);
-        let links = Links::new("a-secret-of-at-least-thirty-two-bytes", "https://t.test/");
-        let decorations = Decorations {
-            links: Some(&links),
-            return_path_domain: "bounces.b.test",
-        };
-        let out = prepare(mime, decorations, &r, OffsetDateTime::now_utc()).unwrap();
+        let out = with_links(mime, &r);
         assert_eq!(out, mime.to_vec());
     }
 
@@ -209,12 +214,7 @@ mod tests {
     fn bulk_mail_gets_one_click_unsubscribe() {
         let mime = b"Message-ID: <x@y.test>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: a@b.test\r\n\r\nbody\r\n";
         let r = request(mime, true);
-        let links = Links::new("a-secret-of-at-least-thirty-two-bytes", "https://t.test/");
-        let decorations = Decorations {
-            links: Some(&links),
-            return_path_domain: "bounces.b.test",
-        };
-        let out = prepare(mime, decorations, &r, OffsetDateTime::now_utc()).unwrap();
+        let out = with_links(mime, &r);
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with("List-Unsubscribe: <https://t.test/"),
@@ -229,12 +229,7 @@ mod tests {
         let mut r = request(mime, false);
         r.options.track_clicks = true;
         r.options.track_opens = true;
-        let links = Links::new("a-secret-of-at-least-thirty-two-bytes", "https://t.test/");
-        let decorations = Decorations {
-            links: Some(&links),
-            return_path_domain: "bounces.b.test",
-        };
-        prepare(mime, decorations, &r, OffsetDateTime::now_utc()).unwrap()
+        with_links(mime, &r)
     }
 
     fn html_of(message: &[u8]) -> String {

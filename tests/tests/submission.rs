@@ -167,6 +167,22 @@ fn assert_delivered_intact(p: &TestPipeline, dump: &std::path::Path, body: &str)
     let _ = std::fs::remove_file(tampered);
 }
 
+/// Submits `message` from the tenant's `app@` address to `to` in one smtplib session
+/// and expects 250: the session's answers and the recipient's message id.
+fn submit_one(
+    p: &TestPipeline,
+    addr: SocketAddr,
+    tls: &str,
+    to: &str,
+    message: &str,
+) -> (Value, String) {
+    let from = format!("app@{}", p.domain);
+    let out = smtplib(session(p, addr, tls, &from, &[to], message));
+    assert_eq!(out["data"][0], 250, "{out}");
+    let id = message_id(queued_batch(out["data"][1].as_str().unwrap()), 0);
+    (out, id)
+}
+
 async fn accepted_stage(p: &TestPipeline, id: &str) -> Value {
     let timeline = p.wait_for_status(id, "delivered", LIMIT).await;
     timeline["events"][0].clone()
@@ -183,22 +199,18 @@ async fn smtplib_submits_over_starttls_and_implicit_tls_and_the_body_arrives_unc
         "Bcc: hidden@ok.test\r\nX-Sendmill-Tags: welcome, smtp\r\nX-Sendmill-Metadata: {\"user\": \"42\"}\r\n",
         &marker,
     );
-    let out = smtplib(session(
+    let (out, id) = submit_one(
         &p,
         p.submission.unwrap(),
         "starttls",
-        &from,
-        &["ada@ok.test"],
+        "ada@ok.test",
         &message,
-    ));
+    );
     assert_eq!(out["auth"][0], 235, "{out}");
     assert!(
         out["ehlo"][1].as_str().unwrap().contains("PIPELINING"),
         "{out}"
     );
-    assert_eq!(out["data"][0], 250, "{out}");
-    let batch = queued_batch(out["data"][1].as_str().unwrap());
-    let id = message_id(batch, 0);
 
     let accepted = accepted_stage(&p, &id).await;
     assert_eq!(accepted["type"], "accepted");
@@ -228,16 +240,13 @@ async fn smtplib_submits_over_starttls_and_implicit_tls_and_the_body_arrives_unc
         "X-Sendmill-Campaign: spring\r\n",
         &marker,
     );
-    let out = smtplib(session(
+    let (_, id) = submit_one(
         &p,
         p.submission_tls.unwrap(),
         "implicit",
-        &from,
-        &["bob@ok.test"],
+        "bob@ok.test",
         &message,
-    ));
-    assert_eq!(out["data"][0], 250, "{out}");
-    let id = message_id(queued_batch(out["data"][1].as_str().unwrap()), 0);
+    );
     accepted_stage(&p, &id).await;
     let dump = dumped_message(&id).expect("delivered");
     assert_delivered_intact(&p, &dump, &body);
@@ -265,16 +274,13 @@ async fn smtplib_submits_over_starttls_and_implicit_tls_and_the_body_arrives_unc
         "<p>Hello",
         "<p><a href=\"https://shop.test/offer\">offer</a> Hello",
     );
-    let out = smtplib(session(
+    let (_, id) = submit_one(
         &p,
         p.submission.unwrap(),
         "starttls",
-        &from,
-        &["cy@ok.test"],
+        "cy@ok.test",
         &message,
-    ));
-    assert_eq!(out["data"][0], 250, "{out}");
-    let id = message_id(queued_batch(out["data"][1].as_str().unwrap()), 0);
+    );
     accepted_stage(&p, &id).await;
     let dump = dumped_message(&id).expect("delivered");
     let html = html_part(&dump);
@@ -471,7 +477,11 @@ async fn postfix_relays_through_sendmill_as_its_relayhost_with_sasl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_answer_the_right_codes_and_queue_nothing_and_a_resend_is_not_a_duplicate() {
-    let p = start(|c| c.ingest.submission.max_message_bytes = 64 * 1024).await;
+    let p = start(|c| {
+        c.ingest.submission.max_message_bytes = 64 * 1024;
+        c.ingest.submission.max_connections_per_account = 2;
+    })
+    .await;
     let store = p.store().await;
     let other = p.tenant("other").await;
     let from = format!("app@{}", p.domain);
@@ -524,6 +534,36 @@ async fn refusals_answer_the_right_codes_and_queue_nothing_and_a_resend_is_not_a
         out["auth"][1].as_str().unwrap().starts_with("5.7.8"),
         "{out}"
     );
+
+    // Two sessions of the account at once, not three; a slot frees when a session ends.
+    let mut spec = session(&p, addr, "starttls", &from, &[], "");
+    spec["parallel_auth"] = json!(3);
+    let out = smtplib(spec.clone());
+    let codes: Vec<u64> = out["auths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(codes[..2], [235, 235], "{out}");
+    // smtplib tries PLAIN, then LOGIN: both refused the same way.
+    assert_eq!(codes[2], 454, "{out}");
+    assert!(
+        out["auths"][2][1]
+            .as_str()
+            .unwrap()
+            .contains("too many connections"),
+        "{out}"
+    );
+    let again = poll_until(LIMIT, || {
+        let spec = spec.clone();
+        async move {
+            let out = smtplib(spec);
+            (out["auths"][0][0] == 235).then_some(out)
+        }
+    })
+    .await;
+    assert!(again.is_some(), "the closed sessions gave their slots back");
 
     // From on another account's domain.
     let foreign = format!("app@{}", other.domain);

@@ -116,21 +116,35 @@ impl Config {
         !self.listen.is_empty() || !self.tls_listen.is_empty()
     }
 
-    /// The TLS acceptor, or `None` without a certificate. Fails when the certificate
-    /// cannot be loaded, or when the settings would take no one: implicit TLS without
-    /// a certificate, or no TLS and no plaintext AUTH.
-    pub fn tls(&self) -> Result<Option<TlsAcceptor>, String> {
+    /// The rules that need no file: addresses are `ip:port`, and the settings take
+    /// someone (implicit TLS needs a certificate; without TLS, only plaintext AUTH could
+    /// authenticate).
+    pub fn check(&self) -> Result<(), String> {
+        for (name, addr) in [("listen", &self.listen), ("tls_listen", &self.tls_listen)] {
+            if !addr.is_empty() && addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!("ingest.submission.{name}: {addr:?} is not ip:port"));
+            }
+        }
         if self.certificate.as_os_str().is_empty() {
             if !self.tls_listen.is_empty() {
-                return Err("submission.tls_listen needs submission.certificate".into());
+                return Err("ingest.submission.tls_listen needs a certificate".into());
             }
             if !self.listen.is_empty() && !self.allow_plaintext_auth {
                 return Err(
-                    "submission.listen without submission.certificate takes no AUTH (set \
-                     submission.certificate, or allow_plaintext_auth for development)"
+                    "ingest.submission.listen without a certificate takes no AUTH (set \
+                     certificate, or allow_plaintext_auth for development)"
                         .into(),
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// The TLS acceptor, or `None` without a certificate. Fails when [`Config::check`]
+    /// does or the certificate cannot be loaded.
+    pub fn tls(&self) -> Result<Option<TlsAcceptor>, String> {
+        self.check()?;
+        if self.certificate.as_os_str().is_empty() {
             return Ok(None);
         }
         sendmill_smtp::server::tls_acceptor(&self.certificate, &self.private_key)

@@ -84,9 +84,14 @@ pub(super) async fn run(
         errors: 0,
         transaction: Transaction::default(),
     };
-    match session.serve(connection, &close).await {
-        Ok(()) => {}
-        Err(SessionError::Closed) => {}
+    // A session still under way when the drain grace ends (a slow DATA) is cut: its
+    // transaction was not answered 250, so the client keeps the message.
+    let served = tokio::select! {
+        served = session.serve(connection, &close) => served,
+        _ = shared.state.shutdown.cancelled() => Ok(()),
+    };
+    match served {
+        Ok(()) | Err(SessionError::Closed) => {}
         Err(error) => tracing::debug!(%peer, %error, "submission session ended"),
     }
 }
@@ -673,5 +678,37 @@ fn smtp_reply(error: &ApiError) -> Reply {
             Reply::new(451, "4.3.0", "temporarily unavailable, try again later")
         }
         _ => Reply::new(554, "5.6.0", error.message.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn the_apis_refusals_become_the_smtp_replies_a_client_queue_understands() {
+        let reply = |status, code| {
+            let Reply(code, enhanced, _) = smtp_reply(&ApiError::new(status, code, "m"));
+            (code, enhanced)
+        };
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        let limited = StatusCode::TOO_MANY_REQUESTS;
+        assert_eq!(
+            reply(unprocessable, "unknown_sending_domain"),
+            (550, "5.7.1")
+        );
+        assert_eq!(
+            reply(unprocessable, "unverified_sending_domain"),
+            (550, "5.7.1")
+        );
+        // Limits pass: temporary, so the client keeps the message and retries.
+        assert_eq!(reply(limited, "rate_limited"), (451, "4.7.1"));
+        assert_eq!(reply(limited, "quota_exceeded"), (452, "4.7.1"));
+        assert_eq!(
+            reply(StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            (451, "4.3.0")
+        );
+        assert_eq!(reply(StatusCode::BAD_REQUEST, "invalid"), (554, "5.6.0"));
     }
 }
