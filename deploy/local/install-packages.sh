@@ -20,6 +20,9 @@ packages=(
   python3-venv
   # the dashboard test drives headless Chromium through playwright-core (npm)
   chromium
+  # the image test builds deploy/Containerfile on a debootstrap base and runs it (runc:
+  # crun cannot run containers on this machine's hybrid cgroups)
+  podman runc debootstrap
 )
 # Node.js and npm from Debian unless a Node.js (which brings its own npm) is installed.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)

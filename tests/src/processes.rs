@@ -15,6 +15,28 @@ use std::{
 
 /// A `sendmill <stage>` process of the test's installation (same broker, topics, Redis
 /// prefix, databases), for tests that kill a stage with SIGKILL or run several.
+/// The config file of a stage process of `config`'s installation: its names, endpoints
+/// and key file, then `sections` (TOML) for the stage. Kafka's brokers come from
+/// `SENDMILL_KAFKA_BROKERS`.
+pub fn stage_config(config: &SendmillConfig, sections: &str) -> String {
+    format!(
+        "[kafka]\ntopic_prefix = {prefix:?}\npartitions = {partitions}\nreplication_factor = {rf}\n\
+         min_insync_replicas = {isr}\n[redis]\nurl = {redis_url:?}\nkey_prefix = {redis:?}\n\
+         [postgres]\nurl = {pg:?}\n[secrets]\nkek_file = {kek:?}\n\
+         [clickhouse]\nurl = {ch_url:?}\ndatabase = {ch:?}\n{sections}\n",
+        prefix = config.kafka.topic_prefix,
+        partitions = config.kafka.partitions,
+        rf = config.kafka.replication_factor,
+        isr = config.kafka.min_insync_replicas,
+        redis_url = config.redis.url,
+        redis = config.redis.key_prefix,
+        pg = config.postgres.url,
+        kek = config.secrets.kek_file,
+        ch_url = config.clickhouse.url,
+        ch = config.clickhouse.database,
+    )
+}
+
 pub struct StageProcess {
     child: std::process::Child,
 }
@@ -56,23 +78,7 @@ impl StageProcess {
     ) -> Self {
         let binary = sendmill_binary();
         let path = std::env::temp_dir().join(format!("{}{name}.toml", p.config.kafka.topic_prefix));
-        let toml = format!(
-            "[kafka]\ntopic_prefix = {prefix:?}\npartitions = {partitions}\nreplication_factor = {rf}\n\
-             min_insync_replicas = {isr}\n[redis]\nurl = {redis_url:?}\nkey_prefix = {redis:?}\n\
-             [postgres]\nurl = {pg:?}\n[secrets]\nkek_file = {kek:?}\n\
-             [clickhouse]\nurl = {ch_url:?}\ndatabase = {ch:?}\n{sections}\n",
-            prefix = config.kafka.topic_prefix,
-            partitions = config.kafka.partitions,
-            rf = config.kafka.replication_factor,
-            isr = config.kafka.min_insync_replicas,
-            redis_url = config.redis.url,
-            redis = config.redis.key_prefix,
-            pg = config.postgres.url,
-            kek = config.secrets.kek_file,
-            ch_url = config.clickhouse.url,
-            ch = config.clickhouse.database,
-        );
-        std::fs::write(&path, toml).unwrap();
+        std::fs::write(&path, stage_config(config, sections)).unwrap();
         let mut command = std::process::Command::new(&binary);
         command
             .args(["--config", path.to_str().unwrap(), subcommand])
