@@ -29,4 +29,16 @@ if command -v jcmd >/dev/null 2>&1 && pid_alive "$dir/kafka/broker/kafka.pid"; t
   echo "--- kafka broker heap"
   t jcmd "$(cat "$dir/kafka/broker/kafka.pid")" GC.heap_info 2>/dev/null | head -4
 fi
+# Core dumps of test binaries that died of a signal (test.sh allows them).
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+for core in "$repo"/tests/core "$repo"/tests/core.*; do
+  [ -f "$core" ] || continue
+  exe=$(file -b "$core" | sed -n "s/.*execfn: '\([^']*\)'.*/\1/p")
+  echo "--- core dump $core of ${exe:-an unknown program}: the crashing thread, then every thread's top frames"
+  if command -v gdb >/dev/null 2>&1 && [ -n "$exe" ]; then
+    timeout 180 gdb -batch -ex "bt 40" -ex "thread apply all bt 8" "$exe" "$core" 2>/dev/null \
+      | grep -v '^\[New LWP' | head -n 400
+  fi
+  rm -f "$core"
+done
 echo "=== end of diagnosis"

@@ -14,6 +14,8 @@ packages=(
   libsasl2-modules
   # test peers and tools: dkimpy verifies signatures, kcat reads topics, swaks/curl poke
   python3 python3-dkim python3-dnspython kcat swaks curl ca-certificates
+  # backtraces from the core dump of a test binary that crashed (diagnose.sh)
+  gdb file
   # swaks's --tls (the submission test)
   libnet-ssleay-perl
   # PyPI test tools (standardwebhooks verifies our webhook signatures) live in a venv

@@ -39,7 +39,7 @@ pub fn prepare(
 ) -> Result<Vec<u8>, RenderError> {
     let options = &request.options;
     let tracked = match decorations.links {
-        Some(links) if options.track_opens || options.track_clicks => track(mime, links, request)?,
+        Some(links) if options.track_opens || options.track_clicks => track(mime, links, request),
         _ => None,
     };
     let mime = tracked.as_deref().unwrap_or(mime);
@@ -83,17 +83,14 @@ pub fn prepare(
 }
 
 /// `mime` with its HTML parts tracked (see the module doc); `None` when no part was.
-fn track(
-    mime: &[u8],
-    links: &Links,
-    request: &RequestedV1,
-) -> Result<Option<Vec<u8>>, RenderError> {
-    let parsed = mailparse::parse_mail(mime)
-        .map_err(|e| RenderError::Build(format!("submitted message: {e}")))?;
+/// The submission checks read the top-level header section only: a body mailparse
+/// cannot take apart is sent as it came, untracked, never failed after its 250.
+fn track(mime: &[u8], links: &Links, request: &RequestedV1) -> Option<Vec<u8>> {
+    let parsed = mailparse::parse_mail(mime).ok()?;
     let mut edits = Vec::new();
     tracked_parts(&parsed, mime, links, request, &mut edits);
     if edits.is_empty() {
-        return Ok(None);
+        return None;
     }
     edits.sort_by_key(|(range, _)| range.start);
     let mut out = Vec::with_capacity(mime.len() + mime.len() / 4);
@@ -104,7 +101,7 @@ fn track(
         at = range.end;
     }
     out.extend_from_slice(&mime[at..]);
-    Ok(Some(out))
+    Some(out)
 }
 
 /// The replacements (byte range of a part's encoded body in `whole`, new encoded body)
@@ -130,7 +127,28 @@ fn tracked_parts(
     {
         return;
     }
+    // Only the encodings written back below; an unknown one (x-uuencode, a typo) would
+    // be read as 7bit and the pixel written into its encoded text.
+    let encoding = part
+        .headers
+        .iter()
+        .find(|h| {
+            h.get_key_ref()
+                .eq_ignore_ascii_case("Content-Transfer-Encoding")
+        })
+        .map(|h| h.get_value().trim().to_ascii_lowercase());
+    if !matches!(
+        encoding.as_deref(),
+        None | Some("7bit" | "8bit" | "quoted-printable" | "base64")
+    ) {
+        return;
+    }
     let Ok(html) = part.get_body() else { return };
+    // US-ASCII is read leniently (as windows-1252); 8-bit text in a part labelled so
+    // could not be written back under its label.
+    if charset == "us-ascii" && !html.is_ascii() {
+        return;
+    }
     let options = &request.options;
     let html = links.decorate_html(&html, request, options.track_clicks, options.track_opens);
     let (raw, mut encoded) = match part.get_body_encoded() {
@@ -163,7 +181,7 @@ mod tests {
     fn request(mime: &[u8], list_unsubscribe: bool) -> RequestedV1 {
         let mut r: RequestedV1 =
             sendmill_wire::decode(include_bytes!("../tests/golden/alternative_dual.json")).unwrap();
-        r.mime = Some(mime.to_vec());
+        r.mime = Some(bytes::Bytes::copy_from_slice(mime));
         r.options.list_unsubscribe = list_unsubscribe;
         r
     }
@@ -293,6 +311,10 @@ mod tests {
     fn html_in_another_charset_or_attached_is_left_alone() {
         for part_headers in [
             "Content-Type: text/html; charset=iso-8859-1",
+            "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: x-uuencode",
+            "Content-Type: text/html; charset=us-ascii\r\nContent-Transfer-Encoding: 8bit\r\n\r\ncaf\u{e9}",
+            // A part header mailparse refuses (a continuation line first): untracked.
+            " X: y\r\nContent-Type: text/html; charset=utf-8",
             "Content-Type: text/html; charset=utf-8\r\nContent-Disposition: attachment; filename=page.html",
         ] {
             let mime = format!(

@@ -301,7 +301,10 @@ async fn the_image_builds_from_the_containerfile_and_serves_and_drains_as_non_ro
         run(podman()
             .args(["build", "-q", "-t", &built.image])
             .arg(format!("--build-arg=RUNTIME_IMAGE={}", base.trim()))
-            .arg(format!("--build-context=build={}", dir.join("build").display()))
+            .arg(format!(
+                "--build-context=build={}",
+                dir.join("build").display()
+            ))
             .arg("-f")
             .arg(repo_root().join("deploy/Containerfile"))
             .arg(dir.join("context"))),
@@ -341,11 +344,27 @@ async fn the_image_builds_from_the_containerfile_and_serves_and_drains_as_non_ro
         run(podman()
             .args(["run", "-d", "--name", &built.container, "--network", "host"])
             // podman's default limits here exceed what this machine grants a container.
-            .args(["--ulimit", "nofile=1024:4096", "--ulimit", "nproc=4096:4096"])
-            .arg(format!("--volume={}:/etc/sendmill/sendmill.toml:ro", config.display()))
+            .args([
+                "--ulimit",
+                "nofile=1024:4096",
+                "--ulimit",
+                "nproc=4096:4096",
+            ])
+            .arg(format!(
+                "--volume={}:/etc/sendmill/sendmill.toml:ro",
+                config.display()
+            ))
             .arg(format!("--volume={kek}:{kek}:ro"))
-            .arg(format!("--env=SENDMILL_KAFKA_BROKERS={}", p.config.kafka.brokers))
-            .args([&built.image, "--config", "/etc/sendmill/sendmill.toml", "ingest"])),
+            .arg(format!(
+                "--env=SENDMILL_KAFKA_BROKERS={}",
+                p.config.kafka.brokers
+            ))
+            .args([
+                &built.image,
+                "--config",
+                "/etc/sendmill/sendmill.toml",
+                "ingest",
+            ])),
         "podman run",
     );
     let logs = || {
@@ -372,7 +391,10 @@ async fn the_image_builds_from_the_containerfile_and_serves_and_drains_as_non_ro
         "podman top",
     );
     assert!(
-        processes.lines().skip(1).all(|l| l.trim_start().starts_with("65532")),
+        processes
+            .lines()
+            .skip(1)
+            .all(|l| l.trim_start().starts_with("65532")),
         "every process runs as 65532: {processes}"
     );
     let (status, body, _) = call(
@@ -399,7 +421,12 @@ async fn the_image_builds_from_the_containerfile_and_serves_and_drains_as_non_ro
         ])),
         "podman inspect",
     );
-    assert_eq!(exit.trim(), "0", "ingest exits 0 after its drain: {}", logs());
+    assert_eq!(
+        exit.trim(),
+        "0",
+        "ingest exits 0 after its drain: {}",
+        logs()
+    );
     drop(built);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -480,6 +480,7 @@ async fn refusals_answer_the_right_codes_and_queue_nothing_and_a_resend_is_not_a
     let p = start(|c| {
         c.ingest.submission.max_message_bytes = 64 * 1024;
         c.ingest.submission.max_connections_per_account = 2;
+        c.ingest.submission.max_recipients = 2;
     })
     .await;
     let store = p.store().await;
@@ -565,6 +566,56 @@ async fn refusals_answer_the_right_codes_and_queue_nothing_and_a_resend_is_not_a
     .await;
     assert!(again.is_some(), "the closed sessions gave their slots back");
 
+    // A key without the send scope.
+    let stats_only = store
+        .create_api_key(p.account, "stats-only", &[sendmill_store::Scope::Stats])
+        .await
+        .unwrap()
+        .plaintext;
+    let mut spec = session(
+        &p,
+        addr,
+        "starttls",
+        &from,
+        &["dan@ok.test"],
+        &ok_message("scope"),
+    );
+    spec["password"] = json!(stats_only);
+    let out = smtplib(spec);
+    assert_eq!(out["auth"][0], 535, "{out}");
+    assert_eq!(out["mail"][0], 530, "{out}");
+
+    // More recipients than max_recipients: the third is refused for now (452), the
+    // others go on; and a second From hidden by a space before its colon is refused.
+    let hidden = ok_message("hidden").replace("Subject:", "From : ceo@victim.test\r\nSubject:");
+    let out = smtplib(session(
+        &p,
+        addr,
+        "starttls",
+        &from,
+        &["f1@ok.test", "f2@ok.test", "f3@ok.test"],
+        &hidden,
+    ));
+    let rcpt: Vec<u64> = out["rcpt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(rcpt, [250, 250, 452], "{out}");
+    assert!(
+        out["rcpt"][2][1].as_str().unwrap().starts_with("4.5.3"),
+        "{out}"
+    );
+    assert_eq!(out["data"][0], 554, "{out}");
+    assert!(
+        out["data"][1]
+            .as_str()
+            .unwrap()
+            .contains("malformed field name"),
+        "{out}"
+    );
+
     // From on another account's domain.
     let foreign = format!("app@{}", other.domain);
     let out = smtplib(session(
@@ -647,13 +698,14 @@ async fn refusals_answer_the_right_codes_and_queue_nothing_and_a_resend_is_not_a
     assert_eq!(out["data"][0], 452, "{out}");
     assert!(out["data"][1].as_str().unwrap().contains("quota"), "{out}");
 
-    // Only the one accepted message was queued.
+    // Only the one accepted message was queued, on either lane.
     let records = p.read_topic(&p.topics.requested(Lane::Transactional));
     assert_eq!(
         records.len(),
         1,
         "refused and resent messages are not queued"
     );
+    assert!(p.read_topic(&p.topics.requested(Lane::Bulk)).is_empty());
     let record: RequestedV1 = sendmill_wire::decode(&records[0]).unwrap();
     assert_eq!(record.message_id.to_string(), message_id(batch, 0));
     p.stop().await;

@@ -102,13 +102,14 @@ pub struct RequestedV1 {
     /// A message submitted over SMTP (RFC 6409): its complete RFC 5322 bytes with CRLF
     /// line ends, `X-Sendmill-*` and `Bcc` fields already removed. Render keeps it as it
     /// is (no template, no re-encoding) and only adds what every message gets; `subject`,
-    /// `html`, `text`, `headers`, `attachments` and `data` are then empty.
+    /// `html`, `text`, `headers`, `attachments` and `data` are then empty. Shared, not
+    /// copied, by the records of one message's recipients.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "base64_bytes_option"
     )]
-    pub mime: Option<Vec<u8>>,
+    pub mime: Option<bytes::Bytes>,
 }
 
 /// A file sent with the message: attached, or inline (an image the HTML shows through
@@ -233,17 +234,17 @@ impl WirePayload for DeadLetterV1 {
 mod base64_bytes_option {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(bytes: &Option<bytes::Bytes>, s: S) -> Result<S::Ok, S::Error> {
         match bytes {
             Some(bytes) => super::base64_bytes::serialize(bytes, s),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bytes::Bytes>, D::Error> {
         #[derive(Deserialize)]
         struct Wrapped(#[serde(with = "super::base64_bytes")] Vec<u8>);
-        Ok(Option::<Wrapped>::deserialize(d)?.map(|Wrapped(bytes)| bytes))
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|Wrapped(bytes)| bytes.into()))
     }
 }
 

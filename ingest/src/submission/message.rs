@@ -100,7 +100,21 @@ pub fn read(data: &[u8]) -> Result<Submitted, Refusal> {
         ))),
     };
     for header in &headers {
-        let name = header.get_key_ref().to_ascii_lowercase();
+        // RFC 5322 3.6.8: printable ASCII but the colon. The obsolete form with white
+        // space before the colon (`From : x`) is refused: readers disagree on it, and a
+        // second `From` hidden that way would pass the sender check.
+        let raw_name = header.get_key_ref();
+        if raw_name.is_empty()
+            || !raw_name
+                .bytes()
+                .all(|b| (33..=126).contains(&b) && b != b':')
+        {
+            return Err(refuse(format!(
+                "malformed field name {:?} (RFC 5322 3.6.8)",
+                raw_name.trim()
+            )));
+        }
+        let name = raw_name.to_ascii_lowercase();
         match name.as_str() {
             "from" => {
                 if from.is_some() {
@@ -305,5 +319,10 @@ mod tests {
         long.extend(std::iter::repeat_n(b'x', 1000));
         assert!(refused(&long).contains("998"));
         assert_eq!(read(b"\r\nbody only\r\n").unwrap_err().code, 554);
+        // A second From hidden by the obsolete space before the colon, or a line that
+        // is no field at all.
+        assert!(refused(b"From: a@b.test\r\nFrom : ceo@victim.test\r\n\r\n")
+            .contains("malformed field name \"From\""));
+        assert!(refused(b"From: a@b.test\r\nnot a field\r\n\r\n").contains("malformed field name"));
     }
 }

@@ -70,6 +70,12 @@ pub struct Config {
     pub max_connections: usize,
     /// Most authenticated connections of one account at once; more get 454 4.7.0 to AUTH.
     pub max_connections_per_account: usize,
+    /// Most connections from one client address at once; more are answered 421 4.7.0.
+    pub max_connections_per_ip: usize,
+    /// How long a connection may take to authenticate; then 421 4.7.0 and closed, so
+    /// that idle unauthenticated connections cannot hold the connection slots.
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub auth_timeout: Duration,
     /// Failed AUTH attempts after which a connection is closed.
     pub max_auth_failures: u32,
     /// How long a command may take to arrive (RFC 5321 §4.5.3.2.7 suggests 5 minutes).
@@ -97,6 +103,8 @@ impl Default for Config {
             max_recipients: 500,
             max_connections: 1000,
             max_connections_per_account: 50,
+            max_connections_per_ip: 50,
+            auth_timeout: Duration::from_secs(60),
             max_auth_failures: 3,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
@@ -162,53 +170,58 @@ pub struct Listeners {
     pub implicit_tls: Option<TcpListener>,
 }
 
-/// Connections open per account, capped by `max_connections_per_account`.
-#[derive(Default)]
-struct AccountConnections(Mutex<HashMap<sendmill_wire::AccountId, usize>>);
+/// Connections open per key (an account, a client address), each capped.
+struct Counted<K>(Mutex<HashMap<K, usize>>);
 
-/// One account's connection, counted while it lives.
-struct AccountSlot {
-    connections: Arc<AccountConnections>,
-    account: sendmill_wire::AccountId,
+impl<K> Default for Counted<K> {
+    fn default() -> Self {
+        Counted(Mutex::new(HashMap::new()))
+    }
 }
 
-impl AccountConnections {
-    fn take(
-        self: &Arc<Self>,
-        account: sendmill_wire::AccountId,
-        max: usize,
-    ) -> Option<AccountSlot> {
+/// One counted connection of a key, given back when dropped.
+struct Slot<K: std::hash::Hash + Eq + Copy> {
+    counts: Arc<Counted<K>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Counted<K> {
+    /// A slot for `key`, or `None` when it has `max` already.
+    fn take(self: &Arc<Self>, key: K, max: usize) -> Option<Slot<K>> {
         let mut open = self.0.lock().expect("not poisoned");
-        let count = open.entry(account).or_default();
+        let count = open.entry(key).or_default();
         if *count >= max {
             return None;
         }
         *count += 1;
-        Some(AccountSlot {
-            connections: self.clone(),
-            account,
+        Some(Slot {
+            counts: self.clone(),
+            key,
         })
     }
 }
 
-impl Drop for AccountSlot {
+impl<K: std::hash::Hash + Eq + Copy> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut open = self.connections.0.lock().expect("not poisoned");
-        if let Some(count) = open.get_mut(&self.account) {
+        let mut open = self.counts.0.lock().expect("not poisoned");
+        if let Some(count) = open.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                open.remove(&self.account);
+                open.remove(&self.key);
             }
         }
     }
 }
+
+type AccountSlot = Slot<sendmill_wire::AccountId>;
 
 /// What every session shares.
 struct Shared {
     state: AppState,
     config: Config,
     tls: Option<TlsAcceptor>,
-    accounts: Arc<AccountConnections>,
+    accounts: Arc<Counted<sendmill_wire::AccountId>>,
+    peers: Arc<Counted<std::net::IpAddr>>,
     connections: Arc<tokio::sync::Semaphore>,
 }
 
@@ -228,6 +241,7 @@ pub(crate) async fn serve(
         config,
         tls,
         accounts: Arc::default(),
+        peers: Arc::default(),
     });
     let sessions = tokio_util::task::TaskTracker::new();
     let mut accepting = tokio::task::JoinSet::new();
@@ -249,10 +263,15 @@ pub(crate) async fn serve(
                     },
                 };
                 let _ = stream.set_nodelay(true);
-                let permit = shared.connections.clone().try_acquire_owned().ok();
+                // Taken before any TLS handshake: a flood costs no more than the caps.
+                let admitted = shared.connections.clone().try_acquire_owned().ok().zip(
+                    shared
+                        .peers
+                        .take(peer.ip(), shared.config.max_connections_per_ip),
+                );
                 let (shared, close) = (shared.clone(), close.clone());
                 sessions.spawn(async move {
-                    session::run(shared, stream, peer, implicit, permit, close).await;
+                    session::run(shared, stream, peer, implicit, admitted, close).await;
                 });
             }
         });

@@ -2,7 +2,7 @@
 //! RCPT, DATA), each queued by [`accept`] before its 250. The I/O and the command parser
 //! are `sendmill_smtp::server`'s; what is decided here is who may send what.
 
-use super::{message, AccountSlot, Shared};
+use super::{message, AccountSlot, Shared, Slot};
 use crate::{
     queue,
     send::{self, Planned, RecipientResult, RecipientStatus},
@@ -13,7 +13,11 @@ use sendmill_smtp::server::{refusal, Connection, Data, Input, SessionError, Stre
 use sendmill_store::{idempotency::Claim, Principal, Scope};
 use sendmill_wire::{BatchId, EmailAddress, Lane, MessageId, RenderOptions, RequestedV1};
 use smtp_proto::Request;
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
 use time::OffsetDateTime;
 use tokio::{net::TcpStream, sync::OwnedSemaphorePermit};
 
@@ -39,7 +43,12 @@ struct Session {
     shared: Arc<Shared>,
     helo: Option<String>,
     principal: Option<Principal>,
+    /// The API key the session authenticated with, checked again at each MAIL (a key
+    /// revoked meanwhile stops working within `ingest.auth_cache`).
+    key: Option<String>,
     _slot: Option<AccountSlot>,
+    /// When the session must have authenticated by.
+    auth_deadline: Instant,
     auth_failures: u32,
     errors: u32,
     transaction: Transaction,
@@ -50,11 +59,19 @@ pub(super) async fn run(
     tcp: TcpStream,
     peer: SocketAddr,
     implicit_tls: bool,
-    permit: Option<OwnedSemaphorePermit>,
+    admitted: Option<(OwnedSemaphorePermit, Slot<IpAddr>)>,
     close: CancellationToken,
 ) {
     let config = &shared.config;
     let mut connection = Connection::new(Stream::Plain(tcp), peer);
+    let Some(_admitted) = admitted else {
+        // Over a cap. On the TLS port a cleartext reply means nothing: just close.
+        if !implicit_tls {
+            connection.reply(421, "4.7.0", "too many connections, try again later");
+            connection.close().await;
+        }
+        return;
+    };
     if implicit_tls {
         let acceptor = shared.tls.as_ref().expect("implicit TLS has a certificate");
         connection = match connection
@@ -68,18 +85,14 @@ pub(super) async fn run(
             }
         };
     }
-    if permit.is_none() {
-        connection.reply(421, "4.3.2", "too many connections, try again later");
-        connection.close().await;
-        return;
-    }
-    let _permit = permit;
     connection.reply_plain(220, &[format!("{} ESMTP Sendmill", config.hostname)]);
     let mut session = Session {
         shared: shared.clone(),
         helo: None,
         principal: None,
+        key: None,
         _slot: None,
+        auth_deadline: Instant::now() + config.auth_timeout,
         auth_failures: 0,
         errors: 0,
         transaction: Transaction::default(),
@@ -102,8 +115,14 @@ impl Session {
         mut c: Connection,
         close: &CancellationToken,
     ) -> Result<(), SessionError> {
-        let timeout = self.shared.config.command_timeout;
         loop {
+            let timeout = match self.principal {
+                Some(_) => self.shared.config.command_timeout,
+                None => self
+                    .auth_deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(self.shared.config.command_timeout),
+            };
             let input = tokio::select! {
                 _ = close.cancelled() => {
                     c.reply(421, "4.3.2", "shutting down, try again later");
@@ -114,6 +133,11 @@ impl Session {
             };
             let input = match input {
                 Ok(input) => input,
+                Err(SessionError::Timeout(_)) if self.principal.is_none() => {
+                    c.reply(421, "4.7.0", "authentication timeout, closing");
+                    c.close().await;
+                    return Ok(());
+                }
                 Err(SessionError::Timeout(_)) => {
                     c.reply(421, "4.4.2", "timeout, closing");
                     c.close().await;
@@ -155,6 +179,7 @@ impl Session {
                     // RFC 3207 §4.2: everything known before TLS is forgotten.
                     self.reset(None);
                     self.principal = None;
+                    self.key = None;
                     self._slot = None;
                 }
                 Request::Auth {
@@ -174,12 +199,20 @@ impl Session {
                     }
                 }
                 Request::Mail { from } => {
-                    let reply = self.mail(from.size);
+                    let reply = self.mail(from.size).await;
+                    let refused = matches!(reply.0, 503 | 530 | 535);
                     c.reply(reply.0, reply.1, &reply.2);
+                    if refused && self.error(&mut c).await {
+                        return Ok(());
+                    }
                 }
                 Request::Rcpt { to } => {
                     let reply = self.rcpt(to.address).await;
+                    let refused = matches!(reply.0, 503 | 530);
                     c.reply(reply.0, reply.1, &reply.2);
+                    if refused && self.error(&mut c).await {
+                        return Ok(());
+                    }
                 }
                 Request::Data => {
                     if !self.transaction.mail {
@@ -375,7 +408,7 @@ impl Session {
         };
         let user_matches = user == self.shared.config.username
             || user.eq_ignore_ascii_case(&principal.account_id.to_string());
-        if !user_matches || !principal.scopes.contains(&Scope::Send) {
+        if !user_matches || !principal.has(Scope::Send) {
             return Ok(invalid());
         }
         let Some(slot) = self.shared.accounts.take(
@@ -390,16 +423,26 @@ impl Session {
         };
         tracing::debug!(peer = %c.peer, account = %principal.account_id, "submission authenticated");
         self.principal = Some(principal);
+        self.key = Some(key);
         self._slot = Some(slot);
         Ok(Reply::new(235, "2.7.0", "authentication succeeded"))
     }
 
-    fn mail(&mut self, size: usize) -> Reply {
+    async fn mail(&mut self, size: usize) -> Reply {
         if self.helo.is_none() {
             return Reply::new(503, "5.5.1", "EHLO first");
         }
-        if self.principal.is_none() {
+        let Some(key) = &self.key else {
             return Reply::new(530, "5.7.0", "authentication required");
+        };
+        // The key again (cached): revoked, or its scopes or limits changed, since AUTH.
+        match self.shared.state.auth.authenticate(key).await {
+            Ok(principal) if principal.has(Scope::Send) => self.principal = Some(principal),
+            Ok(_) => return Reply::new(535, "5.7.8", "the key no longer has the send scope"),
+            Err(error) if error.status.is_server_error() => {
+                return Reply::new(454, "4.7.0", "temporary authentication failure")
+            }
+            Err(_) => return Reply::new(535, "5.7.8", "the key is no longer valid"),
         }
         if self.transaction.mail {
             return Reply::new(503, "5.5.1", "nested MAIL command");
@@ -474,13 +517,24 @@ impl Session {
     /// Checks the message and queues one record per recipient: the 250 (or why not).
     async fn accept(&mut self, data: &[u8]) -> Reply {
         let principal = self.principal.clone().expect("MAIL needs AUTH");
-        let submitted = match message::read(data) {
+        let mut submitted = match message::read(data) {
             Ok(submitted) => submitted,
             Err(refusal) => return Reply(refusal.code, refusal.enhanced, refusal.text),
         };
+        // Bare line ends made CRLF can grow a message: the limit holds for what is queued.
+        let max = self.shared.config.max_message_bytes;
+        if submitted.mime.len() > max {
+            return Reply::new(
+                552,
+                "5.3.4",
+                format!("message exceeds the limit of {max} bytes (with CRLF line ends)"),
+            );
+        }
+        // One buffer for every recipient's record.
+        let mime = bytes::Bytes::from(std::mem::take(&mut submitted.mime));
         let state = &self.shared.state;
         let recipients = std::mem::take(&mut self.transaction.recipients);
-        let plan = |batch_id| planned(&principal, &submitted, &recipients, batch_id);
+        let plan = |batch_id| planned(&principal, &submitted, &mime, &recipients, batch_id);
         if let Err(error) = send::check_sender(state, &principal, &submitted.from.email).await {
             return smtp_reply(&error);
         }
@@ -490,15 +544,20 @@ impl Session {
                 Err((reply, _)) => reply,
             };
         };
-        // The Message-ID is claimed like an Idempotency-Key (see the module doc).
+        // The Message-ID and the recipients are claimed like an Idempotency-Key (see the
+        // module doc): a relay that splits one message's recipients over several
+        // transactions (postfix: 50 each) claims each part on its own. The content hash is
+        // of the DATA as sent, Sendmill's fields included, so a resend that changes them is
+        // a new message, not a replay.
+        let mut sorted = recipients.clone();
+        sorted.sort();
         let key = format!(
             "smtp:{}",
-            hex::encode(sendmill_store::keys::hash_bytes(message_id.as_bytes()))
+            hex::encode(sendmill_store::keys::hash_bytes(
+                format!("{message_id}\n{}", sorted.join("\n")).as_bytes()
+            ))
         );
-        let mut content = recipients.join("\n").into_bytes();
-        content.push(0);
-        content.extend_from_slice(&submitted.mime);
-        let hash = sendmill_store::keys::hash_bytes(&content);
+        let hash = sendmill_store::keys::hash_bytes(data);
         let config = &state.config;
         let claim = state
             .store
@@ -599,6 +658,7 @@ impl Session {
 fn planned(
     principal: &Principal,
     submitted: &message::Submitted,
+    mime: &bytes::Bytes,
     recipients: &[String],
     batch_id: BatchId,
 ) -> Planned {
@@ -646,7 +706,7 @@ fn planned(
                     list_unsubscribe: lane == Lane::Bulk,
                 },
                 attachments: vec![],
-                mime: Some(submitted.mime.clone()),
+                mime: Some(mime.clone()),
             };
             let result = RecipientResult {
                 to: to.clone(),
