@@ -23,7 +23,9 @@
 //! 4.5.3 over the recipient limit; 550 5.7.1 for a `From` that is not one of the account's
 //! sending domains; 554 5.6.0 for a malformed message ([`message`]); 451 4.7.1 over the
 //! rate limit and 452 4.7.1 over the daily quota (both temporary: the client's queue
-//! retries); 421 when a session times out or the process drains.
+//! retries); 421 when a session times out or the process drains, and 421 4.7.0 to a
+//! client address over `max_connections_per_ip` or a connection that has not
+//! authenticated within `auth_timeout`.
 
 pub mod message;
 mod session;
