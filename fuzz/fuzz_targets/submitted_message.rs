@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
             list_unsubscribe: true,
         },
         attachments: vec![],
-        mime: Some(mime.clone()),
+        mime: Some(bytes::Bytes::from(mime.clone())),
     };
     let decorations = Decorations { links: Some(links()), return_path_domain: "bounces.b.test" };
     // Render may refuse what it cannot parse; it must not panic.
