@@ -1,5 +1,5 @@
-//! What deploy/ ships, checked the way its consumers read it (no cluster or container
-//! engine runs here): the Kustomize base and overlays rendered by kustomize's own
+//! What deploy/ ships, checked the way its consumers read it (no cluster runs here,
+//! and no container registry answers): the Kustomize base and overlays rendered by kustomize's own
 //! library and validated strictly against the Kubernetes 1.33 schemas and KEDA's CRD;
 //! the Compose file loaded by compose-go, `docker compose config`'s loader; every config
 //! file they mount accepted by `sendmill validate-config`. The renderer is

@@ -138,7 +138,7 @@ fn tricky_message(from: &str, to: &str, extra_headers: &str, marker: &str) -> (S
 /// The checks every delivered submission passes: the body byte for byte after the
 /// added fields and the signature, Sendmill's fields and Bcc gone, dkimpy verifies (and
 /// rejects the tampered copy).
-fn assert_delivered_intact(p: &TestPipeline, dump: &std::path::Path, body: &str) {
+fn assert_delivered_intact(p: &TestPipeline, dump: &std::path::Path, body: &str) -> String {
     let message = delivered_message(dump);
     let text = String::from_utf8_lossy(&message).into_owned();
     // The sink writes its dumps with LF line ends, and one more LF at the end.
@@ -165,6 +165,7 @@ fn assert_delivered_intact(p: &TestPipeline, dump: &std::path::Path, body: &str)
         "the check above proves nothing"
     );
     let _ = std::fs::remove_file(tampered);
+    text
 }
 
 /// Submits `message` from the tenant's `app@` address to `to` in one smtplib session
@@ -183,9 +184,12 @@ fn submit_one(
     (out, id)
 }
 
-async fn accepted_stage(p: &TestPipeline, id: &str) -> Value {
+/// Once message `id` is delivered: its first timeline event (`accepted`) and the sink's
+/// dump of it (found by the Message-ID Sendmill adds when the client gave none).
+async fn delivered(p: &TestPipeline, id: &str) -> (Value, PathBuf) {
     let timeline = p.wait_for_status(id, "delivered", LIMIT).await;
-    timeline["events"][0].clone()
+    let dump = dumped_message(id).expect("the message reached the sink with its Message-ID");
+    (timeline["events"][0].clone(), dump)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,17 +216,14 @@ async fn smtplib_submits_over_starttls_and_implicit_tls_and_the_body_arrives_unc
         "{out}"
     );
 
-    let accepted = accepted_stage(&p, &id).await;
+    let (accepted, dump) = delivered(&p, &id).await;
     assert_eq!(accepted["type"], "accepted");
     assert_eq!(
         accepted["stage"], "submission",
         "the timeline names the front door"
     );
     assert_eq!(accepted["tags"], json!(["welcome", "smtp"]));
-    let dump = dumped_message(&id)
-        .expect("the message reached the sink with the Message-ID Sendmill added");
-    assert_delivered_intact(&p, &dump, &body);
-    let head = String::from_utf8_lossy(&delivered_message(&dump)).into_owned();
+    let head = assert_delivered_intact(&p, &dump, &body);
     assert!(
         head.contains(&format!("Message-ID: <{id}@{}>", p.domain)),
         "{head}"
@@ -247,10 +248,8 @@ async fn smtplib_submits_over_starttls_and_implicit_tls_and_the_body_arrives_unc
         "bob@ok.test",
         &message,
     );
-    accepted_stage(&p, &id).await;
-    let dump = dumped_message(&id).expect("delivered");
-    assert_delivered_intact(&p, &dump, &body);
-    let head = String::from_utf8_lossy(&delivered_message(&dump)).into_owned();
+    let (_, dump) = delivered(&p, &id).await;
+    let head = assert_delivered_intact(&p, &dump, &body);
     assert!(
         head.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
         "{head}"
@@ -281,8 +280,7 @@ async fn smtplib_submits_over_starttls_and_implicit_tls_and_the_body_arrives_unc
         "cy@ok.test",
         &message,
     );
-    accepted_stage(&p, &id).await;
-    let dump = dumped_message(&id).expect("delivered");
+    let (_, dump) = delivered(&p, &id).await;
     let html = html_part(&dump);
     assert!(
         html.contains(&format!("<a href=\"{TRACKING_BASE}/t/c/")),
@@ -358,7 +356,7 @@ async fn swaks_pipelines_auth_login_and_several_recipients_and_the_suppressed_on
     // swaks writes its own Message-ID: the dumps are found by recipient and marker.
     for (index, recipient) in [(0, "one@ok.test"), (1, "two@ok.test")] {
         let id = message_id(batch, index);
-        accepted_stage(&p, &id).await;
+        p.wait_for_status(&id, "delivered", LIMIT).await;
         let dump =
             dump_with(&[&marker, &format!("X-Rcpt-Args: <{recipient}>")]).expect("delivered");
         let text = std::fs::read_to_string(&dump).unwrap();
@@ -463,8 +461,8 @@ async fn postfix_relays_through_sendmill_as_its_relayhost_with_sasl() {
     assert!(sent.contains("relay=127.0.0.1"), "{sent}");
     let batch = queued_batch(&sent);
     let id = message_id(batch, 0);
-    let accepted = accepted_stage(&p, &id).await;
-    assert_eq!(accepted["stage"], "submission");
+    let timeline = p.wait_for_status(&id, "delivered", LIMIT).await;
+    assert_eq!(timeline["events"][0]["stage"], "submission");
     let dump = poll_until(LIMIT, || async {
         dump_with(&[&format!("Message-ID: {own_id}")])
     })

@@ -538,11 +538,12 @@ impl Session {
         if let Err(error) = send::check_sender(state, &principal, &submitted.from.email).await {
             return smtp_reply(&error);
         }
+        // Unclaimed: nothing to remember when it fails, whether written or not.
+        let unclaimed = async |plan: Planned| match self.queue(&principal, plan).await {
+            Ok(reply) | Err((reply, _)) => reply,
+        };
         let Some(message_id) = &submitted.message_id else {
-            return match self.queue(&principal, plan(BatchId::generate())).await {
-                Ok(reply) => reply,
-                Err((reply, _)) => reply,
-            };
+            return unclaimed(plan(BatchId::generate())).await;
         };
         // The Message-ID and the recipients are claimed like an Idempotency-Key (see the
         // module doc): a relay that splits one message's recipients over several
@@ -587,12 +588,7 @@ impl Session {
                 )
             }
             // The same Message-ID with other content: a new message, not a resend.
-            Ok(Claim::Mismatch) => {
-                return match self.queue(&principal, plan(BatchId::generate())).await {
-                    Ok(reply) => reply,
-                    Err((reply, _)) => reply,
-                };
-            }
+            Ok(Claim::Mismatch) => return unclaimed(plan(BatchId::generate())).await,
         };
         match self.queue(&principal, plan(batch_id)).await {
             Ok(reply) => {
