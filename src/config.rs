@@ -37,6 +37,8 @@ pub struct SendmillConfig {
     pub dispatcher: sendmill_dispatcher::Config,
     /// Event store and its API.
     pub analytics: sendmill_analytics::Config,
+    /// The inbound SMTP server for returned mail (bounces, complaints, unsubscribes).
+    pub inbound: sendmill_inbound::Config,
     /// Deprecated settings found while loading, to be logged once logging is set up.
     #[serde(skip)]
     pub deprecations: Vec<String>,
@@ -82,6 +84,7 @@ impl SendmillConfig {
         self.render.apply_env();
         self.dispatcher.apply_env();
         self.analytics.apply_env();
+        self.inbound.apply_env();
     }
 
     /// What serde cannot check.
@@ -96,12 +99,25 @@ impl SendmillConfig {
             ("analytics.listen", &self.analytics.listen),
             ("render.ops_listen", &self.render.ops_listen),
             ("dispatcher.ops_listen", &self.dispatcher.ops_listen),
+            ("inbound.ops_listen", &self.inbound.ops_listen),
         ] {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|_| ConfigError::Invalid(format!("{name}: {addr:?} is not ip:port")))?;
         }
         self.kafka.validate()?;
         self.keyring()?;
+        self.inbound
+            .check(&self.tracking.secret)
+            .map_err(ConfigError::Invalid)?;
+        // A returned message travels base64-encoded (4/3) in its inbound record.
+        let largest_inbound = self.inbound.max_message_bytes / 3 * 4 + 64 * 1024;
+        if largest_inbound > self.kafka.max_message_bytes as usize {
+            return Err(ConfigError::Invalid(format!(
+                "kafka.max_message_bytes ({}) cannot hold a message at \
+                 inbound.max_message_bytes ({}): it needs at least {largest_inbound}",
+                self.kafka.max_message_bytes, self.inbound.max_message_bytes
+            )));
+        }
         self.ingest
             .submission
             .check()

@@ -39,6 +39,9 @@ enum Command {
     Dispatch,
     /// Events into ClickHouse and the analytics API.
     Analytics,
+    /// The inbound SMTP server for returned mail (DSN bounces, ARF complaints, mailto
+    /// unsubscribes, auto-replies) and its processing.
+    Inbound,
     /// Applies the PostgreSQL and ClickHouse schemas, and creates the Kafka topics or
     /// reconciles them with the configured settings (partitions, configs).
     Migrate,
@@ -80,6 +83,7 @@ impl Command {
             Command::Render => "sendmill-render",
             Command::Dispatch => "sendmill-dispatcher",
             Command::Analytics => "sendmill-analytics",
+            Command::Inbound => "sendmill-inbound",
             _ => "sendmill-cli",
         }
     }
@@ -104,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Render => run_stages(&config, &[Stage::Render]).await,
         Command::Dispatch => run_stages(&config, &[Stage::Dispatch]).await,
         Command::Analytics => run_stages(&config, &[Stage::Analytics]).await,
+        Command::Inbound => run_stages(&config, &[Stage::Inbound]).await,
         Command::Migrate => cli::kafka::migrate(&config).await,
         Command::Kafka(command) => cli::kafka::run(&config, command).await,
         Command::ValidateConfig => {

@@ -7,6 +7,7 @@ use futures::future::BoxFuture;
 use sendmill_platform::{
     backoff, health, http,
     kafka::{admin, KafkaConnection},
+    return_path::ReturnPaths,
     tracking::LinkSigner,
     CancellationToken,
 };
@@ -22,14 +23,16 @@ pub enum Stage {
     Render,
     Dispatch,
     Analytics,
+    Inbound,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [
+    pub const ALL: [Stage; 5] = [
         Stage::Ingest,
         Stage::Render,
         Stage::Dispatch,
         Stage::Analytics,
+        Stage::Inbound,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +41,7 @@ impl Stage {
             Stage::Render => "render",
             Stage::Dispatch => "dispatcher",
             Stage::Analytics => "analytics",
+            Stage::Inbound => "inbound",
         }
     }
 }
@@ -50,7 +54,9 @@ pub struct Pipeline {
     /// SMTP submission with implicit TLS (`ingest.submission.tls_listen`), when configured.
     pub submission_tls_addr: Option<SocketAddr>,
     pub analytics_addr: Option<SocketAddr>,
-    /// `/healthz` and `/metrics` of a render or dispatcher process run alone.
+    /// The inbound SMTP server (`inbound.listen`), when configured.
+    pub inbound_addr: Option<SocketAddr>,
+    /// `/healthz` and `/metrics` of a render, dispatcher or inbound process run alone.
     pub ops_addr: Option<SocketAddr>,
     tasks: JoinSet<(Stage, anyhow::Result<()>)>,
     shutdown: CancellationToken,
@@ -82,6 +88,7 @@ fn consumer_groups(config: &SendmillConfig, stage: Stage) -> Vec<String> {
             }
             groups
         }
+        Stage::Inbound => vec![config.inbound.group_id.clone()],
     }
 }
 
@@ -116,7 +123,11 @@ pub async fn start(
     let store = connect_store(config, config.postgres.max_connections).await?;
     // Render alone needs no Redis; the others share one connection and one view of the
     // suppression lists.
-    let redis = if needs(Stage::Ingest) || needs(Stage::Dispatch) || needs(Stage::Analytics) {
+    let redis = if needs(Stage::Ingest)
+        || needs(Stage::Dispatch)
+        || needs(Stage::Analytics)
+        || needs(Stage::Inbound)
+    {
         Some(
             sendmill_platform::clients::redis(&config.redis)
                 .await
@@ -141,7 +152,7 @@ pub async fn start(
         })
     }];
     probes.extend(redis.clone().map(health::redis_probe));
-    if needs(Stage::Analytics) {
+    if needs(Stage::Analytics) || needs(Stage::Inbound) {
         probes.push(health::clickhouse_probe(
             sendmill_platform::clients::clickhouse(&config.clickhouse),
         ));
@@ -158,6 +169,7 @@ pub async fn start(
         submission_addr: None,
         submission_tls_addr: None,
         analytics_addr: None,
+        inbound_addr: None,
         ops_addr: None,
         tasks: JoinSet::new(),
         shutdown: shutdown.clone(),
@@ -235,15 +247,38 @@ pub async fn start(
                 let run = sendmill_analytics::run(config.analytics.clone(), deps, token);
                 boxed(run)
             }
+            Stage::Inbound => {
+                let listener = if config.inbound.listen.is_empty() {
+                    None
+                } else {
+                    let listener = bind(&config.inbound.listen).await?;
+                    pipeline.inbound_addr = Some(listener.local_addr()?);
+                    Some(listener)
+                };
+                let deps = sendmill_inbound::Deps {
+                    listener,
+                    kafka: kafka.clone(),
+                    store: store.clone(),
+                    clickhouse: sendmill_platform::clients::clickhouse(&config.clickhouse),
+                    suppressions: connected(suppressions.clone()),
+                    return_paths: (!config.tracking.secret.is_empty())
+                        .then(|| ReturnPaths::new(&config.tracking.secret)),
+                };
+                let run = sendmill_inbound::run(config.inbound.clone(), deps, token);
+                boxed(run)
+            }
         };
         pipeline.tasks.spawn(async move { (stage, running.await) });
     }
-    // A render or dispatcher process on its own still answers /healthz and /metrics.
+    // A render, dispatcher or inbound process on its own still answers /healthz and
+    // /metrics.
     if !needs(Stage::Ingest) && !needs(Stage::Analytics) {
         let (name, listen) = if needs(Stage::Render) {
             ("render", &config.render.ops_listen)
-        } else {
+        } else if needs(Stage::Dispatch) {
             ("dispatcher", &config.dispatcher.ops_listen)
+        } else {
+            ("inbound", &config.inbound.ops_listen)
         };
         let listener = bind(listen).await?;
         pipeline.ops_addr = Some(listener.local_addr()?);

@@ -131,6 +131,9 @@ async function loadTables(w) {
   table("table-campaigns", [{ label: "campaign" }, { label: "accepted", n: 1 }, { label: "delivered", n: 1 }, { label: "opened", n: 1 }, { label: "clicked", n: 1 }, { label: "unsubscribed", n: 1 }, { label: "complained", n: 1 }],
     campaigns.map((c) => [esc(c.campaign_id), num(c.accepted), num(c.delivered) + share(c.delivered, c.accepted), num(c.opened) + share(c.opened, c.delivered),
       num(c.clicked) + share(c.clicked, c.delivered), num(c.unsubscribed), num(c.complained)]));
+  const inbound = await api(`/dashboard/api/inbound?minutes=${w.minutes}`);
+  table("table-inbound", [{ label: "event" }, { label: "category" }, { label: "count", n: 1 }],
+    inbound.map((i) => [esc(i.event_type), esc(i.bounce_category || "-"), num(i.count)]));
 }
 
 async function loadPaused() {

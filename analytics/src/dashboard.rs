@@ -155,6 +155,7 @@ pub fn router() -> Router<AppState> {
         .route("/dashboard/api/stats", get(api_stats))
         .route("/dashboard/api/bounces", get(api_bounces))
         .route("/dashboard/api/campaigns", get(api_campaigns))
+        .route("/dashboard/api/inbound", get(api_inbound))
         .route("/dashboard/api/pipeline", get(api_pipeline))
         .route("/dashboard/api/pending", get(api_pending))
         .route("/dashboard/api/paused", get(api_paused))
@@ -285,9 +286,37 @@ async fn api_bounces(
         .query(
             "SELECT bounce_category, smtp_code, smtp_enhanced, any(smtp_reply) AS example,
                     uniqExact(event_id) AS count
-             FROM events WHERE event_type = 'bounced' AND occurred_at >= toDateTime(?)
+             FROM events WHERE event_type IN ('bounced', 'async_bounced') AND occurred_at >= toDateTime(?)
              GROUP BY bounce_category, smtp_code, smtp_enhanced
              ORDER BY count DESC LIMIT 10",
+        )
+        .bind(window.since())
+        .fetch_all()
+        .await
+        .map(Json)
+        .map_err(unavailable)
+}
+
+/// Returned mail the inbound stage turned into events, by kind and bounce category.
+#[derive(Debug, Row, Serialize, Deserialize)]
+struct InboundKind {
+    event_type: String,
+    bounce_category: String,
+    count: u64,
+}
+
+async fn api_inbound(
+    _: Operator,
+    State(state): State<AppState>,
+    QueryParams(window): QueryParams<Window>,
+) -> Result<Json<Vec<InboundKind>>, ApiError> {
+    state
+        .clickhouse
+        .query(
+            "SELECT event_type, bounce_category, uniqExact(event_id) AS count
+             FROM events WHERE stage = 'inbound' AND occurred_at >= toDateTime(?)
+             GROUP BY event_type, bounce_category
+             ORDER BY count DESC LIMIT 50",
         )
         .bind(window.since())
         .fetch_all()
@@ -320,7 +349,7 @@ async fn api_campaigns(
             "SELECT campaign_id,
                     uniqExactMergeIf(messages, event_type = 'accepted') AS accepted,
                     uniqExactMergeIf(messages, event_type = 'delivered') AS delivered,
-                    uniqExactMergeIf(messages, event_type = 'bounced') AS bounced,
+                    uniqExactMergeIf(messages, event_type IN ('bounced', 'async_bounced')) AS bounced,
                     uniqExactMergeIf(messages, event_type = 'opened') AS opened,
                     uniqExactMergeIf(messages, event_type = 'clicked') AS clicked,
                     uniqExactMergeIf(messages, event_type = 'unsubscribed') AS unsubscribed,

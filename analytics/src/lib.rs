@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod outcomes;
 pub mod reputation;
 pub mod retention;
+pub mod returns_api;
 pub mod row;
 pub mod schema;
 pub mod stats;
@@ -372,6 +373,8 @@ pub fn routes() -> Vec<(&'static str, axum::routing::MethodRouter<AppState>)> {
         ("/v1/webhooks/{id}/attempts", get(webhook_api::attempts)),
         ("/v1/webhooks/{id}/deliveries", get(webhook_api::deliveries)),
         ("/v1/webhooks/{id}/replay", post(webhook_api::replay)),
+        ("/v1/returns", get(returns_api::list)),
+        ("/v1/returns/{id}/raw", get(returns_api::raw)),
     ]
 }
 

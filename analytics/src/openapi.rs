@@ -123,6 +123,19 @@ fn build_document() -> Value {
                      {let mut p = query_param("since", "Replay events that happened since (RFC 3339)", time.clone()); p["required"] = json!(true); p}], None,
                 json!({"200": json_response("How many were queued", json!({"type": "object", "required": ["replayed"], "properties": {"replayed": {"type": "integer"}}}))}),
                 &[400, 401, 403, 404, 503])
+        },
+        "/v1/returns": {
+            "get": operation("listReturns", "returns", "Returned mail kept unclassified or unmatched, newest first",
+                vec![query_param("limit", "At most (1-500, default 50)", json!({"type": "integer", "minimum": 1, "maximum": 500})),
+                     query_param("before", "Only returns received before this instant (RFC 3339)", time.clone())], None,
+                json!({"200": json_response("Kept returns", json!({"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": schema("KeptReturn")}}}))}),
+                &[400, 401, 403, 503])
+        },
+        "/v1/returns/{id}/raw": {
+            "get": operation("getReturnRaw", "returns", "A kept return as received",
+                vec![path_param("id", "Return id", text.clone())], None,
+                json!({"200": {"description": "The message", "content": {"message/rfc822": {"schema": {"type": "string"}}}}}),
+                &[400, 401, 403, 404, 503])
         }
     });
     let schemas = json!({
@@ -182,6 +195,12 @@ fn build_document() -> Value {
             "properties": {"event_id": {"type": "string", "format": "uuid"}, "message_id": {"type": "string", "format": "uuid"},
                 "event_type": {"type": "string"}, "status": {"type": "string"}, "attempts": {"type": "integer"},
                 "queued_at": {"type": "string"}, "delivered_at": {"type": ["string", "null"]}, "last_error": {"type": ["string", "null"]}}},
+        "KeptReturn": {"type": "object", "required": ["id", "received_at", "mail_from", "rcpt_to", "subject", "reason", "size", "expires_at"],
+            "properties": {"id": {"type": "string", "format": "uuid"}, "received_at": {"type": "string"},
+                "mail_from": {"type": "string", "description": "Envelope sender; empty for the null sender"},
+                "rcpt_to": {"type": "string"}, "subject": {"type": "string"},
+                "reason": {"type": "string", "description": "Why it was kept"}, "size": {"type": "integer", "description": "Bytes"},
+                "expires_at": {"type": "string"}}},
         "Timeline": {"type": "object", "required": ["message_id", "status", "events"],
             "properties": {"message_id": {"type": "string", "format": "uuid"}, "status": {"type": "string"},
                 "events": {"type": "array", "items": schema("TimelineEvent")}}}

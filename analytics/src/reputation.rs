@@ -183,7 +183,7 @@ impl Monitor {
     pub async fn observe(&self, event: &EventV1) -> Result<(), MonitorError> {
         let field = match event.event_type {
             EventType::Delivered => "d",
-            EventType::Bounced => "b",
+            EventType::Bounced | EventType::AsyncBounced => "b",
             EventType::Complained => "c",
             _ => return Ok(()),
         };

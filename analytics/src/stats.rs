@@ -121,6 +121,12 @@ pub struct Counts {
     pub failed: u64,
     pub render_failed: u64,
     pub complained: u64,
+    /// Bounces that came back by mail after delivery (see `sendmill_wire::EventType::AsyncBounced`).
+    #[serde(default)]
+    pub async_bounced: u64,
+    /// Automatic replies (out of office, challenge-response).
+    #[serde(default)]
+    pub auto_replied: u64,
     pub opened: u64,
     pub clicked: u64,
     pub unsubscribed: u64,
@@ -140,6 +146,8 @@ impl Counts {
             "failed" => &mut self.failed,
             "render_failed" => &mut self.render_failed,
             "complained" => &mut self.complained,
+            "async_bounced" => &mut self.async_bounced,
+            "auto_replied" => &mut self.auto_replied,
             "opened" => {
                 self.unique_opened += messages;
                 &mut self.opened
@@ -160,11 +168,15 @@ impl Counts {
         self.delivered + self.bounced + self.expired
     }
 
+    /// Rates over [`Counts::sent`]. A message that bounced asynchronously was counted
+    /// delivered at its 250 and is moved to the bounce rate here, so delivery and bounce
+    /// rates still add up to at most 1.
     pub fn rates(&self) -> Rates {
         let ratio = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+        let async_bounced = self.async_bounced.min(self.delivered);
         Rates {
-            delivery: ratio(self.delivered, self.sent()),
-            bounce: ratio(self.bounced, self.sent()),
+            delivery: ratio(self.delivered - async_bounced, self.sent()),
+            bounce: ratio(self.bounced + async_bounced, self.sent()),
             deferral: ratio(self.deferred, self.deferred + self.sent()),
             complaint: ratio(self.complained, self.delivered),
             open: ratio(self.unique_opened, self.delivered),

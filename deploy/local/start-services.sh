@@ -231,6 +231,8 @@ ca_sign() {
 ca_sign mx-tls mx.tls.test
 # The SMTP submission listener of the tests (and of `sendmill all` run locally).
 ca_sign submission submission.sendmill.test localhost
+# The inbound SMTP server (the MX of the return-path domains) offers STARTTLS with this.
+ca_sign inbound inbound.sendmill.test localhost
 ca_sign mta-sts mta-sts.sts-enforce.test mta-sts.sts-testing.test mta-sts.sts-tls.test \
   mta-sts.sts-mismatch.test mta-sts.sts-badcert.test
 

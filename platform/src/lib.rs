@@ -39,6 +39,7 @@ pub mod http;
 pub mod kafka;
 pub mod metric;
 pub mod openapi;
+pub mod return_path;
 pub mod shutdown;
 pub mod telemetry;
 pub mod traces;

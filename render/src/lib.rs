@@ -187,8 +187,12 @@ impl Stage {
                         links: links.as_deref(),
                         return_path_domain: identity.return_path_domain(),
                     };
-                    let rendered = message::build(&templates, decorations, &request, now)
-                        .and_then(|unsigned| identity.seal(&unsigned, &request, now));
+                    let rendered = message::build(&templates, decorations, &request, now).and_then(
+                        |unsigned| {
+                            let paths = links.as_deref().map(crate::links::Links::return_paths);
+                            identity.seal(&unsigned, &request, now, paths)
+                        },
+                    );
                     (rendered, request)
                 })
                 .await

@@ -3,11 +3,15 @@
 //! open tracking adds a 1×1 pixel before `</body>`; list-unsubscribe adds the RFC 8058
 //! one-click headers. Tokens come from `platform::tracking`, so analytics can trust them.
 
-use sendmill_platform::tracking::{Claims, LinkKind, LinkSigner};
+use sendmill_platform::{
+    return_path::ReturnPaths,
+    tracking::{Claims, LinkKind, LinkSigner},
+};
 use sendmill_wire::RequestedV1;
 
 pub struct Links {
     signer: LinkSigner,
+    return_paths: ReturnPaths,
     base_url: String,
 }
 
@@ -27,6 +31,7 @@ impl Links {
     pub fn new(secret: &str, base_url: &str) -> Self {
         Self {
             signer: LinkSigner::new(secret),
+            return_paths: ReturnPaths::new(secret),
             base_url: base_url.trim_end_matches('/').to_owned(),
         }
     }
@@ -50,13 +55,20 @@ impl Links {
         format!("{}/u/{token}", self.base_url)
     }
 
+    /// The signed return addresses (VERP envelope sender, mailto unsubscribe) under the
+    /// same secret.
+    pub fn return_paths(&self) -> &ReturnPaths {
+        &self.return_paths
+    }
+
     /// `List-Unsubscribe` value: the one-click https URL, and a mailto on the return-path
-    /// domain naming the message.
+    /// domain whose local part is the message's signed token (`platform::return_path`).
     pub fn list_unsubscribe(&self, request: &RequestedV1, return_path_domain: &str) -> String {
         format!(
-            "<{}>, <mailto:unsubscribe+{}@{return_path_domain}?subject=unsubscribe>",
+            "<{}>, <mailto:{}?subject=unsubscribe>",
             self.unsubscribe_url(request),
-            request.message_id.0.simple()
+            self.return_paths
+                .unsubscribe(request.message_id, return_path_domain)
         )
     }
 
@@ -242,6 +254,14 @@ mod tests {
         let links = Links::new(SECRET, "https://t.example.test");
         let value = links.list_unsubscribe(&request(), "bounces.example.test");
         assert!(value.starts_with("<https://t.example.test/u/"), "{value}");
-        assert!(value.contains("<mailto:unsubscribe+01933b6e8f7a7c3e9d2a0a1b2c3d4e5f@bounces.example.test?subject=unsubscribe>"));
+        let mailto = value
+            .split("<mailto:")
+            .nth(1)
+            .and_then(|m| m.strip_suffix("?subject=unsubscribe>"))
+            .unwrap_or_else(|| panic!("{value}"));
+        assert!(mailto.starts_with("unsubscribe+01933b6e8f7a7c3e9d2a0a1b2c3d4e5f-"));
+        let verified = links.return_paths().verify(mailto).unwrap();
+        assert_eq!(verified.message_id, request().message_id);
+        assert_eq!(verified.domain, "bounces.example.test");
     }
 }

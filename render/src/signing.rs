@@ -4,6 +4,7 @@
 //! domain added after a failure is used at once.
 
 use crate::{dkim::DkimSigner, message::RenderError};
+use sendmill_platform::return_path::ReturnPaths;
 use sendmill_store::{SendingDomain, Store, StoreError};
 use sendmill_wire::{verp, AccountId, ReadyV1, RequestedV1};
 use std::{
@@ -72,12 +73,14 @@ impl SendingIdentity {
 
     /// Signs `unsigned` (the message built for `request`) as of `at` and returns the
     /// `ready` record: signatures, then the message; the envelope sender is the message's
-    /// VERP return path.
+    /// VERP return path, signed when `return_paths` is given (a tracking secret is
+    /// configured), so the inbound stage can trust what comes back to it.
     pub fn seal(
         &self,
         unsigned: &[u8],
         request: &RequestedV1,
         at: OffsetDateTime,
+        return_paths: Option<&ReturnPaths>,
     ) -> Result<ReadyV1, RenderError> {
         let timestamp = at.unix_timestamp().max(0) as u64;
         let signing = |e: crate::dkim::DkimError| RenderError::Signing(e.to_string());
@@ -93,7 +96,10 @@ impl SendingIdentity {
             account_id: request.account_id,
             lane: request.lane,
             accepted_at: request.accepted_at,
-            envelope_from: verp::return_path(request.message_id, &self.return_path_domain),
+            envelope_from: match return_paths {
+                Some(paths) => paths.bounce(request.message_id, &self.return_path_domain),
+                None => verp::return_path(request.message_id, &self.return_path_domain),
+            },
             recipient: request.recipient().to_owned(),
             context: request.context.clone(),
             attempts: 0,

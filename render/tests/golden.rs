@@ -55,7 +55,7 @@ fn golden(name: &str, dual_sign: bool) -> PathBuf {
         message::build(&Templates::new(), message::Decorations::NONE, &request, at).unwrap();
     let ready = SendingIdentity::new(&domain(dual_sign))
         .unwrap()
-        .seal(&unsigned, &request, at)
+        .seal(&unsigned, &request, at, None)
         .unwrap();
     assert_eq!(
         ready.envelope_from,

@@ -145,7 +145,7 @@ fn arbitrary_input_renders_to_messages_that_parse_verify_and_carry_no_injected_h
         let request = request(&case);
         let at = OffsetDateTime::now_utc();
         let result = message::build(&templates, Decorations::NONE, &request, at)
-            .and_then(|unsigned| identity.seal(&unsigned, &request, at));
+            .and_then(|unsigned| identity.seal(&unsigned, &request, at, None));
         let unsafe_input = has_control(&case.name)
             || has_control(&case.header_value)
             || has_control(&case.subject)

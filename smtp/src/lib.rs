@@ -19,6 +19,7 @@
 //!   that authenticates MX hosts for MTA-STS (RFC 8461), failures named as in RFC 8460.
 //! - [`metric`]: the names of the metrics it records, each with what it counts.
 
+pub mod classify;
 pub mod client;
 pub mod command;
 pub mod metric;

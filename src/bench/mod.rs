@@ -18,6 +18,7 @@ use sendmill_wire::{
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
+pub mod inbound;
 pub mod pipeline;
 pub mod submission;
 use time::OffsetDateTime;
@@ -95,7 +96,7 @@ pub fn render(runs: usize, seconds: f64) -> anyhow::Result<RenderReport> {
         let request = request(&html, &text);
         let now = OffsetDateTime::now_utc();
         let unsigned = message::build(&templates, message::Decorations::NONE, &request, now)?;
-        identity.seal(&unsigned, &request, now)?;
+        identity.seal(&unsigned, &request, now, None)?;
         Ok(())
     };
     for _ in 0..runs {
@@ -115,7 +116,7 @@ pub fn render(runs: usize, seconds: f64) -> anyhow::Result<RenderReport> {
         })?);
         samples[5].push(rate(period, || {
             rsa_only
-                .seal(&built, &sample, OffsetDateTime::now_utc())
+                .seal(&built, &sample, OffsetDateTime::now_utc(), None)
                 .map(drop)
         })?);
     }

@@ -999,7 +999,7 @@ fn sample_message(
     request.account_id = sending.account_id;
     let now = OffsetDateTime::now_utc();
     let unsigned = message::build(&Templates::new(), message::Decorations::NONE, &request, now)?;
-    let ready = SendingIdentity::new(sending)?.seal(&unsigned, &request, now)?;
+    let ready = SendingIdentity::new(sending)?.seal(&unsigned, &request, now, None)?;
     Ok(ready.message)
 }
 

@@ -56,6 +56,23 @@ pub enum Bench {
         )]
         certificates: PathBuf,
     },
+    /// Returned mail: ~10 KB DSNs classified on one thread, then received over SMTP and
+    /// processed by a `sendmill inbound` child process (received/s, processed/s, CPU per
+    /// 1,000), against PostgreSQL, Redis, Kafka and ClickHouse (as configured).
+    Inbound {
+        /// Measured runs (after one warm-up); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// DSNs per run.
+        #[arg(long, default_value_t = 5_000)]
+        messages: usize,
+        /// Parallel SMTP sessions.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Size of each DSN in bytes.
+        #[arg(long, default_value_t = 10_000)]
+        bytes: usize,
+    },
     /// Delivered messages/s of one dispatcher (and per CPU-second) with messages
     /// pre-loaded in `ready`, to 1 and to 50 destination domains on local smtp-sink hosts,
     /// beside the sinks' own ceiling measured with smtp-source.
@@ -167,6 +184,49 @@ pub async fn run(config: &SendmillConfig, bench: Bench) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             println!("{json}");
+            Ok(())
+        }
+        Bench::Inbound {
+            runs,
+            messages,
+            connections,
+            bytes,
+        } => {
+            let r = sendmill::bench::inbound::inbound(
+                config,
+                runs.max(1),
+                messages.max(1),
+                connections.max(1),
+                bytes,
+            )
+            .await?;
+            println!(
+                "inbound bench: {} B DSNs, {} runs after a warm-up, medians",
+                r.message_bytes, r.runs
+            );
+            println!(
+                "  classify on one thread: {:.0} messages/s (runs {:?})",
+                r.classify_per_sec,
+                r.classify_per_sec_runs
+                    .iter()
+                    .map(|x| x.round() as u64)
+                    .collect::<Vec<_>>()
+            );
+            println!(
+                "  sendmill inbound, {} DSNs over {} sessions: {:.0} received/s, {:.0} processed/s (runs {:?}); \
+                 {:.3} CPU-s per 1,000 = {:.0} messages/s per core",
+                r.messages_per_run,
+                r.connections,
+                r.received_per_sec,
+                r.processed_per_sec,
+                r.processed_per_sec_runs
+                    .iter()
+                    .map(|x| x.round() as u64)
+                    .collect::<Vec<_>>(),
+                r.inbound_cpu_s_per_1000,
+                r.per_core_per_sec
+            );
+            println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         }
         Bench::Submission {

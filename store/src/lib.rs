@@ -12,6 +12,8 @@
 //! - [`dkim`]: DKIM key generation and the DNS record to publish.
 //! - [`templates`]: stored templates and their immutable versions.
 //! - [`idempotency`]: Idempotency-Key claims and stored answers.
+//! - [`returns`]: returned mail the inbound stage kept unclassified, and who owns a
+//!   return-path domain.
 //! - [`schedule`]: messages held until their `send_at`, released or cancelled.
 //! - [`suppressions`]: per-account and global suppression lists.
 //! - [`webhooks`]: customer webhook endpoints, their outbox and delivery attempts.
@@ -25,6 +27,7 @@ pub mod domains;
 pub mod held;
 pub mod idempotency;
 pub mod keys;
+pub mod returns;
 pub mod schedule;
 pub mod secrets;
 pub mod suppressions;

@@ -17,10 +17,12 @@
 
 mod inspect;
 mod processes;
+mod smtp;
 mod test_pipeline;
 
 pub use inspect::*;
 pub use processes::*;
+pub use smtp::*;
 pub use test_pipeline::*;
 
 use sendmill::SendmillConfig;

@@ -27,6 +27,8 @@ pub struct TestPipeline {
     pub submission: Option<SocketAddr>,
     /// SMTP submission with implicit TLS, when the test configured it.
     pub submission_tls: Option<SocketAddr>,
+    /// The inbound SMTP server, when the test configured it.
+    pub inbound: Option<SocketAddr>,
     pub api_key: String,
     pub account: AccountId,
     /// The tenant's sending domain (a subdomain of example.test, unique to the test).
@@ -97,6 +99,7 @@ impl TestPipeline {
             analytics: addrs.analytics,
             submission: addrs.submission,
             submission_tls: addrs.submission_tls,
+            inbound: addrs.inbound,
             stages: stages.to_vec(),
             topics,
             api_key,
@@ -130,6 +133,7 @@ impl TestPipeline {
         self.analytics = addrs.analytics;
         self.submission = addrs.submission;
         self.submission_tls = addrs.submission_tls;
+        self.inbound = addrs.inbound;
         self.running = Some(handle);
     }
 
@@ -370,6 +374,7 @@ struct Addresses {
     analytics: Option<SocketAddr>,
     submission: Option<SocketAddr>,
     submission_tls: Option<SocketAddr>,
+    inbound: Option<SocketAddr>,
 }
 
 async fn launch(
@@ -392,6 +397,7 @@ async fn launch(
         analytics: running.analytics_addr,
         submission: running.submission_addr,
         submission_tls: running.submission_tls_addr,
+        inbound: running.inbound_addr,
     };
     let handle = tokio::spawn(async move { running.wait().await.map_err(|e| format!("{e:#}")) });
     (shutdown, addrs, handle)

@@ -24,10 +24,17 @@ pub enum EventType {
     Clicked,
     Unsubscribed,
     Complained,
+    /// A bounce that came back by mail (a DSN) after the receiving server had answered
+    /// 250 and the message had its terminal `delivered` event: a further event, never a
+    /// second terminal one. Counted as a bounce in rates; the message stays delivered.
+    AsyncBounced,
+    /// An automatic reply (RFC 3834 `Auto-Submitted`, out of office, challenge-response):
+    /// neither a bounce nor a person's engagement.
+    AutoReplied,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 14] = [
         EventType::Accepted,
         EventType::Dropped,
         EventType::RenderFailed,
@@ -40,6 +47,8 @@ impl EventType {
         EventType::Clicked,
         EventType::Unsubscribed,
         EventType::Complained,
+        EventType::AsyncBounced,
+        EventType::AutoReplied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +65,8 @@ impl EventType {
             EventType::Clicked => "clicked",
             EventType::Unsubscribed => "unsubscribed",
             EventType::Complained => "complained",
+            EventType::AsyncBounced => "async_bounced",
+            EventType::AutoReplied => "auto_replied",
         }
     }
 
@@ -131,7 +142,8 @@ pub struct EventV1 {
     pub recipient: String,
     #[serde(default)]
     pub context: MessageContext,
-    /// The stage that wrote the event (`ingest`, `render`, `dispatcher`, `analytics`).
+    /// The stage that wrote the event (`ingest`, `submission`, `render`, `dispatcher`,
+    /// `analytics`, `inbound`).
     pub stage: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mx_host: Option<String>,

@@ -3,7 +3,8 @@
 //! The contracts between Sendmill's stages. Stages never call each other: `ingest` writes
 //! [`RequestedV1`] records, `render` turns them into [`ReadyV1`], `dispatcher` consumes
 //! those (and [`RetryV1`] from the delay topics), and every stage writes [`EventV1`] to
-//! the events topic; a record nobody can process becomes a [`DeadLetterV1`].
+//! the events topic; a record nobody can process becomes a [`DeadLetterV1`]. Mail that
+//! comes back (bounces, complaints) enters as [`InboundV1`].
 //!
 //! ## Layout
 //! - [`address`]: the canonical form of email addresses and domains (IDNA, SMTPUTF8).
@@ -32,7 +33,7 @@ pub use alert::AlertV1;
 pub use event::{BounceCategory, EventType, EventV1, SmtpReply, ACCEPTED_SCHEDULED};
 pub use ids::{AccountId, BatchId, EventId, MessageId};
 pub use payload::{
-    decode, encode, Attachment, DeadLetterV1, DecodeError, EmailAddress, Header, MessageContext,
-    ReadyV1, RenderOptions, RequestedV1, RetryV1, WirePayload,
+    decode, encode, Attachment, DeadLetterV1, DecodeError, EmailAddress, Header, InboundV1,
+    MessageContext, ReadyV1, RenderOptions, RequestedV1, RetryV1, WirePayload,
 };
 pub use topics::{Lane, RetryTier, Topics};

@@ -230,6 +230,39 @@ impl WirePayload for DeadLetterV1 {
     const SCHEMA: &'static str = "sendmill.dlq.v1";
 }
 
+/// `sendmill.inbound.v1`: one message the inbound SMTP server took (a DSN, a feedback
+/// report, a mailto unsubscribe, an auto-reply, or anything else sent to a return-path
+/// domain), exactly as received, with its envelope and the facts of the connection. The
+/// server answers 250 only after this record is acknowledged; what it means is worked
+/// out from here (at least once, idempotently: the id names everything it produces).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InboundV1 {
+    /// Assigned by the receiving server (UUIDv7); events and rows derived from this
+    /// message are keyed by it, so processing it twice writes nothing twice.
+    pub inbound_id: uuid::Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// RFC 5321 reverse-path as given in MAIL FROM; empty for the null sender `<>` that
+    /// DSNs and auto-replies use.
+    pub mail_from: String,
+    /// RFC 5321 forward-paths given in RCPT TO (each at a return-path domain).
+    pub recipients: Vec<String>,
+    /// The client's address.
+    pub peer_ip: String,
+    /// The name the client gave in EHLO/HELO.
+    pub helo: String,
+    /// Whether the session was in TLS when DATA came.
+    #[serde(default)]
+    pub tls: bool,
+    /// The message as received (after dot-unstuffing), standard base64 in JSON.
+    #[serde(with = "base64_bytes")]
+    pub message: Vec<u8>,
+}
+
+impl WirePayload for InboundV1 {
+    const SCHEMA: &'static str = "sendmill.inbound.v1";
+}
+
 /// Optional bytes as standard base64 in JSON (absent when `None`).
 mod base64_bytes_option {
     use serde::{Deserialize, Deserializer, Serializer};

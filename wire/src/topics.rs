@@ -115,6 +115,11 @@ impl Topics {
         format!("{}sendmill.alerts.v1", self.prefix)
     }
 
+    /// Mail the inbound SMTP server took, before it is classified.
+    pub fn inbound(&self) -> String {
+        format!("{}sendmill.inbound.v1", self.prefix)
+    }
+
     /// The topics accepted messages wait in (requested, ready, retry), per lane.
     pub fn queues(&self) -> Vec<String> {
         let mut queues = Vec::new();
@@ -134,6 +139,7 @@ impl Topics {
         all.push(self.events());
         all.push(self.dlq());
         all.push(self.alerts());
+        all.push(self.inbound());
         all
     }
 }

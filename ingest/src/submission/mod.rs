@@ -31,13 +31,9 @@ pub mod message;
 mod session;
 
 use crate::AppState;
+use sendmill_smtp::server::{Counted, Slot};
 use serde::Deserialize;
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -170,49 +166,6 @@ pub struct Listeners {
     pub starttls: Option<TcpListener>,
     /// Implicit-TLS submission (`tls_listen`).
     pub implicit_tls: Option<TcpListener>,
-}
-
-/// Connections open per key (an account, a client address), each capped.
-struct Counted<K>(Mutex<HashMap<K, usize>>);
-
-impl<K> Default for Counted<K> {
-    fn default() -> Self {
-        Counted(Mutex::new(HashMap::new()))
-    }
-}
-
-/// One counted connection of a key, given back when dropped.
-struct Slot<K: std::hash::Hash + Eq + Copy> {
-    counts: Arc<Counted<K>>,
-    key: K,
-}
-
-impl<K: std::hash::Hash + Eq + Copy> Counted<K> {
-    /// A slot for `key`, or `None` when it has `max` already.
-    fn take(self: &Arc<Self>, key: K, max: usize) -> Option<Slot<K>> {
-        let mut open = self.0.lock().expect("not poisoned");
-        let count = open.entry(key).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(Slot {
-            counts: self.clone(),
-            key,
-        })
-    }
-}
-
-impl<K: std::hash::Hash + Eq + Copy> Drop for Slot<K> {
-    fn drop(&mut self) {
-        let mut open = self.counts.0.lock().expect("not poisoned");
-        if let Some(count) = open.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.key);
-            }
-        }
-    }
 }
 
 type AccountSlot = Slot<sendmill_wire::AccountId>;

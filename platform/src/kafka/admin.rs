@@ -5,7 +5,7 @@
 //!
 //! | family | topics | `retention.ms` | why |
 //! |---|---|---|---|
-//! | queue | `requested.*`, `ready.*`, `retry.*.*` | `queue_retention_hours` (≥ 7 days) | accepted mail waits here; it must outlive any outage |
+//! | queue | `requested.*`, `ready.*`, `retry.*.*`, `inbound` | `queue_retention_hours` (≥ 7 days) | accepted mail waits here; it must outlive any outage |
 //! | events | `events`, `alerts` | `events_retention_hours` | ClickHouse and the webhook outbox keep events for good; the topic is a buffer and replay window |
 //! | dead letters | `dlq` | `dlq_retention_hours` | kept long enough for an operator to look |
 //!
@@ -68,6 +68,8 @@ pub fn plan(kafka: &KafkaConnection) -> Vec<TopicSpec> {
         .into_iter()
         .map(|t| spec(t, c.queue_retention_hours))
         .collect();
+    // Returned mail answered 250 waits here like accepted mail does in the queues.
+    specs.push(spec(topics.inbound(), c.queue_retention_hours));
     specs.push(spec(topics.events(), c.events_retention_hours));
     specs.push(spec(topics.alerts(), c.events_retention_hours));
     specs.push(spec(topics.dlq(), c.dlq_retention_hours));

@@ -1,0 +1,445 @@
+//! The inbound SMTP server: a return-path domain's MX. What flows in is an SMTP
+//! transaction from any MTA on the internet; what flows out is one
+//! [`InboundV1`](sendmill_wire::InboundV1) record per message on `sendmill.inbound.v1`,
+//! the bytes exactly as received. Nothing is decided here beyond whether to take it:
+//!
+//! - RCPT: only addresses at a return-path domain of a known sending domain; anything
+//!   else 550 5.7.1 (never an open relay). More than `max_recipients`: 452 4.5.3.
+//! - Size: SIZE announced (RFC 1870); a MAIL with a larger SIZE, or DATA past the limit,
+//!   552 5.3.4 (the excess is read and thrown away, never held).
+//! - **250 means in Kafka**: the reply to the final dot waits for the broker's
+//!   acknowledgement; if it does not come, 451 4.3.0 and the sending MTA retries.
+//! - Connections: capped in total (421 4.3.2) and per client address (421 4.7.0) before
+//!   any TLS handshake; command (idle), DATA and whole-session timeouts (421 4.4.2); ten
+//!   protocol errors close the session.
+//!
+//! The I/O and command parsing are `sendmill_smtp::server`'s (the submission server's
+//! too); commands are parsed by `smtp-proto`.
+
+use crate::{metric, Config};
+use sendmill_platform::{kafka::Producer, CancellationToken};
+use sendmill_smtp::server::{
+    refusal, Connection, Counted, Data, Input, SessionError, Slot, Stream,
+};
+use sendmill_store::{Store, StoreError};
+use sendmill_wire::{AccountId, InboundV1};
+use smtp_proto::Request;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use time::OffsetDateTime;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tokio_rustls::TlsAcceptor;
+
+/// Protocol errors after which a session is closed (a client that is not speaking SMTP).
+const MAX_ERRORS: u32 = 10;
+/// Domains remembered at most (a flood of RCPTs to random domains cannot grow it more).
+const MAX_CACHED_DOMAINS: usize = 10_000;
+
+/// Which accounts own a return-path domain, cached for `ttl` (absent domains too).
+pub struct ReturnPathDomains {
+    store: Store,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (Arc<Vec<AccountId>>, Instant)>>,
+}
+
+impl ReturnPathDomains {
+    pub fn new(store: Store, ttl: Duration) -> Self {
+        Self {
+            store,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The accounts whose sending domains use `domain` as their return-path domain;
+    /// empty when it is none of ours.
+    pub async fn owners(&self, domain: &str) -> Result<Arc<Vec<AccountId>>, StoreError> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if let Some((owners, at)) = self.cache.lock().expect("not poisoned").get(&domain) {
+            if at.elapsed() < self.ttl {
+                return Ok(owners.clone());
+            }
+        }
+        let owners = Arc::new(self.store.return_path_domain_owners(&domain).await?);
+        let mut cache = self.cache.lock().expect("not poisoned");
+        if cache.len() >= MAX_CACHED_DOMAINS {
+            cache.clear();
+        }
+        cache.insert(domain, (owners.clone(), Instant::now()));
+        Ok(owners)
+    }
+}
+
+/// What every session shares.
+pub struct Shared {
+    config: Config,
+    tls: Option<TlsAcceptor>,
+    domains: Arc<ReturnPathDomains>,
+    producer: Producer,
+    topic: String,
+    peers: Arc<Counted<IpAddr>>,
+    connections: Arc<Semaphore>,
+    /// Cancelled at the end of the drain grace: a Kafka write still waiting is given up
+    /// (its transaction answered 451, so the sender keeps the message).
+    abort: CancellationToken,
+}
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        tls: Option<TlsAcceptor>,
+        domains: Arc<ReturnPathDomains>,
+        producer: Producer,
+        topic: String,
+        abort: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            tls,
+            domains,
+            producer,
+            topic,
+            peers: Arc::default(),
+            abort,
+        })
+    }
+}
+
+/// Accepts connections until `close`, then waits for the sessions in flight (each ends
+/// at its next command with 421, or when the drain grace cuts it).
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, close: CancellationToken) {
+    let sessions = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = close.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause, not spin.
+                    tracing::warn!(%error, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        // Taken before any TLS handshake: a flood costs no more than the caps.
+        let admitted = shared.connections.clone().try_acquire_owned().ok().zip(
+            shared
+                .peers
+                .take(peer.ip(), shared.config.max_connections_per_ip),
+        );
+        let (shared, close) = (shared.clone(), close.clone());
+        sessions.spawn(async move {
+            let session_timeout = shared.config.session_timeout;
+            let session = run_session(shared, stream, peer, admitted, close);
+            if tokio::time::timeout(session_timeout, session)
+                .await
+                .is_err()
+            {
+                tracing::debug!(%peer, "inbound session hit the session timeout");
+            }
+        });
+    }
+    sessions.close();
+    sessions.wait().await;
+}
+
+#[derive(Default)]
+struct Transaction {
+    mail_from: Option<String>,
+    recipients: Vec<String>,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    helo: Option<String>,
+    errors: u32,
+    transaction: Transaction,
+    deadline: Instant,
+}
+
+async fn run_session(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admitted: Option<(OwnedSemaphorePermit, Slot<IpAddr>)>,
+    close: CancellationToken,
+) {
+    let mut connection = Connection::new(Stream::Plain(tcp), peer);
+    let Some(_admitted) = admitted else {
+        connection.reply(421, "4.7.0", "too many connections, try again later");
+        connection.close().await;
+        return;
+    };
+    connection.reply_plain(220, &[format!("{} ESMTP Sendmill", shared.config.hostname)]);
+    let mut session = Session {
+        deadline: Instant::now() + shared.config.session_timeout,
+        shared,
+        peer,
+        helo: None,
+        errors: 0,
+        transaction: Transaction::default(),
+    };
+    match session.serve(connection, &close).await {
+        Ok(()) | Err(SessionError::Closed) => {}
+        Err(error) => tracing::debug!(%peer, %error, "inbound session ended"),
+    }
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        mut c: Connection,
+        close: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let timeout = self.shared.config.command_timeout.min(left);
+            let input = tokio::select! {
+                _ = close.cancelled() => {
+                    c.reply(421, "4.3.2", "shutting down, try again later");
+                    c.close().await;
+                    return Ok(());
+                }
+                input = c.read_command(timeout) => input,
+            };
+            let request = match input {
+                Ok(Input::Command(request)) => request,
+                Ok(Input::Invalid(error)) => {
+                    let (code, enhanced, text) = refusal(&error);
+                    c.reply(code, enhanced, &text);
+                    if self.error(&mut c).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(SessionError::Timeout(_)) => {
+                    c.reply(421, "4.4.2", "timeout, closing");
+                    c.close().await;
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            };
+            match request {
+                Request::Ehlo { host } => {
+                    self.reset(Some(host));
+                    let lines = self.extensions(&c);
+                    c.reply_plain(250, &lines);
+                }
+                Request::Helo { host } => {
+                    self.reset(Some(host));
+                    c.reply_plain(250, std::slice::from_ref(&self.shared.config.hostname));
+                }
+                Request::StartTls => {
+                    let Some(acceptor) = self.shared.tls.clone().filter(|_| !c.is_tls()) else {
+                        c.reply(502, "5.5.1", "STARTTLS not offered");
+                        continue;
+                    };
+                    c.reply(220, "2.0.0", "ready to start TLS");
+                    c = c
+                        .start_tls(&acceptor, self.shared.config.tls_handshake_timeout)
+                        .await?;
+                    // RFC 3207 §4.2: everything known before TLS is forgotten.
+                    self.reset(None);
+                }
+                Request::Mail { from } => {
+                    let (code, enhanced, text) = if self.helo.is_none() {
+                        (503, "5.5.1", "EHLO first".to_owned())
+                    } else if self.transaction.mail_from.is_some() {
+                        (503, "5.5.1", "nested MAIL command".to_owned())
+                    } else if from.size > self.shared.config.max_message_bytes {
+                        (
+                            552,
+                            "5.3.4",
+                            format!(
+                                "message exceeds the limit of {} bytes",
+                                self.shared.config.max_message_bytes
+                            ),
+                        )
+                    } else {
+                        self.transaction.mail_from = Some(from.address.to_lowercase());
+                        (250, "2.1.0", "sender ok".to_owned())
+                    };
+                    c.reply(code, enhanced, &text);
+                    if code == 503 && self.error(&mut c).await {
+                        return Ok(());
+                    }
+                }
+                Request::Rcpt { to } => {
+                    let (code, enhanced, text) = self.rcpt(&to.address).await;
+                    c.reply(code, enhanced, &text);
+                    if code == 503 && self.error(&mut c).await {
+                        return Ok(());
+                    }
+                }
+                Request::Data => {
+                    if self.transaction.mail_from.is_none() {
+                        c.reply(503, "5.5.1", "MAIL first");
+                        continue;
+                    }
+                    if self.transaction.recipients.is_empty() {
+                        c.reply(554, "5.5.1", "no valid recipients");
+                        continue;
+                    }
+                    c.reply(354, "2.0.0", "end data with <CR><LF>.<CR><LF>");
+                    let config = &self.shared.config;
+                    let data = match c
+                        .read_data(config.max_message_bytes, config.data_timeout)
+                        .await
+                    {
+                        Err(SessionError::Timeout(_)) => {
+                            c.reply(421, "4.4.2", "timeout in DATA, closing");
+                            c.close().await;
+                            return Ok(());
+                        }
+                        other => other?,
+                    };
+                    let (code, enhanced, text) = match data {
+                        Data::TooBig(_) => (
+                            552,
+                            "5.3.4",
+                            format!(
+                                "message exceeds the limit of {} bytes",
+                                config.max_message_bytes
+                            ),
+                        ),
+                        Data::Message(message) => self.queue(message, c.is_tls()).await,
+                    };
+                    let result = if code == 250 {
+                        "queued".to_owned()
+                    } else {
+                        code.to_string()
+                    };
+                    metrics::counter!(metric::INBOUND_RECEIVED_TOTAL, "result" => result)
+                        .increment(1);
+                    c.reply(code, enhanced, &text);
+                    self.transaction = Transaction::default();
+                }
+                Request::Rset => {
+                    self.transaction = Transaction::default();
+                    c.reply(250, "2.0.0", "ok");
+                }
+                Request::Noop { .. } => c.reply(250, "2.0.0", "ok"),
+                Request::Vrfy { .. } => c.reply(252, "2.5.0", "not verified"),
+                Request::Help { .. } => {
+                    c.reply(214, "2.0.0", "return-path mail only (RFC 3464, RFC 5965)")
+                }
+                Request::Quit => {
+                    c.reply(221, "2.0.0", "bye");
+                    c.close().await;
+                    return Ok(());
+                }
+                Request::Auth { .. } => c.reply(502, "5.5.1", "no authentication here"),
+                Request::Lhlo { .. } => c.reply(502, "5.5.1", "this is not an LMTP server"),
+                Request::Bdat { .. } => c.reply(502, "5.5.1", "CHUNKING not offered"),
+                Request::Expn { .. }
+                | Request::Etrn { .. }
+                | Request::Atrn { .. }
+                | Request::Burl { .. } => c.reply(502, "5.5.1", "command not implemented"),
+            }
+        }
+    }
+
+    /// Counts a protocol error; `true` when the session was closed for too many.
+    async fn error(&mut self, c: &mut Connection) -> bool {
+        self.errors += 1;
+        if self.errors < MAX_ERRORS {
+            return false;
+        }
+        c.reply(421, "4.7.0", "too many errors, closing");
+        c.flush().await.ok();
+        true
+    }
+
+    fn reset(&mut self, helo: Option<String>) {
+        self.helo = helo;
+        self.transaction = Transaction::default();
+    }
+
+    fn extensions(&self, c: &Connection) -> Vec<String> {
+        let config = &self.shared.config;
+        let mut lines = vec![
+            config.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", config.max_message_bytes),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
+        if self.shared.tls.is_some() && !c.is_tls() {
+            lines.push("STARTTLS".into());
+        }
+        lines
+    }
+
+    async fn rcpt(&mut self, address: &str) -> (u16, &'static str, String) {
+        if self.transaction.mail_from.is_none() {
+            return (503, "5.5.1", "MAIL first".into());
+        }
+        if self.transaction.recipients.len() >= self.shared.config.max_recipients {
+            return (452, "4.5.3", "too many recipients".into());
+        }
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            // RFC 5321 §4.5.1: mail to a bare `postmaster` is for this host; none here.
+            return (550, "5.1.1", "mailbox unavailable".into());
+        };
+        match self.shared.domains.owners(domain).await {
+            Ok(owners) if !owners.is_empty() => {
+                self.transaction.recipients.push(address.to_lowercase());
+                (250, "2.1.5", "recipient ok".into())
+            }
+            Ok(_) => {
+                metrics::counter!(metric::INBOUND_RELAY_REFUSED_TOTAL).increment(1);
+                tracing::debug!(peer = %self.peer, domain, "inbound relay refused");
+                (
+                    550,
+                    "5.7.1",
+                    "relaying denied: not a domain of this server".into(),
+                )
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the return-path domains");
+                (451, "4.3.0", "temporary failure, try again later".into())
+            }
+        }
+    }
+
+    /// Writes the message to the inbound topic; 250 once Kafka acknowledged it.
+    async fn queue(&mut self, message: Vec<u8>, tls: bool) -> (u16, &'static str, String) {
+        let transaction = std::mem::take(&mut self.transaction);
+        let record = InboundV1 {
+            inbound_id: uuid::Uuid::now_v7(),
+            received_at: OffsetDateTime::now_utc(),
+            mail_from: transaction.mail_from.unwrap_or_default(),
+            recipients: transaction.recipients,
+            peer_ip: self.peer.ip().to_string(),
+            helo: self.helo.clone().unwrap_or_default(),
+            tls,
+            message,
+        };
+        let key = record.inbound_id.to_string();
+        let sent = tokio::select! {
+            sent = self.shared.producer.send(&self.shared.topic, &key, &record) => sent,
+            _ = self.shared.abort.cancelled() => {
+                return (451, "4.3.0", "shutting down, try again later".into());
+            }
+        };
+        match sent {
+            Ok(()) => (250, "2.0.0", format!("queued as {key}")),
+            Err(error) => {
+                tracing::warn!(%error, "inbound message not queued");
+                (451, "4.3.0", "temporary failure, try again later".into())
+            }
+        }
+    }
+}
