@@ -150,25 +150,25 @@ impl Rules {
         rules
     }
 
-    /// The category of a diagnostic. With an SMTP reply code from the receiver
-    /// (`with_code`) the reply table decides, as it does for the dispatcher, and the
-    /// bounce wordings only fill in what it calls `other`; a diagnostic without one (the
-    /// code is then made up from the kind) is read by its wording first, since the
-    /// reply table would judge the made-up code.
+    /// The category of a diagnostic, in this order: a rule of the reply table the
+    /// dispatcher uses that is specific (phrases, or an exact enhanced code); the bounce
+    /// wordings of `rules.toml`; the reply table's rule for the class of the code. A
+    /// diagnostic without a code of the receiver's (`with_code` false, no enhanced code)
+    /// is read by its wording alone: the code was made up from the kind.
     pub fn categorize(&self, reply: &SmtpReply, with_code: bool) -> BounceCategory {
         let text = reply.text.to_lowercase();
-        let by_wording = || {
-            self.category
-                .iter()
-                .find(|c| c.text.iter().any(|p| text.contains(p.as_str())))
-                .map(|c| c.category)
-        };
+        let by_wording = self
+            .category
+            .iter()
+            .find(|c| c.text.iter().any(|p| text.contains(p.as_str())))
+            .map(|c| c.category);
         if !with_code && reply.enhanced.is_none() {
-            return by_wording().unwrap_or(BounceCategory::Other);
+            return by_wording.unwrap_or(BounceCategory::Other);
         }
-        match classify::classify(&self.replies, reply).category {
-            BounceCategory::Other => by_wording().unwrap_or(BounceCategory::Other),
-            category => category,
+        match classify::first_match(&self.replies, reply).map(|i| &self.replies[i]) {
+            Some(rule) if rule.is_specific() => rule.category,
+            Some(rule) => by_wording.unwrap_or(rule.category),
+            None => by_wording.unwrap_or(BounceCategory::Other),
         }
     }
 }
@@ -317,9 +317,21 @@ fn feedback_report(report: &mut Report, part: &ParsedMail) {
 /// RFC 3464: the per-message and per-recipient fields of a `message/delivery-status`.
 fn delivery_status(report: &mut Report, part: &ParsedMail, rules: &Rules) {
     let body = part.get_body_raw().unwrap_or_default();
-    let mut blocks = header_blocks(&body).into_iter();
-    let per_message = blocks.next().unwrap_or_default();
-    let per_recipient: Vec<_> = blocks.collect();
+    let blocks = header_blocks(&body);
+    let per_message = blocks.first().cloned().unwrap_or_default();
+    // Recipient fields: every block after the first, and the first too when it holds
+    // them (some MTAs leave out the blank line between the two parts).
+    let recipient_field = |(name, _): &(String, String)| {
+        ["Final-Recipient", "Original-Recipient", "Action", "Status"]
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f))
+    };
+    let per_recipient: Vec<Vec<(String, String)>> = blocks
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| *i > 0 || b.iter().any(recipient_field))
+        .map(|(_, b)| b.clone())
+        .collect();
     let get = |block: &[(String, String)], name: &str| {
         block
             .iter()
@@ -357,10 +369,21 @@ fn delivery_status(report: &mut Report, part: &ParsedMail, rules: &Rules) {
         .or_else(|| get(block, "Original-Recipient"))
         .and_then(|v| first_address(&strip_type(&v)));
     let action = action_of(block).unwrap_or_default();
+    // RFC 3464 §2.3.3: failed, delayed, delivered, relayed, expanded. Other words
+    // (`expired`, `deliverable`) are read with the status: 2.x.x got there, the rest
+    // did not.
+    let status_class = get(block, "Status").and_then(|s| s.trim().chars().next());
     report.kind = match action.as_str() {
         a if a.starts_with("failed") => Kind::Failed,
         a if a.starts_with("delayed") => Kind::Delayed,
-        _ => Kind::Delivered,
+        a if ["delivered", "relayed", "expanded"]
+            .iter()
+            .any(|d| a.starts_with(d)) =>
+        {
+            Kind::Delivered
+        }
+        _ if status_class == Some('2') => Kind::Delivered,
+        _ => Kind::Failed,
     };
     let status = get(block, "Status").and_then(|s| enhanced_code(&s));
     let diagnostic = get(block, "Diagnostic-Code").map(|d| strip_type(&d));

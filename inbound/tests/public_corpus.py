@@ -75,8 +75,12 @@ Reason -> Sendmill mapping (a set = any member counts as agreement; "?" = judgem
 
 Usage
 -----
+  cargo build -p sendmill-inbound --example classify
   python3 inbound/tests/public_corpus.py SET_OF_EMAILS_DIR EXPECT_DIR [EXPECT_DIR ...]
-          [--classify /tmp/classify] [--quiet]
+          [--classify target/debug/examples/classify] [--quiet]
+  Not part of the test suite: the corpora are fetched by hand (git clone the three
+  repositories at the commits above). The figures of the last measurement are in the
+  README's inbound section.
   EXPECT_DIR is a go-sisimai tree (has fact/*_test.go) or an rb-sisimai tree (has
   test/public/*.rb), in priority order. Standard library only.
 """
@@ -238,7 +242,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("soe", help="set-of-emails checkout (has maildir/bsd)")
     ap.add_argument("expect", nargs="+", help="go-sisimai and/or rb-sisimai tree(s), priority order")
-    ap.add_argument("--classify", default="/tmp/classify", help="classifier binary")
+    ap.add_argument("--classify", default="target/debug/examples/classify", help="classifier binary")
     ap.add_argument("--quiet", action="store_true", help="figures only, no disagreement list")
     a = ap.parse_args()
 

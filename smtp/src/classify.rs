@@ -108,6 +108,14 @@ pub struct Verdict {
 }
 
 /// The index of the first rule in `rules` that matches `reply`, if any.
+impl ClassifyRule {
+    /// Whether the rule says more than a class of codes: it has phrases, or names an
+    /// exact enhanced code (`5.2.2`, not `5.2.`).
+    pub fn is_specific(&self) -> bool {
+        !self.text.is_empty() || self.enhanced.iter().any(|e| !e.ends_with('.'))
+    }
+}
+
 pub fn first_match(rules: &[ClassifyRule], reply: &SmtpReply) -> Option<usize> {
     let text = reply.text.to_ascii_lowercase();
     rules.iter().position(|r| r.matches(reply, &text))
