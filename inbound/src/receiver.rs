@@ -42,11 +42,14 @@ const MAX_ERRORS: u32 = 10;
 /// Domains remembered at most (a flood of RCPTs to random domains cannot grow it more).
 const MAX_CACHED_DOMAINS: usize = 10_000;
 
+/// The accounts owning one domain, and when they were read.
+type Owners = (Arc<Vec<AccountId>>, Instant);
+
 /// Which accounts own a return-path domain, cached for `ttl` (absent domains too).
 pub struct ReturnPathDomains {
     store: Store,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Arc<Vec<AccountId>>, Instant)>>,
+    cache: Mutex<HashMap<String, Owners>>,
 }
 
 impl ReturnPathDomains {

@@ -340,6 +340,49 @@ pub fn refusal(error: &smtp_proto::Error) -> (u16, &'static str, String) {
     }
 }
 
+/// Connections open per key (an account, a client address), each capped.
+pub struct Counted<K>(Mutex<HashMap<K, usize>>);
+
+impl<K> Default for Counted<K> {
+    fn default() -> Self {
+        Counted(Mutex::new(HashMap::new()))
+    }
+}
+
+/// One counted connection of a key, given back when dropped.
+pub struct Slot<K: std::hash::Hash + Eq + Copy> {
+    counts: Arc<Counted<K>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Counted<K> {
+    /// A slot for `key`, or `None` when it has `max` already.
+    pub fn take(self: &Arc<Self>, key: K, max: usize) -> Option<Slot<K>> {
+        let mut open = self.0.lock().expect("not poisoned");
+        let count = open.entry(key).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            counts: self.clone(),
+            key,
+        })
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut open = self.counts.0.lock().expect("not poisoned");
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,48 +448,5 @@ mod tests {
             c.read_command(SECOND).await,
             Err(SessionError::Closed)
         ));
-    }
-}
-
-/// Connections open per key (an account, a client address), each capped.
-pub struct Counted<K>(Mutex<HashMap<K, usize>>);
-
-impl<K> Default for Counted<K> {
-    fn default() -> Self {
-        Counted(Mutex::new(HashMap::new()))
-    }
-}
-
-/// One counted connection of a key, given back when dropped.
-pub struct Slot<K: std::hash::Hash + Eq + Copy> {
-    counts: Arc<Counted<K>>,
-    key: K,
-}
-
-impl<K: std::hash::Hash + Eq + Copy> Counted<K> {
-    /// A slot for `key`, or `None` when it has `max` already.
-    pub fn take(self: &Arc<Self>, key: K, max: usize) -> Option<Slot<K>> {
-        let mut open = self.0.lock().expect("not poisoned");
-        let count = open.entry(key).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(Slot {
-            counts: self.clone(),
-            key,
-        })
-    }
-}
-
-impl<K: std::hash::Hash + Eq + Copy> Drop for Slot<K> {
-    fn drop(&mut self) {
-        let mut open = self.counts.0.lock().expect("not poisoned");
-        if let Some(count) = open.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.key);
-            }
-        }
     }
 }

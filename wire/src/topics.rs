@@ -161,8 +161,9 @@ mod tests {
             "t1.sendmill.retry.tx.15m.v1"
         );
         assert_eq!(topics.events(), "t1.sendmill.events.v1");
+        assert_eq!(topics.inbound(), "t1.sendmill.inbound.v1");
         let all = topics.all();
-        assert_eq!(all.len(), 2 * 6 + 3);
+        assert_eq!(all.len(), 2 * 6 + 4);
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
     }
