@@ -197,8 +197,13 @@ async fn events_land_once_through_a_kill_rollups_match_and_stats_stay_in_their_a
     assert_eq!(mine["totals"]["delivered"], 1_000);
     assert_eq!(mine["totals"]["accepted"], 1_000);
     assert_eq!(mine["totals"]["unique_opened"], 1_000);
+    // Sent = delivered + bounced + expired; a bounce that came back by mail after its
+    // 250 moves its message from the delivery rate to the bounce rate.
+    assert_eq!(mine["totals"]["async_bounced"], 1_000);
     let rate = mine["rates"]["delivery"].as_f64().unwrap();
-    assert!((rate - 1.0 / 3.0).abs() < 1e-9, "{rate}");
+    assert!((rate - 0.0 / 3.0).abs() < 1e-9, "{rate}");
+    let bounce = mine["rates"]["bounce"].as_f64().unwrap();
+    assert!((bounce - 2.0 / 3.0).abs() < 1e-9, "{bounce}");
     let (_, theirs) = stats(&p, &addr, &other.api_key, &window).await;
     assert_eq!(theirs["totals"]["delivered"], 50, "{theirs}");
     let (_, everyone) = stats(&p, &addr, &operator.api_key, &window).await;
