@@ -27,6 +27,7 @@ fn every_metric_the_grafana_dashboard_queries_is_recorded_somewhere() {
         "analytics",
         "ingest",
         "render",
+        "inbound",
         "src",
     ] {
         sources(&repo_root().join(crate_dir), &mut code);
