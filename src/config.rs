@@ -109,37 +109,39 @@ impl SendmillConfig {
         self.inbound
             .check(&self.tracking.secret)
             .map_err(ConfigError::Invalid)?;
-        // A returned message travels base64-encoded (4/3) in its inbound record.
-        let largest_inbound = self.inbound.max_message_bytes / 3 * 4 + 64 * 1024;
-        if largest_inbound > self.kafka.max_message_bytes as usize {
-            return Err(ConfigError::Invalid(format!(
-                "kafka.max_message_bytes ({}) cannot hold a message at \
-                 inbound.max_message_bytes ({}): it needs at least {largest_inbound}",
-                self.kafka.max_message_bytes, self.inbound.max_message_bytes
-            )));
-        }
         self.ingest
             .submission
             .check()
             .map_err(ConfigError::Invalid)?;
-        // A submitted message travels base64-encoded (4/3) in its requested record.
-        let largest_submitted = self.ingest.submission.max_message_bytes / 3 * 4 + 64 * 1024;
-        if largest_submitted > self.kafka.max_message_bytes as usize {
-            return Err(ConfigError::Invalid(format!(
-                "kafka.max_message_bytes ({}) cannot hold a message at \
-                 ingest.submission.max_message_bytes ({}): it needs at least {largest_submitted}",
-                self.kafka.max_message_bytes, self.ingest.submission.max_message_bytes
-            )));
-        }
-        // A requested record carries its attachments base64-encoded (4/3) in JSON, and
-        // the ready record the MIME built from them (base64 again): both must fit.
-        let largest_record = self.ingest.max_attachment_bytes / 3 * 4 + 1024 * 1024;
-        if largest_record > self.kafka.max_message_bytes as usize {
-            return Err(ConfigError::Invalid(format!(
-                "kafka.max_message_bytes ({}) cannot hold a message at \
-                 ingest.max_attachment_bytes ({}): it needs at least {largest_record}",
-                self.kafka.max_message_bytes, self.ingest.max_attachment_bytes
-            )));
+        // A raw message travels base64-encoded (4/3) in JSON: a returned one in its
+        // inbound record, a submitted one in its requested record. A requested record
+        // carries its attachments the same way, and the ready record the MIME built from
+        // them (base64 again): both must fit.
+        let kafka_max = self.kafka.max_message_bytes as usize;
+        for (setting, bytes, overhead) in [
+            (
+                "inbound.max_message_bytes",
+                self.inbound.max_message_bytes,
+                64 * 1024,
+            ),
+            (
+                "ingest.submission.max_message_bytes",
+                self.ingest.submission.max_message_bytes,
+                64 * 1024,
+            ),
+            (
+                "ingest.max_attachment_bytes",
+                self.ingest.max_attachment_bytes,
+                1024 * 1024,
+            ),
+        ] {
+            let needed = bytes / 3 * 4 + overhead;
+            if needed > kafka_max {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka.max_message_bytes ({kafka_max}) cannot hold a message at \
+                     {setting} ({bytes}): it needs at least {needed}"
+                )));
+            }
         }
         Ok(())
     }

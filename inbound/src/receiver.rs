@@ -10,8 +10,8 @@
 //! - **250 means in Kafka**: the reply to the final dot waits for the broker's
 //!   acknowledgement; if it does not come, 451 4.3.0 and the sending MTA retries.
 //! - Connections: capped in total (421 4.3.2) and per client address (421 4.7.0) before
-//!   any TLS handshake; command (idle), DATA and whole-session timeouts (421 4.4.2); ten
-//!   protocol errors close the session.
+//!   any TLS handshake; command (idle), DATA and whole-session timeouts (421 4.4.2);
+//!   `sendmill_smtp::server::MAX_ERRORS` protocol errors close the session.
 //!
 //! The I/O and command parsing are `sendmill_smtp::server`'s (the submission server's
 //! too); commands are parsed by `smtp-proto`.
@@ -19,26 +19,21 @@
 use crate::{metric, Config};
 use sendmill_platform::{kafka::Producer, CancellationToken};
 use sendmill_smtp::server::{
-    refusal, Connection, Counted, Data, Input, SessionError, Slot, Stream,
+    ehlo_lines, refusal, Admission, Admitted, Connection, Data, Input, SessionError, Stream,
 };
 use sendmill_store::{Store, StoreError};
 use sendmill_wire::{AccountId, InboundV1};
 use smtp_proto::Request;
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 use time::OffsetDateTime;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-/// Protocol errors after which a session is closed (a client that is not speaking SMTP).
-const MAX_ERRORS: u32 = 10;
 /// Domains remembered at most (a flood of RCPTs to random domains cannot grow it more).
 const MAX_CACHED_DOMAINS: usize = 10_000;
 
@@ -87,8 +82,7 @@ pub struct Shared {
     domains: Arc<ReturnPathDomains>,
     producer: Producer,
     topic: String,
-    peers: Arc<Counted<IpAddr>>,
-    connections: Arc<Semaphore>,
+    admission: Admission,
     /// Cancelled at the end of the drain grace: a Kafka write still waiting is given up
     /// (its transaction answered 451, so the sender keeps the message).
     abort: CancellationToken,
@@ -104,13 +98,12 @@ impl Shared {
         abort: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
-            connections: Arc::new(Semaphore::new(config.max_connections)),
+            admission: Admission::new(config.max_connections, config.max_connections_per_ip),
             config,
             tls,
             domains,
             producer,
             topic,
-            peers: Arc::default(),
             abort,
         })
     }
@@ -120,26 +113,7 @@ impl Shared {
 /// at its next command with 421, or when the drain grace cuts it).
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, close: CancellationToken) {
     let sessions = tokio_util::task::TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = close.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: pause, not spin.
-                    tracing::warn!(%error, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        // Taken before any TLS handshake: a flood costs no more than the caps.
-        let admitted = shared.connections.clone().try_acquire_owned().ok().zip(
-            shared
-                .peers
-                .take(peer.ip(), shared.config.max_connections_per_ip),
-        );
+    let accepted = |stream, peer, admitted| {
         let (shared, close) = (shared.clone(), close.clone());
         sessions.spawn(async move {
             let session_timeout = shared.config.session_timeout;
@@ -151,7 +125,11 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, close: Cancellati
                 tracing::debug!(%peer, "inbound session hit the session timeout");
             }
         });
-    }
+    };
+    shared
+        .admission
+        .accept_until(&listener, "inbound", close.cancelled(), accepted)
+        .await;
     sessions.close();
     sessions.wait().await;
 }
@@ -175,7 +153,7 @@ async fn run_session(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
-    admitted: Option<(OwnedSemaphorePermit, Slot<IpAddr>)>,
+    admitted: Option<Admitted>,
     close: CancellationToken,
 ) {
     let mut connection = Connection::new(Stream::Plain(tcp), peer);
@@ -221,7 +199,7 @@ impl Session {
                 Ok(Input::Invalid(error)) => {
                     let (code, enhanced, text) = refusal(&error);
                     c.reply(code, enhanced, &text);
-                    if self.error(&mut c).await {
+                    if c.too_many_errors(&mut self.errors).await {
                         return Ok(());
                     }
                     continue;
@@ -274,14 +252,14 @@ impl Session {
                         (250, "2.1.0", "sender ok".to_owned())
                     };
                     c.reply(code, enhanced, &text);
-                    if code == 503 && self.error(&mut c).await {
+                    if code == 503 && c.too_many_errors(&mut self.errors).await {
                         return Ok(());
                     }
                 }
                 Request::Rcpt { to } => {
                     let (code, enhanced, text) = self.rcpt(&to.address).await;
                     c.reply(code, enhanced, &text);
-                    if code == 503 && self.error(&mut c).await {
+                    if code == 503 && c.too_many_errors(&mut self.errors).await {
                         return Ok(());
                     }
                 }
@@ -353,17 +331,6 @@ impl Session {
         }
     }
 
-    /// Counts a protocol error; `true` when the session was closed for too many.
-    async fn error(&mut self, c: &mut Connection) -> bool {
-        self.errors += 1;
-        if self.errors < MAX_ERRORS {
-            return false;
-        }
-        c.reply(421, "4.7.0", "too many errors, closing");
-        c.flush().await.ok();
-        true
-    }
-
     fn reset(&mut self, helo: Option<String>) {
         self.helo = helo;
         self.transaction = Transaction::default();
@@ -371,18 +338,8 @@ impl Session {
 
     fn extensions(&self, c: &Connection) -> Vec<String> {
         let config = &self.shared.config;
-        let mut lines = vec![
-            config.hostname.clone(),
-            "PIPELINING".into(),
-            format!("SIZE {}", config.max_message_bytes),
-            "8BITMIME".into(),
-            "SMTPUTF8".into(),
-            "ENHANCEDSTATUSCODES".into(),
-        ];
-        if self.shared.tls.is_some() && !c.is_tls() {
-            lines.push("STARTTLS".into());
-        }
-        lines
+        let starttls = self.shared.tls.is_some() && !c.is_tls();
+        ehlo_lines(&config.hostname, config.max_message_bytes, starttls)
     }
 
     async fn rcpt(&mut self, address: &str) -> (u16, &'static str, String) {

@@ -383,6 +383,99 @@ impl<K: std::hash::Hash + Eq + Copy> Drop for Slot<K> {
     }
 }
 
+/// Protocol errors after which a server closes a session (a client that is not
+/// speaking SMTP).
+pub const MAX_ERRORS: u32 = 10;
+
+/// The EHLO reply lines of Sendmill's servers: `hostname`, then PIPELINING, SIZE
+/// (`max_message_bytes`, RFC 1870), 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, and STARTTLS
+/// when `starttls` (a certificate is configured and the session is not in TLS yet).
+pub fn ehlo_lines(hostname: &str, max_message_bytes: usize, starttls: bool) -> Vec<String> {
+    let mut lines = vec![
+        hostname.to_owned(),
+        "PIPELINING".into(),
+        format!("SIZE {max_message_bytes}"),
+        "8BITMIME".into(),
+        "SMTPUTF8".into(),
+        "ENHANCEDSTATUSCODES".into(),
+    ];
+    if starttls {
+        lines.push("STARTTLS".into());
+    }
+    lines
+}
+
+impl Connection {
+    /// Counts one protocol error of the session in `errors`; at [`MAX_ERRORS`] answers
+    /// 421 4.7.0 and returns `true`: the caller ends the session.
+    pub async fn too_many_errors(&mut self, errors: &mut u32) -> bool {
+        *errors += 1;
+        if *errors < MAX_ERRORS {
+            return false;
+        }
+        self.reply(421, "4.7.0", "too many errors, closing");
+        self.flush().await.ok();
+        true
+    }
+}
+
+/// A connection's place under a server's caps: one of `max_connections`, and one of its
+/// client address's `max_connections_per_ip`. Given back when dropped.
+pub type Admitted = (tokio::sync::OwnedSemaphorePermit, Slot<std::net::IpAddr>);
+
+/// The caps an SMTP server applies to a connection before anything else, a TLS
+/// handshake included, so that a flood costs no more than the caps.
+pub struct Admission {
+    connections: Arc<tokio::sync::Semaphore>,
+    peers: Arc<Counted<std::net::IpAddr>>,
+    per_ip: usize,
+}
+
+impl Admission {
+    pub fn new(max_connections: usize, max_connections_per_ip: usize) -> Self {
+        Self {
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            peers: Arc::default(),
+            per_ip: max_connections_per_ip,
+        }
+    }
+
+    /// Accepts connections on `listener` until `closed` completes, handing each to
+    /// `session` with its place under the caps, or `None` when it is over one (the
+    /// session then refuses it). Accept errors (out of file descriptors and the like)
+    /// pause for 100 ms rather than spin; `server` names them in the log.
+    pub async fn accept_until(
+        &self,
+        listener: &tokio::net::TcpListener,
+        server: &'static str,
+        closed: impl std::future::Future<Output = ()>,
+        mut session: impl FnMut(TcpStream, SocketAddr, Option<Admitted>),
+    ) {
+        tokio::pin!(closed);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut closed => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, server, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let admitted = self
+                .connections
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .zip(self.peers.take(peer.ip(), self.per_ip));
+            session(stream, peer, admitted);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@
 use super::{
     cpu_seconds, median,
     pipeline::{Process, Run},
+    submission::{expect, send},
     BenchTopics,
 };
 use crate::SendmillConfig;
@@ -28,10 +29,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
-use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader},
-    net::TcpStream,
-};
+use tokio::{io::BufReader, net::TcpStream};
 
 #[derive(Debug, Serialize)]
 pub struct InboundReport {
@@ -53,11 +51,20 @@ pub struct InboundReport {
     pub per_core_per_sec: f64,
 }
 
-/// A ~`bytes` DSN for `recipient`, to `to`, returning the original (a made-up Message-ID
-/// of `domain`'s, so the processor finds no message and keeps it).
-pub fn dsn(to: &str, recipient: &str, domain: &str, bytes: usize) -> String {
-    let mut body = String::new();
-    let line = "Hello, here are this month's offers, with a line of text to make up the size.\r\n";
+/// A Postfix-style delivery status notification (RFC 3464) of about `bytes` (at least
+/// its fields) for `recipient`, sent to `to`: 550 5.1.1 from `mailstore.remote.test`,
+/// returning the original from `domain` with `message_id`'s Message-ID if given. The
+/// bench's DSNs and the inbound tests' are these.
+pub fn dsn(
+    to: &str,
+    recipient: &str,
+    domain: &str,
+    message_id: Option<&str>,
+    bytes: usize,
+) -> String {
+    let message_id = message_id
+        .map(|id| format!("Message-ID: <{id}@{domain}>\r\n"))
+        .unwrap_or_default();
     let mut message = format!(
         "From: MAILER-DAEMON@mx.remote.test (Mail Delivery System)\r\nTo: {to}\r\n\
          Subject: Undelivered Mail Returned to Sender\r\nAuto-Submitted: auto-replied\r\n\
@@ -71,14 +78,13 @@ pub fn dsn(to: &str, recipient: &str, domain: &str, bytes: usize) -> String {
          Remote-MTA: dns; mailstore.remote.test\r\n\
          Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: Recipient address rejected: User unknown\r\n\r\n\
          --b1\r\nContent-Type: message/rfc822\r\n\r\nFrom: Shop <news@{domain}>\r\nTo: {recipient}\r\n\
-         Subject: Offers\r\nMessage-ID: <{}@{domain}>\r\nMIME-Version: 1.0\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\r\n",
-        uuid::Uuid::now_v7()
+         Subject: Offers\r\n{message_id}MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n"
     );
-    while message.len() + body.len() + line.len() + 12 < bytes {
-        body.push_str(line);
+    let line = "Hello, here are this month's offers, with a line of text to make up the size.\r\n";
+    while message.len() + line.len() + 12 < bytes {
+        message.push_str(line);
     }
-    message.push_str(&body);
     message.push_str("\r\n--b1--\r\n");
     message
 }
@@ -95,6 +101,7 @@ pub async fn inbound(
         "b+0193a0b0c0d070008000000000000001-0011223344556677@bounces.bench.test",
         "reader@d1.test",
         "bench.test",
+        Some(&uuid::Uuid::now_v7().to_string()),
         message_bytes,
     );
     let rules = Rules::builtin();
@@ -139,7 +146,16 @@ pub async fn inbound(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let to = format!("postmaster@{}", domain.return_path_domain);
-    let mut data = dsn(&to, "reader@d1.test", &domain.domain, message_bytes).into_bytes();
+    // A Message-ID of the tenant's domain that names no message of its own.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let mut data = dsn(
+        &to,
+        "reader@d1.test",
+        &domain.domain,
+        Some(&unknown),
+        message_bytes,
+    )
+    .into_bytes();
     data.extend_from_slice(b".\r\n");
     let data = Arc::new(data);
 
@@ -206,31 +222,6 @@ pub async fn inbound(
     })
 }
 
-/// Reads one reply (all its lines); its code.
-async fn reply<S: AsyncRead + Unpin>(reader: &mut BufReader<S>) -> anyhow::Result<u16> {
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await? == 0 {
-            bail!("the server closed the connection");
-        }
-        let code: u16 = line
-            .get(..3)
-            .and_then(|c| c.parse().ok())
-            .context("reply code")?;
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(code);
-        }
-    }
-}
-
-async fn expect<S: AsyncRead + Unpin>(reader: &mut BufReader<S>, want: u16) -> anyhow::Result<()> {
-    let got = reply(reader).await?;
-    if got != want {
-        bail!("expected {want}, the server answered {got}");
-    }
-    Ok(())
-}
-
 /// One session sending `count` DSNs, each MAIL+RCPT+DATA pipelined.
 async fn session(
     addr: std::net::SocketAddr,
@@ -242,17 +233,17 @@ async fn session(
     tcp.set_nodelay(true)?;
     let mut s = BufReader::new(tcp);
     expect(&mut s, 220).await?;
-    s.get_mut().write_all(b"EHLO mx.remote.test\r\n").await?;
+    send(&mut s, b"EHLO mx.remote.test\r\n").await?;
     expect(&mut s, 250).await?;
     let envelope = format!("MAIL FROM:<>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
     for _ in 0..count {
-        s.get_mut().write_all(envelope.as_bytes()).await?;
+        send(&mut s, envelope.as_bytes()).await?;
         expect(&mut s, 250).await?;
         expect(&mut s, 250).await?;
         expect(&mut s, 354).await?;
-        s.get_mut().write_all(data).await?;
+        send(&mut s, data).await?;
         expect(&mut s, 250).await?;
     }
-    s.get_mut().write_all(b"QUIT\r\n").await?;
+    send(&mut s, b"QUIT\r\n").await?;
     Ok(())
 }

@@ -182,7 +182,11 @@ async fn reply<S: AsyncRead + Unpin>(reader: &mut BufReader<S>) -> anyhow::Resul
     }
 }
 
-async fn expect<S: AsyncRead + Unpin>(reader: &mut BufReader<S>, code: u16) -> anyhow::Result<()> {
+/// Reads one reply; an error unless its code is `code`.
+pub(super) async fn expect<S: AsyncRead + Unpin>(
+    reader: &mut BufReader<S>,
+    code: u16,
+) -> anyhow::Result<()> {
     let (got, text) = reply(reader).await?;
     if got != code {
         bail!("expected {code}, the server answered {}", text.trim_end());
@@ -236,7 +240,8 @@ async fn session(
     Ok(latencies)
 }
 
-async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+/// Writes `bytes` and flushes.
+pub(super) async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut BufReader<S>,
     bytes: &[u8],
 ) -> anyhow::Result<()> {

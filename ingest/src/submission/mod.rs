@@ -31,7 +31,7 @@ pub mod message;
 mod session;
 
 use crate::AppState;
-use sendmill_smtp::server::{Counted, Slot};
+use sendmill_smtp::server::{Admission, Counted, Slot};
 use serde::Deserialize;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
@@ -176,8 +176,7 @@ struct Shared {
     config: Config,
     tls: Option<TlsAcceptor>,
     accounts: Arc<Counted<sendmill_wire::AccountId>>,
-    peers: Arc<Counted<std::net::IpAddr>>,
-    connections: Arc<tokio::sync::Semaphore>,
+    admission: Admission,
 }
 
 /// Serves the listeners until `close`; sessions in flight finish their transaction and
@@ -191,12 +190,11 @@ pub(crate) async fn serve(
     close: sendmill_platform::CancellationToken,
 ) {
     let shared = Arc::new(Shared {
-        connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+        admission: Admission::new(config.max_connections, config.max_connections_per_ip),
         state,
         config,
         tls,
         accounts: Arc::default(),
-        peers: Arc::default(),
     });
     let sessions = tokio_util::task::TaskTracker::new();
     let mut accepting = tokio::task::JoinSet::new();
@@ -204,31 +202,17 @@ pub(crate) async fn serve(
         let Some(listener) = listener else { continue };
         let (shared, close, sessions) = (shared.clone(), close.clone(), sessions.clone());
         accepting.spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    _ = close.cancelled() => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            // Out of file descriptors and the like: pause, not spin.
-                            tracing::warn!(%error, "submission accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                };
-                let _ = stream.set_nodelay(true);
-                // Taken before any TLS handshake: a flood costs no more than the caps.
-                let admitted = shared.connections.clone().try_acquire_owned().ok().zip(
-                    shared
-                        .peers
-                        .take(peer.ip(), shared.config.max_connections_per_ip),
-                );
+            let closed = close.clone().cancelled_owned();
+            let accepted = |stream, peer, admitted| {
                 let (shared, close) = (shared.clone(), close.clone());
                 sessions.spawn(async move {
                     session::run(shared, stream, peer, implicit, admitted, close).await;
                 });
-            }
+            };
+            shared
+                .admission
+                .accept_until(&listener, "submission", closed, accepted)
+                .await;
         });
     }
     while accepting.join_next().await.is_some() {}

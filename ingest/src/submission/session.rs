@@ -2,27 +2,22 @@
 //! RCPT, DATA), each queued by [`accept`] before its 250. The I/O and the command parser
 //! are `sendmill_smtp::server`'s; what is decided here is who may send what.
 
-use super::{message, AccountSlot, Shared, Slot};
+use super::{message, AccountSlot, Shared};
 use crate::{
     queue,
     send::{self, Planned, RecipientResult, RecipientStatus},
 };
 use base64::{engine::general_purpose::STANDARD, Engine};
 use sendmill_platform::{api::ApiError, CancellationToken};
-use sendmill_smtp::server::{refusal, Connection, Data, Input, SessionError, Stream};
+use sendmill_smtp::server::{
+    ehlo_lines, refusal, Admitted, Connection, Data, Input, SessionError, Stream,
+};
 use sendmill_store::{idempotency::Claim, Principal, Scope};
 use sendmill_wire::{BatchId, EmailAddress, Lane, MessageId, RenderOptions, RequestedV1};
 use smtp_proto::Request;
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Instant,
-};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 use time::OffsetDateTime;
-use tokio::{net::TcpStream, sync::OwnedSemaphorePermit};
-
-/// Protocol errors after which a session is closed (a client that is not speaking SMTP).
-const MAX_ERRORS: u32 = 10;
+use tokio::net::TcpStream;
 
 /// An SMTP reply: code, enhanced code, text.
 struct Reply(u16, &'static str, String);
@@ -59,7 +54,7 @@ pub(super) async fn run(
     tcp: TcpStream,
     peer: SocketAddr,
     implicit_tls: bool,
-    admitted: Option<(OwnedSemaphorePermit, Slot<IpAddr>)>,
+    admitted: Option<Admitted>,
     close: CancellationToken,
 ) {
     let config = &shared.config;
@@ -150,7 +145,7 @@ impl Session {
                 Input::Invalid(error) => {
                     let (code, enhanced, text) = refusal(&error);
                     c.reply(code, enhanced, &text);
-                    if self.error(&mut c).await {
+                    if c.too_many_errors(&mut self.errors).await {
                         return Ok(());
                     }
                     continue;
@@ -202,7 +197,7 @@ impl Session {
                     let reply = self.mail(from.size).await;
                     let refused = matches!(reply.0, 503 | 530 | 535);
                     c.reply(reply.0, reply.1, &reply.2);
-                    if refused && self.error(&mut c).await {
+                    if refused && c.too_many_errors(&mut self.errors).await {
                         return Ok(());
                     }
                 }
@@ -210,7 +205,7 @@ impl Session {
                     let reply = self.rcpt(to.address).await;
                     let refused = matches!(reply.0, 503 | 530);
                     c.reply(reply.0, reply.1, &reply.2);
-                    if refused && self.error(&mut c).await {
+                    if refused && c.too_many_errors(&mut self.errors).await {
                         return Ok(());
                     }
                 }
@@ -280,17 +275,6 @@ impl Session {
         }
     }
 
-    /// Counts a protocol error; `true` when the session was closed for too many.
-    async fn error(&mut self, c: &mut Connection) -> bool {
-        self.errors += 1;
-        if self.errors < MAX_ERRORS {
-            return false;
-        }
-        c.reply(421, "4.7.0", "too many errors, closing");
-        c.flush().await.ok();
-        true
-    }
-
     fn reset(&mut self, helo: Option<String>) {
         self.helo = helo;
         self.transaction = Transaction::default();
@@ -302,17 +286,8 @@ impl Session {
 
     fn extensions(&self, c: &Connection) -> Vec<String> {
         let config = &self.shared.config;
-        let mut lines = vec![
-            config.hostname.clone(),
-            "PIPELINING".into(),
-            format!("SIZE {}", config.max_message_bytes),
-            "8BITMIME".into(),
-            "SMTPUTF8".into(),
-            "ENHANCEDSTATUSCODES".into(),
-        ];
-        if self.shared.tls.is_some() && !c.is_tls() {
-            lines.push("STARTTLS".into());
-        }
+        let starttls = self.shared.tls.is_some() && !c.is_tls();
+        let mut lines = ehlo_lines(&config.hostname, config.max_message_bytes, starttls);
         if self.auth_allowed(c) && self.principal.is_none() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
