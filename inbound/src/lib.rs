@@ -93,8 +93,10 @@ pub struct Config {
     /// Inbound records processed at once.
     pub concurrency: usize,
     /// How long a return whose signed address names a message not yet in the event
-    /// store is retried before it is kept as unmatched (events reach ClickHouse within
-    /// seconds; a DSN can come back faster).
+    /// store is retried (every 5 s) before it is kept as unmatched: events reach
+    /// ClickHouse within seconds, and a DSN can come back faster. Only messages accepted
+    /// within this window are waited for (one older than the event store's retention is
+    /// kept at once).
     #[serde(with = "sendmill_platform::config::duration")]
     pub match_window: Duration,
     /// How long unclassified and unmatched returns are kept (raw message included).

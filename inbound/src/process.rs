@@ -211,10 +211,18 @@ impl Processor {
             }
         }
         let Some(facts) = facts else {
-            let age = OffsetDateTime::now_utc() - inbound.received_at;
-            if trusted && age < self.config.match_window {
-                // Signed by us, so the message exists: its events are on their way.
-                return Ok(Handled::NotBefore(OffsetDateTime::now_utc() + RETRY_MATCH));
+            // Signed by us, so the message exists; if it was accepted within the match
+            // window (its id is a UUIDv7: the time is in it), its events may still be on
+            // their way to ClickHouse: try again shortly. An older one is not waited for
+            // (the partition would wait with it).
+            let now = OffsetDateTime::now_utc();
+            let accepted_at = message_id
+                .0
+                .get_timestamp()
+                .and_then(|t| OffsetDateTime::from_unix_timestamp(t.to_unix().0 as i64).ok());
+            let recent = |at: OffsetDateTime| now - at < self.config.match_window;
+            if trusted && recent(inbound.received_at) && accepted_at.is_some_and(recent) {
+                return Ok(Handled::NotBefore(now + RETRY_MATCH));
             }
             count(kind_label, &report, false);
             let reason = format!(
