@@ -187,6 +187,24 @@ impl Monitor {
             EventType::Complained => "c",
             _ => return Ok(()),
         };
+        // Returned mail can be reported again (an MTA resending, a feedback loop
+        // sending twice, a replay): its event keeps its id, and is counted once.
+        if event.stage == "inbound" {
+            let key = format!("{}reputation:seen:{}", self.prefix, event.event_id);
+            let mut redis = self.redis.clone();
+            let first: bool = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(2 * self.config.window.as_secs().max(1))
+                .query_async::<Option<String>>(&mut redis)
+                .await?
+                .is_some();
+            if !first {
+                return Ok(());
+            }
+        }
         let ip: Option<IpAddr> = event.source_ip.as_deref().and_then(|ip| ip.parse().ok());
         if let Some(ip) = ip {
             let target = Target::Ip(ip);

@@ -65,7 +65,7 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Most envelope recipients per transaction; more get 452 4.5.3.
     pub max_recipients: usize,
-    /// Most connections at once, all clients together; more are answered 421 4.3.2.
+    /// Most connections at once, all clients together; more are answered 421 4.7.0.
     pub max_connections: usize,
     /// Most connections from one client address at once; more are answered 421 4.7.0.
     pub max_connections_per_ip: usize,
@@ -152,10 +152,21 @@ impl Config {
         if self.certificate.as_os_str().is_empty() != self.private_key.as_os_str().is_empty() {
             return Err("inbound.certificate and inbound.private_key go together".into());
         }
-        if self.max_recipients == 0 || self.max_connections == 0 || self.concurrency == 0 {
-            return Err(
-                "inbound.max_recipients, max_connections and concurrency must be positive".into(),
-            );
+        let counts = [
+            self.max_message_bytes,
+            self.max_recipients,
+            self.max_connections,
+            self.max_connections_per_ip,
+            self.concurrency,
+        ];
+        let times = [
+            self.command_timeout,
+            self.data_timeout,
+            self.session_timeout,
+            self.tls_handshake_timeout,
+        ];
+        if counts.contains(&0) || times.contains(&Duration::ZERO) {
+            return Err("inbound: limits and timeouts must be positive".into());
         }
         Ok(())
     }

@@ -1,9 +1,10 @@
 //! The processor: consumes `sendmill.inbound.v1`, reads each message
 //! ([`report::analyze`]), finds the message and account it is about, and writes what it
-//! means. At least once: every event id and kept row is derived from the inbound
-//! record's id, so a record processed twice (a crash before its offset was stored)
-//! writes the same event again, which ClickHouse collapses and the webhook outbox
-//! refuses, and the suppression and kept row already exist.
+//! means. At least once, and idempotent: an event's id is derived from its message and
+//! type (a `deferred` one's from the inbound record), a kept row's from the inbound
+//! record, so a record processed twice (a crash before its offset was stored), or the
+//! same report sent twice, writes the same event again, which ClickHouse collapses and
+//! the webhook outbox and the reputation monitor refuse; suppressions are added once.
 //!
 //! Matching, first that applies:
 //! 1. an envelope recipient that is one of our signed return addresses
@@ -322,8 +323,15 @@ impl Processor {
         owners: &[AccountId],
         reason: &str,
     ) -> Result<(), HandlerError> {
-        let rcpt_to = inbound.recipients.join(", ");
-        let subject: String = report.subject.chars().take(500).collect();
+        // PostgreSQL text takes no NUL, and none of these needs a control character: a
+        // hostile subject must not make the row unwritable (and the record stuck).
+        let clean = |text: &str, max: usize| -> String {
+            text.chars().filter(|c| !c.is_control()).take(max).collect()
+        };
+        let rcpt_to = clean(&inbound.recipients.join(", "), 2000);
+        let subject = clean(&report.subject, 500);
+        let mail_from = clean(&inbound.mail_from, 500);
+        let reason = clean(reason, 1000);
         let expires_at = inbound.received_at + self.config.unclassified_retention;
         let account_id = match owners {
             [one] => Some(*one),
@@ -333,10 +341,10 @@ impl Processor {
             id: inbound.inbound_id,
             account_id,
             received_at: inbound.received_at,
-            mail_from: &inbound.mail_from,
+            mail_from: &mail_from,
             rcpt_to: &rcpt_to,
             subject: &subject,
-            reason,
+            reason: &reason,
             raw: &inbound.message,
             expires_at,
         };
@@ -402,10 +410,23 @@ fn event_for(
         &facts.recipient,
         &facts.context,
     );
-    let digest = Sha256::new()
-        .chain_update(inbound.inbound_id.as_bytes())
-        .chain_update(event_type.as_str())
-        .finalize();
+    // A message is bounced, complained about, unsubscribed or auto-answered once: the
+    // same report sent again (an MTA resending after a lost 250, a feedback loop sending
+    // twice, someone replaying one) is the same event, which ClickHouse collapses, the
+    // webhook outbox and the reputation monitor refuse. A delay can be reported again
+    // later (after 4 h, after 24 h): each report is its own event.
+    let once_per_message = event_type != EventType::Deferred;
+    let digest = if once_per_message {
+        Sha256::new()
+            .chain_update(facts.message_id.0.as_bytes())
+            .chain_update(event_type.as_str())
+            .finalize()
+    } else {
+        Sha256::new()
+            .chain_update(inbound.inbound_id.as_bytes())
+            .chain_update(event_type.as_str())
+            .finalize()
+    };
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     event.event_id = EventId(uuid::Builder::from_custom_bytes(bytes).into_uuid());

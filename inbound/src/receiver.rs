@@ -3,14 +3,16 @@
 //! [`InboundV1`](sendmill_wire::InboundV1) record per message on `sendmill.inbound.v1`,
 //! the bytes exactly as received. Nothing is decided here beyond whether to take it:
 //!
-//! - RCPT: only addresses at a return-path domain of a known sending domain; anything
-//!   else 550 5.7.1 (never an open relay). More than `max_recipients`: 452 4.5.3.
+//! - RCPT: only addresses at a return-path domain of a known sending domain (and a bare
+//!   `postmaster`, RFC 5321 §4.5.1); anything else 550 5.7.1 (never an open relay),
+//!   counted as a protocol error. One domain per transaction and at most
+//!   `max_recipients`: 452 4.5.3 (the client sends the rest again).
 //! - Size: SIZE announced (RFC 1870); a MAIL with a larger SIZE, or DATA past the limit,
 //!   552 5.3.4 (the excess is read and thrown away, never held).
 //! - **250 means in Kafka**: the reply to the final dot waits for the broker's
 //!   acknowledgement; if it does not come, 451 4.3.0 and the sending MTA retries.
-//! - Connections: capped in total (421 4.3.2) and per client address (421 4.7.0) before
-//!   any TLS handshake; command (idle), DATA and whole-session timeouts (421 4.4.2);
+//! - Connections: capped in total and per client address (421 4.7.0) before any TLS
+//!   handshake; command (idle), DATA and whole-session timeouts (421 4.4.2);
 //!   `sendmill_smtp::server::MAX_ERRORS` protocol errors close the session.
 //!
 //! The I/O and command parsing are `sendmill_smtp::server`'s (the submission server's
@@ -171,7 +173,14 @@ async fn run_session(
         errors: 0,
         transaction: Transaction::default(),
     };
-    match session.serve(connection, &close).await {
+    // A session still under way when the drain grace ends (a slow DATA) is cut: its
+    // transaction was not answered 250, so the sending MTA keeps the message.
+    let abort = session.shared.abort.clone();
+    let served = tokio::select! {
+        served = session.serve(connection, &close) => served,
+        _ = abort.cancelled() => Ok(()),
+    };
+    match served {
         Ok(()) | Err(SessionError::Closed) => {}
         Err(error) => tracing::debug!(%peer, %error, "inbound session ended"),
     }
@@ -259,7 +268,9 @@ impl Session {
                 Request::Rcpt { to } => {
                     let (code, enhanced, text) = self.rcpt(&to.address).await;
                     c.reply(code, enhanced, &text);
-                    if code == 503 && c.too_many_errors(&mut self.errors).await {
+                    // A refused recipient counts as an error: a session cannot probe
+                    // domain after domain (each a lookup).
+                    if matches!(code, 503 | 550) && c.too_many_errors(&mut self.errors).await {
                         return Ok(());
                     }
                 }
@@ -350,10 +361,27 @@ impl Session {
             return (452, "4.5.3", "too many recipients".into());
         }
         let Some((_, domain)) = address.rsplit_once('@') else {
-            // RFC 5321 §4.5.1: mail to a bare `postmaster` is for this host; none here.
+            // RFC 5321 §4.5.1: `postmaster` without a domain must be taken.
+            if address.eq_ignore_ascii_case("postmaster") {
+                self.transaction.recipients.push("postmaster".into());
+                return (250, "2.1.5", "recipient ok".into());
+            }
             return (550, "5.1.1", "mailbox unavailable".into());
         };
-        match self.shared.domains.owners(domain).await {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        // The processor reads a message for the accounts of one domain: a second domain
+        // waits for its own transaction (the client sends it again).
+        if let Some(first) = self.transaction.recipients.first() {
+            let first_domain = first.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+            if first_domain.trim_end_matches('.') != domain {
+                return (
+                    452,
+                    "4.5.3",
+                    "one domain per transaction, send the rest again".into(),
+                );
+            }
+        }
+        match self.shared.domains.owners(&domain).await {
             Ok(owners) if !owners.is_empty() => {
                 self.transaction.recipients.push(address.to_lowercase());
                 (250, "2.1.5", "recipient ok".into())
@@ -374,12 +402,34 @@ impl Session {
         }
     }
 
-    /// Writes the message to the inbound topic; 250 once Kafka acknowledged it.
+    /// Writes the message to the inbound topic, with our `Received:` trace field in
+    /// front (RFC 5321 §4.4); 250 once Kafka acknowledged it.
     async fn queue(&mut self, message: Vec<u8>, tls: bool) -> (u16, &'static str, String) {
         let transaction = std::mem::take(&mut self.transaction);
+        let inbound_id = uuid::Uuid::now_v7();
+        let received_at = OffsetDateTime::now_utc();
+        let helo: String = self
+            .helo
+            .as_deref()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(255)
+            .collect();
+        let date = received_at
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap_or_default();
+        let trace = format!(
+            "Received: from {helo} ([{}])\r\n\tby {} with {} id {inbound_id};\r\n\t{date}\r\n",
+            self.peer.ip(),
+            self.shared.config.hostname,
+            if tls { "ESMTPS" } else { "ESMTP" },
+        );
+        let mut message = message;
+        message.splice(0..0, trace.into_bytes());
         let record = InboundV1 {
-            inbound_id: uuid::Uuid::now_v7(),
-            received_at: OffsetDateTime::now_utc(),
+            inbound_id,
+            received_at,
             mail_from: transaction.mail_from.unwrap_or_default(),
             recipients: transaction.recipients,
             peer_ip: self.peer.ip().to_string(),

@@ -13,8 +13,9 @@
 //! (`sendmill_smtp::classify`), so one bounce lands in one category whichever way it
 //! came back.
 //!
-//! Bounded work: at most [`MAX_PARTS`] MIME parts are looked at, and text scans stop after
-//! [`MAX_SCAN`] bytes.
+//! Bounded work: a message with more than [`MAX_BOUNDARY_LINES`] possible boundary lines
+//! is not parsed (kept unclassified), at most [`MAX_PARTS`] MIME parts are looked at, and
+//! text scans stop after [`MAX_SCAN`] bytes.
 
 use mailparse::{MailHeader, MailHeaderMap, ParsedMail};
 use sendmill_smtp::classify::{self, ClassifyRule};
@@ -25,6 +26,9 @@ use serde::Deserialize;
 pub const MAX_PARTS: usize = 64;
 /// Bytes of text scanned for addresses, codes and phrases.
 pub const MAX_SCAN: usize = 256 * 1024;
+/// Lines starting `--` (possible MIME boundaries) above which a message is not parsed,
+/// so that the MIME tree mailparse builds stays small.
+pub const MAX_BOUNDARY_LINES: usize = 2_000;
 
 /// What kind of return a message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -101,10 +105,14 @@ pub struct Report {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Format {
+    /// The format's name, reported as [`Report::format`] (`postfix`, `exim`, …).
     pub name: String,
+    /// What a message of this format reports: `failed` or `delayed`.
     pub kind: Kind,
+    /// Lower-case phrases of its Subject.
     #[serde(default)]
     pub subject: Vec<String>,
+    /// Lower-case phrases of its notice text (before the returned copy).
     #[serde(default)]
     pub body: Vec<String>,
 }
@@ -113,17 +121,24 @@ pub struct Format {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CategoryPhrases {
+    /// The category the phrases mean.
     pub category: BounceCategory,
+    /// Lower-case phrases of a diagnostic.
     pub text: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoReplyRules {
+    /// Header fields (lower-case names) whose presence marks an auto-reply.
     pub headers: Vec<String>,
+    /// `Precedence` values of auto-replies.
     pub precedence: Vec<String>,
+    /// Subject phrases of out-of-office replies.
     pub out_of_office: Vec<String>,
+    /// Phrases of challenge-response systems.
     pub challenge: Vec<String>,
+    /// Header fields (lower-case names) of challenge-response systems.
     pub challenge_headers: Vec<String>,
 }
 
@@ -131,10 +146,15 @@ pub struct AutoReplyRules {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rules {
+    /// Non-standard bounce formats, tried in order.
     pub format: Vec<Format>,
+    /// Lines that start the returned copy in a bounce's text.
     pub copy_markers: Vec<String>,
+    /// Wordings of diagnostics and their categories, in order.
     pub category: Vec<CategoryPhrases>,
+    /// Subject phrases of abuse reports that are not ARF.
     pub complaint_subjects: Vec<String>,
+    /// How auto-replies are recognised.
     pub auto_reply: AutoReplyRules,
     /// The dispatcher's reply table.
     #[serde(skip)]
@@ -148,6 +168,29 @@ impl Rules {
             toml::from_str(include_str!("rules.toml")).expect("the built-in rules parse");
         rules.replies = classify::default_rules();
         rules
+    }
+
+    /// The category of a failure or delay of `kind` with `reply`: [`Rules::categorize`],
+    /// except that a failure with X.4.7 (delivery time expired), or with a temporary
+    /// status the diagnostic says nothing more about, is `expired`: the MTA gave up
+    /// retrying.
+    pub fn failure_category(
+        &self,
+        reply: &SmtpReply,
+        with_code: bool,
+        kind: Kind,
+    ) -> BounceCategory {
+        let category = self.categorize(reply, with_code);
+        let status = reply.enhanced.as_deref().unwrap_or_default();
+        let gave_up = kind == Kind::Failed
+            && (status.ends_with(".4.7")
+                || (status.starts_with('4')
+                    && matches!(category, BounceCategory::Other | BounceCategory::Routing)));
+        if gave_up {
+            BounceCategory::Expired
+        } else {
+            category
+        }
     }
 
     /// The category of a diagnostic, in this order: a rule of the reply table the
@@ -189,6 +232,15 @@ pub fn analyze(raw: &[u8], mail_from: &str, rules: &Rules) -> Report {
         subject: String::new(),
         note: None,
     };
+    // mailparse builds the whole MIME tree before anything can be skipped: a body of
+    // nothing but boundary lines would be millions of parts. Real returns have a few.
+    let boundary_lines = memchr::memmem::find_iter(raw, b"\n--").count();
+    if boundary_lines > MAX_BOUNDARY_LINES {
+        report.note = Some(format!(
+            "more than {MAX_BOUNDARY_LINES} lines that could be MIME boundaries: not parsed"
+        ));
+        return report;
+    }
     let mail = match mailparse::parse_mail(raw) {
         Ok(mail) => mail,
         Err(error) => {
@@ -417,7 +469,7 @@ fn non_standard_bounce(report: &mut Report, format: &Format, notice: &str, rules
     // qmail and Exchange put the status beside the text: `(#5.2.2)`, `<host #5.1.1>`.
     let status = enhanced_code(notice);
     let (reply, with_code) = reply_of(&diagnostic, status, format.kind);
-    report.category = Some(rules.categorize(&reply, with_code));
+    report.category = Some(rules.failure_category(&reply, with_code, format.kind));
     report.reply = Some(reply);
 }
 
@@ -700,7 +752,8 @@ fn from_reply_code(line: &str) -> String {
 /// The host a Postfix/Exim/qmail notice names (`host mx.b.test[192.0.2.1] said:`,
 /// `Remote host said:`, `mx.b.test [192.0.2.1]:`).
 fn remote_host(notice: &str) -> Option<String> {
-    let lower = notice.to_lowercase();
+    // ASCII case folding keeps byte offsets (full Unicode lower-casing can change them).
+    let lower = notice.to_ascii_lowercase();
     let at = lower.find("host ")? + 5;
     let token: String = notice[at..]
         .chars()

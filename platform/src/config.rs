@@ -492,8 +492,12 @@ pub struct TrackingConfig {
     /// Public base URL of the analytics endpoints, as recipients reach them (no trailing
     /// slash). Env: `SENDMILL_TRACKING_BASE_URL`.
     pub base_url: String,
-    /// HMAC key for link tokens, at least 32 characters. Empty: no tracking or
-    /// unsubscribe links are written. Env: `SENDMILL_TRACKING_SECRET`.
+    /// HMAC key for link tokens and for the signed return addresses (the VERP envelope
+    /// sender and the `mailto:` unsubscribe, `return_path`), at least 32 characters.
+    /// Empty: no tracking or unsubscribe links are written, return paths are unsigned
+    /// and the inbound stage cannot match returned mail by them. Changing it makes the
+    /// links and return addresses of messages already sent unverifiable (their bounces
+    /// and complaints are then kept unmatched). Env: `SENDMILL_TRACKING_SECRET`.
     pub secret: String,
 }
 

@@ -43,20 +43,31 @@ pub struct NewReturn<'a> {
 impl Store {
     /// The accounts whose sending domains use `domain` (any case) as their return-path
     /// domain: who may receive mail there. Usually one; none for a stranger's domain.
+    /// Accounts that verified the sending domain (DNS) come first and alone: one that
+    /// merely added another's domain, unverified, does not share its returns.
     pub async fn return_path_domain_owners(
         &self,
         domain: &str,
     ) -> Result<Vec<AccountId>, StoreError> {
         let rows = sqlx::query(
-            "SELECT DISTINCT account_id FROM sending_domains
-             WHERE lower(coalesce(return_path_domain, 'bounces.' || domain)) = lower($1)",
+            "SELECT account_id, bool_or(verified_at IS NOT NULL) AS verified
+             FROM sending_domains
+             WHERE lower(coalesce(return_path_domain, 'bounces.' || domain)) = lower($1)
+             GROUP BY account_id",
         )
         .bind(domain)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok(AccountId(r.try_get("account_id")?)))
-            .collect()
+        let owners: Vec<(AccountId, bool)> = rows
+            .iter()
+            .map(|r| Ok((AccountId(r.try_get("account_id")?), r.try_get("verified")?)))
+            .collect::<Result<_, StoreError>>()?;
+        let verified = owners.iter().any(|(_, v)| *v);
+        Ok(owners
+            .into_iter()
+            .filter(|(_, v)| *v || !verified)
+            .map(|(account, _)| account)
+            .collect())
     }
 
     /// Keeps a return; a second call with the same id changes nothing.

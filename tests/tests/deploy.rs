@@ -81,11 +81,18 @@ fn validate(files: &[PathBuf]) -> Output {
         .args(files))
 }
 
+/// `sendmill validate-config` on a deployment's file, with the secrets its deployment
+/// gives every pod as variables (the Secret `sendmill`, compose's `sendmill.env`) that
+/// a file needs: the tracking secret, which the inbound stage requires.
 fn validate_config(path: &Path) {
     ok(
         run(Command::new(sendmill_binary())
             .args(["validate-config", "--config"])
-            .arg(path)),
+            .arg(path)
+            .env(
+                "SENDMILL_TRACKING_SECRET",
+                "a-deployment-test-secret-of-32-bytes",
+            )),
         &format!("sendmill validate-config {}", path.display()),
     );
 }

@@ -282,15 +282,36 @@ async fn an_arf_report_is_a_complaint_and_the_reputation_monitor_pauses_the_acco
         reported.envelope_from, p.domain
     );
     let fbl = format!("fbl@bounces.{}", p.domain);
-    let answer = send(
-        inbound_addr(&p),
-        "starttls",
-        "feedback@fbl.remote.test",
-        &[&fbl],
-        &arf(&original),
-    )
-    .await;
-    assert_queued(&answer);
+    // Sent twice (a feedback loop repeating itself, or a replay): one complaint.
+    for _ in 0..2 {
+        let answer = send(
+            inbound_addr(&p),
+            "starttls",
+            "feedback@fbl.remote.test",
+            &[&fbl],
+            &arf(&original),
+        )
+        .await;
+        assert_queued(&answer);
+    }
+    // Another report names its message only by the returned Message-ID: found among
+    // the messages of the account that owns the FBL mailbox's domain.
+    let (second, second_recipient) = &sent[1];
+    let by_message_id = format!(
+        "From: Shop <news@{d}>\r\nTo: redacted@fbl.remote.test\r\nSubject: Hello\r\nMessage-ID: <{id}@{d}>\r\n",
+        d = p.domain,
+        id = second.message_id
+    );
+    assert_queued(
+        &send(
+            inbound_addr(&p),
+            "none",
+            "feedback@fbl.remote.test",
+            &[&fbl],
+            &arf(&by_message_id),
+        )
+        .await,
+    );
 
     let timeline = timeline_with(&p, &p.api_key, &reported.message_id, "complained").await;
     assert_eq!(timeline["status"], "delivered", "{timeline}");
@@ -304,8 +325,13 @@ async fn an_arf_report_is_a_complaint_and_the_reputation_monitor_pauses_the_acco
         .await
         .expect("the complainant is suppressed");
     assert_eq!(suppressed["reason"], "complaint");
+    let timeline = timeline_with(&p, &p.api_key, &second.message_id, "complained").await;
+    assert_eq!(
+        event(&timeline, "complained")["recipient"],
+        second_recipient.as_str()
+    );
 
-    // 1 complaint in 3 delivered is past the account's 20 %: the monitor pauses it.
+    // 2 complaints in 3 delivered is past the account's 20 %: the monitor pauses it.
     let mut redis = p.redis().await;
     let prefix = p.config.redis.key_prefix.clone();
     let member = Target::Account(p.account).member();
@@ -319,6 +345,27 @@ async fn an_arf_report_is_a_complaint_and_the_reputation_monitor_pauses_the_acco
     .await
     .expect("the reputation monitor paused the account");
     assert!(paused.contains("complaint_rate"), "{paused}");
+    // The repeated report was counted once: the account's window holds 2 complaints
+    // once both reports are in (never 3).
+    let key = pauses::reputation_key(&prefix, &Target::Account(p.account));
+    let complaints = poll_until(LIMIT, || {
+        let (mut redis, key) = (redis.clone(), key.clone());
+        async move {
+            let counts: std::collections::HashMap<String, u64> =
+                redis::AsyncCommands::hgetall(&mut redis, &key)
+                    .await
+                    .unwrap();
+            let c: u64 = counts
+                .iter()
+                .filter(|(field, _)| field.ends_with(":c"))
+                .map(|(_, n)| n)
+                .sum();
+            (c >= 2).then_some(c)
+        }
+    })
+    .await
+    .expect("both complaints are counted");
+    assert_eq!(complaints, 2);
     pauses::resume(&mut redis, &prefix, &Target::Account(p.account))
         .await
         .unwrap();
@@ -420,17 +467,30 @@ async fn relaying_forgeries_oversize_and_floods_are_refused_or_kept_and_change_n
     );
     assert_queued(&send(addr, "none", "fbl@remote.test", &[&fbl], &arf(&original)).await);
 
-    // Both end in this account's kept returns, with why.
+    // A subject with a NUL (PostgreSQL text takes none) is kept all the same.
+    assert_queued(
+        &send(
+            addr,
+            "none",
+            "someone@remote.test",
+            &[&fbl],
+            "Subject: nul\u{0}here\r\n\r\nHello there.\r\n",
+        )
+        .await,
+    );
+
+    // All three end in this account's kept returns, with why.
     let kept = poll_until(LIMIT, || async {
         let (status, body) = p
             .call_analytics(&p.api_key, reqwest::Method::GET, "/v1/returns")
             .await;
         assert_eq!(status, 200, "{body}");
         let data = body["data"].as_array()?.clone();
-        (data.len() >= 2).then_some(data)
+        (data.len() >= 3).then_some(data)
     })
     .await
-    .expect("the forged DSN and the foreign ARF are kept");
+    .expect("the forged DSN, the foreign ARF and the NUL subject are kept");
+    assert!(kept.iter().any(|r| r["subject"] == "nulhere"), "{kept:?}");
     assert!(
         kept.iter().any(|r| r["rcpt_to"] == forged.to_lowercase()
             && r["reason"].as_str().unwrap().contains("no message named")),
@@ -438,7 +498,7 @@ async fn relaying_forgeries_oversize_and_floods_are_refused_or_kept_and_change_n
     );
     let foreign = kept
         .iter()
-        .find(|r| r["rcpt_to"] == fbl)
+        .find(|r| r["rcpt_to"] == fbl && r["mail_from"] == "fbl@remote.test")
         .unwrap_or_else(|| panic!("{kept:?}"));
     assert!(
         foreign["reason"].as_str().unwrap().contains("not found"),

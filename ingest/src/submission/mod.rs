@@ -64,7 +64,7 @@ pub struct Config {
     /// Most envelope recipients in one transaction (RFC 5321 §4.5.3.1.8 asks for 100 at
     /// least); more get 452 4.5.3.
     pub max_recipients: usize,
-    /// Most connections at once, all clients together; more are answered 421 4.3.2.
+    /// Most connections at once, all clients together; more are answered 421 4.7.0.
     pub max_connections: usize,
     /// Most authenticated connections of one account at once; more get 454 4.7.0 to AUTH.
     pub max_connections_per_account: usize,
