@@ -118,6 +118,10 @@ pub async fn inbound(
         .context("connecting to PostgreSQL")?;
     store.migrate().await?;
     let run = Run::new(base)?;
+    // The processor looks each DSN's message up in the run's own event store.
+    sendmill_analytics::schema::migrate(&run.config.clickhouse)
+        .await
+        .context("migrating ClickHouse")?;
     let broker = BenchTopics::create(&run.config).await?;
     let (domain, _key) = super::tenant(&store, &run.id).await?;
     let listen = super::pipeline::free_addr()?;
@@ -203,8 +207,9 @@ pub async fn inbound(
         }
     }
     drop(child);
-    store.delete_expired_returns().await.ok();
+    store.delete_kept_returns(domain.account_id).await.ok();
     broker.delete().await;
+    super::pipeline::drop_database(&run.config).await;
     let _ = std::fs::remove_dir_all(&run.dir);
     let cpu = median(cpu_runs);
     Ok(InboundReport {

@@ -1100,7 +1100,7 @@ async fn postfix(
 }
 
 /// The bench's ClickHouse database goes with the run.
-async fn drop_database(config: &SendmillConfig) {
+pub(crate) async fn drop_database(config: &SendmillConfig) {
     let client = sendmill_platform::clients::clickhouse_server(&config.clickhouse);
     let database = &config.clickhouse.database;
     if let Err(error) = client

@@ -153,6 +153,15 @@ impl Store {
         Ok(row.try_get::<i64, _>("n")? as u64)
     }
 
+    /// Deletes every kept return of `account` (a bench's tenant, cleaning up); how many.
+    pub async fn delete_kept_returns(&self, account: AccountId) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM inbound_returns WHERE account_id = $1")
+            .bind(account.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Deletes returns past their expiry; returns how many.
     pub async fn delete_expired_returns(&self) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM inbound_returns WHERE expires_at <= now()")
