@@ -21,7 +21,7 @@
 use crate::{metric, Config};
 use sendmill_platform::{kafka::Producer, CancellationToken};
 use sendmill_smtp::server::{
-    ehlo_lines, refusal, Admission, Admitted, Connection, Data, Input, SessionError, Stream,
+    ehlo_lines, refusal, Admission, Admitted, Connection, Input, Received, SessionError, Stream,
 };
 use sendmill_store::{Store, StoreError};
 use sendmill_wire::{AccountId, InboundV1};
@@ -283,29 +283,17 @@ impl Session {
                         c.reply(554, "5.5.1", "no valid recipients");
                         continue;
                     }
-                    c.reply(354, "2.0.0", "end data with <CR><LF>.<CR><LF>");
                     let config = &self.shared.config;
-                    let data = match c
-                        .read_data(config.max_message_bytes, config.data_timeout)
-                        .await
-                    {
-                        Err(SessionError::Timeout(_)) => {
-                            c.reply(421, "4.4.2", "timeout in DATA, closing");
+                    let received = c
+                        .receive_data(config.max_message_bytes, config.data_timeout)
+                        .await?;
+                    let (code, enhanced, text) = match received {
+                        Received::TimedOut => {
                             c.close().await;
                             return Ok(());
                         }
-                        other => other?,
-                    };
-                    let (code, enhanced, text) = match data {
-                        Data::TooBig(_) => (
-                            552,
-                            "5.3.4",
-                            format!(
-                                "message exceeds the limit of {} bytes",
-                                config.max_message_bytes
-                            ),
-                        ),
-                        Data::Message(message) => self.queue(message, c.is_tls()).await,
+                        Received::TooBig(code, enhanced, text) => (code, enhanced, text),
+                        Received::Message(message) => self.queue(message, c.is_tls()).await,
                     };
                     let result = if code == 250 {
                         "queued".to_owned()

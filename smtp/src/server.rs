@@ -151,6 +151,17 @@ pub enum Data {
     TooBig(usize),
 }
 
+/// What [`Connection::receive_data`] came to.
+#[derive(Debug)]
+pub enum Received {
+    /// The message, dot-unstuffed.
+    Message(Vec<u8>),
+    /// Over the size limit: the reply to send, `(code, enhanced code, text)`.
+    TooBig(u16, &'static str, String),
+    /// No data within the timeout: 421 is queued, the session ends.
+    TimedOut,
+}
+
 /// One client connection: buffered input, queued replies.
 pub struct Connection {
     stream: Stream,
@@ -288,6 +299,31 @@ impl Connection {
             }
             self.fill(timeout).await?;
         }
+    }
+
+    /// A DATA command the session has checked: queues 354, then reads the message
+    /// ([`Connection::read_data`]). Over `max_bytes`, the 552 5.3.4 the server owes is
+    /// returned (not yet queued: the caller counts and sends it); on a timeout 421 4.4.2
+    /// is queued and the caller closes the session.
+    pub async fn receive_data(
+        &mut self,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Received, SessionError> {
+        self.reply(354, "2.0.0", "end data with <CR><LF>.<CR><LF>");
+        Ok(match self.read_data(max_bytes, timeout).await {
+            Err(SessionError::Timeout(_)) => {
+                self.reply(421, "4.4.2", "timeout in DATA, closing");
+                Received::TimedOut
+            }
+            Err(error) => return Err(error),
+            Ok(Data::TooBig(_)) => Received::TooBig(
+                552,
+                "5.3.4",
+                format!("message exceeds the limit of {max_bytes} bytes"),
+            ),
+            Ok(Data::Message(message)) => Received::Message(message),
+        })
     }
 
     /// STARTTLS after its 220 was queued: writes it, throws away input the client sent

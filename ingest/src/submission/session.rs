@@ -10,7 +10,7 @@ use crate::{
 use base64::{engine::general_purpose::STANDARD, Engine};
 use sendmill_platform::{api::ApiError, CancellationToken};
 use sendmill_smtp::server::{
-    ehlo_lines, refusal, Admitted, Connection, Data, Input, SessionError, Stream,
+    ehlo_lines, refusal, Admitted, Connection, Input, Received, SessionError, Stream,
 };
 use sendmill_store::{idempotency::Claim, Principal, Scope};
 use sendmill_wire::{BatchId, EmailAddress, Lane, MessageId, RenderOptions, RequestedV1};
@@ -218,29 +218,17 @@ impl Session {
                         c.reply(554, "5.5.1", "no valid recipients");
                         continue;
                     }
-                    c.reply(354, "2.0.0", "end data with <CR><LF>.<CR><LF>");
                     let config = &self.shared.config;
-                    let data = match c
-                        .read_data(config.max_message_bytes, config.data_timeout)
-                        .await
-                    {
-                        Err(SessionError::Timeout(_)) => {
-                            c.reply(421, "4.4.2", "timeout in DATA, closing");
+                    let received = c
+                        .receive_data(config.max_message_bytes, config.data_timeout)
+                        .await?;
+                    let reply = match received {
+                        Received::TimedOut => {
                             c.close().await;
                             return Ok(());
                         }
-                        other => other?,
-                    };
-                    let reply = match data {
-                        Data::TooBig(_) => Reply::new(
-                            552,
-                            "5.3.4",
-                            format!(
-                                "message exceeds the limit of {} bytes",
-                                config.max_message_bytes
-                            ),
-                        ),
-                        Data::Message(data) => self.accept(&data).await,
+                        Received::TooBig(code, enhanced, text) => Reply(code, enhanced, text),
+                        Received::Message(data) => self.accept(&data).await,
                     };
                     if reply.0 != 250 {
                         metrics::counter!(
