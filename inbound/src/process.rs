@@ -160,16 +160,21 @@ impl Processor {
         } else {
             report.kind.as_str()
         };
-        let decision = decide(&report, unsubscribe);
-        if decision == Outcome::Nothing {
-            count(kind_label, &report, false);
-            return Ok(Handled::Done);
-        }
-        if let Outcome::Keep(reason) = &decision {
-            count(kind_label, &report, false);
-            self.keep(&inbound, &report, &rcpt_owners, reason).await?;
-            return Ok(Handled::Done);
-        }
+        let (event_type, suppress) = match decide(&report, unsubscribe) {
+            Outcome::Event {
+                event_type,
+                suppress,
+            } => (event_type, suppress),
+            Outcome::Nothing => {
+                count(kind_label, &report, false);
+                return Ok(Handled::Done);
+            }
+            Outcome::Keep(reason) => {
+                count(kind_label, &report, false);
+                self.keep(&inbound, &report, &rcpt_owners, &reason).await?;
+                return Ok(Handled::Done);
+            }
+        };
 
         // Which message, among which accounts.
         let (message_id, owners, trusted) = match &verified {
@@ -238,13 +243,6 @@ impl Processor {
             return Ok(Handled::Done);
         };
 
-        let Outcome::Event {
-            event_type,
-            suppress,
-        } = decision
-        else {
-            unreachable!("other outcomes returned above");
-        };
         let event = event_for(&inbound, &report, &facts, event_type, unsubscribe);
         if let Some(reason) = suppress {
             let source = format!("inbound {} {}", kind_label, facts.message_id);
