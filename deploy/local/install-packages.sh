@@ -77,16 +77,18 @@ fi
 # system-wide pip installs). Pinned so that a test run is repeatable.
 # standardwebhooks verifies webhook signatures; schemathesis fuzzes the HTTP APIs from
 # their OpenAPI documents; kubernetes-validate checks deploy/k8s against Kubernetes'
-# schemas (deploy/k8s/validate.py).
+# schemas (deploy/k8s/validate.py); sendgrid and boto3 are the official SendGrid and AWS
+# clients the drop-in test (tests/tests/dropin.rs) sends with.
 venv=$SENDMILL_LOCAL_DIR/venv
 if ! "$venv/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1 \
+  || [ "$("$venv/bin/python" -c 'import sendgrid, boto3; print(sendgrid.__version__, boto3.__version__)' 2>/dev/null)" != "6.12.5 1.44.8" ] \
   || [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version 4.32.5" ] \
   || [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "1.34.1" ]; then
   log "installing PyPI test tools into $venv"
   mkdir -p "$SENDMILL_LOCAL_DIR"
   [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check standardwebhooks==1.0.0 \
-    schemathesis==4.32.5 kubernetes-validate==1.34.1
+    schemathesis==4.32.5 kubernetes-validate==1.34.1 sendgrid==6.12.5 boto3==1.44.8
 fi
 
 # Go (on the machine) builds deploy/tools, which renders deploy/k8s and deploy/compose
@@ -97,10 +99,13 @@ command -v go >/dev/null 2>&1 || die "go is missing: the deploy tests build depl
 # KEDA's CRDs, which tests/tests/deploy.rs validates ScaledObjects against (its KEDA).
 go mod download github.com/kedacore/keda/v2@v2.21.0 || die "cannot fetch KEDA's CRDs"
 
-# playwright-core drives Debian's chromium (it cannot download browsers here).
+# playwright-core drives Debian's chromium (it cannot download browsers here);
+# @sendgrid/mail is the official SendGrid client the drop-in test sends with.
 node_dir=$SENDMILL_LOCAL_DIR/node
-if [ ! -d "$node_dir/node_modules/playwright-core" ]; then
-  log "installing playwright-core into $node_dir"
+if [ ! -d "$node_dir/node_modules/playwright-core" ] \
+  || [ "$(node -p 'require(process.argv[1]).version' "$node_dir/node_modules/@sendgrid/mail/package.json" 2>/dev/null)" != "8.1.6" ]; then
+  log "installing playwright-core and @sendgrid/mail into $node_dir"
   mkdir -p "$node_dir"
-  (cd "$node_dir" && npm install --silent --no-audit --no-fund playwright-core@1.49.1 >/dev/null)
+  (cd "$node_dir" && npm install --silent --no-audit --no-fund playwright-core@1.49.1 \
+    @sendgrid/mail@8.1.6 @sendgrid/client@8.1.6 >/dev/null)
 fi

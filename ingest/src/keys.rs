@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 pub struct CreateKey {
     pub name: String,
     pub scopes: Vec<Scope>,
+    /// The key may also sign AWS Signature V4 requests (the SES v2 drop-in,
+    /// [`crate::compat::ses`]): a copy is then kept sealed under the KEK, which must be
+    /// configured.
+    #[serde(default)]
+    pub aws_sigv4: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,6 +34,10 @@ pub struct CreatedKey {
     pub scopes: Vec<Scope>,
     /// The secret: shown only here, once.
     pub key: String,
+    /// With `aws_sigv4`: the access key id to give AWS SDKs (their secret access key is
+    /// `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -59,9 +68,25 @@ pub async fn create(
     }
     let created = state
         .store
-        .create_api_key(caller.0.account_id, &input.name, &input.scopes)
+        .create_api_key(
+            caller.0.account_id,
+            &input.name,
+            &input.scopes,
+            input.aws_sigv4,
+        )
         .await
-        .map_err(ApiError::from)?;
+        .map_err(|error| match error {
+            sendmill_store::StoreError::Secret(sendmill_store::secrets::SecretError::NoKeyring) => {
+                ApiError {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    ..ApiError::invalid(
+                        "aws_sigv4",
+                        "SigV4 keys are kept sealed under a key-encryption key, and none is configured ([secrets])",
+                    )
+                }
+            }
+            error => ApiError::from(error),
+        })?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -70,6 +95,9 @@ pub async fn create(
             prefix: created.prefix,
             scopes: input.scopes,
             key: created.plaintext,
+            aws_access_key_id: input
+                .aws_sigv4
+                .then(|| crate::compat::sigv4::access_key_id(created.id)),
         }),
     ))
 }
@@ -156,7 +184,7 @@ pub async fn create_account(
         .map_err(ApiError::from)?;
     let key = state
         .store
-        .create_api_key(id, "admin", &[Scope::Admin])
+        .create_api_key(id, "admin", &[Scope::Admin], false)
         .await
         .map_err(ApiError::from)?;
     let account = account_info(&state, id).await?;

@@ -22,12 +22,14 @@
 //! - [`schedule`]: the releaser of held messages and cancelling.
 //! - [`submission`]: SMTP submission (587/465): the same accept sequence for raw MIME.
 //! - [`keys`], [`domains`], [`templates`], [`suppressions`]: the management endpoints.
+//! - [`compat`]: SendGrid v3 and SES v2 drop-ins, translated into the native request.
 //! - [`openapi`]: the API's contract, checked against [`routes`] by a test.
 //! - [`metric`]: the names of the metrics it records, each with what it counts.
 
 #![recursion_limit = "512"]
 
 pub mod body;
+pub mod compat;
 pub mod domains;
 pub mod keys;
 pub mod metric;
@@ -254,6 +256,8 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
         ("/openapi.json", get(openapi::serve)),
         ("/v1/messages", post(send::send)),
+        ("/v3/mail/send", post(compat::sendgrid::mail_send)),
+        ("/v2/email/outbound-emails", post(compat::ses::send_email)),
         ("/v1/messages/{id}", delete(schedule::cancel_message)),
         ("/v1/batches/{id}", delete(schedule::cancel_batch)),
         ("/v1/account", get(keys::me)),

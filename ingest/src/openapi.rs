@@ -75,6 +75,45 @@ fn build_document() -> Value {
                 }),
                 &[400, 401, 403, 409, 413, 415, 422, 429, 503])
         },
+        "/v3/mail/send": {
+            "post": {
+                "operationId": "sendgridMailSend",
+                "tags": ["compatibility"],
+                "summary": "SendGrid v3 Mail Send, for SendGrid's client libraries (Bearer: a Sendmill API key with the send scope)",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+                "requestBody": json_body(schema("SendGridMail")),
+                "responses": {
+                    "202": {"description": "Accepted; X-Message-Id is the batch id",
+                        "headers": {"X-Message-Id": {"schema": {"type": "string"}}}},
+                    "200": {"description": "Sandbox mode: validated, nothing sent"},
+                    "400": json_response("Invalid: SendGrid's error shape naming the field", schema("SendGridErrors")),
+                    "401": json_response("Missing or unknown API key", schema("SendGridErrors")),
+                    "403": json_response("The key lacks the send scope", schema("SendGridErrors")),
+                    "413": json_response("Body too large", schema("SendGridErrors")),
+                    "429": json_response("Rate limit or daily quota reached: see Retry-After", schema("SendGridErrors")),
+                    "503": json_response("A dependency is unavailable", schema("SendGridErrors"))
+                }
+            }
+        },
+        "/v2/email/outbound-emails": {
+            "post": {
+                "operationId": "sesSendEmail",
+                "tags": ["compatibility"],
+                "summary": "Amazon SES v2 SendEmail, for AWS SDKs (AWS Signature V4: access key id = a SigV4 API key's id, secret = the key)",
+                "requestBody": json_body(schema("SesSendEmail")),
+                "responses": {
+                    "200": json_response("Accepted", json!({"type": "object", "required": ["MessageId"],
+                        "properties": {"MessageId": {"type": "string"}}})),
+                    "400": json_response("Invalid (BadRequestException, MessageRejected, LimitExceededException)", schema("SesError")),
+                    "403": json_response("Not authenticated or not allowed", schema("SesError")),
+                    "404": json_response("No template of that name (NotFoundException)", schema("SesError")),
+                    "413": json_response("Body too large", schema("SesError")),
+                    "429": json_response("Rate limit reached (TooManyRequestsException)", schema("SesError")),
+                    "503": json_response("A dependency is unavailable", schema("SesError"))
+                }
+            }
+        },
         "/v1/messages/{id}": {
             "delete": operation("cancelMessage", "messages", "Cancel a scheduled message before its send_at",
                 vec![id_param("id", "Message id")], None,
@@ -220,7 +259,9 @@ fn schemas() -> Map<String, Value> {
                 "metadata": text_map,
                 "cc": {"type": "array", "items": schema("Mailbox")},
                 "bcc": {"type": "array", "items": schema("Mailbox")},
-                "headers": text_map
+                "headers": text_map,
+                "subject": {"type": "string", "description": "This recipient's subject instead of the request's"},
+                "send_at": {"type": "string", "format": "date-time", "description": "This recipient's send_at instead of the request's"}
             }}]},
         "Attachment": {"type": "object", "required": ["filename", "content_type", "content"], "additionalProperties": false,
             "properties": {
@@ -260,7 +301,8 @@ fn schemas() -> Map<String, Value> {
                 "status": {"enum": ["queued", "scheduled", "sandbox", "suppressed", "invalid", "render_failed"]},
                 "message_id": {"type": "string", "format": "uuid"},
                 "reason": {"type": "string"},
-                "field": {"type": "string"}
+                "field": {"type": "string"},
+                "send_at": {"type": "string", "format": "date-time"}
             }},
         "SendResponse": {"type": "object", "required": ["batch_id", "accepted", "rejected", "messages"],
             "properties": {
@@ -292,11 +334,13 @@ fn schemas() -> Map<String, Value> {
             "properties": {"limits": schema("Limits")}},
         "Scope": {"enum": ["send", "templates", "domains", "suppressions", "stats", "webhooks", "admin"]},
         "CreateKey": {"type": "object", "required": ["name", "scopes"], "additionalProperties": false,
-            "properties": {"name": {"type": "string"}, "scopes": {"type": "array", "items": schema("Scope"), "minItems": 1}}},
+            "properties": {"name": {"type": "string"}, "scopes": {"type": "array", "items": schema("Scope"), "minItems": 1},
+                "aws_sigv4": {"type": "boolean", "description": "The key may also sign AWS Signature V4 requests (SES v2 drop-in); needs a KEK"}}},
         "CreatedKey": {"type": "object", "required": ["id", "name", "prefix", "scopes", "key"],
             "properties": {"id": {"type": "string", "format": "uuid"}, "name": {"type": "string"},
                 "prefix": {"type": "string"}, "scopes": {"type": "array", "items": schema("Scope")},
-                "key": {"type": "string", "description": "The secret, shown only here"}}},
+                "key": {"type": "string", "description": "The secret, shown only here"},
+                "aws_access_key_id": {"type": "string", "description": "With aws_sigv4: the access key id for AWS SDKs (the secret access key is key)"}}},
         "ApiKey": {"type": "object", "required": ["id", "name", "prefix", "scopes", "created_at"],
             "properties": {"id": {"type": "string", "format": "uuid"}, "name": {"type": "string"},
                 "prefix": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string"}},
@@ -347,7 +391,53 @@ fn schemas() -> Map<String, Value> {
             "properties": {"email": {"type": "string"}, "reason": schema("SuppressionReason"), "source": {"type": "string"},
                 "created_at": {"type": "string", "format": "date-time"},
                 "expires_at": {"type": ["string", "null"], "format": "date-time"}}},
-        "Written": {"type": "object", "required": ["written"], "properties": {"written": {"type": "integer"}}}
+        "Written": {"type": "object", "required": ["written"], "properties": {"written": {"type": "integer"}}},
+        "SendGridAddress": {"type": "object", "required": ["email"], "additionalProperties": false,
+            "properties": {"email": {"type": "string"}, "name": {"type": ["string", "null"]}}},
+        "SendGridMail": {"type": "object", "required": ["personalizations", "from"],
+            "description": "SendGrid's v3 Mail Send body; see the ingest crate's compat::sendgrid for what is refused",
+            "properties": {
+                "personalizations": {"type": "array", "items": {"type": "object", "required": ["to"],
+                    "properties": {"to": {"type": "array", "items": schema("SendGridAddress")},
+                        "cc": {"type": "array", "items": schema("SendGridAddress")},
+                        "bcc": {"type": "array", "items": schema("SendGridAddress")},
+                        "subject": {"type": "string"}, "headers": text_map.clone(),
+                        "substitutions": text_map.clone(), "dynamic_template_data": {"type": "object"},
+                        "custom_args": text_map.clone(), "send_at": {"type": "integer"}}}},
+                "from": schema("SendGridAddress"), "reply_to": schema("SendGridAddress"),
+                "reply_to_list": {"type": "array", "items": schema("SendGridAddress")},
+                "subject": {"type": "string"},
+                "content": {"type": "array", "items": {"type": "object", "required": ["type", "value"],
+                    "properties": {"type": {"type": "string"}, "value": {"type": "string"}}}},
+                "attachments": {"type": "array", "items": {"type": "object", "required": ["content", "filename"],
+                    "properties": {"content": {"type": "string"}, "filename": {"type": "string"}, "type": {"type": "string"},
+                        "disposition": {"enum": ["inline", "attachment"]}, "content_id": {"type": "string"}}}},
+                "template_id": {"type": "string"}, "headers": text_map.clone(),
+                "categories": {"type": "array", "items": {"type": "string"}}, "custom_args": text_map.clone(),
+                "send_at": {"type": "integer"}, "ip_pool_name": {"type": "string"},
+                "mail_settings": {"type": "object"}, "tracking_settings": {"type": "object"}
+            }},
+        "SendGridErrors": {"type": "object", "required": ["errors"],
+            "properties": {"errors": {"type": "array", "items": {"type": "object", "required": ["message"],
+                "properties": {"message": {"type": "string"}, "field": {"type": ["string", "null"]},
+                    "help": {"type": ["string", "null"]}}}}}},
+        "SesSendEmail": {"type": "object", "required": ["Content"],
+            "description": "SES v2 SendEmail; see the ingest crate's compat::ses for what is refused",
+            "properties": {
+                "FromEmailAddress": {"type": "string"},
+                "Destination": {"type": "object", "properties": {
+                    "ToAddresses": {"type": "array", "items": {"type": "string"}},
+                    "CcAddresses": {"type": "array", "items": {"type": "string"}},
+                    "BccAddresses": {"type": "array", "items": {"type": "string"}}}},
+                "ReplyToAddresses": {"type": "array", "items": {"type": "string"}},
+                "Content": {"type": "object", "properties": {
+                    "Simple": {"type": "object"}, "Raw": {"type": "object"}, "Template": {"type": "object"}}},
+                "EmailTags": {"type": "array", "items": {"type": "object", "required": ["Name", "Value"],
+                    "properties": {"Name": {"type": "string"}, "Value": {"type": "string"}}}},
+                "ConfigurationSetName": {"type": "string"}
+            }},
+        "SesError": {"type": "object", "required": ["__type", "message"],
+            "properties": {"__type": {"type": "string"}, "message": {"type": "string"}}}
     });
     json_schemas.as_object().cloned().unwrap_or_default()
 }

@@ -20,7 +20,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use sendmill_platform::CancellationToken;
 use sendmill_platform::{api::ApiError, backoff, kafka::Producer};
 use sendmill_wire::{encode, EventType, EventV1, MessageId, RequestedV1, WirePayload};
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 use time::OffsetDateTime;
 
 /// A request fails when Kafka has acknowledged none of its records for this long.
@@ -83,41 +83,42 @@ pub async fn write_all<'a, T: WirePayload + 'a>(
     }
 }
 
-/// Holds or queues the sendable copies, then writes their events.
-pub(crate) async fn write(
-    state: &AppState,
-    planned: &Planned,
-    send_at: Option<OffsetDateTime>,
-) -> Result<(), Refused> {
-    let sendable: Vec<&RequestedV1> = planned
-        .copies
-        .iter()
-        .filter(|(r, _)| {
-            matches!(
-                r.status,
-                RecipientStatus::Queued | RecipientStatus::Scheduled
-            )
-        })
-        .filter_map(|(_, record)| record.as_ref())
-        .collect();
-    if let (Some(at), Some(first)) = (send_at, sendable.first()) {
-        let payloads: Vec<(MessageId, Vec<u8>)> = sendable
-            .iter()
-            .map(|r| (r.message_id, sendmill_wire::encode(*r)))
-            .collect();
+/// Holds the scheduled copies (each until its own `send_at`) and queues the rest, then
+/// writes their events.
+pub(crate) async fn write(state: &AppState, planned: &Planned) -> Result<(), Refused> {
+    let mut held: BTreeMap<OffsetDateTime, Vec<(MessageId, Vec<u8>)>> = BTreeMap::new();
+    let mut now: Vec<&RequestedV1> = Vec::new();
+    for (result, record) in &planned.copies {
+        let Some(record) = record else { continue };
+        match (result.status, result.send_at) {
+            (RecipientStatus::Scheduled, Some(at)) => held
+                .entry(at)
+                .or_default()
+                .push((record.message_id, sendmill_wire::encode(record))),
+            (RecipientStatus::Queued, _) => now.push(record),
+            _ => {}
+        }
+    }
+    for (at, payloads) in &held {
+        let first = planned.records()[0];
         state
             .store
             .schedule(
                 state.topics.prefix(),
                 first.account_id,
                 first.batch_id,
-                at,
-                &payloads,
+                *at,
+                payloads,
             )
             .await
-            .map_err(ApiError::from)?;
-    } else if !sendable.is_empty() {
-        let records = sendable
+            .map_err(|error| Refused {
+                error: ApiError::from(error),
+                // An earlier time's copies may be held already.
+                wrote_anything: held.keys().next() != Some(at),
+            })?;
+    }
+    if !now.is_empty() {
+        let records = now
             .iter()
             .map(|m| Outgoing {
                 topic: state.topics.requested(m.lane),

@@ -106,6 +106,10 @@ pub struct Recipient {
     pub bcc: Vec<Mailbox>,
     /// Merged over the request's headers for this recipient's copies.
     pub headers: BTreeMap<String, String>,
+    /// This recipient's subject (Handlebars) instead of the request's.
+    pub subject: Option<String>,
+    /// This recipient's `send_at` instead of the request's.
+    pub send_at: Option<OffsetDateTime>,
 }
 
 /// The object form of [`Mailbox`].
@@ -134,6 +138,10 @@ struct RecipientFields {
     bcc: Vec<Mailbox>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    send_at: Option<OffsetDateTime>,
 }
 
 impl From<MailboxFields> for Mailbox {
@@ -155,6 +163,8 @@ impl From<RecipientFields> for Recipient {
             cc: f.cc,
             bcc: f.bcc,
             headers: f.headers,
+            subject: f.subject,
+            send_at: f.send_at,
         }
     }
 }
@@ -180,6 +190,8 @@ impl FromAddressString for RecipientFields {
             cc: Vec::new(),
             bcc: Vec::new(),
             headers: BTreeMap::new(),
+            subject: None,
+            send_at: None,
         }
     }
 }

@@ -374,7 +374,7 @@ pub(crate) async fn tenant(
         .add_sending_domain(account, &format!("bench-{id}.example.test"), "s1")
         .await?;
     let key = store
-        .create_api_key(account, "bench", &[Scope::Send])
+        .create_api_key(account, "bench", &[Scope::Send], false)
         .await?
         .plaintext;
     Ok((domain, key))

@@ -218,7 +218,7 @@ pub async fn run(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
         } => println!(
             "{}",
             store
-                .create_api_key(account, &name, &scopes)
+                .create_api_key(account, &name, &scopes, false)
                 .await?
                 .plaintext
         ),
@@ -366,7 +366,9 @@ pub async fn seed(
             .with_context(|| format!("writing {}", file.display()))?;
         eprintln!("wrote the DKIM record for {domain} to {}", file.display());
     }
-    let key = store.create_api_key(account, "seed", &Scope::ALL).await?;
+    let key = store
+        .create_api_key(account, "seed", &Scope::ALL, false)
+        .await?;
     eprintln!("account dev ({account}), sending domain {domain}, new API key:");
     println!("{}", key.plaintext);
     Ok(())

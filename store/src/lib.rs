@@ -203,6 +203,23 @@ fn account_from_row(r: &sqlx::postgres::PgRow) -> AccountInfo {
     }
 }
 
+/// A key's principal from a row of `api_keys` joined with its account.
+fn principal_from_row(r: &sqlx::postgres::PgRow) -> Principal {
+    let scopes: Vec<String> = r.get("scopes");
+    Principal {
+        account_id: AccountId(r.get("account_id")),
+        key_id: r.get("id"),
+        key_prefix: r.get("prefix"),
+        scopes: scopes.iter().filter_map(|s| s.parse().ok()).collect(),
+        settings: AccountSettings {
+            track_opens: r.get("track_opens"),
+            track_clicks: r.get("track_clicks"),
+        },
+        operator: r.get("operator"),
+        limits: limits_from_row(r),
+    }
+}
+
 fn limits_from_row(r: &sqlx::postgres::PgRow) -> AccountLimits {
     AccountLimits {
         send_rate_per_sec: r
@@ -280,18 +297,34 @@ impl Store {
         Ok(row.map(|r| AccountId(r.get("id"))))
     }
 
+    /// A new key of the account. With `sigv4` it also verifies AWS Signature V4
+    /// requests, so a copy of it is kept sealed under the KEK: `Secret(NoKeyring)` when
+    /// no keyring is configured (a plaintext copy is never stored).
     pub async fn create_api_key(
         &self,
         account_id: AccountId,
         name: &str,
         scopes: &[Scope],
+        sigv4: bool,
     ) -> Result<NewApiKey, StoreError> {
         let generated = keys::generate();
         let id = Uuid::now_v7();
         let scope_names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+        let (kek_id, sealed) = if sigv4 {
+            let ring = self.keyring().ok_or(secrets::SecretError::NoKeyring)?;
+            let (kek, sealed) = ring.seal(
+                secrets::SecretKind::Sigv4Secret,
+                id,
+                generated.plaintext.as_bytes(),
+            )?;
+            (Some(kek), Some(sealed))
+        } else {
+            (None, None)
+        };
         sqlx::query(
-            "INSERT INTO api_keys (id, account_id, name, prefix, secret_hash, scopes)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_keys
+                 (id, account_id, name, prefix, secret_hash, scopes, sigv4_secret, sigv4_kek_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id)
         .bind(account_id.0)
@@ -299,6 +332,8 @@ impl Store {
         .bind(&generated.prefix)
         .bind(keys::hash(&generated.plaintext).as_slice())
         .bind(&scope_names)
+        .bind(sealed)
+        .bind(kek_id)
         .execute(&self.pool)
         .await?;
         Ok(NewApiKey {
@@ -338,21 +373,33 @@ impl Store {
         .bind(keys::hash(presented).as_slice())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| {
-            let scopes: Vec<String> = r.get("scopes");
-            Principal {
-                account_id: AccountId(r.get("account_id")),
-                key_id: r.get("id"),
-                key_prefix: r.get("prefix"),
-                scopes: scopes.iter().filter_map(|s| s.parse().ok()).collect(),
-                settings: AccountSettings {
-                    track_opens: r.get("track_opens"),
-                    track_clicks: r.get("track_clicks"),
-                },
-                operator: r.get("operator"),
-                limits: limits_from_row(&r),
-            }
-        }))
+        Ok(row.as_ref().map(principal_from_row))
+    }
+
+    /// The principal of key `key_id` and its secret, for verifying an AWS Signature V4
+    /// request: `None` for an unknown or revoked key, or one created without `sigv4`.
+    pub async fn sigv4_key(&self, key_id: Uuid) -> Result<Option<(Principal, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT k.id, k.account_id, k.prefix, k.scopes, k.sigv4_secret, k.sigv4_kek_id,
+                    a.track_opens, a.track_clicks, a.operator, a.send_rate_per_sec, a.daily_quota
+             FROM api_keys k JOIN accounts a ON a.id = k.account_id
+             WHERE k.id = $1 AND k.revoked_at IS NULL AND k.sigv4_secret IS NOT NULL",
+        )
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let kek_id: String = r.get("sigv4_kek_id");
+        let plain = secrets::open_stored(
+            self.keyring(),
+            secrets::SecretKind::Sigv4Secret,
+            key_id,
+            Some(&kek_id),
+            r.get("sigv4_secret"),
+        )?;
+        let secret =
+            String::from_utf8(plain).map_err(|_| secrets::SecretError::Corrupt(kek_id.clone()))?;
+        Ok(Some((principal_from_row(&r), secret)))
     }
 
     /// The account's keys, newest first, revoked ones included.

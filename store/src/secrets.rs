@@ -56,6 +56,8 @@ pub enum SecretKind {
     /// A staged RSA key (DKIM key rotation).
     DkimRsaNext,
     WebhookSecret,
+    /// The copy of an API key that verifies AWS Signature V4 requests.
+    Sigv4Secret,
 }
 
 impl SecretKind {
@@ -65,6 +67,7 @@ impl SecretKind {
             SecretKind::DkimEd25519 => "sending_domains.dkim_ed25519_private_key",
             SecretKind::DkimRsaNext => "sending_domains.dkim_next_private_key",
             SecretKind::WebhookSecret => "webhook_endpoints.secret",
+            SecretKind::Sigv4Secret => "api_keys.sigv4_secret",
         }
     }
 }

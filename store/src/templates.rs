@@ -148,6 +148,23 @@ impl Store {
         Ok(row.as_ref().map(template_from_row))
     }
 
+    /// The account's template named `name` (names are unique per account).
+    pub async fn template_by_name(
+        &self,
+        account_id: AccountId,
+        name: &str,
+    ) -> Result<Option<Template>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, latest_version, created_at, updated_at FROM templates
+             WHERE account_id = $1 AND name = $2",
+        )
+        .bind(account_id.0)
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(template_from_row))
+    }
+
     /// One version (the latest when `version` is `None`) of the account's template.
     pub async fn template_version(
         &self,

@@ -17,7 +17,7 @@ async fn keys_authenticate_until_revoked_and_only_their_hash_is_stored() {
     let store = store().await;
     let account = store.create_account("keys-test").await.unwrap();
     let key = store
-        .create_api_key(account, "ci", &[Scope::Send])
+        .create_api_key(account, "ci", &[Scope::Send], false)
         .await
         .unwrap();
 

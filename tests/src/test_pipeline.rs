@@ -356,7 +356,7 @@ async fn create_tenant(store: &Store, name: &str) -> (Tenant, sendmill_store::Se
         .await
         .unwrap();
     let api_key = store
-        .create_api_key(account, "test", &Scope::ALL)
+        .create_api_key(account, "test", &Scope::ALL, false)
         .await
         .unwrap()
         .plaintext;

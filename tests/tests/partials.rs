@@ -37,7 +37,7 @@ async fn each_account_renders_with_its_own_partials_and_layouts() {
         .await
         .unwrap();
     let other_key = store
-        .create_api_key(other, "t", &[Scope::Send])
+        .create_api_key(other, "t", &[Scope::Send], false)
         .await
         .unwrap()
         .plaintext;

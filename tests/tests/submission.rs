@@ -541,7 +541,12 @@ async fn refusals_answer_the_right_codes_and_queue_nothing_and_a_resend_is_not_a
 
     // A key without the send scope.
     let stats_only = store
-        .create_api_key(p.account, "stats-only", &[sendmill_store::Scope::Stats])
+        .create_api_key(
+            p.account,
+            "stats-only",
+            &[sendmill_store::Scope::Stats],
+            false,
+        )
         .await
         .unwrap()
         .plaintext;

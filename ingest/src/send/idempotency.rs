@@ -39,6 +39,28 @@ pub fn key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         })
 }
 
+/// An answer to a request: its status and JSON body, and whether it is an earlier
+/// request's answer replayed.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: serde_json::Value,
+    pub replayed: bool,
+}
+
+impl Answer {
+    /// The native API's response: the body as JSON, `Idempotent-Replayed: true` on a
+    /// replay.
+    pub fn into_response(self) -> Response {
+        let mut reply = (self.status, Json(self.body)).into_response();
+        if self.replayed {
+            reply
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        reply
+    }
+}
+
 /// Runs `accept` once for `key` (see the module doc): `hash` is the SHA-256 of the request
 /// body. Answers what `accept` answered, or the stored answer of an earlier request.
 pub async fn once<F, Fut>(
@@ -47,7 +69,7 @@ pub async fn once<F, Fut>(
     key: &str,
     hash: &[u8; 32],
     accept: F,
-) -> Result<Response, ApiError>
+) -> Result<Answer, ApiError>
 where
     F: FnOnce(BatchId) -> Fut,
     Fut: Future<Output = Result<(StatusCode, SendResponse), Refused>>,
@@ -67,12 +89,11 @@ where
         match claim {
             Claim::Owned { batch_id } => batch_id,
             Claim::Replay { status, response } => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
-                let mut reply = (status, Json(response)).into_response();
-                reply
-                    .headers_mut()
-                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                return Ok(reply);
+                return Ok(Answer {
+                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED),
+                    body: response,
+                    replayed: true,
+                })
             }
             Claim::InProgress => return Err(ApiError {
                 field: Some("Idempotency-Key".into()),
@@ -104,7 +125,11 @@ where
                 // The messages are queued; a retry after the lease replays the same ids.
                 tracing::error!(%error, "storing the idempotent answer failed");
             }
-            Ok((status, Json(json)).into_response())
+            Ok(Answer {
+                status,
+                body: json,
+                replayed: false,
+            })
         }
         Err(refused) => {
             if let Err(error) = state

@@ -18,15 +18,14 @@
 mod idempotency;
 pub mod plan;
 
-pub use idempotency::IDEMPOTENCY_KEY;
+pub use idempotency::{Answer, IDEMPOTENCY_KEY};
 pub use plan::{plan, Planned};
 
-use crate::{body::JsonBody, queue, request::SendRequest, AppState, Config};
+use crate::{body::JsonBody, queue, request::SendRequest, AppState};
 use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
-    Json,
+    response::Response,
 };
 use sendmill_platform::api::ApiError;
 use sendmill_store::{Principal, Scope};
@@ -76,6 +75,13 @@ pub struct RecipientResult {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// When a held copy is released (`scheduled`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub send_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -103,15 +109,31 @@ pub async fn send(
     body: JsonBody<SendRequest>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Send)?;
-    let key = idempotency::key(&headers)?;
-    let principal = &caller.0;
-    let hash = sendmill_store::keys::hash_bytes(&body.bytes);
+    Ok(
+        send_once(&state, &caller.0, &headers, &body.bytes, body.value)
+            .await?
+            .into_response(),
+    )
+}
+
+/// Accepts `request` (whose body was `bytes`) for `principal`, once per
+/// `Idempotency-Key` when `headers` carry one: the front door of every send API (the
+/// native one and the drop-ins of [`crate::compat`]).
+pub async fn send_once(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    request: SendRequest,
+) -> Result<Answer, ApiError> {
+    let key = idempotency::key(headers)?;
+    let hash = sendmill_store::keys::hash_bytes(bytes);
     // The batch's time is when the request is accepted: a takeover replays the batch id.
     let accept = |batch_id| {
         accept_request(
-            &state,
+            state,
             principal,
-            body.value,
+            request,
             batch_id,
             OffsetDateTime::now_utc(),
         )
@@ -121,9 +143,13 @@ pub async fn send(
             let (status, response) = accept(BatchId::generate())
                 .await
                 .map_err(|refused| refused.error)?;
-            Ok((status, Json(response)).into_response())
+            Ok(Answer {
+                status,
+                body: serde_json::to_value(&response).expect("responses serialize"),
+                replayed: false,
+            })
         }
-        Some(key) => idempotency::once(&state, principal.account_id, &key, &hash, accept).await,
+        Some(key) => idempotency::once(state, principal.account_id, &key, &hash, accept).await,
     }
 }
 
@@ -151,9 +177,10 @@ async fn accept_request(
     now: OffsetDateTime,
 ) -> Result<(StatusCode, SendResponse), Refused> {
     resolve_template(state, principal, &mut request).await?;
-    let send_at = schedule_time(request.send_at, now, &state.config)?;
     let sandbox = request.sandbox;
     let mut planned = plan(principal, request, &state.config, now, batch_id)?;
+    // The request's own time, for the answer (each copy has its own, maybe another).
+    let send_at = planned.send_at;
     check_sender(state, principal, &planned.from.email).await?;
     mark_suppressed(state, principal, &mut planned).await?;
 
@@ -164,17 +191,12 @@ async fn accept_request(
     if sandbox {
         sandbox_render(state, principal, &mut planned).await?;
     } else {
-        let initial = if send_at.is_some() {
-            RecipientStatus::Scheduled
-        } else {
-            RecipientStatus::Queued
-        };
         for (result, _) in planned.copies.iter_mut() {
-            if result.status == RecipientStatus::Queued {
-                result.status = initial;
+            if result.status == RecipientStatus::Queued && result.send_at.is_some() {
+                result.status = RecipientStatus::Scheduled;
             }
         }
-        queue::write(state, &planned, send_at).await?;
+        queue::write(state, &planned).await?;
     }
 
     let accepted = planned
@@ -236,25 +258,6 @@ async fn resolve_template(
     Ok(())
 }
 
-fn schedule_time(
-    send_at: Option<OffsetDateTime>,
-    now: OffsetDateTime,
-    config: &Config,
-) -> Result<Option<OffsetDateTime>, ApiError> {
-    let Some(at) = send_at else {
-        return Ok(None);
-    };
-    let limit = config.max_schedule_ahead;
-    if at > now + limit {
-        return Err(ApiError::invalid(
-            "send_at",
-            format!("at most {} hours ahead", limit.as_secs() / 3600),
-        ));
-    }
-    // Already due (or in the past): sent now, like any other message.
-    Ok((at > now).then_some(at))
-}
-
 /// Whether `from` is on a sending domain of the account that may send (verified, unless
 /// `allow_unverified_domains`): a 422 naming `from` when not.
 pub(crate) async fn check_sender(
@@ -295,7 +298,7 @@ pub(crate) async fn check_sender(
     }
 }
 
-async fn mark_suppressed(
+pub(crate) async fn mark_suppressed(
     state: &AppState,
     principal: &Principal,
     planned: &mut Planned,

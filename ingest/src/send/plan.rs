@@ -28,6 +28,8 @@ pub struct Planned {
     /// The front door it came through, the `stage` of its events: `ingest` (the API) or
     /// `submission` (SMTP).
     pub source: &'static str,
+    /// The request's `send_at` when it is still ahead (each copy's own is in its result).
+    pub send_at: Option<OffsetDateTime>,
 }
 
 impl Planned {
@@ -96,10 +98,11 @@ pub fn plan(
         ));
     }
     let subject = request.subject.clone().unwrap_or_default();
-    if subject.trim().is_empty() {
-        return Err(ApiError::invalid("subject", "subject is required"));
+    // Required unless every recipient has its own.
+    if !subject.is_empty() || request.to.iter().any(|r| r.subject.is_none()) {
+        check_subject(&subject, "subject")?;
     }
-    header_text(&subject, MAX_SUBJECT).map_err(|m| ApiError::invalid("subject", m))?;
+    let send_at = schedule_time(request.send_at, now, config, "send_at")?;
     let html = request.html.filter(|h| !h.is_empty());
     let text = request.text.filter(|t| !t.is_empty());
     if html.is_none() && text.is_none() {
@@ -150,6 +153,7 @@ pub fn plan(
         from: from.clone(),
         copies: Vec::with_capacity(copies),
         source: "ingest",
+        send_at,
     };
     let mut index: u32 = 0;
     let mut first_error = None;
@@ -161,25 +165,43 @@ pub fn plan(
             message_id: None,
             reason: Some(error.message),
             field: error.field,
+            send_at: None,
         };
-        if let Err(error) = check_recipient(i, &mut r) {
-            first_error.get_or_insert_with(|| error.clone());
-            // Every copy of a refused recipient is refused with it.
-            planned
-                .copies
-                .push((refused(CopyKind::To, &r.email, error.clone()), None));
-            for m in &r.cc {
+        let checked = check_recipient(i, &mut r).and_then(|()| {
+            let send_at = match r.send_at {
+                Some(at) => schedule_time(Some(at), now, config, &format!("to[{i}].send_at"))?,
+                None => send_at,
+            };
+            let subject = match &r.subject {
+                Some(own) => {
+                    check_subject(own, &format!("to[{i}].subject"))?;
+                    own.clone()
+                }
+                None => subject.clone(),
+            };
+            Ok((send_at, subject))
+        });
+        let (copy_send_at, copy_subject) = match checked {
+            Ok(checked) => checked,
+            Err(error) => {
+                first_error.get_or_insert_with(|| error.clone());
+                // Every copy of a refused recipient is refused with it.
                 planned
                     .copies
-                    .push((refused(CopyKind::Cc, &m.email, error.clone()), None));
+                    .push((refused(CopyKind::To, &r.email, error.clone()), None));
+                for m in &r.cc {
+                    planned
+                        .copies
+                        .push((refused(CopyKind::Cc, &m.email, error.clone()), None));
+                }
+                for m in &r.bcc {
+                    planned
+                        .copies
+                        .push((refused(CopyKind::Bcc, &m.email, error.clone()), None));
+                }
+                continue;
             }
-            for m in &r.bcc {
-                planned
-                    .copies
-                    .push((refused(CopyKind::Bcc, &m.email, error.clone()), None));
-            }
-            continue;
-        }
+        };
         let mut data = request.data.clone();
         data.extend(r.data);
         let mut metadata = request.metadata.clone();
@@ -218,7 +240,7 @@ pub fn plan(
                 cc: cc.clone(),
                 envelope_to,
                 reply_to: reply_to.clone(),
-                subject: subject.clone(),
+                subject: copy_subject.clone(),
                 html: html.clone(),
                 text: text.clone(),
                 headers: headers.clone(),
@@ -240,6 +262,7 @@ pub fn plan(
                 message_id: Some(message_id),
                 reason: None,
                 field: None,
+                send_at: copy_send_at,
             };
             planned.copies.push((result, Some(record)));
         }
@@ -248,6 +271,35 @@ pub fn plan(
         return Err(first_error.unwrap_or_else(|| ApiError::invalid("to", "no valid recipient")));
     }
     Ok(planned)
+}
+
+fn check_subject(subject: &str, field: &str) -> Result<(), ApiError> {
+    if subject.trim().is_empty() {
+        return Err(ApiError::invalid(field, "subject is required"));
+    }
+    validate::header_text(subject, validate::MAX_SUBJECT).map_err(|m| ApiError::invalid(field, m))
+}
+
+/// When to send: `None` for now (no time, or one already due); a 400 naming `field` when
+/// it is further ahead than `max_schedule_ahead`.
+fn schedule_time(
+    send_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+    config: &Config,
+    field: &str,
+) -> Result<Option<OffsetDateTime>, ApiError> {
+    let Some(at) = send_at else {
+        return Ok(None);
+    };
+    let limit = config.max_schedule_ahead;
+    if at > now + limit {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {} hours ahead", limit.as_secs() / 3600),
+        ));
+    }
+    // Already due (or in the past): sent now, like any other message.
+    Ok((at > now).then_some(at))
 }
 
 /// Everything inside one `to` entry: its address, name, copies, data and headers.

@@ -30,6 +30,8 @@
 pub mod message;
 mod session;
 
+pub(crate) use session::planned;
+
 use crate::AppState;
 use sendmill_smtp::server::{Admission, Counted, Slot};
 use serde::Deserialize;

@@ -585,18 +585,16 @@ impl Session {
         send::admit(state, principal, count as u32)
             .await
             .map_err(|error| (smtp_reply(&error), false))?;
-        queue::write(state, &planned, None)
-            .await
-            .map_err(|refused| {
-                (
-                    Reply::new(
-                        451,
-                        "4.3.0",
-                        "the message could not be queued, try again later",
-                    ),
-                    refused.wrote_anything,
-                )
-            })?;
+        queue::write(state, &planned).await.map_err(|refused| {
+            (
+                Reply::new(
+                    451,
+                    "4.3.0",
+                    "the message could not be queued, try again later",
+                ),
+                refused.wrote_anything,
+            )
+        })?;
         metrics::counter!(crate::metric::INGEST_ACCEPTED_TOTAL).increment(count as u64);
         metrics::counter!(crate::metric::SUBMISSION_MESSAGES_TOTAL).increment(1);
         let batch = planned
@@ -614,7 +612,7 @@ impl Session {
 }
 
 /// One record per recipient of `submitted`, ids derived from `batch_id`.
-fn planned(
+pub(crate) fn planned(
     principal: &Principal,
     submitted: &message::Submitted,
     mime: &bytes::Bytes,
@@ -674,6 +672,7 @@ fn planned(
                 message_id: Some(message_id),
                 reason: None,
                 field: None,
+                send_at: None,
             };
             (result, Some(record))
         })
@@ -682,6 +681,7 @@ fn planned(
         from: submitted.from.clone(),
         copies,
         source: "submission",
+        send_at: None,
     }
 }
 
