@@ -27,6 +27,7 @@ pub mod retention;
 pub mod returns_api;
 pub mod row;
 pub mod schema;
+pub mod sendgrid_events;
 pub mod stats;
 pub mod webhook_api;
 pub mod webhooks;

@@ -97,9 +97,10 @@ fn build_document() -> Value {
                 &[401, 403, 404, 503])
         },
         "/v1/webhooks/{id}/secret": {
-            "get": operation("getWebhookSecret", "webhooks", "The endpoint's signing secret",
+            "get": operation("getWebhookSecret", "webhooks", "What verifies the endpoint's requests: its signing secret, or (sendgrid format) its ECDSA public key",
                 vec![path_param("id", "Endpoint id", text.clone())], None,
-                json!({"200": json_response("The secret", json!({"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}}))}),
+                json!({"200": json_response("The secret or public key", json!({"type": "object",
+                    "properties": {"secret": {"type": "string"}, "public_key": {"type": "string", "description": "Base64 DER SubjectPublicKeyInfo (SendGrid's verification key format)"}}}))}),
                 &[401, 403, 404, 503])
         },
         "/v1/webhooks/{id}/attempts": {
@@ -175,7 +176,8 @@ fn build_document() -> Value {
         "NewWebhook": {"type": "object", "required": ["url"], "additionalProperties": false,
             "properties": {"url": {"type": "string", "format": "uri", "maxLength": 2048}, "description": {"type": "string", "maxLength": 256},
                 "event_types": {"type": "array", "items": {"type": "string"}},
-                "max_batch": {"type": "integer", "minimum": 1, "maximum": 1000}}},
+                "max_batch": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "format": {"enum": ["standard", "sendgrid"], "description": "standard: Standard Webhooks (HMAC); sendgrid: SendGrid's Event Webhook (a JSON array, ECDSA P-256)"}}},
         "WebhookChange": {"type": "object", "additionalProperties": false,
             "properties": {"url": {"type": "string", "format": "uri", "maxLength": 2048}, "description": {"type": "string", "maxLength": 256},
                 "event_types": {"type": "array", "items": {"type": "string"}}, "enabled": {"type": "boolean"},
@@ -186,8 +188,9 @@ fn build_document() -> Value {
                 "max_batch": {"type": "integer"}, "created_at": {"type": "string"}, "failures": {"type": "integer"},
                 "circuit": {"type": "string", "enum": ["closed", "open", "half_open"]}, "retry_at": {"type": "string"},
                 "last_success_at": {"type": ["string", "null"]}, "last_failure_at": {"type": ["string", "null"]},
-                "last_error": {"type": ["string", "null"]}, "pending": {"type": "integer"}, "dead": {"type": "integer"}}},
-        "CreatedWebhook": {"allOf": [schema("WebhookEndpoint"), {"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}}]},
+                "last_error": {"type": ["string", "null"]}, "pending": {"type": "integer"}, "dead": {"type": "integer"},
+                "format": {"enum": ["standard", "sendgrid"]}, "public_key": {"type": "string"}}},
+        "CreatedWebhook": {"allOf": [schema("WebhookEndpoint"), {"type": "object", "properties": {"secret": {"type": "string"}, "public_key": {"type": "string"}}}]},
         "WebhookAttempt": {"type": "object", "required": ["webhook_id", "attempted_at", "events", "duration_ms"],
             "properties": {"webhook_id": {"type": "string"}, "attempted_at": {"type": "string"}, "events": {"type": "integer"},
                 "status_code": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]}, "duration_ms": {"type": "integer"}}},

@@ -14,7 +14,7 @@ use sendmill_platform::{
     body::{JsonBody, QueryParams},
 };
 use sendmill_store::{
-    webhooks::{Attempt, Delivery, Endpoint, EndpointChange},
+    webhooks::{Attempt, Delivery, Endpoint, EndpointChange, Verification, WebhookFormat},
     Scope,
 };
 use sendmill_tenancy::auth::Caller;
@@ -39,6 +39,10 @@ pub struct CreateEndpoint {
     pub event_types: Vec<String>,
     /// Events per request at most (1-1000, default 100).
     pub max_batch: Option<i32>,
+    /// `standard` (Standard Webhooks) or `sendgrid` (SendGrid's Event Webhook format and
+    /// ECDSA signature, so existing SendGrid receivers keep working).
+    #[serde(default)]
+    pub format: WebhookFormat,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,8 +59,10 @@ pub struct ChangeEndpoint {
 pub struct CreatedEndpoint {
     #[serde(flatten)]
     pub endpoint: Endpoint,
-    /// The signing secret for the Standard Webhooks libraries.
-    pub secret: String,
+    /// What verifies the requests: the secret (Standard Webhooks) or the public key
+    /// (`sendgrid`).
+    #[serde(flatten)]
+    pub verification: Secret,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,7 +98,28 @@ pub struct Replayed {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Secret {
-    pub secret: String,
+    /// The signing secret for the Standard Webhooks libraries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A `sendgrid` endpoint's ECDSA P-256 public key (base64 DER), for SendGrid's
+    /// `EventWebhook` verification helpers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+impl From<Verification> for Secret {
+    fn from(v: Verification) -> Self {
+        match v {
+            Verification::Secret(secret) => Secret {
+                secret: Some(secret),
+                public_key: None,
+            },
+            Verification::PublicKey(key) => Secret {
+                secret: None,
+                public_key: Some(key),
+            },
+        }
+    }
 }
 
 fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -177,7 +204,7 @@ pub async fn create(
         Some(&input.event_types),
         input.max_batch,
     )?;
-    let (endpoint, secret) = state
+    let (endpoint, verification) = state
         .store
         .create_webhook(
             caller.0.account_id,
@@ -185,13 +212,17 @@ pub async fn create(
             &input.description,
             &input.event_types,
             input.max_batch.unwrap_or(100),
+            input.format,
         )
         .await
         .map_err(ApiError::from)?;
     state.webhook_targets.forget(caller.0.account_id);
     Ok((
         StatusCode::CREATED,
-        Json(CreatedEndpoint { endpoint, secret }),
+        Json(CreatedEndpoint {
+            endpoint,
+            verification: verification.into(),
+        }),
     ))
 }
 
@@ -287,7 +318,7 @@ pub async fn secret(
         .webhook_secret(caller.0.account_id, endpoint_id(&id)?)
         .await
         .map_err(ApiError::from)?
-        .map(|secret| Json(Secret { secret }))
+        .map(|verification| Json(Secret::from(verification)))
         .ok_or_else(|| ApiError::not_found("webhook"))
 }
 

@@ -20,7 +20,7 @@ use sendmill_platform::{
     CancellationToken,
 };
 use sendmill_store::{
-    webhooks::{AttemptRecord, Claimed, OutboxRow, Target, BREAKER_THRESHOLD},
+    webhooks::{AttemptRecord, Claimed, OutboxRow, Target, WebhookFormat, BREAKER_THRESHOLD},
     Store,
 };
 use sendmill_wire::{AccountId, EventV1};
@@ -210,6 +210,11 @@ pub async fn run_fanout(
                         .await?
                         .iter()
                         .filter(|t| t.wants(event.event_type.as_str()))
+                        // SendGrid-format endpoints get only what SendGrid has a name for.
+                        .filter(|t| {
+                            t.format == WebhookFormat::Standard
+                                || crate::sendgrid_events::event_name(event.event_type).is_some()
+                        })
                         .map(|t| t.id)
                         .collect();
                 if wanted.is_empty() {
@@ -361,6 +366,63 @@ fn body(events: &[serde_json::Value]) -> Vec<u8> {
     .expect("JSON values encode")
 }
 
+/// A request's body and signature headers in the endpoint's format.
+struct SignedRequest {
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Why a request could not be signed (a broken stored key: our error, not the endpoint's).
+#[derive(Debug, thiserror::Error)]
+enum SignError {
+    #[error(transparent)]
+    Secret(#[from] signing::BadSecret),
+    #[error(transparent)]
+    Key(#[from] crate::sendgrid_events::BadKey),
+}
+
+/// The body of `payloads` (outbox events) and its signature headers for `endpoint`:
+/// Standard Webhooks (`webhook-id`, `-timestamp`, `-signature`) or SendGrid's format
+/// ([`crate::sendgrid_events`]), whose events the fan-out already filtered.
+fn signed_request(
+    endpoint: &Claimed,
+    id: &str,
+    timestamp: i64,
+    payloads: &[serde_json::Value],
+) -> Result<SignedRequest, SignError> {
+    use crate::sendgrid_events as sg;
+    match endpoint.format {
+        WebhookFormat::Standard => {
+            let body = body(payloads);
+            let signature = signing::sign(&endpoint.secret, id, timestamp, &body)?;
+            Ok(SignedRequest {
+                body,
+                headers: vec![
+                    ("webhook-id", id.to_owned()),
+                    ("webhook-timestamp", timestamp.to_string()),
+                    ("webhook-signature", signature),
+                ],
+            })
+        }
+        WebhookFormat::Sendgrid => {
+            let events: Vec<serde_json::Value> = payloads
+                .iter()
+                .filter_map(|p| serde_json::from_value::<EventV1>(p.clone()).ok())
+                .filter_map(|e| sg::event(&e))
+                .collect();
+            let body = serde_json::to_vec(&events).expect("JSON values encode");
+            let signature = sg::sign(&endpoint.secret, timestamp, &body)?;
+            Ok(SignedRequest {
+                body,
+                headers: vec![
+                    (sg::SIGNATURE_HEADER, signature),
+                    (sg::TIMESTAMP_HEADER, timestamp.to_string()),
+                ],
+            })
+        }
+    }
+}
+
 /// The same events always get the same `webhook-id`, so a receiver can drop a retry it
 /// already processed.
 fn webhook_id(event_ids: &[uuid::Uuid]) -> String {
@@ -416,24 +478,24 @@ async fn deliver(
         let ids: Vec<uuid::Uuid> = batch.iter().map(|p| p.event_id).collect();
         let seqs: Vec<i64> = batch.iter().map(|p| p.seq).collect();
         let payloads: Vec<serde_json::Value> = batch.into_iter().map(|p| p.payload).collect();
-        let body = body(&payloads);
         let id = webhook_id(&ids);
         let timestamp = OffsetDateTime::now_utc().unix_timestamp();
-        let signature = match signing::sign(&endpoint.secret, &id, timestamp, &body) {
-            Ok(signature) => signature,
+        let request = match signed_request(&endpoint, &id, timestamp, &payloads) {
+            Ok(request) => request,
             Err(error) => return give_back(store, &endpoint, error).await,
         };
         let started = Instant::now();
         let sent = if !config.allow_private_destinations && internal_literal(&endpoint.url) {
             Err("the endpoint's address is internal, which webhooks may not use".to_owned())
         } else {
-            client
+            let mut builder = client
                 .post(&endpoint.url)
-                .header("content-type", "application/json")
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signature)
-                .body(body)
+                .header("content-type", "application/json");
+            for (name, value) in request.headers {
+                builder = builder.header(name, value);
+            }
+            builder
+                .body(request.body)
                 .send()
                 .await
                 // The error's text never includes the secret or the body.

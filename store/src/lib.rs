@@ -50,7 +50,7 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("cannot generate a DKIM key")]
+    #[error("cannot generate a signing key")]
     KeyGeneration,
     #[error("{0} already exists")]
     Conflict(&'static str),

@@ -47,6 +47,48 @@ pub struct Endpoint {
     /// Events waiting, and events in the dead-letter queue.
     pub pending: i64,
     pub dead: i64,
+    /// How events are shaped and signed.
+    pub format: WebhookFormat,
+    /// `sendgrid` format: the ECDSA P-256 public key receivers verify with (base64 of
+    /// its DER SubjectPublicKeyInfo, as SendGrid shows its verification key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+/// How an endpoint's requests are shaped and signed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// Standard Webhooks: `{"type", "timestamp", "data": {"events"}}`, HMAC-SHA256.
+    #[default]
+    Standard,
+    /// SendGrid's Event Webhook: a JSON array of SendGrid-named events, ECDSA P-256.
+    Sendgrid,
+}
+
+impl WebhookFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookFormat::Standard => "standard",
+            WebhookFormat::Sendgrid => "sendgrid",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "sendgrid" => WebhookFormat::Sendgrid,
+            _ => WebhookFormat::Standard,
+        }
+    }
+}
+
+/// What signs an endpoint's requests, as its owner may see it.
+#[derive(Clone, Debug)]
+pub enum Verification {
+    /// The Standard Webhooks secret (`whsec_…`).
+    Secret(String),
+    /// The ECDSA public key of a `sendgrid` endpoint (its private key is never shown).
+    PublicKey(String),
 }
 
 /// What is needed to create or change an endpoint; `None` leaves a field as it is.
@@ -60,10 +102,11 @@ pub struct EndpointChange {
 }
 
 /// An endpoint the fan-out writes events for.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Target {
     pub id: Uuid,
     pub event_types: Vec<String>,
+    pub format: WebhookFormat,
 }
 
 impl Target {
@@ -89,9 +132,11 @@ pub struct Claimed {
     pub id: Uuid,
     pub account_id: AccountId,
     pub url: String,
+    /// The Standard Webhooks secret, or (`sendgrid`) the base64 PKCS#8 private key.
     pub secret: String,
     pub max_batch: i32,
     pub failures: i32,
+    pub format: WebhookFormat,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -166,6 +211,28 @@ pub(crate) fn open_secret(
     Ok(String::from_utf8(plain).map_err(|_| corrupt())?)
 }
 
+/// A new ECDSA P-256 key pair for a `sendgrid` endpoint: (base64 PKCS#8 private key,
+/// base64 DER SubjectPublicKeyInfo public key).
+fn generate_ecdsa_key() -> Result<(String, String), StoreError> {
+    use aws_lc_rs::{
+        encoding::AsDer,
+        rand::SystemRandom,
+        signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING},
+    };
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
+        .map_err(|_| StoreError::KeyGeneration)?;
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
+        .map_err(|_| StoreError::KeyGeneration)?;
+    let public = pair
+        .public_key()
+        .as_der()
+        .map_err(|_| StoreError::KeyGeneration)?;
+    Ok((
+        STANDARD.encode(pkcs8.as_ref()),
+        STANDARD.encode(public.as_ref()),
+    ))
+}
+
 /// A new signing secret: `whsec_` + base64 of 24 random bytes.
 pub fn generate_secret() -> String {
     let mut key = [0u8; 24];
@@ -178,7 +245,7 @@ pub const BREAKER_THRESHOLD: i32 = 5;
 
 const ENDPOINT_COLUMNS: &str = "e.id, e.url, e.description, e.event_types, e.enabled,
     e.max_batch, e.created_at, e.failures, e.retry_at, e.last_success_at, e.last_failure_at,
-    e.last_error,
+    e.last_error, e.format, e.public_key,
     (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = e.id AND d.status = 'pending') AS pending,
     (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = e.id AND d.status = 'dead') AS dead";
 
@@ -208,12 +275,15 @@ fn endpoint(row: &sqlx::postgres::PgRow) -> Result<Endpoint, sqlx::Error> {
         last_error: row.try_get("last_error")?,
         pending: row.try_get("pending")?,
         dead: row.try_get("dead")?,
+        format: WebhookFormat::parse(row.try_get("format")?),
+        public_key: row.try_get("public_key")?,
     })
 }
 
 impl Store {
-    /// Creates an endpoint; returns it with its secret (shown to the owner once here and
-    /// on request by id).
+    /// Creates an endpoint; returns it with what verifies its requests: the secret
+    /// (shown to the owner once here and on request by id) or, for `sendgrid`, the public
+    /// key of a new ECDSA P-256 key pair whose private key is kept sealed like a secret.
     pub async fn create_webhook(
         &self,
         account_id: AccountId,
@@ -221,14 +291,22 @@ impl Store {
         description: &str,
         event_types: &[String],
         max_batch: i32,
-    ) -> Result<(Endpoint, String), StoreError> {
+        format: WebhookFormat,
+    ) -> Result<(Endpoint, Verification), StoreError> {
         let id = Uuid::now_v7();
-        let secret = generate_secret();
+        let (secret, public_key) = match format {
+            WebhookFormat::Standard => (generate_secret(), None),
+            WebhookFormat::Sendgrid => {
+                let (private, public) = generate_ecdsa_key()?;
+                (private, Some(public))
+            }
+        };
         let (kek_id, stored) = seal_secret(self.keyring(), id, &secret)?;
         sqlx::query(
             "INSERT INTO webhook_endpoints
-               (id, account_id, url, description, event_types, secret, max_batch, secret_kek_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+               (id, account_id, url, description, event_types, secret, max_batch, secret_kek_id,
+                format, public_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id)
         .bind(account_id.0)
@@ -238,13 +316,19 @@ impl Store {
         .bind(&stored)
         .bind(max_batch)
         .bind(kek_id)
+        .bind(format.as_str())
+        .bind(&public_key)
         .execute(&self.pool)
         .await?;
         let endpoint = self
             .webhook(account_id, id)
             .await?
             .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
-        Ok((endpoint, secret))
+        let verification = match public_key {
+            Some(key) => Verification::PublicKey(key),
+            None => Verification::Secret(secret),
+        };
+        Ok((endpoint, verification))
     }
 
     pub async fn webhooks(&self, account_id: AccountId) -> Result<Vec<Endpoint>, StoreError> {
@@ -274,20 +358,28 @@ impl Store {
         Ok(row.as_ref().map(endpoint).transpose()?)
     }
 
+    /// What verifies endpoint `id`'s requests: its secret, or its public key (a
+    /// `sendgrid` endpoint's private key is never returned).
     pub async fn webhook_secret(
         &self,
         account_id: AccountId,
         id: Uuid,
-    ) -> Result<Option<String>, StoreError> {
-        let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT secret, secret_kek_id FROM webhook_endpoints WHERE account_id = $1 AND id = $2",
+    ) -> Result<Option<Verification>, StoreError> {
+        let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT secret, secret_kek_id, public_key FROM webhook_endpoints
+             WHERE account_id = $1 AND id = $2",
         )
         .bind(account_id.0)
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|(stored, kek_id)| open_secret(self.keyring(), id, kek_id.as_deref(), stored))
-            .transpose()
+        row.map(|(stored, kek_id, public_key)| match public_key {
+            Some(key) => Ok(Verification::PublicKey(key)),
+            None => {
+                open_secret(self.keyring(), id, kek_id.as_deref(), stored).map(Verification::Secret)
+            }
+        })
+        .transpose()
     }
 
     /// Applies `change`; `None` when the account has no such endpoint. Enabling an
@@ -343,12 +435,20 @@ impl Store {
 
     /// The account's enabled endpoints, for the fan-out.
     pub async fn webhook_targets(&self, account_id: AccountId) -> Result<Vec<Target>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, event_types FROM webhook_endpoints WHERE account_id = $1 AND enabled",
+        let rows: Vec<(Uuid, Vec<String>, String)> = sqlx::query_as(
+            "SELECT id, event_types, format FROM webhook_endpoints WHERE account_id = $1 AND enabled",
         )
         .bind(account_id.0)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, event_types, format)| Target {
+                id,
+                event_types,
+                format: WebhookFormat::parse(&format),
+            })
+            .collect())
     }
 
     /// Whether the account has endpoint `id` (cheaper than [`Store::webhook`], which
@@ -398,7 +498,7 @@ impl Store {
                                WHERE d.endpoint_id = e.id AND d.status = 'pending')
                  ORDER BY e.retry_at LIMIT 1
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, account_id, url, secret, secret_kek_id, max_batch, failures",
+             RETURNING id, account_id, url, secret, secret_kek_id, max_batch, failures, format",
         )
         .bind(lease.as_secs_f64())
         .fetch_optional(&self.pool)
@@ -413,6 +513,7 @@ impl Store {
                 secret: open_secret(self.keyring(), id, kek_id.as_deref(), r.try_get("secret")?)?,
                 max_batch: r.try_get("max_batch")?,
                 failures: r.try_get("failures")?,
+                format: WebhookFormat::parse(r.try_get("format")?),
             })
         })
         .transpose()

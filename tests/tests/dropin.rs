@@ -327,3 +327,134 @@ async fn boto3_sesv2_sends_through_sendmill_with_signature_v4() {
     );
     p.stop().await;
 }
+
+/// A receiver written for SendGrid's Event Webhook (`tests/dropin/sendgrid_webhook_receiver.py`,
+/// verifying with `sendgrid`'s `EventWebhook` helper).
+struct SendgridReceiver {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl SendgridReceiver {
+    fn start(port: u16, public_key: &str) -> Self {
+        use std::io::BufRead;
+        let out =
+            std::env::temp_dir().join(format!("{}.jsonl", sendmill_tests::unique("sg-hook-")));
+        let mut child = Command::new(python())
+            .arg(repo_root().join("tests/dropin/sendgrid_webhook_receiver.py"))
+            .args([
+                port.to_string(),
+                out.display().to_string(),
+                public_key.to_owned(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the receiver starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "listening", "the receiver did not start");
+        Self { child, out }
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for SendgridReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sendgrid_format_webhook_verifies_with_sendgrids_own_helper() {
+    let p = TestPipeline::start().await;
+    let port = sendmill_tests::free_port();
+    let analytics = format!("http://{}", p.analytics.unwrap());
+    let (status, hook, _) = sendmill_tests::call(
+        &p.http,
+        &p.api_key,
+        Method::POST,
+        &format!("{analytics}/v1/webhooks"),
+        Some(&json!({"url": format!("http://127.0.0.1:{port}/sg"), "format": "sendgrid"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{hook}");
+    assert_eq!(hook["format"], "sendgrid");
+    assert!(
+        hook.get("secret").is_none(),
+        "the private key is never shown: {hook}"
+    );
+    let public_key = hook["public_key"]
+        .as_str()
+        .expect("a public key")
+        .to_owned();
+    let (status, shown, _) = sendmill_tests::call(
+        &p.http,
+        &p.api_key,
+        Method::GET,
+        &format!(
+            "{analytics}/v1/webhooks/{}/secret",
+            hook["id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(shown, json!({"public_key": public_key}));
+    let receiver = SendgridReceiver::start(port, &public_key);
+
+    let (status, sent) = p
+        .send(&sendmill_tests::message_to(&p, json!(["hook@ok.test"])))
+        .await;
+    assert_eq!(status, 202, "{sent}");
+    let id = sendmill_tests::first_message_id(&sent);
+    delivered(&p, &id).await;
+    let events = sendmill_tests::poll_until(Duration::from_secs(60), || async {
+        let requests = receiver.requests();
+        let events: Vec<Value> = requests
+            .iter()
+            .flat_map(|r| r["events"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["sg_message_id"] == id.as_str())
+            .collect();
+        events
+            .iter()
+            .any(|e| e["event"] == "delivered")
+            .then_some((requests, events))
+    })
+    .await;
+    let (requests, events) = events.expect("the delivered event reached the receiver");
+    for request in &requests {
+        assert_eq!(request["verified"], true, "{request}");
+        assert_eq!(request["tamper_rejected"], true, "{request}");
+    }
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"processed"), "{names:?}");
+    for event in &events {
+        assert_eq!(event["email"], "hook@ok.test", "{event}");
+        assert!(event["timestamp"].is_i64(), "{event}");
+        assert!(event["sg_event_id"].is_string(), "{event}");
+        assert_eq!(event["category"], json!(["e2e"]), "{event}");
+        assert_eq!(
+            event["suite"], "tests",
+            "custom args at the top level: {event}"
+        );
+    }
+    let delivered = events.iter().find(|e| e["event"] == "delivered").unwrap();
+    assert!(
+        delivered["response"].as_str().unwrap().starts_with("250"),
+        "{delivered}"
+    );
+    p.stop().await;
+}
