@@ -257,6 +257,15 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/openapi.json", get(openapi::serve)),
         ("/v1/messages", post(send::send)),
         ("/v3/mail/send", post(compat::sendgrid::mail_send)),
+        ("/v3/mail/batch", post(compat::sendgrid::create_batch)),
+        (
+            "/v3/mail/batch/{batch_id}",
+            get(compat::sendgrid::get_batch),
+        ),
+        (
+            "/v3/user/scheduled_sends",
+            get(compat::sendgrid::scheduled_sends).post(compat::sendgrid::scheduled_send),
+        ),
         ("/v2/email/outbound-emails", post(compat::ses::send_email)),
         ("/v1/messages/{id}", delete(schedule::cancel_message)),
         ("/v1/batches/{id}", delete(schedule::cancel_batch)),

@@ -96,6 +96,57 @@ fn build_document() -> Value {
                 }
             }
         },
+        "/v3/mail/batch": {
+            "post": {
+                "operationId": "sendgridCreateBatch", "tags": ["compatibility"],
+                "summary": "SendGrid: a new batch id, for cancelling scheduled sends together",
+                "responses": {
+                    "201": json_response("The batch id", json!({"type": "object", "required": ["batch_id"], "properties": {"batch_id": {"type": "string"}}})),
+                    "401": json_response("Missing or unknown API key", schema("SendGridErrors")),
+                    "403": json_response("The key lacks the send scope", schema("SendGridErrors")),
+                    "503": json_response("A dependency is unavailable", schema("SendGridErrors"))
+                }
+            }
+        },
+        "/v3/mail/batch/{batch_id}": {
+            "get": {
+                "operationId": "sendgridGetBatch", "tags": ["compatibility"],
+                "summary": "SendGrid: whether a batch id is valid",
+                "parameters": [path_param("batch_id", "Batch id", json!({"type": "string"}))],
+                "responses": {
+                    "200": json_response("Valid", json!({"type": "object", "required": ["batch_id"], "properties": {"batch_id": {"type": "string"}}})),
+                    "400": json_response("Not a batch id of this account", schema("SendGridErrors")),
+                    "401": json_response("Missing or unknown API key", schema("SendGridErrors")),
+                    "403": json_response("The key lacks the send scope", schema("SendGridErrors")),
+                    "503": json_response("A dependency is unavailable", schema("SendGridErrors"))
+                }
+            }
+        },
+        "/v3/user/scheduled_sends": {
+            "get": {
+                "operationId": "sendgridListScheduledSends", "tags": ["compatibility"],
+                "summary": "SendGrid: the cancelled batches",
+                "responses": {
+                    "200": json_response("Cancelled batches", json!({"type": "array", "items": schema("SendGridScheduledSend")})),
+                    "401": json_response("Missing or unknown API key", schema("SendGridErrors")),
+                    "403": json_response("The key lacks the send scope", schema("SendGridErrors")),
+                    "503": json_response("A dependency is unavailable", schema("SendGridErrors"))
+                }
+            },
+            "post": {
+                "operationId": "sendgridCancelScheduledSend", "tags": ["compatibility"],
+                "summary": "SendGrid: cancel a batch's scheduled sends (status cancel; pause is refused)",
+                "requestBody": json_body(schema("SendGridScheduledSend")),
+                "responses": {
+                    "201": json_response("Cancelled", schema("SendGridScheduledSend")),
+                    "400": json_response("Invalid: SendGrid's error shape naming the field", schema("SendGridErrors")),
+                    "401": json_response("Missing or unknown API key", schema("SendGridErrors")),
+                    "403": json_response("The key lacks the send scope", schema("SendGridErrors")),
+                    "413": json_response("Body too large", schema("SendGridErrors")),
+                    "503": json_response("A dependency is unavailable", schema("SendGridErrors"))
+                }
+            }
+        },
         "/v2/email/outbound-emails": {
             "post": {
                 "operationId": "sesSendEmail",
@@ -414,13 +465,15 @@ fn schemas() -> Map<String, Value> {
                         "disposition": {"enum": ["inline", "attachment"]}, "content_id": {"type": "string"}}}},
                 "template_id": {"type": "string"}, "headers": text_map.clone(),
                 "categories": {"type": "array", "items": {"type": "string"}}, "custom_args": text_map.clone(),
-                "send_at": {"type": "integer"}, "ip_pool_name": {"type": "string"},
+                "send_at": {"type": "integer"}, "batch_id": {"type": "string"}, "ip_pool_name": {"type": "string"},
                 "mail_settings": {"type": "object"}, "tracking_settings": {"type": "object"}
             }},
         "SendGridErrors": {"type": "object", "required": ["errors"],
             "properties": {"errors": {"type": "array", "items": {"type": "object", "required": ["message"],
                 "properties": {"message": {"type": "string"}, "field": {"type": ["string", "null"]},
                     "help": {"type": ["string", "null"]}}}}}},
+        "SendGridScheduledSend": {"type": "object", "required": ["batch_id", "status"], "additionalProperties": false,
+            "properties": {"batch_id": {"type": "string"}, "status": {"enum": ["cancel", "pause"]}}},
         "SesSendEmail": {"type": "object", "required": ["Content"],
             "description": "SES v2 SendEmail; see the ingest crate's compat::ses for what is refused",
             "properties": {

@@ -109,6 +109,7 @@ pub(crate) async fn write(state: &AppState, planned: &Planned) -> Result<(), Ref
                 first.batch_id,
                 *at,
                 payloads,
+                planned.sendgrid_batch.as_deref(),
             )
             .await
             .map_err(|error| Refused {

@@ -62,6 +62,10 @@ pub struct SendRequest {
     /// Validate and render, answer as if accepted, but queue and send nothing.
     #[serde(default)]
     pub sandbox: bool,
+    /// The SendGrid batch id the held copies are cancelled by (the SendGrid drop-in's
+    /// `batch_id`, [`crate::compat::sendgrid`]); not part of the native body.
+    #[serde(skip)]
+    pub sendgrid_batch: Option<String>,
 }
 
 /// A stored template by id, at a version or the latest.

@@ -46,7 +46,7 @@ pub async fn cancel_message(
     let id: MessageId = id
         .parse()
         .map_err(|_| ApiError::not_found("scheduled message"))?;
-    cancel(&state, &caller, CancelTarget::Message(id)).await
+    cancel(&state, caller.0.account_id, CancelTarget::Message(id)).await
 }
 
 pub async fn cancel_batch(
@@ -58,18 +58,20 @@ pub async fn cancel_batch(
     let id: BatchId = id
         .parse()
         .map_err(|_| ApiError::not_found("scheduled batch"))?;
-    cancel(&state, &caller, CancelTarget::Batch(id)).await
+    cancel(&state, caller.0.account_id, CancelTarget::Batch(id)).await
 }
 
-async fn cancel(
+/// Cancels the account's pending messages of `target`, each with a `dropped` event: how
+/// many, and how many were already released. A 404 when `target` holds no message, a 409
+/// when every one was already released.
+pub(crate) async fn cancel(
     state: &AppState,
-    caller: &Caller,
+    account: sendmill_wire::AccountId,
     target: CancelTarget,
 ) -> Result<Json<Cancelled>, ApiError> {
-    let account = caller.0.account_id;
     let held = state
         .store
-        .cancel_scheduled(account, target)
+        .cancel_scheduled(account, target.clone())
         .await
         .map_err(ApiError::from)?;
     let cancelled = held.items.len();

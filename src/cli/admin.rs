@@ -189,10 +189,11 @@ pub async fn run(config: &SendmillConfig, admin: Admin) -> anyhow::Result<()> {
             };
             let resealed = store.reseal_secrets().await?;
             println!(
-                "resealed under KEK {}: {} sending domains, {} webhook endpoints",
+                "resealed under KEK {}: {} sending domains, {} webhook endpoints, {} SigV4 API keys",
                 keyring.current(),
                 resealed.sending_domains,
-                resealed.webhook_endpoints
+                resealed.webhook_endpoints,
+                resealed.api_keys
             );
             for failed in &resealed.failed {
                 println!("not resealed: {failed}");

@@ -18,10 +18,23 @@ pub struct ScheduledMessage {
 }
 
 /// What to cancel.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum CancelTarget {
     Message(MessageId),
     Batch(BatchId),
+    /// Every message sent with this SendGrid batch id (the drop-in's scheduled sends).
+    SendgridBatch(String),
+}
+
+impl CancelTarget {
+    /// The (message, batch, SendGrid batch) a query matches on; one is set.
+    fn keys(&self) -> (Option<uuid::Uuid>, Option<uuid::Uuid>, Option<&str>) {
+        match self {
+            CancelTarget::Message(id) => (Some(id.0), None, None),
+            CancelTarget::Batch(id) => (None, Some(id.0), None),
+            CancelTarget::SendgridBatch(id) => (None, None, Some(id.as_str())),
+        }
+    }
 }
 
 fn from_row(r: &sqlx::postgres::PgRow) -> ScheduledMessage {
@@ -33,8 +46,8 @@ fn from_row(r: &sqlx::postgres::PgRow) -> ScheduledMessage {
 }
 
 impl Store {
-    /// Holds `messages` until `send_at`. A message already held (a replayed request)
-    /// is kept as it is.
+    /// Holds `messages` until `send_at`, under `sendgrid_batch` when they were sent with
+    /// one. A message already held (a replayed request) is kept as it is.
     pub async fn schedule(
         &self,
         installation: &str,
@@ -42,13 +55,14 @@ impl Store {
         batch_id: BatchId,
         send_at: OffsetDateTime,
         messages: &[(MessageId, Vec<u8>)],
+        sendgrid_batch: Option<&str>,
     ) -> Result<(), StoreError> {
         let ids: Vec<uuid::Uuid> = messages.iter().map(|(id, _)| id.0).collect();
         let payloads: Vec<&[u8]> = messages.iter().map(|(_, p)| p.as_slice()).collect();
         sqlx::query(
             "INSERT INTO scheduled_messages
-                 (message_id, account_id, batch_id, send_at, payload, installation)
-             SELECT id, $1, $2, $3, payload, $6
+                 (message_id, account_id, batch_id, send_at, payload, installation, sendgrid_batch)
+             SELECT id, $1, $2, $3, payload, $6, $7
              FROM UNNEST($4::uuid[], $5::bytea[]) AS m (id, payload)
              ON CONFLICT (message_id) DO NOTHING",
         )
@@ -58,6 +72,7 @@ impl Store {
         .bind(&ids)
         .bind(&payloads)
         .bind(installation)
+        .bind(sendgrid_batch)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -104,20 +119,18 @@ impl Store {
         account_id: AccountId,
         target: CancelTarget,
     ) -> Result<Held<ScheduledMessage>, StoreError> {
-        let (message, batch) = match target {
-            CancelTarget::Message(id) => (Some(id.0), None),
-            CancelTarget::Batch(id) => (None, Some(id.0)),
-        };
+        let (message, batch, sendgrid) = target.keys();
         let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(
             "UPDATE scheduled_messages SET state = 'cancelled', updated_at = now()
              WHERE account_id = $1 AND state = 'pending'
-               AND (message_id = $2 OR batch_id = $3)
+               AND (message_id = $2 OR batch_id = $3 OR sendgrid_batch = $4)
              RETURNING message_id, account_id, payload",
         )
         .bind(account_id.0)
         .bind(message)
         .bind(batch)
+        .bind(sendgrid)
         .fetch_all(&mut *tx)
         .await?;
         Ok(Held::new(tx, rows.iter().map(from_row).collect()))
@@ -130,17 +143,15 @@ impl Store {
         account_id: AccountId,
         target: CancelTarget,
     ) -> Result<Vec<String>, StoreError> {
-        let (message, batch) = match target {
-            CancelTarget::Message(id) => (Some(id.0), None),
-            CancelTarget::Batch(id) => (None, Some(id.0)),
-        };
+        let (message, batch, sendgrid) = target.keys();
         Ok(sqlx::query_scalar(
             "SELECT state FROM scheduled_messages
-             WHERE account_id = $1 AND (message_id = $2 OR batch_id = $3)",
+             WHERE account_id = $1 AND (message_id = $2 OR batch_id = $3 OR sendgrid_batch = $4)",
         )
         .bind(account_id.0)
         .bind(message)
         .bind(batch)
+        .bind(sendgrid)
         .fetch_all(self.pool())
         .await?)
     }
@@ -155,5 +166,79 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// A SendGrid batch id's state: `active`, or `cancel` once its sends were cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendgridBatchStatus {
+    Active,
+    Cancel,
+}
+
+impl Store {
+    /// A new SendGrid batch id for the account: 32 characters of base64url (192 random
+    /// bits).
+    pub async fn create_sendgrid_batch(&self, account_id: AccountId) -> Result<String, StoreError> {
+        use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+        use rand::RngCore;
+        let mut bytes = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let id = URL_SAFE_NO_PAD.encode(bytes);
+        sqlx::query("INSERT INTO sendgrid_batches (account_id, id) VALUES ($1, $2)")
+            .bind(account_id.0)
+            .bind(&id)
+            .execute(self.pool())
+            .await?;
+        Ok(id)
+    }
+
+    /// The status of the account's SendGrid batch `id`; `None` when it has none.
+    pub async fn sendgrid_batch(
+        &self,
+        account_id: AccountId,
+        id: &str,
+    ) -> Result<Option<SendgridBatchStatus>, StoreError> {
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM sendgrid_batches WHERE account_id = $1 AND id = $2",
+        )
+        .bind(account_id.0)
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(status.map(|s| match s.as_str() {
+            "cancel" => SendgridBatchStatus::Cancel,
+            _ => SendgridBatchStatus::Active,
+        }))
+    }
+
+    /// Marks the account's SendGrid batch `id` cancelled; `false` when it has none.
+    pub async fn cancel_sendgrid_batch(
+        &self,
+        account_id: AccountId,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sendgrid_batches SET status = 'cancel' WHERE account_id = $1 AND id = $2",
+        )
+        .bind(account_id.0)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The account's cancelled SendGrid batch ids, newest first.
+    pub async fn cancelled_sendgrid_batches(
+        &self,
+        account_id: AccountId,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM sendgrid_batches WHERE account_id = $1 AND status = 'cancel'
+             ORDER BY created_at DESC LIMIT 1000",
+        )
+        .bind(account_id.0)
+        .fetch_all(self.pool())
+        .await?)
     }
 }

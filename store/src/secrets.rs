@@ -225,6 +225,8 @@ pub struct Resealed {
     /// Rows now sealed under the current KEK.
     pub sending_domains: u64,
     pub webhook_endpoints: u64,
+    /// API keys' SigV4 copies.
+    pub api_keys: u64,
     /// Rows left as they were because they did not open (`table id: why`); the rest
     /// was resealed all the same.
     pub failed: Vec<String>,
@@ -346,6 +348,52 @@ impl crate::Store {
                 .execute(self.pool())
                 .await?;
                 done.webhook_endpoints += updated.rows_affected();
+            }
+        }
+        let mut after = Uuid::nil();
+        loop {
+            let rows = sqlx::query(
+                "SELECT id, sigv4_secret, sigv4_kek_id
+                 FROM api_keys WHERE id > $1 AND sigv4_secret IS NOT NULL
+                   AND sigv4_kek_id IS DISTINCT FROM $2
+                 ORDER BY id LIMIT $3",
+            )
+            .bind(after)
+            .bind(&current)
+            .bind(RESEAL_BATCH)
+            .fetch_all(self.pool())
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.get("id");
+            for r in &rows {
+                let id: Uuid = r.get("id");
+                let old: Option<String> = r.get("sigv4_kek_id");
+                let sealed = open_stored(
+                    Some(ring),
+                    SecretKind::Sigv4Secret,
+                    id,
+                    old.as_deref(),
+                    r.get("sigv4_secret"),
+                )
+                .and_then(|plain| ring.seal(SecretKind::Sigv4Secret, id, &plain));
+                let (kek, stored) = match sealed {
+                    Ok(sealed) => sealed,
+                    Err(e) => {
+                        done.failed.push(format!("api_keys {id}: {e}"));
+                        continue;
+                    }
+                };
+                let updated = sqlx::query(
+                    "UPDATE api_keys SET sigv4_secret = $2, sigv4_kek_id = $3
+                     WHERE id = $1 AND sigv4_kek_id IS NOT DISTINCT FROM $4",
+                )
+                .bind(id)
+                .bind(stored)
+                .bind(kek)
+                .bind(&old)
+                .execute(self.pool())
+                .await?;
+                done.api_keys += updated.rows_affected();
             }
         }
         Ok(done)

@@ -1,6 +1,10 @@
 //! Against the real PostgreSQL started by deploy/local/start-services.sh.
 
-use sendmill_store::{secrets::Keyring, RotationError, Scope, Store};
+use sendmill_store::{
+    secrets::{Keyring, SecretError},
+    webhooks::{Verification, WebhookFormat},
+    RotationError, Scope, Store, StoreError,
+};
 
 async fn store() -> Store {
     let url = std::env::var("SENDMILL_TEST_DATABASE_URL")
@@ -128,9 +132,26 @@ async fn secrets_are_sealed_at_rest_resealed_on_rotation_and_bound_to_their_row(
         .await
         .unwrap();
     let (old_hook, old_secret) = plain
-        .create_webhook(account, "https://hooks.example.test/a", "", &[], 10)
+        .create_webhook(
+            account,
+            "https://hooks.example.test/a",
+            "",
+            &[],
+            10,
+            WebhookFormat::Standard,
+        )
         .await
         .unwrap();
+    let Verification::Secret(old_secret) = old_secret else {
+        panic!("a standard endpoint has a secret")
+    };
+    // A SigV4 key is never kept in plaintext: without a KEK it is refused.
+    assert!(matches!(
+        plain
+            .create_api_key(account, "ses", &[Scope::Send], true)
+            .await,
+        Err(StoreError::Secret(SecretError::NoKeyring))
+    ));
 
     // With k1: new rows are sealed; the migration-time reseal seals the old ones.
     let sealed = db.store(Some(&k1)).await;
@@ -142,6 +163,22 @@ async fn secrets_are_sealed_at_rest_resealed_on_rotation_and_bound_to_their_row(
     assert_eq!(
         (resealed.sending_domains, resealed.webhook_endpoints),
         (1, 1)
+    );
+    let ses_key = sealed
+        .create_api_key(account, "ses", &[Scope::Send], true)
+        .await
+        .unwrap();
+    let (stored, kek): (Vec<u8>, Option<String>) =
+        sqlx::query_as("SELECT sigv4_secret, sigv4_kek_id FROM api_keys WHERE id = $1")
+            .bind(ses_key.id)
+            .fetch_one(sealed.pool())
+            .await
+            .unwrap();
+    assert_eq!(kek.as_deref(), Some("k1"));
+    assert!(!String::from_utf8_lossy(&stored).contains(&ses_key.plaintext[3..]));
+    assert_eq!(
+        sealed.sigv4_key(ses_key.id).await.unwrap().unwrap().1,
+        ses_key.plaintext
     );
     assert_eq!(
         sealed.reseal_secrets().await.unwrap(),
@@ -182,10 +219,10 @@ async fn secrets_are_sealed_at_rest_resealed_on_rotation_and_bound_to_their_row(
             .unwrap();
     assert_eq!(kek.as_deref(), Some("k1"));
     assert!(!stored_secret.contains(&old_secret[6..]));
-    assert_eq!(
+    assert!(matches!(
         sealed.webhook_secret(account, old_hook.id).await.unwrap(),
-        Some(old_secret.clone())
-    );
+        Some(Verification::Secret(s)) if s == old_secret
+    ));
 
     // Without the KEK the sealed rows do not open, and say why.
     let error = db
@@ -216,7 +253,14 @@ async fn secrets_are_sealed_at_rest_resealed_on_rotation_and_bound_to_their_row(
     // Rotation: k2 first, k1 kept to open; reseal; then k2 alone opens everything.
     let rotating = db.store(Some(&format!("{k2}\n{k1}"))).await;
     let rotated = rotating.reseal_secrets().await.unwrap();
-    assert_eq!((rotated.sending_domains, rotated.webhook_endpoints), (1, 1));
+    assert_eq!(
+        (
+            rotated.sending_domains,
+            rotated.webhook_endpoints,
+            rotated.api_keys
+        ),
+        (1, 1, 1)
+    );
     // The row that does not open is reported by id and left as it was.
     assert_eq!(rotated.failed.len(), 1, "{:?}", rotated.failed);
     assert!(
@@ -234,9 +278,13 @@ async fn secrets_are_sealed_at_rest_resealed_on_rotation_and_bound_to_their_row(
         read.dkim_private_key_pkcs8,
         new_domain.dkim_private_key_pkcs8
     );
-    assert_eq!(
+    assert!(matches!(
         only_k2.webhook_secret(account, old_hook.id).await.unwrap(),
-        Some(old_secret)
+        Some(Verification::Secret(s)) if s == old_secret
+    ));
+    assert_eq!(
+        only_k2.sigv4_key(ses_key.id).await.unwrap().unwrap().1,
+        ses_key.plaintext
     );
     // k1 alone no longer opens them.
     assert!(db

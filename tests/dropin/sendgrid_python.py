@@ -12,6 +12,8 @@ from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import (
     Attachment,
+    BatchId,
+    SendAt,
     Category,
     ContentId,
     CustomArg,
@@ -96,6 +98,34 @@ multi.attachment = [
     ),
 ]
 record("multi", lambda: client.send(multi))
+
+# Scheduled with a batch id, then the batch's scheduled sends cancelled.
+batch = json.loads(client.client.mail.batch.post().body)["batch_id"]
+out["batch_valid"] = client.client.mail.batch._(batch).get().status_code
+later = Mail(
+    from_email=cfg["from"],
+    to_emails=cfg["to"][0],
+    subject="Never sent",
+    plain_text_content="This send is cancelled before its send_at.",
+)
+later.batch_id = BatchId(batch)
+later.send_at = SendAt(int(time.time()) + 3600)
+record("scheduled", lambda: client.send(later))
+record(
+    "cancel",
+    lambda: client.client.user.scheduled_sends.post(
+        request_body={"batch_id": batch, "status": "cancel"}
+    ),
+)
+record("after_cancel", lambda: client.send(later))
+record(
+    "pause",
+    lambda: client.client.user.scheduled_sends.post(
+        request_body={"batch_id": batch, "status": "pause"}
+    ),
+)
+out["cancelled_batches"] = json.loads(client.client.user.scheduled_sends.get().body)
+out["batch"] = batch
 
 # Malformed: an address that is not one, through the client's raw request path.
 record(

@@ -187,6 +187,33 @@ async fn the_sendgrid_python_client_sends_through_sendmill() {
         "{timeline}"
     );
 
+    // A batch's scheduled send, cancelled through the scheduled-sends endpoint.
+    assert_eq!(out["batch_valid"], 200, "{out}");
+    assert_eq!(out["scheduled"]["status"], 202, "{out}");
+    assert_eq!(out["cancel"]["status"], 201, "{out}");
+    let scheduled = &message_ids(out["scheduled"]["message_id"].as_str().unwrap(), 1)[0];
+    let timeline = p
+        .wait_for_status(scheduled, "dropped", Duration::from_secs(60))
+        .await;
+    let dropped = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "dropped")
+        .cloned()
+        .unwrap();
+    assert_eq!(dropped["reason"], "cancelled", "{timeline}");
+    assert!(
+        dumped_message(scheduled).is_none(),
+        "a cancelled send never reaches the sink"
+    );
+    assert_eq!(out["after_cancel"]["status"], 400, "{out}");
+    assert_eq!(out["pause"]["status"], 400, "{out}");
+    assert_eq!(
+        out["cancelled_batches"],
+        json!([{"batch_id": out["batch"], "status": "cancel"}])
+    );
+
     // SendGrid's error shape, naming the field.
     assert_eq!(out["malformed"]["status"], 400, "{out}");
     let error: Value = serde_json::from_str(out["malformed"]["body"].as_str().unwrap()).unwrap();

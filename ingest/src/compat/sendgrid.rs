@@ -26,9 +26,13 @@
 //!   `open_tracking` → click and open tracking, `subscription_tracking.enable` → the
 //!   one-click `List-Unsubscribe` headers.
 //!
+//! - `batch_id` names a batch from `POST /v3/mail/batch`; `POST /v3/user/scheduled_sends`
+//!   with `status: "cancel"` cancels its held messages (each ends `dropped`, reason
+//!   `cancelled`) and refuses later sends with it. `pause` is refused: a held message is
+//!   sent or cancelled, never parked.
+//!
 //! Refused, naming the field, because Sendmill cannot honour them: `asm` (unsubscribe
-//! groups need audiences' lists), `batch_id` (cancel with `DELETE /v1/batches/{X-Message-Id}`
-//! instead), `sections`, a personalization's own `from`, more than one `reply_to_list`
+//! groups need audiences' lists), `sections`, a personalization's own `from`, more than one `reply_to_list`
 //! entry, the `bypass_*` settings (suppressions always apply), `footer`, `ganalytics`,
 //! text-link click tracking, open-tracking substitution tags and subscription-tracking
 //! text, content other than `text/plain` and `text/html`.
@@ -41,13 +45,16 @@ use crate::{
 };
 use axum::{
     body::Bytes,
-    extract::{rejection::BytesRejection, State},
+    extract::{rejection::BytesRejection, Path, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
 use sendmill_platform::api::ApiError;
-use sendmill_store::Scope;
+use sendmill_store::{
+    schedule::{CancelTarget, SendgridBatchStatus},
+    Principal, Scope,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -311,6 +318,53 @@ async fn accept(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, SgError> {
+    let principal = sender(state, headers).await?;
+    let bytes = body.map_err(|rejection| SgError {
+        status: rejection.status(),
+        item: ErrorItem {
+            message: rejection.body_text(),
+            field: None,
+            help: None,
+        },
+        retry_after: None,
+    })?;
+    let mail: Mail =
+        sendmill_platform::body::parse(&bytes).map_err(|e| SgError::invalid(e.field, e.message))?;
+    let request = translate(mail, OffsetDateTime::now_utc())?;
+    if let Some(batch) = &request.sendgrid_batch {
+        match state
+            .store
+            .sendgrid_batch(principal.account_id, batch)
+            .await
+            .map_err(ApiError::from)?
+        {
+            Some(SendgridBatchStatus::Active) => {}
+            Some(SendgridBatchStatus::Cancel) => {
+                return Err(SgError::invalid("batch_id", "this batch was cancelled"))
+            }
+            None => {
+                return Err(SgError::invalid(
+                    "batch_id",
+                    "unknown batch id: create one with POST /v3/mail/batch",
+                ))
+            }
+        }
+    }
+    let answer = send_once(state, &principal, headers, &bytes, request).await?;
+    let mut response = match answer.status {
+        StatusCode::OK => StatusCode::OK.into_response(),
+        _ => StatusCode::ACCEPTED.into_response(),
+    };
+    if let Some(batch) = answer.body.get("batch_id").and_then(Value::as_str) {
+        if let Ok(value) = HeaderValue::from_str(batch) {
+            response.headers_mut().insert("x-message-id", value);
+        }
+    }
+    Ok(response)
+}
+
+/// The principal of the request's Bearer key, which must have the `send` scope.
+async fn sender(state: &AppState, headers: &HeaderMap) -> Result<Principal, SgError> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -329,29 +383,114 @@ async fn accept(
             retry_after: None,
         });
     }
-    let bytes = body.map_err(|rejection| SgError {
-        status: rejection.status(),
-        item: ErrorItem {
-            message: rejection.body_text(),
-            field: None,
-            help: None,
-        },
-        retry_after: None,
-    })?;
-    let mail: Mail =
-        sendmill_platform::body::parse(&bytes).map_err(|e| SgError::invalid(e.field, e.message))?;
-    let request = translate(mail, OffsetDateTime::now_utc())?;
-    let answer = send_once(state, &principal, headers, &bytes, request).await?;
-    let mut response = match answer.status {
-        StatusCode::OK => StatusCode::OK.into_response(),
-        _ => StatusCode::ACCEPTED.into_response(),
+    Ok(principal)
+}
+
+/// `POST /v3/mail/batch`: a new batch id (201 `{"batch_id"}`).
+pub async fn create_batch(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let result = async {
+        let principal = sender(&state, &headers).await?;
+        let id = state
+            .store
+            .create_sendgrid_batch(principal.account_id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok::<_, SgError>((
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "batch_id": id })),
+        ))
     };
-    if let Some(batch) = answer.body.get("batch_id").and_then(Value::as_str) {
-        if let Ok(value) = HeaderValue::from_str(batch) {
-            response.headers_mut().insert("x-message-id", value);
+    result.await.into_response()
+}
+
+/// `GET /v3/mail/batch/{batch_id}`: 200 `{"batch_id"}` when the account has it, else 400.
+pub async fn get_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let principal = sender(&state, &headers).await?;
+        state
+            .store
+            .sendgrid_batch(principal.account_id, &id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| SgError::invalid("batch_id", "invalid batch id"))?;
+        Ok::<_, SgError>(Json(serde_json::json!({ "batch_id": id })))
+    };
+    result.await.into_response()
+}
+
+/// The body of `POST /v3/user/scheduled_sends`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledSend {
+    pub batch_id: String,
+    pub status: String,
+}
+
+/// `POST /v3/user/scheduled_sends` with `status: "cancel"`: cancels the batch's held
+/// messages (each ends `dropped`, reason `cancelled`) and refuses later sends with it;
+/// 201 `{"batch_id", "status"}`. `pause` is refused: a held message is either sent or
+/// cancelled.
+pub async fn scheduled_send(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let principal = sender(&state, &headers).await?;
+        let bytes = body.map_err(|r| SgError::invalid("", r.body_text()))?;
+        let input: ScheduledSend = sendmill_platform::body::parse(&bytes)
+            .map_err(|e| SgError::invalid(e.field, e.message))?;
+        if input.status != "cancel" {
+            return Err(SgError::invalid(
+                "status",
+                "only cancel is supported: Sendmill holds a scheduled message until it is sent or cancelled",
+            ));
         }
-    }
-    Ok(response)
+        let account = principal.account_id;
+        if !state
+            .store
+            .cancel_sendgrid_batch(account, &input.batch_id)
+            .await
+            .map_err(ApiError::from)?
+        {
+            return Err(SgError::invalid("batch_id", "invalid batch id"));
+        }
+        let target = CancelTarget::SendgridBatch(input.batch_id.clone());
+        match crate::schedule::cancel(&state, account, target).await {
+            // No held message (none scheduled yet, or all released): the batch is
+            // cancelled all the same, and later sends with it are refused.
+            Ok(_) => {}
+            Err(e) if e.status == StatusCode::NOT_FOUND || e.status == StatusCode::CONFLICT => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok((
+            StatusCode::CREATED,
+            Json(serde_json::json!({"batch_id": input.batch_id, "status": "cancel"})),
+        ))
+    };
+    result.await.into_response()
+}
+
+/// `GET /v3/user/scheduled_sends`: the cancelled batches, `[{"batch_id", "status"}]`.
+pub async fn scheduled_sends(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let result = async {
+        let principal = sender(&state, &headers).await?;
+        let ids = state
+            .store
+            .cancelled_sendgrid_batches(principal.account_id)
+            .await
+            .map_err(ApiError::from)?;
+        let list: Vec<Value> = ids
+            .into_iter()
+            .map(|id| serde_json::json!({"batch_id": id, "status": "cancel"}))
+            .collect();
+        Ok::<_, SgError>(Json(list))
+    };
+    result.await.into_response()
 }
 
 fn check_mailbox(address: &Address, field: &str) -> Result<Mailbox, SgError> {
@@ -468,21 +607,17 @@ fn template_id(id: &str) -> Result<uuid::Uuid, SgError> {
 /// The native request for `mail` (see the module doc); `now` is not read yet but kept
 /// for symmetry with the native planner. Pure.
 pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<SendRequest, SgError> {
-    for (field, given) in [
-        ("asm", mail.asm.is_some()),
-        ("batch_id", mail.batch_id.is_some()),
-        ("sections", mail.sections.is_some()),
-    ] {
-        if given {
-            return Err(SgError::invalid(
-                field,
-                match field {
-                    "asm" => "unsubscribe groups are not supported: Sendmill has no subscription lists yet",
-                    "batch_id" => "batches are not supported: cancel a scheduled send with DELETE /v1/batches/{X-Message-Id}",
-                    _ => "sections (legacy templates) are not supported",
-                },
-            ));
-        }
+    if mail.asm.is_some() {
+        return Err(SgError::invalid(
+            "asm",
+            "unsubscribe groups are not supported: Sendmill has no subscription lists yet",
+        ));
+    }
+    if mail.sections.is_some() {
+        return Err(SgError::invalid(
+            "sections",
+            "sections (legacy templates) are not supported",
+        ));
     }
     let (sandbox, track_clicks, track_opens, list_unsubscribe) = settings(&mail)?;
     if mail.personalizations.is_empty() {
@@ -703,6 +838,7 @@ pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<SendRequest, SgErro
             .map(|at| unix_time(at, "send_at"))
             .transpose()?,
         sandbox,
+        sendgrid_batch: mail.batch_id,
     })
 }
 
@@ -799,7 +935,6 @@ mod tests {
             field(parse(with(&["asm"], serde_json::json!({"group_id": 1})))),
             "asm"
         );
-        assert_eq!(field(parse(with(&["batch_id"], "b".into()))), "batch_id");
         assert_eq!(
             field(parse(with(
                 &["mail_settings", "bypass_list_management"],

@@ -334,7 +334,7 @@ async fn accept(
             if let Some(name) = template {
                 request.template = Some(template_named(state, principal, &name).await?);
             }
-            let answer = send_once(state, principal, headers, bytes, request).await?;
+            let answer = send_once(state, principal, headers, bytes, *request).await?;
             let accepted = answer.body.get("accepted").and_then(Value::as_u64);
             if accepted == Some(0) {
                 // Every recipient suppressed or refused: SES rejects such a message.
@@ -361,7 +361,7 @@ async fn accept(
 pub enum Translated {
     /// A native request, and the name of the stored template it uses.
     Request {
-        request: SendRequest,
+        request: Box<SendRequest>,
         template: Option<String>,
     },
     /// Raw MIME (decoded) and its envelope recipients.
@@ -626,8 +626,12 @@ pub fn translate(email: SendEmail) -> Result<Translated, SesError> {
         attachments: vec![],
         send_at: None,
         sandbox: false,
+        sendgrid_batch: None,
     };
-    Ok(Translated::Request { request, template })
+    Ok(Translated::Request {
+        request: Box::new(request),
+        template,
+    })
 }
 
 /// Queues a raw message like SMTP submission does.

@@ -30,6 +30,8 @@ pub struct Planned {
     pub source: &'static str,
     /// The request's `send_at` when it is still ahead (each copy's own is in its result).
     pub send_at: Option<OffsetDateTime>,
+    /// The SendGrid batch id its held copies are kept under.
+    pub sendgrid_batch: Option<String>,
 }
 
 impl Planned {
@@ -154,6 +156,7 @@ pub fn plan(
         copies: Vec::with_capacity(copies),
         source: "ingest",
         send_at,
+        sendgrid_batch: request.sendgrid_batch.clone(),
     };
     let mut index: u32 = 0;
     let mut first_error = None;

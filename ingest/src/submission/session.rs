@@ -682,6 +682,7 @@ pub(crate) fn planned(
         copies,
         source: "submission",
         send_at: None,
+        sendgrid_batch: None,
     }
 }
 
