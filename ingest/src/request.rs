@@ -89,7 +89,7 @@ pub struct AttachmentInput {
 }
 
 /// A sender or reply-to mailbox.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Mailbox {
     pub email: String,
     pub name: Option<String>,
@@ -114,6 +114,10 @@ pub struct Recipient {
     pub subject: Option<String>,
     /// This recipient's `send_at` instead of the request's.
     pub send_at: Option<OffsetDateTime>,
+    /// Every address the `To` field shows when it is more than this recipient (the
+    /// drop-ins' `to` lists, [`crate::compat`]); not part of the native body, where each
+    /// recipient's `To` shows itself.
+    pub to_list: Vec<Mailbox>,
 }
 
 /// The object form of [`Mailbox`].
@@ -169,6 +173,7 @@ impl From<RecipientFields> for Recipient {
             headers: f.headers,
             subject: f.subject,
             send_at: f.send_at,
+            to_list: Vec::new(),
         }
     }
 }

@@ -168,7 +168,11 @@ pub fn build(
     let mut builder = Message::builder()
         .envelope(envelope)
         .raw_header(address_header("From", &request.from)?)
-        .raw_header(address_header("To", &request.to)?)
+        .raw_header(if request.to_list.is_empty() {
+            address_header("To", &request.to)?
+        } else {
+            address_list_header("To", &request.to_list)?
+        })
         .raw_header(HeaderValue::dangerous_new_pre_encoded(
             header_name("Subject"),
             subject,
@@ -330,6 +334,7 @@ mod tests {
                 email: "ada@ok.test".into(),
                 name: None,
             },
+            to_list: Vec::new(),
             cc: Vec::new(),
             envelope_to: None,
             reply_to: None,
@@ -385,6 +390,27 @@ mod tests {
         )));
         assert!(text.contains(&format!("Message-ID: <{}@example.test>", r.message_id)));
         assert!(text.contains("X-Campaign: welcome\r\n"));
+    }
+
+    #[test]
+    fn a_to_list_is_shown_whole_on_every_copy() {
+        let mut r = request();
+        assert!(text_of(&r).contains("To: ada@ok.test\r\n"));
+        r.to_list = vec![
+            EmailAddress {
+                email: "ada@ok.test".into(),
+                name: None,
+            },
+            EmailAddress {
+                email: "bob@ok.test".into(),
+                name: Some("Bob".into()),
+            },
+        ];
+        let text = text_of(&r);
+        assert!(
+            text.contains("To: ada@ok.test,\r\n \"Bob\" <bob@ok.test>\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -103,6 +103,7 @@ fn request(case: &Case) -> RequestedV1 {
             email: "ada@ok.test".into(),
             name: Some(case.name.clone()),
         },
+        to_list: Vec::new(),
         cc: Vec::new(),
         envelope_to: None,
         reply_to: None,

@@ -206,6 +206,7 @@ fn request(html: &str, text: &str) -> RequestedV1 {
             email: format!("r{}@d1.test", id.0.simple()),
             name: None,
         },
+        to_list: Vec::new(),
         cc: Vec::new(),
         envelope_to: None,
         reply_to: None,

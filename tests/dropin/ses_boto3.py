@@ -1,7 +1,7 @@
 """Sends through Sendmill's SES v2 drop-in with AWS's official Python SDK (PyPI `boto3`,
 pinned in deploy/local/install-packages.sh), an `sesv2` client changed only in its
 endpoint_url and credentials. Argument: a JSON object with endpoint, access_key_id,
-secret, from, to (3 addresses) and template. Prints per case the MessageId or the error
+secret, from, to (4 addresses) and template. Prints per case the MessageId or the error
 code, message and HTTP status."""
 
 import json
@@ -42,7 +42,7 @@ record(
     "simple",
     lambda: ses.send_email(
         FromEmailAddress=f"SES Drop-in <{cfg['from']}>",
-        Destination={"ToAddresses": [cfg["to"][0]]},
+        Destination={"ToAddresses": [cfg["to"][0], cfg["to"][3]]},
         Content={
             "Simple": {
                 "Subject": {"Data": "Simple via boto3", "Charset": "UTF-8"},

@@ -269,7 +269,7 @@ async fn boto3_sesv2_sends_through_sendmill_with_signature_v4() {
         )
         .await;
     assert_eq!(status, 201, "{key}");
-    let to: Vec<String> = (0..3).map(|i| format!("ses{i}@ok.test")).collect();
+    let to: Vec<String> = (0..4).map(|i| format!("ses{i}@ok.test")).collect();
     let out = run_client(
         python(),
         "ses_boto3.py",
@@ -285,10 +285,19 @@ async fn boto3_sesv2_sends_through_sendmill_with_signature_v4() {
     )
     .await;
 
-    let simple = &message_ids(out["simple"]["message_id"].as_str().unwrap(), 1)[0];
-    let text = delivered(&p, simple).await;
-    assert!(text.contains("Subject: Simple via boto3"), "{text}");
-    assert!(text.contains("SES Drop-in"), "{text}");
+    // Two To addresses: a copy each, both showing the whole To field, as SES writes it.
+    let simple_copies = message_ids(out["simple"]["message_id"].as_str().unwrap(), 2);
+    for id in &simple_copies {
+        let text = delivered(&p, id).await;
+        assert!(text.contains("Subject: Simple via boto3"), "{text}");
+        assert!(text.contains("SES Drop-in"), "{text}");
+        assert!(
+            text.replace("\r\n", "\n")
+                .contains("To: ses0@ok.test,\n ses3@ok.test\n"),
+            "{text}"
+        );
+    }
+    let simple = &simple_copies[0];
     assert_eq!(accepted_event(&p, simple).context.tags, ["flow:simple"]);
 
     let raw = &message_ids(out["raw"]["message_id"].as_str().unwrap(), 1)[0];
@@ -342,7 +351,7 @@ async fn boto3_sesv2_sends_through_sendmill_with_signature_v4() {
             "access_key_id": plain_key["id"].as_str().unwrap().replace('-', ""),
             "secret": plain_key["key"],
             "from": format!("hello@{}", p.domain),
-            "to": ["x@ok.test", "y@ok.test", "z@ok.test"],
+            "to": ["w@ok.test", "x@ok.test", "y@ok.test", "z@ok.test"],
             "template": "ses-welcome",
         }),
         vec![],

@@ -72,8 +72,13 @@ pub struct RequestedV1 {
     #[serde(with = "time::serde::rfc3339")]
     pub accepted_at: OffsetDateTime,
     pub from: EmailAddress,
-    /// The `To` of the message.
+    /// The `To` of the message: this copy's recipient (unless `envelope_to` says another).
     pub to: EmailAddress,
+    /// Every address the `To` field shows, when it shows more than `to` (a SendGrid
+    /// personalization's or an SES destination's `to` list, `to` among them); each of
+    /// them gets a copy of its own. Empty: the field shows `to` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_list: Vec<EmailAddress>,
     /// The `Cc` of the message (every one of them gets a copy with its own id).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cc: Vec<EmailAddress>,

@@ -8,9 +8,9 @@
 //!
 //! How the models meet:
 //! - Each personalization's `to` addresses become native recipients, each with its own
-//!   copy and message id (SendGrid events are per recipient too); a personalization's
-//!   `cc` and `bcc` ride with its first `to`, so each of them gets one copy. Unlike
-//!   SendGrid, the `To` field of a copy shows only its own recipient.
+//!   copy and message id (SendGrid events are per recipient too), every copy showing the
+//!   personalization's whole `To` field; its `cc` and `bcc` ride with its first `to`, so
+//!   each of them gets one copy.
 //! - `subject`, `headers`, `custom_args` (→ metadata), `send_at` (→ that recipient's
 //!   `send_at`) and `dynamic_template_data` (→ template data) of a personalization
 //!   override the request's.
@@ -768,8 +768,18 @@ pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<SendRequest, SgErro
             .map(|(j, a)| check_mailbox(a, &field(&format!("bcc[{j}]"))))
             .collect::<Result<Vec<_>, _>>()?;
         let (mut cc, mut bcc) = (Some(cc), Some(bcc));
-        for (j, address) in p.to.iter().enumerate() {
-            let mailbox = check_mailbox(address, &field(&format!("to[{j}]")))?;
+        let shown =
+            p.to.iter()
+                .enumerate()
+                .map(|(j, a)| check_mailbox(a, &field(&format!("to[{j}]"))))
+                .collect::<Result<Vec<_>, _>>()?;
+        // One `To` field for the personalization, as SendGrid writes it.
+        let to_list = if shown.len() > 1 {
+            shown.clone()
+        } else {
+            Vec::new()
+        };
+        for mailbox in shown {
             to.push(Recipient {
                 email: mailbox.email,
                 name: mailbox.name,
@@ -781,6 +791,7 @@ pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<SendRequest, SgErro
                 headers: p.headers.clone(),
                 subject: own_subject.clone(),
                 send_at,
+                to_list: to_list.clone(),
             });
         }
     }
@@ -875,6 +886,13 @@ mod tests {
         assert_eq!(emails, ["a@ok.test", "b@ok.test", "d@ok.test"]);
         assert_eq!(r.to[0].cc.len(), 1);
         assert!(r.to[1].cc.is_empty(), "cc rides with the first to only");
+        let shown: Vec<&str> = r.to[1].to_list.iter().map(|m| m.email.as_str()).collect();
+        assert_eq!(
+            shown,
+            ["a@ok.test", "b@ok.test"],
+            "one To field per personalization"
+        );
+        assert!(r.to[2].to_list.is_empty(), "a single to shows itself");
         assert_eq!(r.to[0].data["sg_sub_0"], "Ada");
         assert_eq!(
             r.to[2].data["sg_sub_0"], "-name-",

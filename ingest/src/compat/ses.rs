@@ -14,8 +14,9 @@
 //! - `Content.Raw` is queued like SMTP submission: the MIME as it is, DKIM-signed, with
 //!   the recipients of `Destination` (which Sendmill requires for raw messages; it does
 //!   not read recipients from the raw header section).
-//! - Each `ToAddresses` address gets its own copy and message id; `CcAddresses` and
-//!   `BccAddresses` ride with the first one, so each gets one copy.
+//! - Each `ToAddresses` address gets its own copy and message id, every copy showing
+//!   the whole `To` field; `CcAddresses` and `BccAddresses` ride with the first one, so
+//!   each gets one copy.
 //! - `EmailTags` → tags `Name:Value`; `ConfigurationSetName` → the IP pool of that
 //!   name; `ReplyToAddresses` → Reply-To (one address).
 //!
@@ -591,8 +592,19 @@ pub fn translate(email: SendEmail) -> Result<Translated, SesError> {
             "Sendmill needs at least one To address (Cc and Bcc copies ride with it)",
         ));
     }
-    for address in &destination.to_addresses {
-        let (email, name) = crate::request::split_address(address);
+    let shown: Vec<Mailbox> = destination
+        .to_addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| mailbox(a, &format!("Destination.ToAddresses[{i}]")))
+        .collect::<Result<_, _>>()?;
+    // One `To` field with every address, as SES writes it.
+    let to_list: Vec<Mailbox> = if shown.len() > 1 {
+        shown.clone()
+    } else {
+        Vec::new()
+    };
+    for Mailbox { email, name } in shown {
         to.push(Recipient {
             email,
             name,
@@ -603,6 +615,7 @@ pub fn translate(email: SendEmail) -> Result<Translated, SesError> {
             headers: Default::default(),
             subject: None,
             send_at: None,
+            to_list: to_list.clone(),
         });
     }
     let request = SendRequest {

@@ -219,6 +219,14 @@ pub fn plan(
             email: r.email,
             name: r.name,
         };
+        let to_list: Vec<EmailAddress> = r
+            .to_list
+            .iter()
+            .map(|m| EmailAddress {
+                email: m.email.clone(),
+                name: m.name.clone(),
+            })
+            .collect();
         let cc: Vec<EmailAddress> =
             r.cc.iter()
                 .map(|m| EmailAddress {
@@ -240,6 +248,7 @@ pub fn plan(
                 accepted_at: now,
                 from: from.clone(),
                 to: to.clone(),
+                to_list: to_list.clone(),
                 cc: cc.clone(),
                 envelope_to,
                 reply_to: reply_to.clone(),

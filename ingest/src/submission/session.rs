@@ -641,6 +641,7 @@ pub(crate) fn planned(
                     email: to.clone(),
                     name: None,
                 },
+                to_list: vec![],
                 cc: vec![],
                 envelope_to: None,
                 reply_to: None,
