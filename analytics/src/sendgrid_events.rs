@@ -148,12 +148,14 @@ mod tests {
 
     #[test]
     fn bounces_carry_sendgrid_fields_and_custom_args() {
-        let mut context = MessageContext::default();
-        context.tags = vec!["welcome".into()];
-        context.metadata.insert("order".into(), "42".into());
-        context
-            .metadata
-            .insert("event".into(), "not the event".into());
+        let context = MessageContext {
+            tags: vec!["welcome".into()],
+            metadata: [("order", "42"), ("event", "not the event")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..Default::default()
+        };
         let mut bounced = EventV1::new(
             EventType::Bounced,
             "dispatcher",

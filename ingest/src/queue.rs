@@ -20,7 +20,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use sendmill_platform::CancellationToken;
 use sendmill_platform::{api::ApiError, backoff, kafka::Producer};
 use sendmill_wire::{encode, EventType, EventV1, MessageId, RequestedV1, WirePayload};
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// A request fails when Kafka has acknowledged none of its records for this long.
@@ -83,39 +83,40 @@ pub async fn write_all<'a, T: WirePayload + 'a>(
     }
 }
 
-/// Holds the scheduled copies (each until its own `send_at`) and queues the rest, then
-/// writes their events.
+/// Holds the scheduled copies (each until its own `send_at`, all in one statement) and
+/// queues the rest, then writes their events.
 pub(crate) async fn write(state: &AppState, planned: &Planned) -> Result<(), Refused> {
-    let mut held: BTreeMap<OffsetDateTime, Vec<(MessageId, Vec<u8>)>> = BTreeMap::new();
+    let mut held: Vec<(MessageId, OffsetDateTime, Vec<u8>)> = Vec::new();
     let mut now: Vec<&RequestedV1> = Vec::new();
     for (result, record) in &planned.copies {
         let Some(record) = record else { continue };
         match (result.status, result.send_at) {
-            (RecipientStatus::Scheduled, Some(at)) => held
-                .entry(at)
-                .or_default()
-                .push((record.message_id, sendmill_wire::encode(record))),
+            (RecipientStatus::Scheduled, Some(at)) => {
+                held.push((record.message_id, at, sendmill_wire::encode(record)))
+            }
             (RecipientStatus::Queued, _) => now.push(record),
             _ => {}
         }
     }
-    for (at, payloads) in &held {
+    if !held.is_empty() {
         let first = planned.records()[0];
+        // One statement for every held copy, whatever its time: all or none are held.
         state
             .store
             .schedule(
                 state.topics.prefix(),
                 first.account_id,
                 first.batch_id,
-                *at,
-                payloads,
+                &held,
                 planned.sendgrid_batch.as_deref(),
             )
             .await
-            .map_err(|error| Refused {
-                error: ApiError::from(error),
-                // An earlier time's copies may be held already.
-                wrote_anything: held.keys().next() != Some(at),
+            .map_err(|error| match error {
+                sendmill_store::StoreError::Conflict(_) => ApiError::invalid(
+                    "batch_id",
+                    "this batch was cancelled while the request was accepted",
+                ),
+                error => ApiError::from(error),
             })?;
     }
     if !now.is_empty() {

@@ -66,6 +66,10 @@ pub struct SendRequest {
     /// `batch_id`, [`crate::compat::sendgrid`]); not part of the native body.
     #[serde(skip)]
     pub sendgrid_batch: Option<String>,
+    /// Refuse the whole request when one recipient is invalid (the drop-ins: SendGrid and
+    /// SES accept a request whole or not at all); not part of the native body.
+    #[serde(skip)]
+    pub all_or_nothing: bool,
 }
 
 /// A stored template by id, at a version or the latest.

@@ -349,7 +349,7 @@ impl Store {
         key_id: Uuid,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = now()
+            "UPDATE api_keys SET revoked_at = now(), sigv4_secret = NULL, sigv4_kek_id = NULL
              WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL",
         )
         .bind(key_id)
@@ -389,7 +389,9 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(r) = row else { return Ok(None) };
-        let kek_id: String = r.get("sigv4_kek_id");
+        // Never written without a KEK; a row without one is not trusted.
+        let kek_id: Option<String> = r.get("sigv4_kek_id");
+        let kek_id = kek_id.ok_or_else(|| secrets::SecretError::Corrupt(String::new()))?;
         let plain = secrets::open_stored(
             self.keyring(),
             secrets::SecretKind::Sigv4Secret,

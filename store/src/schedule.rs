@@ -46,35 +46,52 @@ fn from_row(r: &sqlx::postgres::PgRow) -> ScheduledMessage {
 }
 
 impl Store {
-    /// Holds `messages` until `send_at`, under `sendgrid_batch` when they were sent with
-    /// one. A message already held (a replayed request) is kept as it is.
+    /// Holds each of `messages` (id, when to send, encoded record) until its time, in
+    /// one statement, under `sendgrid_batch` when they were sent with one. A message
+    /// already held (a replayed request) is kept as it is. With a SendGrid batch, the
+    /// batch row is share-locked first: `Conflict` when it was cancelled (also by a
+    /// cancel that committed while this waited), so no message slips past a cancel.
     pub async fn schedule(
         &self,
         installation: &str,
         account_id: AccountId,
         batch_id: BatchId,
-        send_at: OffsetDateTime,
-        messages: &[(MessageId, Vec<u8>)],
+        messages: &[(MessageId, OffsetDateTime, Vec<u8>)],
         sendgrid_batch: Option<&str>,
     ) -> Result<(), StoreError> {
-        let ids: Vec<uuid::Uuid> = messages.iter().map(|(id, _)| id.0).collect();
-        let payloads: Vec<&[u8]> = messages.iter().map(|(_, p)| p.as_slice()).collect();
+        let ids: Vec<uuid::Uuid> = messages.iter().map(|(id, _, _)| id.0).collect();
+        let times: Vec<OffsetDateTime> = messages.iter().map(|(_, at, _)| *at).collect();
+        let payloads: Vec<&[u8]> = messages.iter().map(|(_, _, p)| p.as_slice()).collect();
+        let mut tx = self.pool().begin().await?;
+        if let Some(batch) = sendgrid_batch {
+            let status: Option<String> = sqlx::query_scalar(
+                "SELECT status FROM sendgrid_batches WHERE account_id = $1 AND id = $2 FOR SHARE",
+            )
+            .bind(account_id.0)
+            .bind(batch)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if status.as_deref() != Some("active") {
+                return Err(StoreError::Conflict("a cancellation of this batch"));
+            }
+        }
         sqlx::query(
             "INSERT INTO scheduled_messages
                  (message_id, account_id, batch_id, send_at, payload, installation, sendgrid_batch)
-             SELECT id, $1, $2, $3, payload, $6, $7
-             FROM UNNEST($4::uuid[], $5::bytea[]) AS m (id, payload)
+             SELECT id, $1, $2, at, payload, $6, $7
+             FROM UNNEST($4::uuid[], $3::timestamptz[], $5::bytea[]) AS m (id, at, payload)
              ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(account_id.0)
         .bind(batch_id.0)
-        .bind(send_at)
+        .bind(&times)
         .bind(&ids)
         .bind(&payloads)
         .bind(installation)
         .bind(sendgrid_batch)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

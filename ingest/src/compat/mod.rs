@@ -22,10 +22,16 @@ pub mod sigv4;
 pub const BACKSLASH_BRACES: &str =
     "a backslash right before {{ cannot be sent literally (Sendmill renders content with Handlebars)";
 
+/// Why a substitution cannot be placed: right after `{` or `\\` its expression would read
+/// as another Handlebars construct.
+pub const TAG_AFTER_BRACE: &str =
+    "a substitution tag right after { or a backslash cannot be placed (Sendmill renders content with Handlebars)";
+
 /// Content the hosted API sends as it is (not a template) made a Handlebars template
 /// that renders to exactly `text`, with each of `placeholders` (text to find, the
 /// template expression to put there) replaced; the longest match wins where several
-/// start at one place. `Err(BACKSLASH_BRACES)` when `text` has `\{{`.
+/// start at one place. Errors: [`BACKSLASH_BRACES`] when `text` has `\{{`,
+/// [`TAG_AFTER_BRACE`] when a placeholder follows `{` or `\`.
 pub fn literal_template(
     text: &str,
     placeholders: &[(String, String)],
@@ -36,18 +42,21 @@ pub fn literal_template(
     let mut out = String::with_capacity(text.len() + 16);
     let mut rest = text;
     while !rest.is_empty() {
-        if rest.starts_with("{{") {
-            out.push_str("\\{{");
-            rest = &rest[2..];
-            continue;
-        }
         let found = placeholders
             .iter()
             .filter(|(find, _)| !find.is_empty() && rest.starts_with(find.as_str()))
             .max_by_key(|(find, _)| find.len());
         if let Some((find, expression)) = found {
+            if out.ends_with(['{', '\\']) {
+                return Err(TAG_AFTER_BRACE);
+            }
             out.push_str(expression);
             rest = &rest[find.len()..];
+            continue;
+        }
+        if rest.starts_with("{{") {
+            out.push_str("\\{{");
+            rest = &rest[2..];
             continue;
         }
         let c = rest.chars().next().expect("not empty");
@@ -93,10 +102,19 @@ mod tests {
             ("-name-".to_owned(), "{{{s0}}}".to_owned()),
             ("-name-long-".to_owned(), "{{{s1}}}".to_owned()),
         ];
-        let source = literal_template("Hi -name-, -name-long- {{x}}", &subs).unwrap();
+        let source = literal_template("Hi -name-, -name-long- {{x}} -name-}}", &subs).unwrap();
         assert_eq!(
             set.render(Part::Html, &source, &data, false).unwrap(),
-            "Hi Ada <3, LONG {{x}}"
+            "Hi Ada <3, LONG {{x}} Ada <3}}"
         );
+        // A tag that starts with braces is still a tag.
+        let braces = [("{{name}}".to_owned(), "{{{s0}}}".to_owned())];
+        let source = literal_template("Hi {{name}} {{other}}", &braces).unwrap();
+        assert_eq!(
+            set.render(Part::Text, &source, &data, false).unwrap(),
+            "Hi Ada <3 {{other}}"
+        );
+        assert_eq!(literal_template("{-name-", &subs), Err(TAG_AFTER_BRACE));
+        assert_eq!(literal_template("C:\\-name-", &subs), Err(TAG_AFTER_BRACE));
     }
 }

@@ -249,6 +249,26 @@ impl SgError {
     }
 }
 
+/// A native recipient's field (`to[3].metadata.k`) in SendGrid's terms
+/// (`personalizations[1].custom_args.k`); other fields as they are.
+fn personalization_field(field: &str, origins: &[(usize, usize)]) -> String {
+    let parsed = field.strip_prefix("to[").and_then(|rest| {
+        let (n, rest) = rest.split_once(']')?;
+        Some((origins.get(n.parse::<usize>().ok()?)?, rest))
+    });
+    let Some((&(i, j), rest)) = parsed else {
+        return field.to_owned();
+    };
+    let p = format!("personalizations[{i}]");
+    match rest {
+        ".email" | ".name" | "" => format!("{p}.to[{j}]{rest}"),
+        _ => match rest.strip_prefix(".metadata") {
+            Some(key) => format!("{p}.custom_args{key}"),
+            None => format!("{p}{rest}"),
+        },
+    }
+}
+
 /// Native field names that differ from SendGrid's.
 fn sendgrid_field(native: &str) -> String {
     match native {
@@ -263,6 +283,21 @@ fn sendgrid_field(native: &str) -> String {
 
 impl From<ApiError> for SgError {
     fn from(error: ApiError) -> Self {
+        // SendGrid answers a sender it does not know as a verified identity with 403.
+        if matches!(
+            error.code,
+            "unknown_sending_domain" | "unverified_sending_domain"
+        ) {
+            return SgError {
+                status: StatusCode::FORBIDDEN,
+                item: ErrorItem {
+                    message: error.message,
+                    field: Some("from".into()),
+                    help: None,
+                },
+                retry_after: None,
+            };
+        }
         let message = match error.status {
             StatusCode::UNAUTHORIZED => {
                 "The provided authorization grant is invalid, expired, or revoked".to_owned()
@@ -330,7 +365,7 @@ async fn accept(
     })?;
     let mail: Mail =
         sendmill_platform::body::parse(&bytes).map_err(|e| SgError::invalid(e.field, e.message))?;
-    let request = translate(mail, OffsetDateTime::now_utc())?;
+    let (request, origins) = translate(mail, OffsetDateTime::now_utc())?;
     if let Some(batch) = &request.sendgrid_batch {
         match state
             .store
@@ -350,7 +385,12 @@ async fn accept(
             }
         }
     }
-    let answer = send_once(state, &principal, headers, &bytes, request).await?;
+    let answer = send_once(state, &principal, headers, &bytes, request)
+        .await
+        .map_err(|mut error| {
+            error.field = error.field.map(|f| personalization_field(&f, &origins));
+            SgError::from(error)
+        })?;
     let mut response = match answer.status {
         StatusCode::OK => StatusCode::OK.into_response(),
         _ => StatusCode::ACCEPTED.into_response(),
@@ -604,9 +644,13 @@ fn template_id(id: &str) -> Result<uuid::Uuid, SgError> {
         })
 }
 
-/// The native request for `mail` (see the module doc); `now` is not read yet but kept
-/// for symmetry with the native planner. Pure.
-pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<SendRequest, SgError> {
+/// Where each native recipient came from: (personalization, index in its `to`).
+pub type Origins = Vec<(usize, usize)>;
+
+/// The native request for `mail` (see the module doc) and where each of its recipients
+/// came from, to name fields in SendGrid's terms; `now` is not read yet but kept for
+/// symmetry with the native planner. Pure.
+pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<(SendRequest, Origins), SgError> {
     if mail.asm.is_some() {
         return Err(SgError::invalid(
             "asm",
@@ -662,6 +706,18 @@ pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<SendRequest, SgErro
         literal_template(text, &placeholders).map_err(|m| SgError::invalid(field, m))
     };
 
+    if mail.template_id.is_none() {
+        if let Some(i) = mail
+            .personalizations
+            .iter()
+            .position(|p| !p.dynamic_template_data.is_empty())
+        {
+            return Err(SgError::invalid(
+                format!("personalizations[{i}].dynamic_template_data"),
+                "dynamic_template_data needs a template_id",
+            ));
+        }
+    }
     let (mut html, mut text, template) = match &mail.template_id {
         Some(id) => {
             if !mail.content.is_empty() {
@@ -725,6 +781,7 @@ pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<SendRequest, SgErro
     };
 
     let mut to = Vec::new();
+    let mut origins = Origins::new();
     for (i, p) in mail.personalizations.iter().enumerate() {
         let field = |name: &str| format!("personalizations[{i}].{name}");
         if p.from.is_some() {
@@ -779,7 +836,8 @@ pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<SendRequest, SgErro
         } else {
             Vec::new()
         };
-        for mailbox in shown {
+        for (j, mailbox) in shown.into_iter().enumerate() {
+            origins.push((i, j));
             to.push(Recipient {
                 email: mailbox.email,
                 name: mailbox.name,
@@ -808,24 +866,33 @@ pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<SendRequest, SgErro
                 ))
             }
         };
-        if inline && a.content_id.is_none() {
-            return Err(SgError::invalid(
-                format!("attachments[{i}].content_id"),
-                "an inline attachment needs a content_id",
-            ));
+        match (inline, &a.content_id) {
+            (true, None) => {
+                return Err(SgError::invalid(
+                    format!("attachments[{i}].content_id"),
+                    "an inline attachment needs a content_id",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(SgError::invalid(
+                    format!("attachments[{i}].content_id"),
+                    "a content_id is for inline attachments (disposition inline)",
+                ))
+            }
+            _ => {}
         }
         attachments.push(AttachmentInput {
             filename: a.filename,
             content_type: a.kind.unwrap_or_else(|| "application/octet-stream".into()),
             content: a.content,
-            content_id: a.content_id.filter(|_| inline),
+            content_id: a.content_id,
         });
     }
     for (i, category) in mail.categories.iter().enumerate() {
         validate::label(category).map_err(|m| SgError::invalid(format!("categories[{i}]"), m))?;
     }
 
-    Ok(SendRequest {
+    let request = SendRequest {
         from,
         to,
         reply_to,
@@ -850,7 +917,9 @@ pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<SendRequest, SgErro
             .transpose()?,
         sandbox,
         sendgrid_batch: mail.batch_id,
-    })
+        all_or_nothing: true,
+    };
+    Ok((request, origins))
 }
 
 #[cfg(test)]
@@ -859,7 +928,22 @@ mod tests {
 
     fn parse(json: Value) -> Result<SendRequest, SgError> {
         let mail: Mail = serde_json::from_value(json).expect("parses");
-        translate(mail, OffsetDateTime::now_utc())
+        translate(mail, OffsetDateTime::now_utc()).map(|(request, _)| request)
+    }
+
+    #[test]
+    fn native_fields_are_named_in_sendgrids_terms() {
+        let origins = vec![(0, 0), (0, 1), (1, 0)];
+        for (native, sendgrid) in [
+            ("to[1].email", "personalizations[0].to[1].email"),
+            ("to[2].subject", "personalizations[1].subject"),
+            ("to[2].metadata.k", "personalizations[1].custom_args.k"),
+            ("to[0].cc[1].email", "personalizations[0].cc[1].email"),
+            ("to[9].email", "to[9].email"),
+            ("from", "from"),
+        ] {
+            assert_eq!(personalization_field(native, &origins), sendgrid);
+        }
     }
 
     fn field(result: Result<SendRequest, SgError>) -> String {

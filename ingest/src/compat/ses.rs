@@ -190,6 +190,7 @@ fn ses_field(native: &str) -> String {
         "tags" => "EmailTags".into(),
         "ip_pool" => "ConfigurationSetName".into(),
         "template" => "Content.Template.TemplateName".into(),
+        other if other.starts_with("to[") => "Destination".into(),
         other => other.to_owned(),
     }
 }
@@ -251,8 +252,12 @@ pub async fn send_email(
 ) -> Response {
     let result = async {
         let bytes = body.map_err(|rejection| SesError {
-            status: rejection.status(),
-            kind: "BadRequestException",
+            status: StatusCode::BAD_REQUEST,
+            kind: if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "MessageRejected"
+            } else {
+                "BadRequestException"
+            },
             message: rejection.body_text(),
         })?;
         let principal = authenticate(&state, &method, &uri, &headers, &bytes).await?;
@@ -279,6 +284,7 @@ async fn authenticate(
         headers,
         body,
     )
+    .and_then(|signed| signed.require_service("ses").map(|()| signed))
     .map_err(|e| SesError {
         status: StatusCode::FORBIDDEN,
         kind: match e {
@@ -335,20 +341,9 @@ async fn accept(
             if let Some(name) = template {
                 request.template = Some(template_named(state, principal, &name).await?);
             }
+            // A suppressed recipient is accepted and ends `dropped`, as SES accepts mail
+            // to its suppression list and reports it as an event.
             let answer = send_once(state, principal, headers, bytes, *request).await?;
-            let accepted = answer.body.get("accepted").and_then(Value::as_u64);
-            if accepted == Some(0) {
-                // Every recipient suppressed or refused: SES rejects such a message.
-                let reason = answer.body["messages"][0]["reason"]
-                    .as_str()
-                    .unwrap_or("no recipient can be sent to")
-                    .to_owned();
-                return Err(SesError {
-                    status: StatusCode::BAD_REQUEST,
-                    kind: "MessageRejected",
-                    message: reason,
-                });
-            }
             Ok(answer.body["batch_id"]
                 .as_str()
                 .unwrap_or_default()
@@ -387,8 +382,26 @@ fn check_charset(text: &Text, field: &str) -> Result<(), SesError> {
     }
 }
 
+/// An SES address (`a@b.c` or `Name <a@b.c>`, the name possibly RFC 2047-encoded, as SES
+/// requires for non-ASCII names), checked as the native API checks addresses.
 fn mailbox(text: &str, field: &str) -> Result<Mailbox, SesError> {
-    let (email, name) = crate::request::split_address(text);
+    if text.chars().any(char::is_control) {
+        return Err(SesError::invalid(
+            field,
+            "an address has no control characters",
+        ));
+    }
+    // As a header field, so that encoded words in the name are decoded.
+    let field_text = format!("To: {text}");
+    let parsed = mailparse::parse_header(field_text.as_bytes())
+        .ok()
+        .and_then(|(header, _)| mailparse::addrparse_header(&header).ok());
+    let (email, name) = match parsed.as_ref().map(|list| list.as_slice()) {
+        Some([mailparse::MailAddr::Single(single)]) => {
+            (single.addr.clone(), single.display_name.clone())
+        }
+        _ => crate::request::split_address(text),
+    };
     let email = validate::email(&email).map_err(|m| SesError::invalid(field, m))?;
     if let Some(name) = &name {
         validate::header_text(name, validate::MAX_NAME).map_err(|m| SesError::invalid(field, m))?;
@@ -568,23 +581,16 @@ pub fn translate(email: SendEmail) -> Result<Translated, SesError> {
     }
 
     let mut to: Vec<Recipient> = Vec::new();
+    let list = |addresses: &[String], field: &str| {
+        addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| mailbox(a, &format!("Destination.{field}[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+    };
     let (mut cc, mut bcc) = (
-        Some(
-            destination
-                .cc_addresses
-                .iter()
-                .map(|a| crate::request::split_address(a))
-                .map(|(email, name)| Mailbox { email, name })
-                .collect::<Vec<_>>(),
-        ),
-        Some(
-            destination
-                .bcc_addresses
-                .iter()
-                .map(|a| crate::request::split_address(a))
-                .map(|(email, name)| Mailbox { email, name })
-                .collect::<Vec<_>>(),
-        ),
+        Some(list(&destination.cc_addresses, "CcAddresses")?),
+        Some(list(&destination.bcc_addresses, "BccAddresses")?),
     );
     if destination.to_addresses.is_empty() {
         return Err(SesError::invalid(
@@ -592,12 +598,7 @@ pub fn translate(email: SendEmail) -> Result<Translated, SesError> {
             "Sendmill needs at least one To address (Cc and Bcc copies ride with it)",
         ));
     }
-    let shown: Vec<Mailbox> = destination
-        .to_addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| mailbox(a, &format!("Destination.ToAddresses[{i}]")))
-        .collect::<Result<_, _>>()?;
+    let shown = list(&destination.to_addresses, "ToAddresses")?;
     // One `To` field with every address, as SES writes it.
     let to_list: Vec<Mailbox> = if shown.len() > 1 {
         shown.clone()
@@ -640,6 +641,7 @@ pub fn translate(email: SendEmail) -> Result<Translated, SesError> {
         send_at: None,
         sandbox: false,
         sendgrid_batch: None,
+        all_or_nothing: true,
     };
     Ok(Translated::Request {
         request: Box::new(request),
@@ -672,14 +674,9 @@ async fn raw(
     planned.source = "ingest";
     send::mark_suppressed(state, principal, &mut planned).await?;
     let sendable = planned.sendable().count();
-    if sendable == 0 {
-        return Err(SesError {
-            status: StatusCode::BAD_REQUEST,
-            kind: "MessageRejected",
-            message: "every recipient is on a suppression list".into(),
-        });
+    if sendable > 0 {
+        send::admit(state, principal, sendable as u32).await?;
     }
-    send::admit(state, principal, sendable as u32).await?;
     crate::queue::write(state, &planned)
         .await
         .map_err(|refused| SesError::from(refused.error))?;
@@ -712,4 +709,27 @@ async fn template_named(
         id: template.id,
         version: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_take_rfc_2047_names_and_are_checked() {
+        let m = mailbox("=?UTF-8?B?TcO8bGxlcg==?= <m@ok.test>", "ToAddresses[0]").unwrap();
+        assert_eq!(
+            (m.email.as_str(), m.name.as_deref()),
+            ("m@ok.test", Some("Müller"))
+        );
+        let m = mailbox("plain@ok.test", "x").unwrap();
+        assert_eq!((m.email.as_str(), m.name), ("plain@ok.test", None));
+        assert!(mailbox("a@ok.test\r\nBcc: b@ok.test", "x").is_err());
+        let e = mailbox("not an address", "Destination.ToAddresses[1]").unwrap_err();
+        assert!(
+            e.message.starts_with("Destination.ToAddresses[1]"),
+            "{}",
+            e.message
+        );
+    }
 }

@@ -50,6 +50,8 @@ pub enum Sigv4Error {
     PayloadHash,
     #[error("the request signature does not match")]
     Mismatch,
+    #[error("the credential scope names service {0:?}; this endpoint is {1:?}")]
+    Service(String, &'static str),
 }
 
 /// A parsed `Authorization` header with what the signature covers.
@@ -93,12 +95,16 @@ fn uri_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit()
+        {
+            let hex = [bytes[i + 1], bytes[i + 2]];
+            let hex = std::str::from_utf8(&hex).expect("ASCII hex digits");
+            out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -187,12 +193,11 @@ impl Signed {
             .and_then(|v| v.to_str().ok())
             .ok_or(Sigv4Error::Date)?
             .to_owned();
-        if amz_date.len() != 16 || !amz_date.starts_with(date) {
-            return Err(if amz_date.len() == 16 {
-                Sigv4Error::Scope
-            } else {
-                Sigv4Error::Date
-            });
+        if amz_date.len() != 16 || !amz_date.is_ascii() {
+            return Err(Sigv4Error::Date);
+        }
+        if date.len() != 8 || date != &amz_date[..8] {
+            return Err(Sigv4Error::Scope);
         }
         let payload_hash = sha256_hex(body);
         if let Some(given) = headers.get("x-amz-content-sha256") {
@@ -232,9 +237,14 @@ impl Signed {
         })
     }
 
-    /// The service the credential scope names (`ses` for SES).
-    pub fn service(&self) -> &str {
-        &self.service
+    /// Whether the credential scope names `service` (`ses` for SES): a signature made
+    /// for another AWS service is not one for this endpoint.
+    pub fn require_service(&self, service: &'static str) -> Result<(), Sigv4Error> {
+        if self.service == service {
+            Ok(())
+        } else {
+            Err(Sigv4Error::Service(self.service.clone(), service))
+        }
     }
 
     /// Checks the signature with `secret` (the secret access key) and the request's time
@@ -322,6 +332,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(other.verify(secret, at), Err(Sigv4Error::Mismatch));
+    }
+
+    #[test]
+    fn percent_escapes_decode_by_bytes_and_never_panic() {
+        assert_eq!(uri_decode("a%41%2f"), "aA/");
+        assert_eq!(uri_decode("%+1%4"), "%+1%4");
+        assert_eq!(uri_decode("%aé%é"), "%aé%é");
+        assert_eq!(canonical_query("b=2&a=%41 x"), "a=A%20x&b=2");
     }
 
     #[test]

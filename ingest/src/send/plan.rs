@@ -160,6 +160,7 @@ pub fn plan(
     };
     let mut index: u32 = 0;
     let mut first_error = None;
+    let all_or_nothing = request.all_or_nothing;
     for (i, mut r) in request.to.into_iter().enumerate() {
         let refused = |kind, to: &str, error: ApiError| RecipientResult {
             to: to.to_owned(),
@@ -186,6 +187,7 @@ pub fn plan(
         });
         let (copy_send_at, copy_subject) = match checked {
             Ok(checked) => checked,
+            Err(error) if all_or_nothing => return Err(error),
             Err(error) => {
                 first_error.get_or_insert_with(|| error.clone());
                 // Every copy of a refused recipient is refused with it.
@@ -443,6 +445,44 @@ mod tests {
             .into_iter()
             .cloned()
             .collect()
+    }
+
+    #[test]
+    fn recipients_have_their_own_subject_and_send_at_and_a_drop_in_request_is_whole() {
+        let now = OffsetDateTime::now_utc();
+        let later = now + time::Duration::hours(1);
+        let body = serde_json::json!({
+            "from": "a@example.test", "text": "t", "subject": "shared",
+            "to": [{"email": "b@ok.test", "subject": "own",
+                    "send_at": later.format(&time::format_description::well_known::Rfc3339).unwrap()},
+                   "c@ok.test",
+                   {"email": "d@ok.test", "send_at": "2099-01-01T00:00:00Z"}]
+        });
+        let planned = plan_json(&principal(false, false), body.clone()).unwrap();
+        let records = planned.records();
+        assert_eq!(records[0].subject, "own");
+        assert_eq!(records[1].subject, "shared");
+        assert_eq!(
+            planned.copies[0].0.send_at.map(|t| t.unix_timestamp()),
+            Some(later.unix_timestamp())
+        );
+        assert_eq!(planned.copies[1].0.send_at, None);
+        // Too far ahead: only that recipient is refused, naming its field.
+        assert_eq!(planned.copies[2].0.status, RecipientStatus::Invalid);
+        assert_eq!(planned.copies[2].0.field.as_deref(), Some("to[2].send_at"));
+        // A drop-in's request is accepted whole or not at all.
+        let mut request = SendRequest::parse(body.to_string().as_bytes()).unwrap();
+        request.all_or_nothing = true;
+        let error = plan(
+            &principal(false, false),
+            request,
+            &Config::default(),
+            now,
+            BatchId::generate(),
+        )
+        .err()
+        .expect("refused whole");
+        assert_eq!(error.field.as_deref(), Some("to[2].send_at"));
     }
 
     #[test]
