@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         accepted_at: time::OffsetDateTime::UNIX_EPOCH,
         from: submitted.from.clone(),
         to: EmailAddress { email: "to@ok.test".into(), name: None },
+        to_list: vec![],
         cc: vec![],
         envelope_to: None,
         reply_to: None,

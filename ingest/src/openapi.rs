@@ -60,7 +60,48 @@ fn paging() -> Vec<Value> {
     ]
 }
 
+/// An operation of the SendGrid drop-in: the `success` responses, and each of `errors`
+/// in SendGrid's error shape.
+fn sendgrid_operation(
+    id: &str,
+    summary: &str,
+    parameters: Vec<Value>,
+    body: Option<Value>,
+    success: Value,
+    errors: &[u16],
+) -> Value {
+    let mut responses = success.as_object().cloned().unwrap_or_default();
+    for status in errors {
+        let description = match status {
+            400 => "Invalid: SendGrid's error shape naming the field",
+            401 => "Missing or unknown API key",
+            403 => "The key lacks the send scope, or the sender is not a verified sending domain",
+            413 => "Body too large",
+            429 => "Rate limit or daily quota reached: see Retry-After",
+            _ => "A dependency is unavailable",
+        };
+        responses.insert(
+            status.to_string(),
+            json_response(description, schema("SendGridErrors")),
+        );
+    }
+    let mut op = json!({
+        "operationId": id,
+        "tags": ["compatibility"],
+        "summary": summary,
+        "responses": responses
+    });
+    if !parameters.is_empty() {
+        op["parameters"] = Value::Array(parameters);
+    }
+    if let Some(body) = body {
+        op["requestBody"] = body;
+    }
+    op
+}
+
 fn build_document() -> Value {
+    let batch_id = json!({"type": "object", "required": ["batch_id"], "properties": {"batch_id": {"type": "string"}}});
     let paths = json!({
         "/v1/messages": {
             "post": operation("sendMessages", "messages",
@@ -76,76 +117,37 @@ fn build_document() -> Value {
                 &[400, 401, 403, 409, 413, 415, 422, 429, 503])
         },
         "/v3/mail/send": {
-            "post": {
-                "operationId": "sendgridMailSend",
-                "tags": ["compatibility"],
-                "summary": "SendGrid v3 Mail Send, for SendGrid's client libraries (Bearer: a Sendmill API key with the send scope)",
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
-                "requestBody": json_body(schema("SendGridMail")),
-                "responses": {
+            "post": sendgrid_operation("sendgridMailSend",
+                "SendGrid v3 Mail Send, for SendGrid's client libraries (Bearer: a Sendmill API key with the send scope)",
+                vec![json!({"name": "Idempotency-Key", "in": "header", "required": false,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255}})],
+                Some(json_body(schema("SendGridMail"))),
+                json!({
                     "202": {"description": "Accepted; X-Message-Id is the batch id",
                         "headers": {"X-Message-Id": {"schema": {"type": "string"}}}},
-                    "200": {"description": "Sandbox mode: validated, nothing sent"},
-                    "400": json_response("Invalid: SendGrid's error shape naming the field", schema("SendGridErrors")),
-                    "401": json_response("Missing or unknown API key", schema("SendGridErrors")),
-                    "403": json_response("The key lacks the send scope", schema("SendGridErrors")),
-                    "413": json_response("Body too large", schema("SendGridErrors")),
-                    "429": json_response("Rate limit or daily quota reached: see Retry-After", schema("SendGridErrors")),
-                    "503": json_response("A dependency is unavailable", schema("SendGridErrors"))
-                }
-            }
+                    "200": {"description": "Sandbox mode: validated, nothing sent"}
+                }),
+                &[400, 401, 403, 413, 429, 503])
         },
         "/v3/mail/batch": {
-            "post": {
-                "operationId": "sendgridCreateBatch", "tags": ["compatibility"],
-                "summary": "SendGrid: a new batch id, for cancelling scheduled sends together",
-                "responses": {
-                    "201": json_response("The batch id", json!({"type": "object", "required": ["batch_id"], "properties": {"batch_id": {"type": "string"}}})),
-                    "401": json_response("Missing or unknown API key", schema("SendGridErrors")),
-                    "403": json_response("The key lacks the send scope", schema("SendGridErrors")),
-                    "503": json_response("A dependency is unavailable", schema("SendGridErrors"))
-                }
-            }
+            "post": sendgrid_operation("sendgridCreateBatch",
+                "SendGrid: a new batch id, for cancelling scheduled sends together", vec![], None,
+                json!({"201": json_response("The batch id", batch_id.clone())}), &[401, 403, 503])
         },
         "/v3/mail/batch/{batch_id}": {
-            "get": {
-                "operationId": "sendgridGetBatch", "tags": ["compatibility"],
-                "summary": "SendGrid: whether a batch id is valid",
-                "parameters": [path_param("batch_id", "Batch id", json!({"type": "string"}))],
-                "responses": {
-                    "200": json_response("Valid", json!({"type": "object", "required": ["batch_id"], "properties": {"batch_id": {"type": "string"}}})),
-                    "400": json_response("Not a batch id of this account", schema("SendGridErrors")),
-                    "401": json_response("Missing or unknown API key", schema("SendGridErrors")),
-                    "403": json_response("The key lacks the send scope", schema("SendGridErrors")),
-                    "503": json_response("A dependency is unavailable", schema("SendGridErrors"))
-                }
-            }
+            "get": sendgrid_operation("sendgridGetBatch", "SendGrid: whether a batch id is valid (400 if not)",
+                vec![path_param("batch_id", "Batch id", json!({"type": "string"}))], None,
+                json!({"200": json_response("Valid", batch_id)}), &[400, 401, 403, 503])
         },
         "/v3/user/scheduled_sends": {
-            "get": {
-                "operationId": "sendgridListScheduledSends", "tags": ["compatibility"],
-                "summary": "SendGrid: the cancelled batches",
-                "responses": {
-                    "200": json_response("Cancelled batches", json!({"type": "array", "items": schema("SendGridScheduledSend")})),
-                    "401": json_response("Missing or unknown API key", schema("SendGridErrors")),
-                    "403": json_response("The key lacks the send scope", schema("SendGridErrors")),
-                    "503": json_response("A dependency is unavailable", schema("SendGridErrors"))
-                }
-            },
-            "post": {
-                "operationId": "sendgridCancelScheduledSend", "tags": ["compatibility"],
-                "summary": "SendGrid: cancel a batch's scheduled sends (status cancel; pause is refused)",
-                "requestBody": json_body(schema("SendGridScheduledSend")),
-                "responses": {
-                    "201": json_response("Cancelled", schema("SendGridScheduledSend")),
-                    "400": json_response("Invalid: SendGrid's error shape naming the field", schema("SendGridErrors")),
-                    "401": json_response("Missing or unknown API key", schema("SendGridErrors")),
-                    "403": json_response("The key lacks the send scope", schema("SendGridErrors")),
-                    "413": json_response("Body too large", schema("SendGridErrors")),
-                    "503": json_response("A dependency is unavailable", schema("SendGridErrors"))
-                }
-            }
+            "get": sendgrid_operation("sendgridListScheduledSends", "SendGrid: the cancelled batches", vec![], None,
+                json!({"200": json_response("Cancelled batches", json!({"type": "array", "items": schema("SendGridScheduledSend")}))}),
+                &[401, 403, 503]),
+            "post": sendgrid_operation("sendgridCancelScheduledSend",
+                "SendGrid: cancel a batch's scheduled sends (status cancel; pause is refused)", vec![],
+                Some(json_body(schema("SendGridScheduledSend"))),
+                json!({"201": json_response("Cancelled", schema("SendGridScheduledSend"))}),
+                &[400, 401, 403, 413, 503])
         },
         "/v2/email/outbound-emails": {
             "post": {
