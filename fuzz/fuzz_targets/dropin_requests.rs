@@ -5,6 +5,10 @@
 //! deliverable addresses (the `To` list included).
 #![no_main]
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::principal;
 use libfuzzer_sys::fuzz_target;
 use sendmill_ingest::{
     compat::{sendgrid, ses, sigv4},
@@ -12,26 +16,8 @@ use sendmill_ingest::{
     send::plan,
     validate, Config,
 };
-use sendmill_store::{AccountLimits, AccountSettings, Principal, Scope};
-use sendmill_wire::{AccountId, BatchId};
-use std::sync::OnceLock;
+use sendmill_wire::BatchId;
 use time::OffsetDateTime;
-
-fn principal() -> &'static Principal {
-    static PRINCIPAL: OnceLock<Principal> = OnceLock::new();
-    PRINCIPAL.get_or_init(|| Principal {
-        account_id: AccountId::generate(),
-        key_id: uuid::Uuid::nil(),
-        key_prefix: "sm_fuzz".into(),
-        scopes: vec![Scope::Send],
-        settings: AccountSettings {
-            track_opens: true,
-            track_clicks: true,
-        },
-        operator: false,
-        limits: AccountLimits::default(),
-    })
-}
 
 fn check_planned(request: SendRequest) {
     let now = OffsetDateTime::now_utc();
@@ -56,7 +42,7 @@ fn check_planned(request: SendRequest) {
 fuzz_target!(|data: &[u8]| {
     let now = OffsetDateTime::now_utc();
     if let Ok(mail) = parse::<sendgrid::Mail>(data) {
-        if let Ok((request, origins)) = sendgrid::translate(mail, now) {
+        if let Ok((request, origins)) = sendgrid::translate(mail) {
             assert_eq!(origins.len(), request.to.len());
             check_planned(request);
         }

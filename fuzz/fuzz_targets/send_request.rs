@@ -4,28 +4,15 @@
 //! control characters in anything that becomes a header, only deliverable addresses.
 #![no_main]
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::principal;
 use libfuzzer_sys::fuzz_target;
 use sendmill_ingest::{request::SendRequest, send::plan, validate, Config};
-use sendmill_store::{AccountLimits, AccountSettings, Principal, Scope};
-use sendmill_wire::{AccountId, BatchId, EmailAddress};
+use sendmill_wire::{BatchId, EmailAddress};
 use std::sync::OnceLock;
 use time::OffsetDateTime;
-
-fn principal() -> &'static Principal {
-    static PRINCIPAL: OnceLock<Principal> = OnceLock::new();
-    PRINCIPAL.get_or_init(|| Principal {
-        account_id: AccountId::generate(),
-        key_id: uuid::Uuid::nil(),
-        key_prefix: "sm_fuzz".into(),
-        scopes: vec![Scope::Send],
-        settings: AccountSettings {
-            track_opens: true,
-            track_clicks: true,
-        },
-        operator: false,
-        limits: AccountLimits::default(),
-    })
-}
 
 fn assert_header_safe(what: &str, text: &str) {
     assert!(

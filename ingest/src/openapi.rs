@@ -4,7 +4,8 @@
 
 use axum::Json;
 use sendmill_platform::openapi::{
-    document as build, json_body, json_response, operation, path_param, query_param, schema,
+    document as build, json_body, json_response, operation, operation_with_errors, path_param,
+    query_param, schema,
 };
 use serde_json::{json, Map, Value};
 use std::sync::LazyLock;
@@ -70,34 +71,32 @@ fn sendgrid_operation(
     success: Value,
     errors: &[u16],
 ) -> Value {
-    let mut responses = success.as_object().cloned().unwrap_or_default();
-    for status in errors {
-        let description = match status {
-            400 => "Invalid: SendGrid's error shape naming the field",
-            401 => "Missing or unknown API key",
-            403 => "The key lacks the send scope, or the sender is not a verified sending domain",
-            413 => "Body too large",
-            429 => "Rate limit or daily quota reached: see Retry-After",
-            _ => "A dependency is unavailable",
-        };
-        responses.insert(
-            status.to_string(),
-            json_response(description, schema("SendGridErrors")),
-        );
-    }
-    let mut op = json!({
-        "operationId": id,
-        "tags": ["compatibility"],
-        "summary": summary,
-        "responses": responses
-    });
-    if !parameters.is_empty() {
-        op["parameters"] = Value::Array(parameters);
-    }
-    if let Some(body) = body {
-        op["requestBody"] = body;
-    }
-    op
+    let errors: Vec<(u16, &str)> = errors
+        .iter()
+        .map(|&status| {
+            let description = match status {
+                400 => "Invalid: SendGrid's error shape naming the field",
+                401 => "Missing or unknown API key",
+                403 => {
+                    "The key lacks the send scope, or the sender is not a verified sending domain"
+                }
+                413 => "Body too large",
+                429 => "Rate limit or daily quota reached: see Retry-After",
+                _ => "A dependency is unavailable",
+            };
+            (status, description)
+        })
+        .collect();
+    operation_with_errors(
+        id,
+        "compatibility",
+        summary,
+        parameters,
+        body,
+        success,
+        &errors,
+        "SendGridErrors",
+    )
 }
 
 fn build_document() -> Value {
@@ -150,22 +149,19 @@ fn build_document() -> Value {
                 &[400, 401, 403, 413, 503])
         },
         "/v2/email/outbound-emails": {
-            "post": {
-                "operationId": "sesSendEmail",
-                "tags": ["compatibility"],
-                "summary": "Amazon SES v2 SendEmail, for AWS SDKs (AWS Signature V4: access key id = a SigV4 API key's id, secret = the key)",
-                "requestBody": json_body(schema("SesSendEmail")),
-                "responses": {
-                    "200": json_response("Accepted", json!({"type": "object", "required": ["MessageId"],
-                        "properties": {"MessageId": {"type": "string"}}})),
-                    "400": json_response("Invalid (BadRequestException, MessageRejected, LimitExceededException)", schema("SesError")),
-                    "403": json_response("Not authenticated or not allowed", schema("SesError")),
-                    "404": json_response("No template of that name (NotFoundException)", schema("SesError")),
-                    "413": json_response("Body too large", schema("SesError")),
-                    "429": json_response("Rate limit reached (TooManyRequestsException)", schema("SesError")),
-                    "503": json_response("A dependency is unavailable", schema("SesError"))
-                }
-            }
+            "post": operation_with_errors("sesSendEmail", "compatibility",
+                "Amazon SES v2 SendEmail, for AWS SDKs (AWS Signature V4: access key id = a SigV4 API key's id, secret = the key)",
+                vec![], Some(json_body(schema("SesSendEmail"))),
+                json!({"200": json_response("Accepted", json!({"type": "object", "required": ["MessageId"],
+                    "properties": {"MessageId": {"type": "string"}}}))}),
+                &[
+                    (400, "Invalid (BadRequestException, MessageRejected, LimitExceededException)"),
+                    (403, "Not authenticated or not allowed"),
+                    (404, "No template of that name (NotFoundException)"),
+                    (429, "Rate limit reached (TooManyRequestsException)"),
+                    (503, "A dependency is unavailable"),
+                ],
+                "SesError")
         },
         "/v1/messages/{id}": {
             "delete": operation("cancelMessage", "messages", "Cancel a scheduled message before its send_at",

@@ -100,24 +100,49 @@ pub fn operation(
     responses: Value,
     errors: &[u16],
 ) -> Value {
+    let errors: Vec<(u16, &str)> = errors
+        .iter()
+        .map(|&status| {
+            let description = match status {
+                400 => "Invalid request: `field` names what is wrong",
+                401 => "Missing or unknown API key",
+                403 => "The key lacks the scope (or operator role) this needs",
+                404 => "Not found in this account",
+                405 => "Method not allowed",
+                409 => "Conflicts with the current state",
+                413 => "Body too large",
+                415 => "Wrong content type",
+                422 => "Valid JSON that cannot be acted on",
+                429 => "Rate limit or daily quota reached: see Retry-After",
+                _ => "A dependency is unavailable: retry after Retry-After",
+            };
+            (status, description)
+        })
+        .collect();
+    operation_with_errors(
+        id, tag, summary, parameters, body, responses, &errors, "Error",
+    )
+}
+
+/// An operation whose errors have their own shape (the hosted APIs' drop-ins):
+/// `responses` holds the successes; each of `errors` (status, description) answers with
+/// the schema named `error_schema`.
+#[allow(clippy::too_many_arguments)]
+pub fn operation_with_errors(
+    id: &str,
+    tag: &str,
+    summary: &str,
+    parameters: Vec<Value>,
+    body: Option<Value>,
+    responses: Value,
+    errors: &[(u16, &str)],
+    error_schema: &str,
+) -> Value {
     let mut responses = responses.as_object().cloned().unwrap_or_default();
-    for status in errors {
-        let description = match status {
-            400 => "Invalid request: `field` names what is wrong",
-            401 => "Missing or unknown API key",
-            403 => "The key lacks the scope (or operator role) this needs",
-            404 => "Not found in this account",
-            405 => "Method not allowed",
-            409 => "Conflicts with the current state",
-            413 => "Body too large",
-            415 => "Wrong content type",
-            422 => "Valid JSON that cannot be acted on",
-            429 => "Rate limit or daily quota reached: see Retry-After",
-            _ => "A dependency is unavailable: retry after Retry-After",
-        };
+    for (status, description) in errors {
         responses.insert(
             status.to_string(),
-            json_response(description, schema("Error")),
+            json_response(description, schema(error_schema)),
         );
     }
     let mut op = json!({

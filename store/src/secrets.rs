@@ -310,93 +310,99 @@ impl crate::Store {
                 done.sending_domains += updated.rows_affected();
             }
         }
-        let mut after = Uuid::nil();
-        loop {
-            let rows = sqlx::query(
-                "SELECT id, secret, secret_kek_id
-                 FROM webhook_endpoints WHERE id > $1 AND secret_kek_id IS DISTINCT FROM $2
-                 ORDER BY id LIMIT $3",
+        done.webhook_endpoints = self
+            .reseal_column(
+                "webhook_endpoints",
+                "secret",
+                "secret_kek_id",
+                &current,
+                |id, old, stored: String| {
+                    crate::webhooks::open_secret(Some(ring), id, old, stored)
+                        .and_then(|plain| crate::webhooks::seal_secret(Some(ring), id, &plain))
+                },
+                &mut done.failed,
             )
-            .bind(after)
-            .bind(&current)
-            .bind(RESEAL_BATCH)
-            .fetch_all(self.pool())
             .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.get("id");
-            for r in &rows {
-                let id: Uuid = r.get("id");
-                let old: Option<String> = r.get("secret_kek_id");
-                let sealed =
-                    crate::webhooks::open_secret(Some(ring), id, old.as_deref(), r.get("secret"))
-                        .and_then(|plain| crate::webhooks::seal_secret(Some(ring), id, &plain));
-                let (kek, stored) = match sealed {
-                    Ok(sealed) => sealed,
-                    Err(e) => {
-                        done.failed.push(format!("webhook_endpoints {id}: {e}"));
-                        continue;
-                    }
-                };
-                let updated = sqlx::query(
-                    "UPDATE webhook_endpoints SET secret = $2, secret_kek_id = $3
-                     WHERE id = $1 AND secret_kek_id IS NOT DISTINCT FROM $4",
-                )
-                .bind(id)
-                .bind(stored)
-                .bind(kek)
-                .bind(&old)
-                .execute(self.pool())
-                .await?;
-                done.webhook_endpoints += updated.rows_affected();
-            }
-        }
-        let mut after = Uuid::nil();
-        loop {
-            let rows = sqlx::query(
-                "SELECT id, sigv4_secret, sigv4_kek_id
-                 FROM api_keys WHERE id > $1 AND sigv4_secret IS NOT NULL
-                   AND sigv4_kek_id IS DISTINCT FROM $2
-                 ORDER BY id LIMIT $3",
+        done.api_keys = self
+            .reseal_column(
+                "api_keys",
+                "sigv4_secret",
+                "sigv4_kek_id",
+                &current,
+                |id, old, stored: Vec<u8>| {
+                    let kind = SecretKind::Sigv4Secret;
+                    let plain = open_stored(Some(ring), kind, id, old, stored)?;
+                    let (kek, sealed) = ring.seal(kind, id, &plain)?;
+                    Ok((Some(kek), sealed))
+                },
+                &mut done.failed,
             )
-            .bind(after)
-            .bind(&current)
-            .bind(RESEAL_BATCH)
-            .fetch_all(self.pool())
             .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.get("id");
-            for r in &rows {
-                let id: Uuid = r.get("id");
-                let old: Option<String> = r.get("sigv4_kek_id");
-                let sealed = open_stored(
-                    Some(ring),
-                    SecretKind::Sigv4Secret,
-                    id,
-                    old.as_deref(),
-                    r.get("sigv4_secret"),
-                )
-                .and_then(|plain| ring.seal(SecretKind::Sigv4Secret, id, &plain));
-                let (kek, stored) = match sealed {
-                    Ok(sealed) => sealed,
-                    Err(e) => {
-                        done.failed.push(format!("api_keys {id}: {e}"));
-                        continue;
-                    }
-                };
-                let updated = sqlx::query(
-                    "UPDATE api_keys SET sigv4_secret = $2, sigv4_kek_id = $3
-                     WHERE id = $1 AND sigv4_kek_id IS NOT DISTINCT FROM $4",
-                )
-                .bind(id)
-                .bind(stored)
-                .bind(kek)
-                .bind(&old)
-                .execute(self.pool())
-                .await?;
-                done.api_keys += updated.rows_affected();
-            }
-        }
         Ok(done)
+    }
+
+    /// One pass in id order over the rows of `table` whose `value` is set and whose
+    /// `kek` column is not `current`: `reseal` opens each value (row id, KEK id, stored)
+    /// and seals it again, and the row is rewritten only if its KEK id is still the one
+    /// it was read with. A value that does not open is reported in `failed` (`table id:
+    /// why`) and left. Returns how many rows were rewritten.
+    async fn reseal_column<T>(
+        &self,
+        table: &str,
+        value: &str,
+        kek: &str,
+        current: &str,
+        reseal: impl Fn(Uuid, Option<&str>, T) -> Result<(Option<String>, T), crate::StoreError>,
+        failed: &mut Vec<String>,
+    ) -> Result<u64, crate::StoreError>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres>
+            + for<'q> sqlx::Encode<'q, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>
+            + Send,
+    {
+        use sqlx::Row;
+        let select = format!(
+            "SELECT id, {value} AS value, {kek} AS kek FROM {table}
+             WHERE id > $1 AND {value} IS NOT NULL AND {kek} IS DISTINCT FROM $2
+             ORDER BY id LIMIT $3"
+        );
+        let update = format!(
+            "UPDATE {table} SET {value} = $2, {kek} = $3
+             WHERE id = $1 AND {kek} IS NOT DISTINCT FROM $4"
+        );
+        let mut rewritten = 0;
+        let mut after = Uuid::nil();
+        loop {
+            let rows = sqlx::query(&select)
+                .bind(after)
+                .bind(current)
+                .bind(RESEAL_BATCH)
+                .fetch_all(self.pool())
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.get("id");
+            for r in &rows {
+                let id: Uuid = r.get("id");
+                let old: Option<String> = r.get("kek");
+                let (new_kek, sealed) = match reseal(id, old.as_deref(), r.get("value")) {
+                    Ok(sealed) => sealed,
+                    Err(e) => {
+                        failed.push(format!("{table} {id}: {e}"));
+                        continue;
+                    }
+                };
+                let updated = sqlx::query(&update)
+                    .bind(id)
+                    .bind(sealed)
+                    .bind(new_kek)
+                    .bind(&old)
+                    .execute(self.pool())
+                    .await?;
+                rewritten += updated.rows_affected();
+            }
+        }
+        Ok(rewritten)
     }
 }
 

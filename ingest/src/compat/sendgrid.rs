@@ -320,6 +320,21 @@ impl From<ApiError> for SgError {
     }
 }
 
+/// An unreadable body (too large: 413), in SendGrid's shape.
+impl From<BytesRejection> for SgError {
+    fn from(rejection: BytesRejection) -> Self {
+        SgError {
+            status: rejection.status(),
+            item: ErrorItem {
+                message: rejection.body_text(),
+                field: None,
+                help: None,
+            },
+            retry_after: None,
+        }
+    }
+}
+
 impl IntoResponse for SgError {
     fn into_response(self) -> Response {
         let mut response = (
@@ -354,18 +369,10 @@ async fn accept(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, SgError> {
     let principal = sender(state, headers).await?;
-    let bytes = body.map_err(|rejection| SgError {
-        status: rejection.status(),
-        item: ErrorItem {
-            message: rejection.body_text(),
-            field: None,
-            help: None,
-        },
-        retry_after: None,
-    })?;
+    let bytes = body?;
     let mail: Mail =
         sendmill_platform::body::parse(&bytes).map_err(|e| SgError::invalid(e.field, e.message))?;
-    let (request, origins) = translate(mail, OffsetDateTime::now_utc())?;
+    let (request, origins) = translate(mail)?;
     if let Some(batch) = &request.sendgrid_batch {
         match state
             .store
@@ -395,8 +402,8 @@ async fn accept(
         StatusCode::OK => StatusCode::OK.into_response(),
         _ => StatusCode::ACCEPTED.into_response(),
     };
-    if let Some(batch) = answer.body.get("batch_id").and_then(Value::as_str) {
-        if let Ok(value) = HeaderValue::from_str(batch) {
+    if let Some(batch) = answer.batch_id() {
+        if let Ok(value) = HeaderValue::from_str(&batch) {
             response.headers_mut().insert("x-message-id", value);
         }
     }
@@ -481,7 +488,7 @@ pub async fn scheduled_send(
 ) -> Response {
     let result = async {
         let principal = sender(&state, &headers).await?;
-        let bytes = body.map_err(|r| SgError::invalid("", r.body_text()))?;
+        let bytes = body?;
         let input: ScheduledSend = sendmill_platform::body::parse(&bytes)
             .map_err(|e| SgError::invalid(e.field, e.message))?;
         if input.status != "cancel" {
@@ -648,9 +655,8 @@ fn template_id(id: &str) -> Result<uuid::Uuid, SgError> {
 pub type Origins = Vec<(usize, usize)>;
 
 /// The native request for `mail` (see the module doc) and where each of its recipients
-/// came from, to name fields in SendGrid's terms; `now` is not read yet but kept for
-/// symmetry with the native planner. Pure.
-pub fn translate(mail: Mail, _now: OffsetDateTime) -> Result<(SendRequest, Origins), SgError> {
+/// came from, to name fields in SendGrid's terms. Pure.
+pub fn translate(mail: Mail) -> Result<(SendRequest, Origins), SgError> {
     if mail.asm.is_some() {
         return Err(SgError::invalid(
             "asm",
@@ -928,7 +934,7 @@ mod tests {
 
     fn parse(json: Value) -> Result<SendRequest, SgError> {
         let mail: Mail = serde_json::from_value(json).expect("parses");
-        translate(mail, OffsetDateTime::now_utc()).map(|(request, _)| request)
+        translate(mail).map(|(request, _)| request)
     }
 
     #[test]

@@ -344,10 +344,7 @@ async fn accept(
             // A suppressed recipient is accepted and ends `dropped`, as SES accepts mail
             // to its suppression list and reports it as an event.
             let answer = send_once(state, principal, headers, bytes, *request).await?;
-            Ok(answer.body["batch_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned())
+            Ok(answer.batch_id().unwrap_or_default())
         }
         Translated::Raw { mime, recipients } => raw(state, principal, &mime, &recipients).await,
     }

@@ -39,19 +39,37 @@ pub fn key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         })
 }
 
-/// An answer to a request: its status and JSON body, and whether it is an earlier
-/// request's answer replayed.
+/// An answer to a request: its status and body, and whether it is an earlier request's
+/// answer replayed.
 pub struct Answer {
     pub status: StatusCode,
-    pub body: serde_json::Value,
+    pub body: AnswerBody,
     pub replayed: bool,
 }
 
+/// The body of an [`Answer`]: the request's own (serialized only when sent), or JSON
+/// already (stored for an `Idempotency-Key`, or replayed from there).
+pub enum AnswerBody {
+    Fresh(SendResponse),
+    Json(serde_json::Value),
+}
+
 impl Answer {
+    /// The batch id the answer names.
+    pub fn batch_id(&self) -> Option<String> {
+        match &self.body {
+            AnswerBody::Fresh(response) => Some(response.batch_id.to_string()),
+            AnswerBody::Json(json) => json["batch_id"].as_str().map(str::to_owned),
+        }
+    }
+
     /// The native API's response: the body as JSON, `Idempotent-Replayed: true` on a
     /// replay.
     pub fn into_response(self) -> Response {
-        let mut reply = (self.status, Json(self.body)).into_response();
+        let mut reply = match self.body {
+            AnswerBody::Fresh(response) => (self.status, Json(response)).into_response(),
+            AnswerBody::Json(json) => (self.status, Json(json)).into_response(),
+        };
         if self.replayed {
             reply
                 .headers_mut()
@@ -91,7 +109,7 @@ where
             Claim::Replay { status, response } => {
                 return Ok(Answer {
                     status: StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED),
-                    body: response,
+                    body: AnswerBody::Json(response),
                     replayed: true,
                 })
             }
@@ -127,7 +145,7 @@ where
             }
             Ok(Answer {
                 status,
-                body: json,
+                body: AnswerBody::Json(json),
                 replayed: false,
             })
         }

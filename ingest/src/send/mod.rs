@@ -18,7 +18,7 @@
 mod idempotency;
 pub mod plan;
 
-pub use idempotency::{Answer, IDEMPOTENCY_KEY};
+pub use idempotency::{Answer, AnswerBody, IDEMPOTENCY_KEY};
 pub use plan::{plan, Planned};
 
 use crate::{body::JsonBody, queue, request::SendRequest, AppState};
@@ -145,7 +145,7 @@ pub async fn send_once(
                 .map_err(|refused| refused.error)?;
             Ok(Answer {
                 status,
-                body: serde_json::to_value(&response).expect("responses serialize"),
+                body: AnswerBody::Fresh(response),
                 replayed: false,
             })
         }
