@@ -24,6 +24,9 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds for a `Retry-After` header (429s).
     pub retry_after: Option<u64>,
+    /// Where in the field's text the fault is: the 1-based character position (an
+    /// expression's parse error).
+    pub position: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -37,6 +40,8 @@ struct ErrorDetail<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<usize>,
 }
 
 impl ApiError {
@@ -47,6 +52,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            position: None,
         }
     }
 
@@ -105,6 +111,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),
+                position: self.position,
             },
         };
         let mut response = (self.status, Json(body)).into_response();

@@ -57,7 +57,8 @@ fn error_schema() -> Value {
                 "properties": {
                     "code": {"type": "string", "description": "Stable machine-readable code"},
                     "message": {"type": "string"},
-                    "field": {"type": "string", "description": "The request field at fault"}
+                    "field": {"type": "string", "description": "The request field at fault"},
+                    "position": {"type": "integer", "minimum": 1, "description": "Where in the field's text the fault is (1-based character position): a segment expression's parse error"}
                 }
             }
         }

@@ -83,17 +83,20 @@ pub enum Scope {
     Suppressions,
     Stats,
     Webhooks,
+    /// Audiences: contacts, lists, imports, segments.
+    Contacts,
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::Send,
         Scope::Templates,
         Scope::Domains,
         Scope::Suppressions,
         Scope::Stats,
         Scope::Webhooks,
+        Scope::Contacts,
         Scope::Admin,
     ];
 
@@ -105,6 +108,7 @@ impl Scope {
             Scope::Suppressions => "suppressions",
             Scope::Stats => "stats",
             Scope::Webhooks => "webhooks",
+            Scope::Contacts => "contacts",
             Scope::Admin => "admin",
         }
     }
@@ -371,6 +375,21 @@ impl Store {
              WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(keys::hash(presented).as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(principal_from_row))
+    }
+
+    /// The principal of key `key_id`, or `None` for an unknown or revoked key (a web app
+    /// session re-checks its key on every request).
+    pub async fn principal_by_key_id(&self, key_id: Uuid) -> Result<Option<Principal>, StoreError> {
+        let row = sqlx::query(
+            "SELECT k.id, k.account_id, k.prefix, k.scopes, a.track_opens, a.track_clicks,
+                    a.operator, a.send_rate_per_sec, a.daily_quota
+             FROM api_keys k JOIN accounts a ON a.id = k.account_id
+             WHERE k.id = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(key_id)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(principal_from_row))

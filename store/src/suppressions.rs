@@ -110,6 +110,53 @@ impl List {
     }
 }
 
+/// The contact status a suppression for `reason` means, and the cause its contact event
+/// names; `None` for `manual` (an operator's own reasons say nothing about the person).
+fn contact_status(reason: SuppressionReason) -> Option<(&'static str, &'static str)> {
+    match reason {
+        SuppressionReason::Bounce => Some(("bounced", "bounce")),
+        SuppressionReason::Complaint => Some(("complained", "complaint")),
+        SuppressionReason::Unsubscribe => Some(("unsubscribed", "unsubscribe")),
+        SuppressionReason::Manual => None,
+    }
+}
+
+/// The audiences' side of a suppression: each `emails[i]` that is an `active` contact of
+/// the account becomes `statuses[i]`, leaves every list, and gets a contact event naming
+/// `causes[i]`. A contact already not `active` keeps its first cause.
+async fn flip_contacts(
+    tx: &mut sqlx::PgConnection,
+    account_id: AccountId,
+    emails: &[String],
+    statuses: &[&str],
+    causes: &[&str],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH input AS (
+             SELECT * FROM unnest($2::text[], $3::text[], $4::text[]) AS i(email, status, cause)
+         ), flipped AS (
+             UPDATE contacts c SET status = i.status, status_changed_at = now(), updated_at = now()
+             FROM input i
+             WHERE c.account_id = $1 AND c.email = i.email AND c.status = 'active'
+             RETURNING c.id, i.status, i.cause
+         ), left_lists AS (
+             UPDATE list_members m SET state = 'unsubscribed', unsubscribed_at = now(),
+                 updated_at = now(), source = f.cause
+             FROM flipped f
+             WHERE m.account_id = $1 AND m.contact_id = f.id AND m.state <> 'unsubscribed'
+         )
+         INSERT INTO contact_events (account_id, contact_id, kind, source)
+         SELECT $1, id, status, cause FROM flipped",
+    )
+    .bind(account_id.0)
+    .bind(emails)
+    .bind(statuses)
+    .bind(causes)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 fn from_row(r: &sqlx::postgres::PgRow) -> Suppression {
     Suppression {
         email: r.get("email"),
@@ -126,6 +173,13 @@ fn from_row(r: &sqlx::postgres::PgRow) -> Suppression {
 impl Store {
     /// Suppresses `email` for the account, keeping an existing entry as it is. Returns
     /// whether it was newly added.
+    ///
+    /// A bounce, complaint or unsubscribe also flips the account's contact with that
+    /// address (if any, and if still `active`) to `bounced`, `complained` or
+    /// `unsubscribed`, and all its list memberships to `unsubscribed`, with a contact
+    /// event naming the cause, in the same transaction: every stage that records one of
+    /// those (the dispatcher's hard bounces, inbound's returns and complaints, the
+    /// unsubscribe page and one-click POST) keeps the audience true without knowing it.
     pub async fn add_suppression(
         &self,
         account_id: AccountId,
@@ -133,16 +187,22 @@ impl Store {
         reason: SuppressionReason,
         source: Option<&str>,
     ) -> Result<bool, StoreError> {
+        let email = email.to_lowercase();
+        let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
             "INSERT INTO suppressions (account_id, email, reason, source)
              VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, email) DO NOTHING",
         )
         .bind(account_id.0)
-        .bind(email.to_lowercase())
+        .bind(&email)
         .bind(reason.as_str())
         .bind(source)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        if let Some((status, cause)) = contact_status(reason) {
+            flip_contacts(&mut tx, account_id, &[email], &[status], &[cause]).await?;
+        }
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -206,14 +266,32 @@ impl Store {
                      expires_at = EXCLUDED.expires_at, created_at = now()"
             }
         };
+        let mut tx = self.pool().begin().await?;
         let done = sqlx::query(sql)
             .bind(list.account())
             .bind(&emails)
             .bind(&reasons)
             .bind(&sources)
             .bind(&expiries)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        // Lasting entries of an account's list flip its contacts as the stages' do.
+        if let List::Account(account) = list {
+            let mut flips = (Vec::new(), Vec::new(), Vec::new());
+            for (email, entry) in emails.iter().zip(&entries) {
+                if let (Some((status, cause)), None) =
+                    (contact_status(entry.reason), entry.expires_at)
+                {
+                    flips.0.push(email.clone());
+                    flips.1.push(status);
+                    flips.2.push(cause);
+                }
+            }
+            if !flips.0.is_empty() {
+                flip_contacts(&mut tx, account, &flips.0, &flips.1, &flips.2).await?;
+            }
+        }
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 

@@ -98,6 +98,12 @@ impl Caller {
     }
 }
 
+/// A principal a front end already authenticated (the account web app's session
+/// cookie), put in the request's extensions for [`Caller`] to take instead of a bearer
+/// key.
+#[derive(Clone, Debug)]
+pub struct Authenticated(pub Principal);
+
 impl<S> FromRequestParts<S> for Caller
 where
     S: Send + Sync,
@@ -106,6 +112,11 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // A front end that authenticated the request itself (the account web app's
+        // session) leaves the principal here; only server code can.
+        if let Some(Authenticated(principal)) = parts.extensions.get::<Authenticated>() {
+            return Ok(Caller(principal.clone()));
+        }
         let key = parts
             .headers
             .get(header::AUTHORIZATION)
