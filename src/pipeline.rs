@@ -243,6 +243,8 @@ pub async fn start(
                     redis_prefix: redis_prefix.clone(),
                     links: (!config.tracking.secret.is_empty())
                         .then(|| LinkSigner::new(&config.tracking.secret)),
+                    public_base_url: config.tracking.base_url.clone(),
+                    allow_unverified_senders: config.ingest.allow_unverified_domains,
                 };
                 let run = sendmill_analytics::run(config.analytics.clone(), deps, token);
                 boxed(run)

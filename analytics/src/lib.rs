@@ -88,6 +88,9 @@ pub struct Config {
     /// with it). Set it when several analytics processes serve the dashboard. Env:
     /// `SENDMILL_DASHBOARD_SECRET`.
     pub dashboard_secret: String,
+    /// Contacts, lists, imports, segments and the public subscription pages
+    /// (`[analytics.audiences]`), served by this stage.
+    pub audiences: sendmill_audiences::Config,
 }
 
 impl Default for Config {
@@ -105,6 +108,7 @@ impl Default for Config {
             reputation: reputation::ReputationConfig::default(),
             outcomes: outcomes::OutcomesConfig::default(),
             dashboard_secret: String::new(),
+            audiences: sendmill_audiences::Config::default(),
         }
     }
 }
@@ -181,6 +185,8 @@ pub struct AppState {
     pub redis: redis::aio::ConnectionManager,
     pub redis_prefix: String,
     pub sessions: dashboard::Sessions,
+    /// The audiences' handlers' state.
+    pub audiences: sendmill_audiences::Audiences,
 }
 
 /// What the analytics stage needs from outside, built once by the binary.
@@ -201,6 +207,12 @@ pub struct Deps {
     pub redis_prefix: String,
     /// Verifies tracking and unsubscribe tokens; `None` without `tracking.secret`.
     pub links: Option<LinkSigner>,
+    /// Public base URL of this stage's endpoints as recipients reach them
+    /// (`tracking.base_url`): the audiences' preferences and confirmation links.
+    pub public_base_url: String,
+    /// `ingest.allow_unverified_domains`: double opt-in confirmations may come from
+    /// unverified sending domains too (local development only).
+    pub allow_unverified_senders: bool,
 }
 
 /// Why the analytics stage stopped before shutdown.
@@ -227,13 +239,35 @@ impl From<outcomes::OutcomesError> for Error {
 }
 
 impl AppState {
-    fn new(deps: &Deps, config: &Config) -> Result<Self, kafka::KafkaError> {
+    fn new(
+        deps: &Deps,
+        config: &Config,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, kafka::KafkaError> {
         let store = deps.store.clone();
+        let producer = deps.kafka.producer()?;
+        let audiences = sendmill_audiences::Audiences::new(
+            config.audiences.clone(),
+            sendmill_audiences::Deps {
+                store: store.clone(),
+                clickhouse: deps.clickhouse.clone(),
+                producer: producer.clone(),
+                topics: deps.kafka.topics.clone(),
+                links: deps.links.clone(),
+                public_base_url: deps.public_base_url.clone(),
+                suppressions: deps.suppressions.clone(),
+                redis: deps.redis.clone(),
+                redis_prefix: deps.redis_prefix.clone(),
+                allow_unverified_senders: deps.allow_unverified_senders,
+            },
+            shutdown.clone(),
+        );
         Ok(Self {
+            audiences,
             suppressions: deps.suppressions.clone(),
             clickhouse: deps.clickhouse.clone(),
             auth: Authenticator::new(store.clone(), config.auth_cache),
-            producer: deps.kafka.producer()?,
+            producer,
             topics: deps.kafka.topics.clone(),
             links: deps.links.clone(),
             webhooks: config.webhooks.clone(),
@@ -256,7 +290,8 @@ impl AppState {
 /// (the last two when enabled). The first task to fail (or to end before shutdown)
 /// stops the others, and its error is returned.
 pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
-    let state = AppState::new(&deps, &config)?;
+    let state = AppState::new(&deps, &config, &shutdown)?;
+    let audiences = state.audiences.clone();
     let Deps {
         listener,
         kafka,
@@ -325,6 +360,11 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         );
         tasks.spawn(async move { ("outcome watch", watching.await.map_err(Into::into)) });
     }
+    let importing = sendmill_audiences::run(audiences, shutdown.clone());
+    tasks.spawn(async move {
+        importing.await;
+        ("import worker", Ok(()))
+    });
     let inserting = run_inserter(kafka, clickhouse, config, shutdown.clone());
     tasks.spawn(async move { ("inserter", inserting.await.map_err(Into::into)) });
 
@@ -351,10 +391,16 @@ impl FromRef<AppState> for Authenticator {
     }
 }
 
+impl FromRef<AppState> for sendmill_audiences::Audiences {
+    fn from_ref(state: &AppState) -> Self {
+        state.audiences.clone()
+    }
+}
+
 /// The developer-facing routes: the router is built from this table, and the OpenAPI
 /// test probes each to compare them with the document.
 pub fn routes() -> Vec<(&'static str, axum::routing::MethodRouter<AppState>)> {
-    vec![
+    let mut routes = vec![
         ("/openapi.json", get(openapi::serve)),
         ("/v1/messages", get(messages::list)),
         ("/v1/messages/{id}", get(message_timeline)),
@@ -376,7 +422,9 @@ pub fn routes() -> Vec<(&'static str, axum::routing::MethodRouter<AppState>)> {
         ("/v1/webhooks/{id}/replay", post(webhook_api::replay)),
         ("/v1/returns", get(returns_api::list)),
         ("/v1/returns/{id}/raw", get(returns_api::raw)),
-    ]
+    ];
+    routes.extend(sendmill_audiences::routes());
+    routes
 }
 
 pub fn app(state: AppState) -> Router {
@@ -388,6 +436,8 @@ pub fn app(state: AppState) -> Router {
             get(engagement::unsubscribe_page).post(engagement::unsubscribe),
         )
         .merge(dashboard::router())
+        .merge(sendmill_audiences::public_router())
+        .merge(sendmill_audiences::app_api_router(state.audiences.clone()))
         .with_state(state)
         .merge(sendmill_platform::http::ops_router("analytics"))
         .layer(middleware::from_fn(request_id))

@@ -208,10 +208,17 @@ fn build_document() -> Value {
             "properties": {"message_id": {"type": "string", "format": "uuid"}, "status": {"type": "string"},
                 "events": {"type": "array", "items": schema("TimelineEvent")}}}
     });
+    let mut paths = paths;
+    if let Some(paths) = paths.as_object_mut() {
+        paths.extend(sendmill_audiences::openapi::paths());
+    }
+    let mut schemas = schemas.as_object().cloned().unwrap_or_default();
+    schemas.extend(sendmill_audiences::openapi::schemas());
     build(
         "Sendmill analytics API",
-        "Read what happened to messages. Sending is the send API's (`POST /v1/messages`).",
+        "Read what happened to messages, and keep the audiences (contacts, lists, imports, \
+         segments) campaigns go to. Sending is the send API's (`POST /v1/messages`).",
         paths,
-        schemas.as_object().cloned().unwrap_or_default(),
+        schemas,
     )
 }

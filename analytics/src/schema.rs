@@ -20,6 +20,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0003_rollups",
         include_str!("../../deploy/clickhouse/0003_rollups.sql"),
     ),
+    (
+        4,
+        "0004_contact_engagement",
+        include_str!("../../deploy/clickhouse/0004_contact_engagement.sql"),
+    ),
 ];
 
 /// Creates the database and applies the migrations it lacks.

@@ -25,7 +25,7 @@ pub enum Admin {
         #[arg(long, default_value = "default")]
         name: String,
         /// Comma-separated scopes: send, templates, domains, suppressions, stats,
-        /// webhooks, admin.
+        /// webhooks, contacts, admin.
         #[arg(long, value_delimiter = ',', default_value = "send,stats")]
         scopes: Vec<Scope>,
     },
