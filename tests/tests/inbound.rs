@@ -275,6 +275,26 @@ async fn an_arf_report_is_a_complaint_and_the_reputation_monitor_pauses_the_acco
         sent.push((deliver(&p, &p.api_key, &p.domain, &to).await, to));
     }
     let (reported, recipient) = &sent[0];
+    // The complainant is a contact on a list: the complaint flips both.
+    let analytics = format!("http://{}", p.analytics.unwrap());
+    let (status, list, _) = call(
+        &p.http,
+        &p.api_key,
+        reqwest::Method::POST,
+        &format!("{analytics}/v1/lists"),
+        Some(&json!({"name": "Fans", "opt_in": "single"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{list}");
+    let (status, contact, _) = call(
+        &p.http,
+        &p.api_key,
+        reqwest::Method::POST,
+        &format!("{analytics}/v1/contacts"),
+        Some(&json!({"email": recipient, "lists": [list["id"]]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{contact}");
     // The feedback loop returns the message with the recipient redacted: it is matched
     // by the signed Return-Path in the returned copy, sent to the FBL mailbox.
     let original = format!(
@@ -325,6 +345,20 @@ async fn an_arf_report_is_a_complaint_and_the_reputation_monitor_pauses_the_acco
         .await
         .expect("the complainant is suppressed");
     assert_eq!(suppressed["reason"], "complaint");
+    let contact_url = format!(
+        "{analytics}/v1/contacts/{}",
+        contact["id"].as_str().unwrap()
+    );
+    let (_, contact, _) = call(
+        &p.http,
+        &p.api_key,
+        reqwest::Method::GET,
+        &contact_url,
+        None,
+    )
+    .await;
+    assert_eq!(contact["status"], "complained", "{contact}");
+    assert_eq!(contact["lists"][0]["state"], "unsubscribed", "{contact}");
     let timeline = timeline_with(&p, &p.api_key, &second.message_id, "complained").await;
     assert_eq!(
         event(&timeline, "complained")["recipient"],
