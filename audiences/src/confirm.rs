@@ -58,6 +58,7 @@ pub async fn send(state: &Audiences, pending: &PendingConfirmation) -> Result<()
         metadata: [("list_id".to_owned(), pending.list.id.to_string())].into(),
         campaign_id: None,
         ip_pool: None,
+        requested_confirmation: true,
     };
     let mut data = serde_json::Map::new();
     data.insert("confirm_url".into(), url.into());

@@ -127,11 +127,21 @@ pub fn normalise_email(raw: &str) -> Result<String, &'static str> {
     Ok(sendmill_wire::address::email(raw)?.to_lowercase())
 }
 
+/// Column names of the import and export files that are not attributes.
+pub const RESERVED_COLUMNS: [&str; 4] = ["email", "name", "status", "state"];
+
 /// An attribute name: 1-64 of `A-Z a-z 0-9 _ -`, so a segment can name it
-/// (`attributes.<name>`).
+/// (`attributes.<name>`), and none of [`RESERVED_COLUMNS`] (any case), so every
+/// contact exports to a file that imports again.
 pub fn check_attribute_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > MAX_ATTRIBUTE_NAME {
         return Err("attribute names are 1-64 characters");
+    }
+    if RESERVED_COLUMNS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+    {
+        return Err("email, name, status and state are columns, not attribute names");
     }
     if !name
         .bytes()
@@ -195,6 +205,8 @@ pub(crate) fn decode_cursor(raw: &str) -> Result<String, ApiError> {
         .decode(raw)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
+        // Addresses hold no control characters (and PostgreSQL text no NUL).
+        .filter(|s| !s.chars().any(char::is_control))
         .ok_or_else(|| ApiError::invalid("cursor", "not a cursor this API gave"))
 }
 
@@ -225,7 +237,8 @@ pub struct ContactChange {
     pub name: Option<String>,
     /// Merged into the attributes (RFC 7396): a `null` removes the attribute.
     pub attributes: Option<Map<String, Value>>,
-    /// `unsubscribed` (from everything) or `active` again.
+    /// `unsubscribed` (from everything; an active contact only). `active` is refused
+    /// for a contact that is not: only its own confirmed sign-up brings it back.
     pub status: Option<Status>,
 }
 
@@ -289,7 +302,15 @@ pub async fn create(
     let contact = from_row(&row);
     let mut confirmations = Vec::new();
     for list in &lists {
-        if let Some(pending) = crate::lists::subscribe(&mut tx, list, &contact, "api", None).await?
+        if let Some(pending) = crate::lists::subscribe(
+            &mut tx,
+            list,
+            &contact,
+            "api",
+            None,
+            state.config.confirmation_resend_after,
+        )
+        .await?
         {
             confirmations.push(pending);
         }
@@ -303,16 +324,16 @@ pub async fn create(
 }
 
 /// SQL for the status a new contact starts with when its address is on the account's
-/// suppression list for a bounce, complaint or unsubscribe (NULL otherwise), so an
-/// address the account may not mail never starts `active`.
+/// suppression list, for good, for a bounce, complaint or unsubscribe (NULL otherwise),
+/// so an address the account may not mail never starts `active`. An entry that expires
+/// says nothing lasting about the person (as `Store::upsert_suppressions` has it).
 pub(crate) fn suppressed_status_sql(account: &str, email: &str) -> String {
     format!(
         "(SELECT CASE s.reason WHEN 'bounce' THEN 'bounced' WHEN 'complaint' THEN 'complained'
                   WHEN 'unsubscribe' THEN 'unsubscribed' END
           FROM suppressions s
           WHERE s.account_id = {account} AND s.email = {email}
-            AND s.reason IN ('bounce', 'complaint', 'unsubscribe')
-            AND (s.expires_at IS NULL OR s.expires_at > now()))"
+            AND s.reason IN ('bounce', 'complaint', 'unsubscribe') AND s.expires_at IS NULL)"
     )
 }
 
@@ -414,7 +435,22 @@ pub async fn update(
         }
         check_attributes(&attributes).map_err(|(f, m)| ApiError::invalid(f, m))?;
     }
-    let status = change.status.unwrap_or(current.status);
+    // The account may unsubscribe an active contact; nothing but the person's own
+    // confirmed sign-up (double opt-in) makes one active again.
+    let status = match (change.status, current.status) {
+        (Some(Status::Active), now) if now != Status::Active => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "contact_not_active",
+                format!(
+                    "the contact is {}: only their own confirmed sign-up to a double opt-in list makes it active again",
+                    now.as_str()
+                ),
+            ))
+        }
+        (Some(Status::Unsubscribed), Status::Active) => Status::Unsubscribed,
+        _ => current.status,
+    };
     sqlx::query(
         "UPDATE contacts SET name = $3, attributes = $4, status = $5,
              status_changed_at = CASE WHEN status <> $5 THEN now() ELSE status_changed_at END,
@@ -430,14 +466,8 @@ pub async fn update(
     .await
     .map_err(db_error)?;
     if status != current.status {
-        let kind = match status {
-            Status::Unsubscribed => "unsubscribed_all",
-            _ => "reactivated",
-        };
-        if status == Status::Unsubscribed {
-            unsubscribe_memberships(&mut tx, account, id, None, "api").await?;
-        }
-        record_event(&mut tx, account, id, None, kind, "api", None).await?;
+        unsubscribe_memberships(&mut tx, account, id, None, "api").await?;
+        record_event(&mut tx, account, id, None, "unsubscribed_all", "api", None).await?;
     }
     tx.commit().await.map_err(db_error)?;
     Ok(Json(load(&state, account, id).await?))

@@ -76,6 +76,14 @@ pub struct Config {
     /// How long a double opt-in confirmation link works.
     #[serde(with = "sendmill_platform::config::duration")]
     pub confirmation_ttl: Duration,
+    /// A sign-up for an address still unconfirmed sends its confirmation again only
+    /// this long after the last one (the form must not mail-bomb anyone).
+    #[serde(with = "sendmill_platform::config::duration")]
+    pub confirmation_resend_after: Duration,
+    /// The request header a reverse proxy in front of the analytics listener writes the
+    /// client's address into (`x-forwarded-for`: its last entry is taken); empty: the
+    /// peer address. Set it only behind a proxy that overwrites the header.
+    pub client_ip_header: String,
     /// Subscribe form sign-ups per client IP address per minute.
     pub subscribe_per_ip_per_minute: u32,
     /// Subscribe form sign-ups per account per minute.
@@ -92,6 +100,8 @@ impl Default for Config {
             import_lease: Duration::from_secs(60),
             import_poll: Duration::from_secs(2),
             confirmation_ttl: Duration::from_secs(7 * 24 * 3600),
+            confirmation_resend_after: Duration::from_secs(3600),
+            client_ip_header: String::new(),
             subscribe_per_ip_per_minute: 10,
             subscribe_per_account_per_minute: 600,
         }

@@ -190,8 +190,13 @@ async fn check_list(state: &Audiences, account: AccountId, list: &NewList) -> Re
         }
     }
     if let Some(url) = &list.confirmed_url {
+        // Stored as written and sent as a Location header: URL parsing would quietly
+        // drop control characters and spaces that the header cannot carry.
         let parsed = url::Url::parse(url).ok().filter(|u| {
-            matches!(u.scheme(), "https" | "http") && u.host().is_some() && url.len() <= MAX_URL
+            matches!(u.scheme(), "https" | "http")
+                && u.host().is_some()
+                && url.len() <= MAX_URL
+                && url.bytes().all(|b| b.is_ascii_graphic())
         });
         if parsed.is_none() {
             return Err(ApiError::invalid("confirmed_url", "must be an http(s) URL"));
@@ -454,8 +459,15 @@ pub(crate) async fn add(
     source: &str,
     ip: Option<&str>,
     resubscribe: bool,
+    resend_after: std::time::Duration,
 ) -> Result<Subscribed, ApiError> {
-    if contact.status != Status::Active {
+    // A person who unsubscribed from everything may come back by their own sign-up to a
+    // double opt-in list: the confirmation proves the address is theirs, and confirming
+    // makes the contact active again (`public::confirm`). Nothing else brings back a
+    // contact that is not active.
+    let returning =
+        resubscribe && list.opt_in == OptIn::Double && contact.status == Status::Unsubscribed;
+    if contact.status != Status::Active && !returning {
         return Ok(Subscribed::Refused(contact.status));
     }
     let state = match list.opt_in {
@@ -463,11 +475,13 @@ pub(crate) async fn add(
         OptIn::Double => "unconfirmed",
     };
     let existing = sqlx::query(
-        "SELECT state, confirmation_sent_at IS NOT NULL AS sent FROM list_members
-         WHERE list_id = $1 AND contact_id = $2 FOR UPDATE",
+        "SELECT state, confirmation_sent_at IS NOT NULL
+                    AND confirmation_sent_at > now() - make_interval(secs => $3) AS sent
+         FROM list_members WHERE list_id = $1 AND contact_id = $2 FOR UPDATE",
     )
     .bind(list.id)
     .bind(contact.id)
+    .bind(resend_after.as_secs_f64())
     .fetch_optional(&mut *tx)
     .await
     .map_err(db_error)?
@@ -487,10 +501,12 @@ pub(crate) async fn add(
             .await
             .map_err(db_error)?;
         }
-        Some(("unsubscribed", _)) if resubscribe => {
+        // Only through confirmation: on a single opt-in list anyone could sign anyone
+        // back up.
+        Some(("unsubscribed", _)) if resubscribe && list.opt_in == OptIn::Double => {
             sqlx::query(
                 "UPDATE list_members SET state = $3, source = $4, updated_at = now(),
-                     subscribed_at = CASE WHEN $3 = 'subscribed' THEN now() ELSE subscribed_at END
+                     confirmation_sent_at = NULL, confirmed_at = NULL, confirmed_ip = NULL
                  WHERE list_id = $1 AND contact_id = $2",
             )
             .bind(list.id)
@@ -501,9 +517,9 @@ pub(crate) async fn add(
             .await
             .map_err(db_error)?;
         }
-        // A person asking again for a confirmation they did not get, or one that was
-        // never written (Kafka did not take it).
-        Some(("unconfirmed", sent)) if resubscribe || !sent => {}
+        // A confirmation never written (Kafka did not take it), or one asked for again
+        // after `confirmation_resend_after` (no sooner: the form must not mail-bomb).
+        Some(("unconfirmed", false)) => {}
         Some((other, _)) => return Ok(Subscribed::Already(other.to_owned())),
     }
     contacts::record_event(
@@ -534,8 +550,9 @@ pub(crate) async fn subscribe(
     contact: &Contact,
     source: &str,
     ip: Option<&str>,
+    resend_after: std::time::Duration,
 ) -> Result<Option<PendingConfirmation>, ApiError> {
-    match add(tx, list, contact, source, ip, false).await? {
+    match add(tx, list, contact, source, ip, false, resend_after).await? {
         Subscribed::Now | Subscribed::Already(_) => Ok(None),
         Subscribed::Unconfirmed(pending) => Ok(Some(pending)),
         Subscribed::Refused(status) => Err(not_active(status)),
@@ -608,7 +625,8 @@ pub async fn add_member(
             ))
         }
     };
-    let pending = match add(&mut tx, &list, &contact, "api", None, false).await? {
+    let resend_after = state.config.confirmation_resend_after;
+    let pending = match add(&mut tx, &list, &contact, "api", None, false, resend_after).await? {
         Subscribed::Now => None,
         Subscribed::Unconfirmed(pending) => Some(pending),
         Subscribed::Already(state) if state == "unsubscribed" => {

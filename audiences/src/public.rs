@@ -25,6 +25,7 @@ use crate::{
     tokens::{self, ConfirmClaims, PreferencesClaims},
     Audiences,
 };
+use axum::extract::FromRef;
 use axum::{
     body::Bytes,
     extract::{ConnectInfo, FromRequestParts, Path, State},
@@ -34,26 +35,59 @@ use axum::{
 use sendmill_store::SuppressionReason;
 use sendmill_wire::AccountId;
 use sqlx::Row;
-use std::{convert::Infallible, net::SocketAddr};
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// The name of the honeypot field: hidden from people, filled by form-filling bots.
 pub const HONEYPOT: &str = "website";
 
-/// The client's address as the listener saw it.
+/// The client's address: the last entry of `client_ip_header` when one is configured
+/// (a reverse proxy's), else the peer the listener saw.
 pub struct ClientIp(pub Option<String>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl<S> FromRequestParts<S> for ClientIp
+where
+    S: Send + Sync,
+    Audiences: FromRef<S>,
+{
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
-        ))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
+        let config = Audiences::from_ref(state).config;
+        let forwarded = (!config.client_ip_header.is_empty())
+            .then(|| {
+                parts
+                    .headers
+                    .get_all(config.client_ip_header.as_str())
+                    .iter()
+                    .next_back()
+            })
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(ClientIp(forwarded.or(peer).map(|ip| ip.to_string())))
+    }
+}
+
+/// What the per-address limit counts: the address, or its /64 for IPv6 (one host
+/// holds a whole /64 and could step through it).
+fn rate_key(ip: Option<&str>) -> String {
+    match ip.and_then(|ip| ip.parse::<IpAddr>().ok()) {
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(IpAddr::V4(v4)) => format!("ip:{v4}"),
+        None => "ip:unknown".into(),
     }
 }
 
@@ -397,17 +431,23 @@ async fn apply_preferences(
         )
         .await?;
     }
-    // Back on a list they left, by their own hand on their own preferences page.
+    // Back on a list they left, by their own hand on their own preferences page (its
+    // link came to their inbox: for a double opt-in list that is the confirmation).
     let joined = sqlx::query(
-        "UPDATE list_members SET state = 'subscribed', subscribed_at = now(), updated_at = now(),
-             source = 'preferences'
-         WHERE account_id = $1 AND contact_id = $2 AND state = 'unsubscribed'
-           AND list_id = ANY($3)
-         RETURNING list_id",
+        "UPDATE list_members m SET state = 'subscribed', subscribed_at = now(), updated_at = now(),
+             source = 'preferences',
+             confirmed_at = CASE WHEN l.opt_in = 'double' THEN now() ELSE m.confirmed_at END,
+             confirmed_ip = CASE WHEN l.opt_in = 'double' THEN $4 ELSE m.confirmed_ip END
+         FROM lists l
+         WHERE l.id = m.list_id AND l.account_id = m.account_id
+           AND m.account_id = $1 AND m.contact_id = $2 AND m.state = 'unsubscribed'
+           AND m.list_id = ANY($3)
+         RETURNING m.list_id",
     )
     .bind(claims.account.0)
     .bind(claims.contact)
     .bind(keep)
+    .bind(ip)
     .fetch_all(&mut *tx)
     .await?;
     for row in &joined {
@@ -557,7 +597,7 @@ pub async fn subscribe(
         refused("honeypot");
         return thanks();
     }
-    let ip_key = format!("ip:{}", ip.as_deref().unwrap_or("unknown"));
+    let ip_key = rate_key(ip.as_deref());
     let account_key = format!("account:{}", list.account);
     let limits = async {
         Ok::<_, redis::RedisError>(
@@ -652,12 +692,21 @@ async fn sign_up(
         .map_err(contacts::db_error)?;
         contact.name = name.to_owned();
     }
-    let outcome = lists::add(&mut tx, list, &contact, "form", ip, true).await?;
+    let resend_after = state.config.confirmation_resend_after;
+    let outcome = lists::add(&mut tx, list, &contact, "form", ip, true, resend_after).await?;
     tx.commit().await.map_err(contacts::db_error)?;
     if let Subscribed::Unconfirmed(pending) = outcome {
         crate::confirm::send(state, &pending).await?;
     }
     Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConfirmError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Suppressions(#[from] sendmill_tenancy::suppressions::SuppressionError),
 }
 
 fn open_confirm(state: &Audiences, token: &str) -> Option<ConfirmClaims> {
@@ -703,8 +752,12 @@ pub async fn confirm(
         return expired();
     }
     match confirm_membership(&state, &claims, ip.as_deref()).await {
-        Ok(Some(Some(url))) => Redirect::to(&url).into_response(),
-        Ok(Some(None)) => page(
+        // Checked when the list was saved; a value that still cannot be a header
+        // (written by hand into the database) gets the page instead.
+        Ok(Some(Some(url))) if HeaderValue::from_str(&url).is_ok() => {
+            Redirect::to(&url).into_response()
+        }
+        Ok(Some(_)) => page(
             StatusCode::OK,
             "Subscription confirmed",
             "<p>Thank you, your subscription is confirmed.</p>",
@@ -728,10 +781,10 @@ async fn confirm_membership(
     state: &Audiences,
     claims: &ConfirmClaims,
     ip: Option<&str>,
-) -> Result<Option<Option<String>>, sqlx::Error> {
+) -> Result<Option<Option<String>>, ConfirmError> {
     let mut tx = state.store.pool().begin().await?;
     let row = sqlx::query(
-        "SELECT m.state, c.status, l.confirmed_url FROM list_members m
+        "SELECT m.state, c.status, c.email, l.confirmed_url FROM list_members m
          JOIN contacts c ON c.id = m.contact_id AND c.account_id = m.account_id
          JOIN lists l ON l.id = m.list_id AND l.account_id = m.account_id
          WHERE m.account_id = $1 AND m.list_id = $2 AND m.contact_id = $3
@@ -746,13 +799,43 @@ async fn confirm_membership(
         return Ok(None);
     };
     let url: Option<String> = row.get("confirmed_url");
-    if row.get::<&str, _>("status") != "active" {
-        return Ok(None);
-    }
-    match row.get::<&str, _>("state") {
-        "subscribed" => return Ok(Some(url)),
-        "unconfirmed" => {}
+    let status: &str = row.get("status");
+    match (row.get::<&str, _>("state"), status) {
+        ("subscribed", "active") => return Ok(Some(url)),
+        ("unconfirmed", "active" | "unsubscribed") => {}
         _ => return Ok(None),
+    }
+    if status == "unsubscribed" {
+        // A person who had unsubscribed from everything signed up again and confirmed
+        // it: their own earlier unsubscribe is lifted (a bounce or complaint never is).
+        let email: String = row.get("email");
+        let reason: Option<String> = sqlx::query_scalar(
+            "SELECT reason FROM suppressions WHERE account_id = $1 AND email = $2",
+        )
+        .bind(claims.account.0)
+        .bind(&email)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if reason.as_deref().is_some_and(|r| r != "unsubscribe") {
+            return Ok(None);
+        }
+        sqlx::query(
+            "UPDATE contacts SET status = 'active', status_changed_at = now(), updated_at = now()
+             WHERE account_id = $1 AND id = $2",
+        )
+        .bind(claims.account.0)
+        .bind(claims.contact)
+        .execute(&mut *tx)
+        .await?;
+        if reason.is_some() {
+            state
+                .suppressions
+                .delete(
+                    sendmill_store::suppressions::List::Account(claims.account),
+                    &email,
+                )
+                .await?;
+        }
     }
     sqlx::query(
         "UPDATE list_members SET state = 'subscribed', subscribed_at = now(), confirmed_at = now(),
@@ -782,6 +865,19 @@ async fn confirm_membership(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64() {
+        assert_eq!(
+            rate_key(Some("2001:db8:1:2:a::1")),
+            rate_key(Some("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            rate_key(Some("2001:db8:1:2::1")),
+            rate_key(Some("2001:db8:1:3::1"))
+        );
+        assert_eq!(rate_key(Some("192.0.2.7")), "ip:192.0.2.7");
+    }
 
     #[test]
     fn text_is_escaped_into_pages() {

@@ -114,6 +114,8 @@ fn header(fields: &[&[u8]]) -> Result<Header, HeaderError> {
         match lower.as_str() {
             "email" => email = Some(i),
             "name" => name = Some(i),
+            // An export's own columns: the status and membership are not the file's to set.
+            "status" | "state" => {}
             _ => {
                 check_attribute_name(column).map_err(|m| HeaderError::Column {
                     column: i + 1,
@@ -481,11 +483,14 @@ fn json_row(line: u64, bytes: &[u8]) -> Parsed {
     if let Err((field, m)) = crate::contacts::check_attributes(&parsed.attributes) {
         return skip(format!("{field}: {m}"));
     }
+    // A null leaves the attribute as it is, as an empty CSV cell does.
+    let mut attributes = parsed.attributes;
+    attributes.retain(|_, v| !v.is_null());
     Parsed::Row(Row {
         line,
         email,
         name,
-        attributes: parsed.attributes,
+        attributes,
     })
 }
 

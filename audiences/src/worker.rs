@@ -49,13 +49,16 @@ pub async fn run(state: Audiences, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         if last_cleanup.elapsed() >= Duration::from_secs(3600) {
             last_cleanup = tokio::time::Instant::now();
-            if let Err(error) = sqlx::query(
+            // Uploads abandoned by a crash, and the files of jobs that ended (a crash
+            // between the end and the removal, or a failure) are removed.
+            for cleanup in [
                 "DELETE FROM import_jobs WHERE state = 'receiving' AND created_at < now() - interval '1 day'",
-            )
-            .execute(state.store.pool())
-            .await
-            {
-                tracing::warn!(%error, "removing abandoned import uploads");
+                "DELETE FROM import_chunks WHERE job_id IN
+                     (SELECT id FROM import_jobs WHERE state IN ('completed', 'failed'))",
+            ] {
+                if let Err(error) = sqlx::query(cleanup).execute(state.store.pool()).await {
+                    tracing::warn!(%error, "removing abandoned import files");
+                }
             }
         }
         match claim(&state).await {
@@ -83,6 +86,8 @@ pub async fn run(state: Audiences, shutdown: CancellationToken) {
                         .await;
                         if let Err(error) = failed {
                             tracing::warn!(job = %id, %error, "marking the import failed");
+                        } else if let Err(error) = remove_file(&state, id).await {
+                            tracing::warn!(job = %id, %error, "removing a failed import's file");
                         }
                     }
                     Err(error) => tracing::warn!(job = %id, %error, "import interrupted"),
@@ -179,6 +184,11 @@ async fn run_job(
             // The upload checked the header; only a file changed since can get here.
             return fail(state, &job, &error.to_string()).await;
         }
+        // Still re-reading what an earlier worker wrote: nothing is written meanwhile, so
+        // the lease is renewed here, or a long re-read would lose it to another worker.
+        if seen < job.done {
+            renew(state, &job).await?;
+        }
         for p in parsed {
             seen += 1;
             if seen <= job.done {
@@ -210,10 +220,22 @@ async fn run_job(
     if done.rows_affected() == 0 {
         return Err(JobError::LostLease);
     }
-    sqlx::query("DELETE FROM import_chunks WHERE job_id = $1")
-        .bind(job.id)
-        .execute(state.store.pool())
-        .await?;
+    remove_file(state, job.id).await
+}
+
+async fn renew(state: &Audiences, job: &Job) -> Result<(), JobError> {
+    let renewed = sqlx::query(
+        "UPDATE import_jobs SET lease_until = now() + make_interval(secs => $3), updated_at = now()
+         WHERE id = $1 AND lease = $2",
+    )
+    .bind(job.id)
+    .bind(job.lease)
+    .bind(state.config.import_lease.as_secs_f64())
+    .execute(state.store.pool())
+    .await?;
+    if renewed.rows_affected() == 0 {
+        return Err(JobError::LostLease);
+    }
     Ok(())
 }
 
@@ -227,6 +249,15 @@ async fn fail(state: &Audiences, job: &Job, error: &str) -> Result<(), JobError>
     .bind(error)
     .execute(state.store.pool())
     .await?;
+    remove_file(state, job.id).await
+}
+
+/// The job's file, once it ended.
+async fn remove_file(state: &Audiences, job: Uuid) -> Result<(), JobError> {
+    sqlx::query("DELETE FROM import_chunks WHERE job_id = $1")
+        .bind(job)
+        .execute(state.store.pool())
+        .await?;
     Ok(())
 }
 

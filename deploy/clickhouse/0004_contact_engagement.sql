@@ -15,7 +15,7 @@ ORDER BY (account_id, event_type, email);
 CREATE MATERIALIZED VIEW IF NOT EXISTS contact_engagement_mv TO contact_engagement AS
 SELECT
     account_id,
-    lower(recipient) AS email,
+    lowerUTF8(recipient) AS email,
     event_type,
     maxState(occurred_at) AS last_at
 FROM events
@@ -23,7 +23,7 @@ WHERE event_type IN ('delivered', 'opened', 'clicked') AND machine = 0
 GROUP BY account_id, email, event_type;
 
 INSERT INTO contact_engagement
-SELECT account_id, lower(recipient), event_type, maxState(occurred_at)
+SELECT account_id, lowerUTF8(recipient), event_type, maxState(occurred_at)
 FROM events
 WHERE event_type IN ('delivered', 'opened', 'clicked') AND machine = 0
-GROUP BY account_id, lower(recipient), event_type;
+GROUP BY account_id, lowerUTF8(recipient), event_type;

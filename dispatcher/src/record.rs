@@ -24,6 +24,14 @@ impl Dispatcher {
         let Some(suppressed) = found.into_iter().next().flatten() else {
             return Ok(false);
         };
+        // The person asked for this confirmation after unsubscribing (wire's
+        // `MessageContext::requested_confirmation`).
+        if ready.context.requested_confirmation
+            && !suppressed.global
+            && suppressed.reason == sendmill_store::SuppressionReason::Unsubscribe.as_str()
+        {
+            return Ok(false);
+        }
         let mut event = new_event(EventType::Dropped, ready);
         event.reason = Some(if suppressed.global {
             format!("suppressed ({}, global list)", suppressed.reason)

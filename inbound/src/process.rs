@@ -307,6 +307,7 @@ impl Processor {
                     metadata: serde_json::from_str(&r.metadata).unwrap_or_default(),
                     campaign_id: some(r.campaign_id),
                     ip_pool: some(r.ip_pool),
+                    requested_confirmation: false,
                 },
                 source_ip: some(r.source_ip),
                 provider: some(r.provider),

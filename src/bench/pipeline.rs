@@ -270,7 +270,7 @@ pub(crate) struct Run {
     pub(crate) dir: PathBuf,
     pub(crate) config: SendmillConfig,
     pub(crate) ingest: std::net::SocketAddr,
-    analytics: std::net::SocketAddr,
+    pub(crate) analytics: std::net::SocketAddr,
     render_ops: std::net::SocketAddr,
     dispatcher_ops: std::net::SocketAddr,
 }
@@ -910,7 +910,7 @@ fn percentiles(mut values: Vec<f64>) -> Percentiles {
 }
 
 /// VmHWM of `pid`, MiB.
-fn peak_rss_mib(pid: &str) -> Option<f64> {
+pub(crate) fn peak_rss_mib(pid: &str) -> Option<f64> {
     status_kib(pid, "VmHWM:").map(|kib| kib / 1024.0)
 }
 

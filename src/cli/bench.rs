@@ -73,6 +73,21 @@ pub enum Bench {
         #[arg(long, default_value_t = 10_000)]
         bytes: usize,
     },
+    /// Contacts imported per second (a CSV with 10 attribute columns through the import
+    /// API into a `sendmill analytics` child process) and its peak RSS, then segment
+    /// counts over the imported contacts, against PostgreSQL, Redis, Kafka and ClickHouse
+    /// (as configured).
+    Import {
+        /// Imports (each of new addresses into a new list); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Rows per import.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Counts per segment; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        count_runs: usize,
+    },
     /// Delivered messages/s of one dispatcher (and per CPU-second) with messages
     /// pre-loaded in `ready`, to 1 and to 50 destination domains on local smtp-sink hosts,
     /// beside the sinks' own ceiling measured with smtp-source.
@@ -184,6 +199,42 @@ pub async fn run(config: &SendmillConfig, bench: Bench) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             println!("{json}");
+            Ok(())
+        }
+        Bench::Import {
+            runs,
+            rows,
+            count_runs,
+        } => {
+            let r = sendmill::bench::import::import(config, runs.max(1), rows.max(1), count_runs)
+                .await?;
+            println!(
+                "import bench: {} rows x {} attribute columns ({} B of CSV), {} runs, medians",
+                r.rows, r.attribute_columns, r.file_bytes, r.runs
+            );
+            println!(
+                "  {:.0} rows/s (runs {:?}, seconds {:?}); analytics CPU {:.2} s per 10,000 rows; \
+                 RSS {:.0} MiB before, peak {:.0} MiB",
+                r.rows_per_sec,
+                r.rows_per_sec_runs
+                    .iter()
+                    .map(|x| x.round() as u64)
+                    .collect::<Vec<_>>(),
+                r.seconds_runs
+                    .iter()
+                    .map(|x| (x * 10.0).round() / 10.0)
+                    .collect::<Vec<_>>(),
+                r.analytics_cpu_s_per_10k,
+                r.rss_before_mib,
+                r.peak_rss_mib
+            );
+            for (expression, ms, count) in &r.segment_count_ms {
+                println!(
+                    "  segment count over {} contacts: {ms:.0} ms, {count} match: {expression}",
+                    r.contacts
+                );
+            }
+            println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
         Bench::Inbound {

@@ -23,6 +23,7 @@ fn events_for(account: AccountId, per_type: usize, tag: &str, domain_prefix: &st
                 tags: vec![tag.to_owned()],
                 campaign_id: (i % 2 == 0).then(|| format!("{tag}-spring")),
                 ip_pool: Some(["shared", "dedicated"][i % 2].to_owned()),
+                requested_confirmation: false,
                 ..MessageContext::default()
             };
             let recipient = format!("user{i}@{domain_prefix}{}.test", i % 3);

@@ -275,6 +275,43 @@ async fn every_audience_resource_is_the_accounts_own_and_bad_input_changes_nothi
     )
     .await;
     assert_eq!(status, 422, "{answer}");
+    for (path, field) in [
+        ("/v1/contacts?cursor=AA", "cursor"),
+        ("/v1/contacts?status=gone", "query"),
+    ] {
+        let (status, answer) = api(&p, &p.api_key, Method::GET, path, None).await;
+        assert_eq!(
+            (status, answer["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{path}: {answer}"
+        );
+    }
+    let (status, answer) = api(
+        &p,
+        &p.api_key,
+        Method::POST,
+        "/v1/lists",
+        Some(json!({"name": "U", "opt_in": "single", "confirmed_url": "https://x.test/\r\n"})),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("confirmed_url")),
+        "{answer}"
+    );
+    let (status, answer) = api(
+        &p,
+        &p.api_key,
+        Method::POST,
+        "/v1/contacts",
+        Some(json!({"email": "c@ok.test", "attributes": {"Status": 1}})),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("attributes.Status")),
+        "{answer}"
+    );
     let (status, _) = api(
         &p,
         &p.api_key,
@@ -773,6 +810,8 @@ async fn a_bounce_and_an_unsubscribe_flip_the_contact_and_its_memberships() {
 async fn double_opt_in_from_the_public_form_to_a_confirmed_membership() {
     let p = TestPipeline::start_configured(&Stage::ALL, |c| {
         c.analytics.audiences.subscribe_per_ip_per_minute = 2;
+        // As behind a reverse proxy: the client is the header's last entry.
+        c.analytics.audiences.client_ip_header = "x-forwarded-for".into();
     })
     .await;
     let list = created(
@@ -800,13 +839,14 @@ async fn double_opt_in_from_the_public_form_to_a_confirmed_membership() {
         "escaped: {html}"
     );
     assert!(html.contains("name=\"website\""), "the honeypot: {html}");
-    let post = |body: String| {
+    let post = |body: String, client: &'static str| {
         let form = form.clone();
         let http = p.http.clone();
         async move {
             let r = http
                 .post(&form)
                 .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-forwarded-for", format!("203.0.113.250, {client}"))
                 .body(body)
                 .send()
                 .await
@@ -815,8 +855,8 @@ async fn double_opt_in_from_the_public_form_to_a_confirmed_membership() {
         }
     };
     // A bot fills the honeypot: thanked, nothing stored.
-    let (status, _) = post("email=bot%40ok.test&website=http%3A%2F%2Fspam.test".into()).await;
-    assert_eq!(status, 200);
+    let bot = "email=bot%40ok.test&website=http%3A%2F%2Fspam.test";
+    assert_eq!(post(bot.into(), "198.51.100.1").await.0, 200);
     let (_, none) = api(
         &p,
         &p.api_key,
@@ -826,21 +866,18 @@ async fn double_opt_in_from_the_public_form_to_a_confirmed_membership() {
     )
     .await;
     assert_eq!(none["data"], json!([]));
-    let (status, page) = post("email=not-an-address".into()).await;
+    let (status, page) = post("email=not-an-address".into(), "198.51.100.2").await;
     assert_eq!(status, 400, "{page}");
     let person = format!("{}@ok.test", unique("person"));
-    let (status, page) = post(format!(
-        "email={}&name=Ada&website=",
-        person.replace('@', "%40")
-    ))
-    .await;
+    let sign_up = format!("email={}&name=Ada&website=", person.replace('@', "%40"));
+    let (status, page) = post(sign_up.clone(), "198.51.100.3").await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("check your inbox"), "{page}");
-    // Two sign-ups per address and minute: of four more right away, some are refused
-    // (at most two more fit even if a minute turns meanwhile).
+    // Two sign-ups per client address and minute: of four more right away, some are
+    // refused (at most two fit even if a minute turns meanwhile).
     let mut refused = 0;
     for i in 0..4 {
-        let (status, _) = post(format!("email=more{i}%40ok.test")).await;
+        let (status, _) = post(format!("email=more{i}%40ok.test"), "198.51.100.4").await;
         assert!(status == 200 || status == 429, "{status}");
         refused += usize::from(status == 429);
     }
@@ -865,31 +902,15 @@ async fn double_opt_in_from_the_public_form_to_a_confirmed_membership() {
         Some("unconfirmed"),
         "{contact}"
     );
-    // The confirmation went through the pipeline: accepted by audiences, delivered.
-    let confirmation = poll_until(LIMIT, || async {
-        p.events()
-            .into_iter()
-            .find(|e| e.recipient == person && e.event_type == sendmill_wire::EventType::Accepted)
-    })
-    .await
-    .expect("a confirmation message was accepted");
-    assert_eq!(confirmation.stage, "audiences");
-    let id = confirmation.message_id.to_string();
-    p.wait_for_status(&id, "delivered", LIMIT).await;
-    let dump = std::fs::read_to_string(dumped_message(&id).unwrap()).unwrap();
-    let decoded = dump.replace("=\r\n", "").replace("=\n", "");
-    assert!(
-        decoded.contains("Subject: Please confirm your subscription to Letters"),
-        "{dump}"
+    let (first, link) = confirmation(&p, &person, &[]).await;
+    // Asking again at once sends nothing more (the confirmation is written before the
+    // form answers, so none can still be on its way).
+    assert_eq!(post(sign_up.clone(), "198.51.100.5").await.0, 200);
+    assert_eq!(
+        accepted_for(&p, &person).len(),
+        1,
+        "one confirmation, not two"
     );
-    let start = decoded
-        .find(&format!("{TRACKING_BASE}/confirm/"))
-        .expect("a confirmation link");
-    let link: String = decoded[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(*c))
-        .collect();
-    let link = local(&p, &link);
 
     // Fetching the link (a scanner would) confirms nothing; the button does.
     let r = p.http.get(&link).send().await.unwrap();
@@ -902,7 +923,12 @@ async fn double_opt_in_from_the_public_form_to_a_confirmed_membership() {
     tampered.insert(tampered.len() - 3, 'x');
     let r = no_redirects().post(&tampered).send().await.unwrap();
     assert_eq!(r.status(), 400);
-    let r = no_redirects().post(&link).send().await.unwrap();
+    let r = no_redirects()
+        .post(&link)
+        .header("x-forwarded-for", "192.0.2.44")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "https://shop.test/welcome");
     let (_, members) = api(
@@ -915,23 +941,81 @@ async fn double_opt_in_from_the_public_form_to_a_confirmed_membership() {
     .await;
     let member = &members["data"][0];
     assert_eq!(member["email"], person.as_str(), "{members}");
-    assert_eq!(member["confirmed_ip"], "127.0.0.1", "{members}");
+    assert_eq!(member["confirmed_ip"], "192.0.2.44", "{members}");
     assert!(member["confirmed_at"].is_string(), "{members}");
+    let contact_id = contact["id"].as_str().unwrap();
+    let kinds = |events: &Value| -> Vec<String> {
+        events["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
     let (_, events) = api(
         &p,
         &p.api_key,
         Method::GET,
-        &format!("/v1/contacts/{}/events", contact["id"].as_str().unwrap()),
+        &format!("/v1/contacts/{contact_id}/events"),
         None,
     )
     .await;
-    let kinds: Vec<&str> = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["unconfirmed", "confirmed"], "{events}");
+    assert_eq!(kinds(&events), ["unconfirmed", "confirmed"], "{events}");
+
+    // The person unsubscribes from everything; the account cannot make them active
+    // again, but their own confirmed sign-up does, and lifts their unsubscribe.
+    let preferences = local(
+        &p,
+        contact_by_email(&p, &person).await["preferences_url"]
+            .as_str()
+            .unwrap(),
+    );
+    let r = p
+        .http
+        .post(&preferences)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("action=unsubscribe_all")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let store = p.store().await;
+    assert_eq!(
+        store
+            .suppression(p.account, &person)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("unsubscribe")
+    );
+    let (status, answer) = api(
+        &p,
+        &p.api_key,
+        Method::PATCH,
+        &format!("/v1/contacts/{contact_id}"),
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(post(sign_up, "198.51.100.6").await.0, 200);
+    assert_eq!(
+        membership(&contact_by_email(&p, &person).await, list_id),
+        Some("unconfirmed")
+    );
+    let (_, link) = confirmation(&p, &person, &[first]).await;
+    let r = no_redirects().post(&link).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let back = contact_by_email(&p, &person).await;
+    assert_eq!(
+        (back["status"].as_str(), membership(&back, list_id)),
+        (Some("active"), Some("subscribed")),
+        "{back}"
+    );
+    assert_eq!(
+        store.suppression(p.account, &person).await.unwrap(),
+        None,
+        "the unsubscribe is lifted"
+    );
 
     // A list without a public form has none.
     let closed = created(
@@ -951,6 +1035,43 @@ async fn double_opt_in_from_the_public_form_to_a_confirmed_membership() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+}
+
+/// The ids of the messages audiences accepted for `person` (confirmations), oldest first.
+fn accepted_for(p: &TestPipeline, person: &str) -> Vec<String> {
+    p.events()
+        .into_iter()
+        .filter(|e| e.recipient == person && e.event_type == sendmill_wire::EventType::Accepted)
+        .inspect(|e| assert_eq!(e.stage, "audiences"))
+        .map(|e| e.message_id.to_string())
+        .collect()
+}
+
+/// A confirmation for `person` other than `seen`: waits until it is delivered through
+/// the pipeline and answers its id and link (pointed at this pipeline).
+async fn confirmation(p: &TestPipeline, person: &str, seen: &[String]) -> (String, String) {
+    let id = poll_until(LIMIT, || async {
+        accepted_for(p, person)
+            .into_iter()
+            .find(|id| !seen.contains(id))
+    })
+    .await
+    .expect("a confirmation message was accepted");
+    p.wait_for_status(&id, "delivered", LIMIT).await;
+    let dump = std::fs::read_to_string(dumped_message(&id).unwrap()).unwrap();
+    let decoded = dump.replace("=\r\n", "").replace("=\n", "");
+    assert!(
+        decoded.contains("Subject: Please confirm your subscription to Letters"),
+        "{dump}"
+    );
+    let start = decoded
+        .find(&format!("{TRACKING_BASE}/confirm/"))
+        .expect("a confirmation link");
+    let link: String = decoded[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(*c))
+        .collect();
+    (id, local(p, &link))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,12 @@ pub struct MessageContext {
     pub campaign_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_pool: Option<String>,
+    /// A double opt-in confirmation a person asked for (the audiences' subscribe form):
+    /// the account's `unsubscribe` suppression does not stop it, so someone who once
+    /// unsubscribed from everything can sign up again; a bounce, a complaint, a manual
+    /// entry or the global list still do. Only the audiences set it: no API request can.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requested_confirmation: bool,
 }
 
 /// `sendmill.requested.{lane}.v1`: one accepted recipient, ready to be rendered.

@@ -247,10 +247,14 @@ fn compare(field: &Field, op: Op, value: &Literal, params: &mut Vec<Param>) -> S
             let Literal::Text(text) = value else {
                 return "FALSE".into();
             };
-            let text = if matches!(field, Field::Email) {
-                text.to_lowercase()
-            } else {
-                text.clone()
+            // Compared with addresses as contacts keep them: a whole address in its
+            // canonical form (IDNA A-label domain), lower-cased; a fragment lower-cased.
+            let text = match field {
+                Field::Email if matches!(op, Op::Eq | Op::Ne) => {
+                    crate::contacts::normalise_email(text).unwrap_or_else(|_| text.to_lowercase())
+                }
+                Field::Email => text.to_lowercase(),
+                _ => text.clone(),
             };
             let p = push(params, Param::Text(pattern(op, &text)));
             if text_match {
@@ -259,12 +263,27 @@ fn compare(field: &Field, op: Op, value: &Literal, params: &mut Vec<Param>) -> S
                 format!("({column} {sql_op} {p} COLLATE \"C\")")
             }
         }
-        Field::Attribute(path) => match op {
-            Op::Eq => {
+        Field::Attribute(path) => match (op, value) {
+            // Numbers compare as exact decimals for every operator (containment would
+            // compare a large integer as a float), and only with numbers.
+            (Op::Eq | Op::Ne, Literal::Number(n)) => {
+                let path_p = push(params, Param::Texts(path.clone()));
+                let value_p = push(params, Param::Text(n.clone()));
+                let equal = format!(
+                    "((CASE WHEN jsonb_typeof(c.attributes #> {path_p}::text[]) = 'number'
+                      THEN (c.attributes #>> {path_p}::text[])::numeric = {value_p}::numeric END) IS TRUE)"
+                );
+                if op == Op::Eq {
+                    equal
+                } else {
+                    format!("(NOT {equal})")
+                }
+            }
+            (Op::Eq, _) => {
                 let p = push(params, Param::Json(nested(path, json_of(value))));
                 format!("(c.attributes @> {p}::jsonb)")
             }
-            Op::Ne => {
+            (Op::Ne, _) => {
                 let p = push(params, Param::Json(nested(path, json_of(value))));
                 format!("(NOT (c.attributes @> {p}::jsonb))")
             }

@@ -191,7 +191,7 @@ pub fn parse(source: &str) -> Result<Expr, ExprError> {
 }
 
 /// Refuses deep nesting before the (recursive) parser sees it: more than 32 open
-/// parentheses at once, or more than 32 `not`s, outside strings.
+/// parentheses at once, or more than 32 `not`s in a row, outside strings.
 fn check_nesting(source: &str) -> Result<(), ExprError> {
     let (mut depth, mut nots) = (0usize, 0usize);
     let (mut in_string, mut escaped) = (false, false);
@@ -227,6 +227,8 @@ fn check_nesting(source: &str) -> Result<(), ExprError> {
                     "the expression nests too deeply",
                 ));
             }
+        } else if !word.is_empty() {
+            nots = 0;
         }
         word.clear();
         match c {
@@ -510,6 +512,7 @@ mod tests {
             (r#"attributes.vip > true"#, 16, "= and !="),
             (r#"status = "gone""#, 10, "status is"),
             (r#"email = 3"#, 9, "string"),
+            (r#"attributes.zip = 01234"#, 18, "expected"),
             (r#"(attributes.a = 1"#, 18, "expected"),
             (r#"émoji = 1"#, 1, "expected"),
             (r#"name = "é" and ?"#, 16, "expected"),
@@ -535,6 +538,11 @@ mod tests {
             .unwrap_err()
             .message
             .contains("nests too deeply"));
+        // Many `not`s one after another are not nesting.
+        let many: Vec<String> = (0..40)
+            .map(|i| format!("not has(attributes.a{i})"))
+            .collect();
+        assert!(parse(&many.join(" and ")).is_ok());
         // Inside a string, parentheses are text.
         assert!(parse(&format!("name = \"{}\"", "(".repeat(100))).is_ok());
     }

@@ -264,6 +264,7 @@ pub fn plan(
                     metadata: metadata.clone(),
                     campaign_id: request.campaign_id.clone(),
                     ip_pool: request.ip_pool.clone(),
+                    requested_confirmation: false,
                 },
                 options: options.clone(),
                 attachments: attachments.clone(),
