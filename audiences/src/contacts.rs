@@ -532,17 +532,37 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Contacts)?;
-    let id = path_id(&id, "contact")?;
-    let done = sqlx::query("DELETE FROM contacts WHERE account_id = $1 AND id = $2")
-        .bind(caller.0.account_id.0)
+    delete_owned(&state, caller.0.account_id, "contacts", &id, "contact").await
+}
+
+/// Deletes the account's row `raw_id` of `table` (one of this crate's table names,
+/// never user text): 204, or 404 naming `what` when the account has none.
+pub(crate) async fn delete_owned(
+    state: &Audiences,
+    account: AccountId,
+    table: &'static str,
+    raw_id: &str,
+    what: &str,
+) -> Result<StatusCode, ApiError> {
+    let id = path_id(raw_id, what)?;
+    let done = sqlx::query(&format!("DELETE FROM {table} WHERE account_id = $1 AND id = $2"))
+        .bind(account.0)
         .bind(id)
         .execute(state.store.pool())
         .await
         .map_err(db_error)?;
     if done.rows_affected() == 0 {
-        return Err(ApiError::not_found("contact"));
+        return Err(ApiError::not_found(what));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A unique violation as 409 saying `message`; any other error as [`db_error`].
+pub(crate) fn conflict_or(error: sqlx::Error, message: &str) -> ApiError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::conflict(message),
+        _ => db_error(error),
+    }
 }
 
 /// `GET /v1/contacts` (scope `contacts`): a page ordered by address.

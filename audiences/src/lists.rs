@@ -232,12 +232,7 @@ async fn check_list(state: &Audiences, account: AccountId, list: &NewList) -> Re
 }
 
 fn conflict_or(error: sqlx::Error) -> ApiError {
-    match &error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            ApiError::conflict("a list with this name exists")
-        }
-        _ => db_error(error),
-    }
+    contacts::conflict_or(error, "a list with this name exists")
 }
 
 /// `POST /v1/lists` (scope `contacts`): 201 with the list; 409 for a name in use.
@@ -372,17 +367,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Contacts)?;
-    let id = path_id(&id, "list")?;
-    let done = sqlx::query("DELETE FROM lists WHERE account_id = $1 AND id = $2")
-        .bind(caller.0.account_id.0)
-        .bind(id)
-        .execute(state.store.pool())
-        .await
-        .map_err(db_error)?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::not_found("list"));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    contacts::delete_owned(&state, caller.0.account_id, "lists", &id, "list").await
 }
 
 /// The account's lists `ids`, locked against deletion until the transaction ends; 404

@@ -122,12 +122,7 @@ async fn count_of(state: &Audiences, account: AccountId, c: &Compiled) -> Result
 }
 
 fn conflict_or(error: sqlx::Error) -> ApiError {
-    match &error {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            ApiError::conflict("a segment with this name exists")
-        }
-        _ => db_error(error),
-    }
+    contacts::conflict_or(error, "a segment with this name exists")
 }
 
 /// `POST /v1/segments` (scope `contacts`): 201 with the segment.
@@ -247,17 +242,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Contacts)?;
-    let id = path_id(&id, "segment")?;
-    let done = sqlx::query("DELETE FROM segments WHERE account_id = $1 AND id = $2")
-        .bind(caller.0.account_id.0)
-        .bind(id)
-        .execute(state.store.pool())
-        .await
-        .map_err(db_error)?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::not_found("segment"));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    contacts::delete_owned(&state, caller.0.account_id, "segments", &id, "segment").await
 }
 
 /// `GET /v1/segments/{id}/count` (scope `contacts`): how many contacts match now.
