@@ -545,12 +545,14 @@ pub(crate) async fn delete_owned(
     what: &str,
 ) -> Result<StatusCode, ApiError> {
     let id = path_id(raw_id, what)?;
-    let done = sqlx::query(&format!("DELETE FROM {table} WHERE account_id = $1 AND id = $2"))
-        .bind(account.0)
-        .bind(id)
-        .execute(state.store.pool())
-        .await
-        .map_err(db_error)?;
+    let done = sqlx::query(&format!(
+        "DELETE FROM {table} WHERE account_id = $1 AND id = $2"
+    ))
+    .bind(account.0)
+    .bind(id)
+    .execute(state.store.pool())
+    .await
+    .map_err(db_error)?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found(what));
     }
