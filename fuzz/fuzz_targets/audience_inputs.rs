@@ -39,15 +39,17 @@ fn rows(file: &[u8], cut: usize, csv: bool) -> Vec<Parsed> {
     let (a, b) = file.split_at(cut.min(file.len()));
     if csv {
         let mut parser = CsvRows::new(256);
-        let _ = parser
-            .feed(a, &mut |p| out.push(p))
-            .and_then(|()| parser.feed(b, &mut |p| out.push(p)))
-            .and_then(|()| parser.finish(&mut |p| out.push(p)));
+        let mut emit = |p| out.push(p);
+        // A refused header ends the file (nothing was emitted for it).
+        if parser.feed(a, &mut emit).is_ok() && parser.feed(b, &mut emit).is_ok() {
+            let _ = parser.finish(&mut emit);
+        }
     } else {
         let mut parser = NdjsonRows::new(256);
-        parser.feed(a, &mut |p| out.push(p));
-        parser.feed(b, &mut |p| out.push(p));
-        parser.finish(&mut |p| out.push(p));
+        let mut emit = |p| out.push(p);
+        parser.feed(a, &mut emit);
+        parser.feed(b, &mut emit);
+        parser.finish(&mut emit);
     }
     out
 }
