@@ -124,7 +124,10 @@ pub(crate) fn from_row(row: &PgRow) -> Contact {
 /// (IDNA A-label domain), lower-cased like the suppression lists. Errors: why it is not
 /// an address.
 pub fn normalise_email(raw: &str) -> Result<String, &'static str> {
-    Ok(sendmill_wire::address::email(raw)?.to_lowercase())
+    let lower = sendmill_wire::address::email(raw)?.to_lowercase();
+    // Lower-casing can lengthen a UTF-8 local part past RFC 5321's limits (and change
+    // its normal form): the result is checked again, so a stored address is one.
+    sendmill_wire::address::email(&lower)
 }
 
 /// Column names of the import and export files that are not attributes.
@@ -720,6 +723,8 @@ mod tests {
             "ada@example.test"
         );
         assert!(normalise_email("no-at-sign").is_err());
+        // 32 × 'İ' is 64 octets; lower-cased ("i̇", 3 octets each) it is too long.
+        assert!(normalise_email(&format!("{}@ok.test", "İ".repeat(32))).is_err());
     }
 
     #[test]
