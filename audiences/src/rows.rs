@@ -178,8 +178,10 @@ pub struct CsvRows {
     overflow: Option<&'static str>,
     header: Option<Header>,
     bom: BomStrip,
-    /// Line feeds taken so far.
+    /// Line breaks taken so far (CRLF, LF or a lone CR: csv-core ends records at each).
     newlines: u64,
+    /// The last byte taken was a CR (a LF right after it is the same break).
+    after_cr: bool,
     /// The line the record being read started on.
     record_line: u64,
     in_record: bool,
@@ -198,6 +200,7 @@ impl CsvRows {
             header: None,
             bom: BomStrip::default(),
             newlines: 0,
+            after_cr: false,
             record_line: 1,
             in_record: false,
         }
@@ -245,17 +248,21 @@ impl CsvRows {
             // its first byte that is not a line break (csv-core skips blank lines, and
             // may take the previous record's line feed with the next call).
             let taken = &input[..nin];
+            let mut lead = 0;
             if !self.in_record {
-                let lead = taken
+                lead = taken
                     .iter()
                     .take_while(|&&b| b == b'\n' || b == b'\r')
                     .count();
                 if lead < taken.len() {
-                    self.record_line = self.newlines + count_newlines(&taken[..lead]) + 1;
+                    self.newlines += self.breaks(&taken[..lead]);
+                    self.record_line = self.newlines + 1;
                     self.in_record = true;
+                } else {
+                    lead = 0;
                 }
             }
-            self.newlines += count_newlines(taken);
+            self.newlines += self.breaks(&taken[lead..]);
             input = &input[nin..];
             self.out_len += nout;
             self.ends_len += nend;
@@ -288,6 +295,28 @@ impl CsvRows {
         }
     }
 
+    /// The line breaks in `bytes`, the stream's next bytes: CRLF counts once, as do a
+    /// lone CR and a lone LF, a CRLF cut between two calls included.
+    fn breaks(&mut self, bytes: &[u8]) -> u64 {
+        let mut n = 0;
+        for &b in bytes {
+            match b {
+                b'\r' => {
+                    n += 1;
+                    self.after_cr = true;
+                }
+                b'\n' => {
+                    if !self.after_cr {
+                        n += 1;
+                    }
+                    self.after_cr = false;
+                }
+                _ => self.after_cr = false,
+            }
+        }
+        n
+    }
+
     fn record(&mut self, emit: &mut impl FnMut(Parsed)) -> Result<(), HeaderError> {
         let line = self.record_line;
         if let Some(reason) = self.overflow {
@@ -310,10 +339,6 @@ impl CsvRows {
         emit(csv_row(header, line, &fields));
         Ok(())
     }
-}
-
-fn count_newlines(bytes: &[u8]) -> u64 {
-    bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 fn csv_row(header: &Header, line: u64, fields: &[&[u8]]) -> Parsed {
@@ -568,6 +593,25 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = file.chunks(1).collect();
         assert_eq!(csv(&bytes, 1024).unwrap(), whole);
+        // Records ended by a lone CR are lines of their own too.
+        let cr = b"email\ra@ok.test\rb@ok.test\r\nc@ok.test";
+        let lines: Vec<u64> = csv(&[cr], 1024)
+            .unwrap()
+            .iter()
+            .map(|p| match p {
+                Parsed::Row(r) => r.line,
+                Parsed::Skip { line, .. } => *line,
+            })
+            .collect();
+        assert_eq!(lines, [2, 3, 4]);
+        for cut in 1..cr.len() {
+            let (a, b) = cr.split_at(cut);
+            assert_eq!(
+                csv(&[a, b], 1024).unwrap(),
+                csv(&[cr], 1024).unwrap(),
+                "cut at {cut}"
+            );
+        }
         // A byte order mark cut in two, and blank lines cut anywhere.
         let marked = b"\xEF\xBB\xBFemail\r\n\r\n\r\na@ok.test\r\n\nb@ok.test";
         let whole = csv(&[marked], 1024).unwrap();
