@@ -158,6 +158,22 @@ async fn every_audience_resource_is_the_accounts_own_and_bad_input_changes_nothi
     )
     .await;
     assert_eq!((status, count["count"].as_i64()), (200, Some(1)), "{count}");
+    // The segment's contacts as CSV, in the import's shape.
+    let r = p
+        .http
+        .get(format!(
+            "http://{}/v1/segments/{segment_id}/export",
+            p.analytics.unwrap()
+        ))
+        .bearer_auth(&p.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "email,name,plan,seats,status\nada@example.test,Ada,pro,12,active\n"
+    );
 
     // Another account sees none of it, and cannot change or use it.
     for path in [
