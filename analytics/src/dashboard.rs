@@ -19,7 +19,7 @@ use aws_lc_rs::{constant_time, hmac};
 use axum::{
     body::Bytes,
     extract::{FromRequestParts, State},
-    http::{header, request::Parts, HeaderMap, StatusCode},
+    http::{header, request::Parts, StatusCode},
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
     Json, Router,
@@ -92,7 +92,7 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let token = cookie(&parts.headers, COOKIE);
+        let token = sendmill_platform::http::cookie(&parts.headers, COOKIE);
         let key_id = token.and_then(|t| state.sessions.check(&t, OffsetDateTime::now_utc()));
         let allowed = match key_id {
             Some(id) => state.store.operator_key_active(id).await.map_err(|error| {
@@ -118,17 +118,6 @@ impl FromRequestParts<AppState> for Operator {
         }
         Ok(Operator)
     }
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
 }
 
 pub fn router() -> Router<AppState> {

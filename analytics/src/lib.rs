@@ -239,11 +239,7 @@ impl From<outcomes::OutcomesError> for Error {
 }
 
 impl AppState {
-    fn new(
-        deps: &Deps,
-        config: &Config,
-        shutdown: &CancellationToken,
-    ) -> Result<Self, kafka::KafkaError> {
+    fn new(deps: &Deps, config: &Config) -> Result<Self, kafka::KafkaError> {
         let store = deps.store.clone();
         let producer = deps.kafka.producer()?;
         let audiences = sendmill_audiences::Audiences::new(
@@ -260,7 +256,6 @@ impl AppState {
                 redis_prefix: deps.redis_prefix.clone(),
                 allow_unverified_senders: deps.allow_unverified_senders,
             },
-            shutdown.clone(),
         );
         Ok(Self {
             audiences,
@@ -290,7 +285,7 @@ impl AppState {
 /// (the last two when enabled). The first task to fail (or to end before shutdown)
 /// stops the others, and its error is returned.
 pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
-    let state = AppState::new(&deps, &config, &shutdown)?;
+    let state = AppState::new(&deps, &config)?;
     let audiences = state.audiences.clone();
     let Deps {
         listener,

@@ -63,24 +63,14 @@ fn secure(mut response: Response) -> Response {
     response
 }
 
-fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_owned())
-}
-
 /// The principal of a valid session: sealed, unexpired, its key still unrevoked.
 /// `Err` when the store does not answer.
 async fn session(state: &Audiences, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
     let Some(signer) = &state.links else {
         return Ok(None);
     };
-    let Some(claims) = cookie(headers).and_then(|c| signer.open::<SessionClaims>(PURPOSE, &c).ok())
+    let Some(claims) = sendmill_platform::http::cookie(headers, COOKIE)
+        .and_then(|c| signer.open::<SessionClaims>(PURPOSE, &c).ok())
     else {
         return Ok(None);
     };

@@ -469,8 +469,9 @@ pub async fn update(
     .await
     .map_err(db_error)?;
     if status != current.status {
-        unsubscribe_memberships(&mut tx, account, id, None, "api").await?;
-        record_event(&mut tx, account, id, None, "unsubscribed_all", "api", None).await?;
+        unsubscribe_all(&mut tx, account, id, "api", None)
+            .await
+            .map_err(db_error)?;
     }
     tx.commit().await.map_err(db_error)?;
     Ok(Json(load(&state, account, id).await?))
@@ -484,7 +485,7 @@ pub(crate) async fn unsubscribe_memberships(
     contact: Uuid,
     list: Option<Uuid>,
     source: &str,
-) -> Result<u64, ApiError> {
+) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE list_members SET state = 'unsubscribed', unsubscribed_at = now(),
              updated_at = now(), source = $4
@@ -496,9 +497,29 @@ pub(crate) async fn unsubscribe_memberships(
     .bind(list)
     .bind(source)
     .execute(&mut *tx)
-    .await
-    .map_err(db_error)?;
+    .await?;
     Ok(done.rows_affected())
+}
+
+/// Unsubscribes the contact from everything: status `unsubscribed` (if it was active),
+/// every membership `unsubscribed`, and an `unsubscribed_all` event naming `source`.
+pub(crate) async fn unsubscribe_all(
+    tx: &mut sqlx::PgConnection,
+    account: AccountId,
+    contact: Uuid,
+    source: &str,
+    ip: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE contacts SET status = 'unsubscribed', status_changed_at = now(), updated_at = now()
+         WHERE account_id = $1 AND id = $2 AND status = 'active'",
+    )
+    .bind(account.0)
+    .bind(contact)
+    .execute(&mut *tx)
+    .await?;
+    unsubscribe_memberships(tx, account, contact, None, source).await?;
+    record_event(tx, account, contact, None, "unsubscribed_all", source, ip).await
 }
 
 /// Appends to the contact's subscription log.
@@ -510,7 +531,7 @@ pub(crate) async fn record_event(
     kind: &str,
     source: &str,
     ip: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO contact_events (account_id, contact_id, list_id, kind, source, ip)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -522,8 +543,7 @@ pub(crate) async fn record_event(
     .bind(source)
     .bind(ip)
     .execute(&mut *tx)
-    .await
-    .map_err(db_error)?;
+    .await?;
     Ok(())
 }
 

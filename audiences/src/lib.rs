@@ -146,11 +146,10 @@ pub struct Audiences {
     pub allow_unverified_senders: bool,
     /// Wakes this process's import worker when an upload completes.
     pub wake_imports: Arc<Notify>,
-    pub shutdown: CancellationToken,
 }
 
 impl Audiences {
-    pub fn new(config: Config, deps: Deps, shutdown: CancellationToken) -> Self {
+    pub fn new(config: Config, deps: Deps) -> Self {
         Self {
             store: deps.store,
             clickhouse: deps.clickhouse,
@@ -164,7 +163,6 @@ impl Audiences {
             config: Arc::new(config),
             allow_unverified_senders: deps.allow_unverified_senders,
             wake_imports: Arc::new(Notify::new()),
-            shutdown,
         }
     }
 }

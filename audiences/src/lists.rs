@@ -516,7 +516,8 @@ pub(crate) async fn add(
         source,
         ip,
     )
-    .await?;
+    .await
+    .map_err(db_error)?;
     Ok(match list.opt_in {
         OptIn::Single => Subscribed::Now,
         OptIn::Double => Subscribed::Unconfirmed(PendingConfirmation {
@@ -803,7 +804,10 @@ pub async fn remove_member(
     if exists.is_none() {
         return Err(ApiError::not_found("member"));
     }
-    if contacts::unsubscribe_memberships(&mut tx, account, contact, Some(list), "api").await? > 0 {
+    let left = contacts::unsubscribe_memberships(&mut tx, account, contact, Some(list), "api")
+        .await
+        .map_err(db_error)?;
+    if left > 0 {
         contacts::record_event(
             &mut tx,
             account,
@@ -813,7 +817,8 @@ pub async fn remove_member(
             "api",
             None,
         )
-        .await?;
+        .await
+        .map_err(db_error)?;
     }
     tx.commit().await.map_err(db_error)?;
     Ok(StatusCode::NO_CONTENT)

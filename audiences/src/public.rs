@@ -388,24 +388,8 @@ async fn apply_preferences(
     }
     let mut changed = false;
     if everything {
-        sqlx::query(
-            "UPDATE contacts SET status = 'unsubscribed', status_changed_at = now(), updated_at = now()
-             WHERE account_id = $1 AND id = $2",
-        )
-        .bind(claims.account.0)
-        .bind(claims.contact)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE list_members SET state = 'unsubscribed', unsubscribed_at = now(),
-                 updated_at = now(), source = 'preferences'
-             WHERE account_id = $1 AND contact_id = $2 AND state <> 'unsubscribed'",
-        )
-        .bind(claims.account.0)
-        .bind(claims.contact)
-        .execute(&mut *tx)
-        .await?;
-        log(&mut tx, claims, None, "unsubscribed_all", ip).await?;
+        contacts::unsubscribe_all(&mut tx, claims.account, claims.contact, "preferences", ip)
+            .await?;
         tx.commit().await?;
         return Ok(Some(true));
     }
@@ -422,14 +406,7 @@ async fn apply_preferences(
     .fetch_all(&mut *tx)
     .await?;
     for row in &left {
-        log(
-            &mut tx,
-            claims,
-            Some(row.get("list_id")),
-            "unsubscribed",
-            ip,
-        )
-        .await?;
+        log(&mut tx, claims, row.get("list_id"), "unsubscribed", ip).await?;
     }
     // Back on a list they left, by their own hand on their own preferences page (its
     // link came to their inbox: for a double opt-in list that is the confirmation).
@@ -451,39 +428,31 @@ async fn apply_preferences(
     .fetch_all(&mut *tx)
     .await?;
     for row in &joined {
-        log(
-            &mut tx,
-            claims,
-            Some(row.get("list_id")),
-            "resubscribed",
-            ip,
-        )
-        .await?;
+        log(&mut tx, claims, row.get("list_id"), "resubscribed", ip).await?;
     }
     changed |= !left.is_empty() || !joined.is_empty();
     tx.commit().await?;
     Ok(Some(changed))
 }
 
+/// A change the person made on their preferences page, in the contact's log.
 async fn log(
     tx: &mut sqlx::PgConnection,
     claims: &PreferencesClaims,
-    list: Option<Uuid>,
+    list: Uuid,
     kind: &str,
     ip: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO contact_events (account_id, contact_id, list_id, kind, source, ip)
-         VALUES ($1, $2, $3, $4, 'preferences', $5)",
+    contacts::record_event(
+        tx,
+        claims.account,
+        claims.contact,
+        Some(list),
+        kind,
+        "preferences",
+        ip,
     )
-    .bind(claims.account.0)
-    .bind(claims.contact)
-    .bind(list)
-    .bind(kind)
-    .bind(ip)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await
 }
 
 /// A list that takes public sign-ups.
@@ -848,15 +817,15 @@ async fn confirm_membership(
     .bind(ip)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO contact_events (account_id, contact_id, list_id, kind, source, ip)
-         VALUES ($1, $2, $3, 'confirmed', 'confirmation', $4)",
+    contacts::record_event(
+        &mut tx,
+        claims.account,
+        claims.contact,
+        Some(claims.list),
+        "confirmed",
+        "confirmation",
+        ip,
     )
-    .bind(claims.account.0)
-    .bind(claims.contact)
-    .bind(claims.list)
-    .bind(ip)
-    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(Some(url))

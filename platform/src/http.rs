@@ -1,14 +1,27 @@
-//! The ops endpoints every stage serves (`/livez`, `/readyz`, `/healthz`, `/metrics`) and
-//! serving an axum router until shutdown.
+//! The ops endpoints every stage serves (`/livez`, `/readyz`, `/healthz`, `/metrics`),
+//! serving an axum router until shutdown, and reading a request's cookies.
 
 use axum::{
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::IntoResponse,
     routing::get,
     Json, Router,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// The value of cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4: pairs
+/// separated by `;`), for the web pages' session cookies.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
 
 /// - `/livez` (and its older name `/healthz`): 200 and `{"status":"ok","stage":…}`
 ///   whenever the process answers at all (the liveness probe);
