@@ -39,6 +39,9 @@ pub struct SendmillConfig {
     pub analytics: sendmill_analytics::Config,
     /// The inbound SMTP server for returned mail (bounces, complaints, unsubscribes).
     pub inbound: sendmill_inbound::Config,
+    /// The campaign sender (the campaign API is served by analytics and reads the test
+    /// send's limits here).
+    pub campaigns: sendmill_campaigns::Config,
     /// Deprecated settings found while loading, to be logged once logging is set up.
     #[serde(skip)]
     pub deprecations: Vec<String>,
@@ -100,6 +103,7 @@ impl SendmillConfig {
             ("render.ops_listen", &self.render.ops_listen),
             ("dispatcher.ops_listen", &self.dispatcher.ops_listen),
             ("inbound.ops_listen", &self.inbound.ops_listen),
+            ("campaigns.ops_listen", &self.campaigns.ops_listen),
         ] {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|_| ConfigError::Invalid(format!("{name}: {addr:?} is not ip:port")))?;

@@ -42,6 +42,8 @@ enum Command {
     /// The inbound SMTP server for returned mail (DSN bounces, ARF complaints, mailto
     /// unsubscribes, auto-replies) and its processing.
     Inbound,
+    /// The campaign sender: releases scheduled campaigns into the bulk lane.
+    Campaigns,
     /// Applies the PostgreSQL and ClickHouse schemas, and creates the Kafka topics or
     /// reconciles them with the configured settings (partitions, configs).
     Migrate,
@@ -84,6 +86,7 @@ impl Command {
             Command::Dispatch => "sendmill-dispatcher",
             Command::Analytics => "sendmill-analytics",
             Command::Inbound => "sendmill-inbound",
+            Command::Campaigns => "sendmill-campaigns",
             _ => "sendmill-cli",
         }
     }
@@ -109,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dispatch => run_stages(&config, &[Stage::Dispatch]).await,
         Command::Analytics => run_stages(&config, &[Stage::Analytics]).await,
         Command::Inbound => run_stages(&config, &[Stage::Inbound]).await,
+        Command::Campaigns => run_stages(&config, &[Stage::Campaigns]).await,
         Command::Migrate => cli::kafka::migrate(&config).await,
         Command::Kafka(command) => cli::kafka::run(&config, command).await,
         Command::ValidateConfig => {

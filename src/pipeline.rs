@@ -24,15 +24,17 @@ pub enum Stage {
     Dispatch,
     Analytics,
     Inbound,
+    Campaigns,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::Ingest,
         Stage::Render,
         Stage::Dispatch,
         Stage::Analytics,
         Stage::Inbound,
+        Stage::Campaigns,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +44,7 @@ impl Stage {
             Stage::Dispatch => "dispatcher",
             Stage::Analytics => "analytics",
             Stage::Inbound => "inbound",
+            Stage::Campaigns => "campaigns",
         }
     }
 }
@@ -89,6 +92,7 @@ fn consumer_groups(config: &SendmillConfig, stage: Stage) -> Vec<String> {
             groups
         }
         Stage::Inbound => vec![config.inbound.group_id.clone()],
+        Stage::Campaigns => Vec::new(),
     }
 }
 
@@ -127,6 +131,7 @@ pub async fn start(
         || needs(Stage::Dispatch)
         || needs(Stage::Analytics)
         || needs(Stage::Inbound)
+        || needs(Stage::Campaigns)
     {
         Some(
             sendmill_platform::clients::redis(&config.redis)
@@ -152,7 +157,7 @@ pub async fn start(
         })
     }];
     probes.extend(redis.clone().map(health::redis_probe));
-    if needs(Stage::Analytics) || needs(Stage::Inbound) {
+    if needs(Stage::Analytics) || needs(Stage::Inbound) || needs(Stage::Campaigns) {
         probes.push(health::clickhouse_probe(
             sendmill_platform::clients::clickhouse(&config.clickhouse),
         ));
@@ -245,6 +250,7 @@ pub async fn start(
                         .then(|| LinkSigner::new(&config.tracking.secret)),
                     public_base_url: config.tracking.base_url.clone(),
                     allow_unverified_senders: config.ingest.allow_unverified_domains,
+                    campaigns: config.campaigns.clone(),
                 };
                 let run = sendmill_analytics::run(config.analytics.clone(), deps, token);
                 boxed(run)
@@ -269,6 +275,44 @@ pub async fn start(
                 let run = sendmill_inbound::run(config.inbound.clone(), deps, token);
                 boxed(run)
             }
+            Stage::Campaigns => {
+                let clickhouse = sendmill_platform::clients::clickhouse(&config.clickhouse);
+                let producer = kafka.producer()?;
+                let audiences = sendmill_audiences::Audiences::new(
+                    config.analytics.audiences.clone(),
+                    sendmill_audiences::Deps {
+                        store: store.clone(),
+                        clickhouse: clickhouse.clone(),
+                        producer: producer.clone(),
+                        topics: kafka.topics.clone(),
+                        links: (!config.tracking.secret.is_empty())
+                            .then(|| LinkSigner::new(&config.tracking.secret)),
+                        public_base_url: config.tracking.base_url.clone(),
+                        suppressions: connected(suppressions.clone()),
+                        redis: connected(redis.clone()),
+                        redis_prefix: redis_prefix.clone(),
+                        allow_unverified_senders: config.ingest.allow_unverified_domains,
+                    },
+                );
+                let state = sendmill_campaigns::Campaigns::new(
+                    config.campaigns.clone(),
+                    sendmill_campaigns::Deps {
+                        store: store.clone(),
+                        clickhouse,
+                        producer,
+                        topics: kafka.topics.clone(),
+                        audiences,
+                        allow_unverified_senders: config.ingest.allow_unverified_domains,
+                    },
+                );
+                let run = sendmill_campaigns::run(
+                    state,
+                    kafka.clone(),
+                    config.render.group_id.clone(),
+                    token,
+                );
+                boxed(run)
+            }
         };
         pipeline.tasks.spawn(async move { (stage, running.await) });
     }
@@ -279,6 +323,8 @@ pub async fn start(
             ("render", &config.render.ops_listen)
         } else if needs(Stage::Dispatch) {
             ("dispatcher", &config.dispatcher.ops_listen)
+        } else if needs(Stage::Campaigns) && !needs(Stage::Inbound) {
+            ("campaigns", &config.campaigns.ops_listen)
         } else {
             ("inbound", &config.inbound.ops_listen)
         };

@@ -187,6 +187,8 @@ pub struct AppState {
     pub sessions: dashboard::Sessions,
     /// The audiences' handlers' state.
     pub audiences: sendmill_audiences::Audiences,
+    /// The campaigns' handlers' state.
+    pub campaigns: sendmill_campaigns::Campaigns,
 }
 
 /// What the analytics stage needs from outside, built once by the binary.
@@ -213,6 +215,9 @@ pub struct Deps {
     /// `ingest.allow_unverified_domains`: double opt-in confirmations may come from
     /// unverified sending domains too (local development only).
     pub allow_unverified_senders: bool,
+    /// `[campaigns]`: the test send's and preview's limits (the campaign API is served
+    /// here; the campaign sender is a stage of its own).
+    pub campaigns: sendmill_campaigns::Config,
 }
 
 /// Why the analytics stage stopped before shutdown.
@@ -257,8 +262,20 @@ impl AppState {
                 allow_unverified_senders: deps.allow_unverified_senders,
             },
         );
+        let campaigns = sendmill_campaigns::Campaigns::new(
+            deps.campaigns.clone(),
+            sendmill_campaigns::Deps {
+                store: store.clone(),
+                clickhouse: deps.clickhouse.clone(),
+                producer: producer.clone(),
+                topics: deps.kafka.topics.clone(),
+                audiences: audiences.clone(),
+                allow_unverified_senders: deps.allow_unverified_senders,
+            },
+        );
         Ok(Self {
             audiences,
+            campaigns,
             suppressions: deps.suppressions.clone(),
             clickhouse: deps.clickhouse.clone(),
             auth: Authenticator::new(store.clone(), config.auth_cache),
@@ -386,6 +403,12 @@ impl FromRef<AppState> for Authenticator {
     }
 }
 
+impl FromRef<AppState> for sendmill_campaigns::Campaigns {
+    fn from_ref(state: &AppState) -> Self {
+        state.campaigns.clone()
+    }
+}
+
 impl FromRef<AppState> for sendmill_audiences::Audiences {
     fn from_ref(state: &AppState) -> Self {
         state.audiences.clone()
@@ -419,6 +442,7 @@ pub fn routes() -> Vec<(&'static str, axum::routing::MethodRouter<AppState>)> {
         ("/v1/returns/{id}/raw", get(returns_api::raw)),
     ];
     routes.extend(sendmill_audiences::routes());
+    routes.extend(sendmill_campaigns::routes());
     routes
 }
 
@@ -432,7 +456,14 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(dashboard::router())
         .merge(sendmill_audiences::public_router())
-        .merge(sendmill_audiences::app_api_router(state.audiences.clone()))
+        .merge(sendmill_audiences::app_api_router(
+            state.audiences.clone(),
+            {
+                let mut routes = sendmill_audiences::routes();
+                routes.extend(sendmill_campaigns::routes());
+                routes
+            },
+        ))
         .with_state(state)
         .merge(sendmill_platform::http::ops_router("analytics"))
         .layer(middleware::from_fn(request_id))

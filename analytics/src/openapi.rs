@@ -211,9 +211,11 @@ fn build_document() -> Value {
     let mut paths = paths;
     if let Some(paths) = paths.as_object_mut() {
         paths.extend(sendmill_audiences::openapi::paths());
+        paths.extend(sendmill_campaigns::openapi::paths());
     }
     let mut schemas = schemas.as_object().cloned().unwrap_or_default();
     schemas.extend(sendmill_audiences::openapi::schemas());
+    schemas.extend(sendmill_campaigns::openapi::schemas());
     build(
         "Sendmill analytics API",
         "Read what happened to messages, and keep the audiences (contacts, lists, imports, \

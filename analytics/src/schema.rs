@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "0004_contact_engagement",
         include_str!("../../deploy/clickhouse/0004_contact_engagement.sql"),
     ),
+    (
+        5,
+        "0005_campaign_stats",
+        include_str!("../../deploy/clickhouse/0005_campaign_stats.sql"),
+    ),
 ];
 
 /// Creates the database and applies the migrations it lacks.

@@ -184,18 +184,18 @@ pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(crate) fn store_error(error: impl Into<StoreError>) -> ApiError {
+pub fn store_error(error: impl Into<StoreError>) -> ApiError {
     let error = error.into();
     tracing::error!(%error, "audience store");
     ApiError::unavailable("the audience store")
 }
 
-pub(crate) fn db_error(error: sqlx::Error) -> ApiError {
+pub fn db_error(error: sqlx::Error) -> ApiError {
     store_error(StoreError::Database(error))
 }
 
 /// A path id that is not a uuid names nothing.
-pub(crate) fn path_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
+pub fn path_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found(what))
 }
 
@@ -213,7 +213,7 @@ pub(crate) fn decode_cursor(raw: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::invalid("cursor", "not a cursor this API gave"))
 }
 
-pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     match limit {
         None => Ok(100),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),

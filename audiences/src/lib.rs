@@ -254,17 +254,22 @@ where
         .route("/app/assets/icon.svg", get(app::icon))
 }
 
-/// The web app's API: [`routes`] under `/app/api`, for a signed-in session
-/// ([`app::require_session`]) instead of a bearer key.
-pub fn app_api_router<S>(state: Audiences) -> axum::Router<S>
+/// The web app's API: `routes` (the audiences' [`routes`] and the host's others, such as
+/// the campaigns') under `/app/api`, for a signed-in session ([`app::require_session`])
+/// instead of a bearer key.
+pub fn app_api_router<S>(
+    state: Audiences,
+    routes: Vec<(&'static str, MethodRouter<S>)>,
+) -> axum::Router<S>
 where
     S: Clone + Send + Sync + 'static,
     Authenticator: FromRef<S>,
     Audiences: FromRef<S>,
 {
-    let api = sendmill_platform::api::router(routes::<S>()).layer(
-        axum::middleware::from_fn_with_state(state, app::require_session),
-    );
+    let api = sendmill_platform::api::router(routes).layer(axum::middleware::from_fn_with_state(
+        state,
+        app::require_session,
+    ));
     axum::Router::new().nest("/app/api", api)
 }
 

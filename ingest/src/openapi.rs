@@ -381,7 +381,7 @@ fn schemas() -> Map<String, Value> {
             "properties": {"account": schema("Account"), "key": {"type": "string"}}},
         "UpdateAccount": {"type": "object", "required": ["limits"], "additionalProperties": false,
             "properties": {"limits": schema("Limits")}},
-        "Scope": {"enum": ["send", "templates", "domains", "suppressions", "stats", "webhooks", "contacts", "admin"]},
+        "Scope": {"enum": ["send", "templates", "domains", "suppressions", "stats", "webhooks", "contacts", "campaigns", "admin"]},
         "CreateKey": {"type": "object", "required": ["name", "scopes"], "additionalProperties": false,
             "properties": {"name": {"type": "string"}, "scopes": {"type": "array", "items": schema("Scope"), "minItems": 1},
                 "aws_sigv4": {"type": "boolean", "description": "The key may also sign AWS Signature V4 requests (SES v2 drop-in); needs a KEK"}}},

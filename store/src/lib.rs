@@ -85,11 +85,13 @@ pub enum Scope {
     Webhooks,
     /// Audiences: contacts, lists, imports, segments.
     Contacts,
+    /// Campaigns: create, schedule, pause, cancel, test-send, report.
+    Campaigns,
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 9] = [
         Scope::Send,
         Scope::Templates,
         Scope::Domains,
@@ -97,6 +99,7 @@ impl Scope {
         Scope::Stats,
         Scope::Webhooks,
         Scope::Contacts,
+        Scope::Campaigns,
         Scope::Admin,
     ];
 
@@ -109,6 +112,7 @@ impl Scope {
             Scope::Stats => "stats",
             Scope::Webhooks => "webhooks",
             Scope::Contacts => "contacts",
+            Scope::Campaigns => "campaigns",
             Scope::Admin => "admin",
         }
     }

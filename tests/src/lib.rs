@@ -125,6 +125,8 @@ pub fn test_config(id: &str) -> SendmillConfig {
     config.dispatcher.data_timeout = std::time::Duration::from_secs(20);
     config.dispatcher.ops_listen = "127.0.0.1:0".into();
     config.render.ops_listen = "127.0.0.1:0".into();
+    config.campaigns.ops_listen = "127.0.0.1:0".into();
+    config.campaigns.poll = std::time::Duration::from_millis(100);
     config.dispatcher.journal_dir = std::env::temp_dir()
         .join(format!("sendmill-journal-{id}"))
         .to_string_lossy()
