@@ -105,6 +105,11 @@ async fn emit(
 ) -> bool {
     let context = MessageContext {
         campaign_id: claims.campaign_id.clone(),
+        metadata: claims
+            .variant
+            .iter()
+            .map(|v| ("variant".to_owned(), v.clone()))
+            .collect(),
         ..Default::default()
     };
     let mut event = EventV1::new(

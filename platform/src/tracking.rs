@@ -36,6 +36,10 @@ pub struct Claims {
     pub recipient: String,
     #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
     pub campaign_id: Option<String>,
+    /// The campaign's A/B variant the message carried (its `variant` metadata), so that
+    /// opens and clicks count for it.
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     /// The link's position in the message, for clicks.
     #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
     pub link_index: Option<u16>,
@@ -151,6 +155,7 @@ mod tests {
             account_id: AccountId::generate(),
             recipient: "ada@ok.test".into(),
             campaign_id: None,
+            variant: Some("B".into()),
             link_index: Some(3),
             url: Some("https://example.test/a?b=1&c=2".into()),
         }

@@ -43,6 +43,7 @@ impl Links {
             account_id: request.account_id,
             recipient: request.recipient().to_owned(),
             campaign_id: request.context.campaign_id.clone(),
+            variant: request.context.metadata.get("variant").cloned(),
             link_index: None,
             url: None,
         }

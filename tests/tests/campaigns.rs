@@ -766,3 +766,198 @@ async fn every_contact_once_across_kills_and_pause_resume_cancel_counts_add_up()
     drop(dispatcher);
     p.stop().await;
 }
+
+const BROWSER: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+
+/// The click-tracking links of a delivered message, pointed at this pipeline.
+fn tracked_links(p: &TestPipeline, dump: &std::path::Path) -> Vec<String> {
+    let parsed = sendmill_tests::mime_check(dump, &[]);
+    let html = parsed["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|part| part["type"] == "text/html")
+        .and_then(|part| part["text"].as_str())
+        .unwrap()
+        .to_owned();
+    let base = format!("{}/t/c/", sendmill_tests::TRACKING_BASE);
+    html.match_indices(&base)
+        .map(|(i, _)| html[i..].split('"').next().unwrap().to_owned())
+        .map(|link| {
+            link.replacen(
+                sendmill_tests::TRACKING_BASE,
+                &format!("http://{}", p.analytics.unwrap()),
+                1,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_test_is_decided_by_peoples_clicks_and_the_rest_gets_the_winner() {
+    let p = TestPipeline::start().await;
+    let list = list_of(&p, "AB", "ab", 20).await;
+    let mut body = campaign_body(&p, "AB", &list);
+    body["ab_test"] = json!({
+        "variants": [{"subject": "Offer A for {{name}}"}, {"subject": "Offer B for {{name}}"}],
+        "test_percent": 50, "metric": "clicks", "wait_seconds": 30,
+    });
+    let created = ok(&p, Method::POST, "/v1/campaigns", Some(body)).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["ab_test"]["variants"][1]["name"], "B", "{created}");
+    ok(
+        &p,
+        Method::POST,
+        &format!("/v1/campaigns/{id}/schedule"),
+        None,
+    )
+    .await;
+    // The test share released, the campaign waits for its winner: hold it there.
+    let waiting = poll_until(LIMIT, || async {
+        let c = campaign(&p, &id).await;
+        (c["phase"] == "waiting").then_some(c)
+    })
+    .await
+    .expect("the test share is released");
+    let paused = ok(&p, Method::POST, &format!("/v1/campaigns/{id}/pause"), None).await;
+    assert_eq!(
+        paused["phase"], "waiting",
+        "decided before the pause: {paused}"
+    );
+    assert_eq!(waiting["progress"]["test_size"], 10);
+    assert_eq!(waiting["progress"]["released"], 10);
+    poll_until(LIMIT, || async {
+        (direct_count(&p, &id, "delivered").await == 10).then_some(())
+    })
+    .await
+    .expect("the test share is delivered");
+
+    // People click B's link; a link scanner clicks A's (machines do not count).
+    let dumps = dumps_for_domain(&p.domain);
+    let campaign_uuid: uuid::Uuid = id.parse().unwrap();
+    let store = p.store().await;
+    let test_share: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT contact_id, variant FROM campaign_recipients WHERE campaign_id = $1 AND variant IS NOT NULL",
+    )
+    .bind(campaign_uuid)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        test_share.iter().filter(|(_, v)| v == "A").count(),
+        5,
+        "an even split"
+    );
+    let (mut people, mut machines) = (0, 0);
+    for (contact, variant) in &test_share {
+        let message = sendmill_wire::MessageId::for_contact(campaign_uuid, *contact).to_string();
+        let dump = sendmill_tests::dumped_message(&message).expect("delivered");
+        let text = std::fs::read_to_string(&dump).unwrap();
+        assert!(
+            text.contains(&format!("Subject: Offer {variant} for")),
+            "variant {variant}'s subject"
+        );
+        assert_eq!(dumps.get(&message).map_or(0, Vec::len), 1);
+        let link = tracked_links(&p, &dump).pop().expect("a tracked link");
+        let (agent, tally) = if variant == "B" {
+            (BROWSER, &mut people)
+        } else {
+            ("curl/8.0", &mut machines)
+        };
+        let r = p
+            .http
+            .get(&link)
+            .header("user-agent", agent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 302);
+        *tally += 1;
+    }
+    assert_eq!((people, machines), (5, 5));
+    poll_until(LIMIT, || async {
+        let stats = ok(&p, Method::GET, &format!("/v1/campaigns/{id}/stats"), None).await;
+        (stats["clicked"]["unique"] == 5 && stats["clicked"]["machine"] == 5).then_some(())
+    })
+    .await
+    .expect("the clicks reach the report");
+
+    // Resumed, the wait ends and the metric decides: B.
+    ok(
+        &p,
+        Method::POST,
+        &format!("/v1/campaigns/{id}/resume"),
+        None,
+    )
+    .await;
+    let sent = wait_state(&p, &id, "sent").await;
+    assert_eq!(sent["winner"], "B", "{sent}");
+    assert_eq!(sent["winner_reason"]["chosen_by"], "clicks", "{sent}");
+    let figures = sent["winner_reason"]["figures"].as_array().unwrap();
+    assert_eq!(
+        figures[0]["unique_clicks"], 0,
+        "machine clicks are not a person's: {sent}"
+    );
+    assert_eq!(figures[1]["unique_clicks"], 5, "{sent}");
+    assert_eq!(sent["progress"]["released"], 20);
+    poll_until(LIMIT, || async {
+        (direct_count(&p, &id, "delivered").await == 20).then_some(())
+    })
+    .await
+    .expect("the rest is delivered");
+    let rest: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT contact_id FROM campaign_recipients WHERE campaign_id = $1 AND variant IS NULL",
+    )
+    .bind(campaign_uuid)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rest.len(), 10);
+    for contact in rest {
+        let message = sendmill_wire::MessageId::for_contact(campaign_uuid, contact).to_string();
+        let text =
+            std::fs::read_to_string(sendmill_tests::dumped_message(&message).expect("delivered"))
+                .unwrap();
+        assert!(
+            text.contains("Subject: Offer B for"),
+            "the rest gets the winner"
+        );
+    }
+
+    // The report equals ClickHouse counted directly; per variant and per link.
+    let stats = ok(&p, Method::GET, &format!("/v1/campaigns/{id}/stats"), None).await;
+    assert_eq!(
+        stats["delivered"],
+        direct_count(&p, &id, "delivered").await,
+        "{stats}"
+    );
+    let client = sendmill_platform::clients::clickhouse(&p.config.clickhouse);
+    let human_clicks: u64 = client
+        .query("SELECT uniqExact(message_id) FROM events FINAL WHERE campaign_id = ? AND event_type = 'clicked' AND machine = 0")
+        .bind(&id)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(stats["clicked"]["unique"], human_clicks, "{stats}");
+    assert_eq!(stats["variants"][1]["variant"], "B");
+    assert_eq!(stats["variants"][1]["unique_clicks"], 5);
+    let links = stats["links"].as_array().unwrap();
+    assert!(
+        links.iter().all(|l| l["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://shop.example/")),
+        "{stats}"
+    );
+    assert_eq!(
+        links
+            .iter()
+            .map(|l| l["unique_clicks"].as_u64().unwrap())
+            .sum::<u64>(),
+        5,
+        "people's clicks per link: {stats}"
+    );
+    assert_eq!(stats["winner"], "B");
+    assert!(!stats["timeline"].as_array().unwrap().is_empty(), "{stats}");
+    p.stop().await;
+}
