@@ -202,6 +202,15 @@ impl Dispatcher {
         let shaping = route.shaping(source.ip);
         let source_ip = (!source.ip.is_unspecified()).then(|| source.ip.to_string());
         let bind = (!source.ip.is_unspecified()).then_some(source.ip);
+        if ready.lane == sendmill_wire::Lane::Bulk {
+            routed.bulk_sending = Some(
+                self.bulk_sending
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed"),
+            );
+        }
         routed.sending = Some(
             self.sending
                 .clone()

@@ -75,6 +75,8 @@ pub struct Routed {
     /// can be out at a receiver without a recorded outcome (what a crash leaves to the
     /// journal), and keeps recording from falling behind sending.
     sending: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A bulk message's share of the send slots, taken before `sending`.
+    bulk_sending: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Everything the dispatcher needs, built once per process.
@@ -91,6 +93,10 @@ pub struct Dispatcher {
     journal: journal::Journal,
     handling: inflight::MessageLocks,
     sending: Arc<Semaphore>,
+    /// Three quarters of the send slots (at least one): a bulk message takes one of
+    /// these before a send slot, so a quarter always stays for transactional mail
+    /// however much bulk mail holds tokens (the transactional lane first).
+    bulk_sending: Arc<Semaphore>,
     pause_watch: PauseWatch,
     producer: kafka::Producer,
     redis: ConnectionManager,
@@ -135,11 +141,13 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         // are finished for up to the drain grace after shutdown.
         sendmill_platform::shutdown::after_grace(&shutdown, kafka.config.drain_grace),
     )?);
-    let deliveries = {
+    // One loop per lane, each with its own capacity: bulk records waiting for tokens
+    // never fill the queue a transactional record needs to be fetched into.
+    let lane = |lane: Lane| {
         let spec = ConsumerSpec {
             stage: "dispatcher",
             group_id: config.group_id.clone(),
-            topics: Lane::ALL.iter().map(|&l| kafka.topics.ready(l)).collect(),
+            topics: vec![kafka.topics.ready(lane)],
             concurrency: config.queue_capacity.max(config.concurrency),
         };
         kafka::consumer::run_shared(
@@ -149,6 +157,10 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             |d, record| async move { d.handle_ready(record).await },
             shutdown.clone(),
         )
+    };
+    let deliveries = async {
+        let (tx, bulk) = tokio::join!(lane(Lane::Transactional), lane(Lane::Bulk));
+        tx.and(bulk)
     };
     let retries = {
         let spec = ConsumerSpec {
@@ -220,6 +232,7 @@ impl Dispatcher {
             journal,
             handling: inflight::MessageLocks::default(),
             sending: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            bulk_sending: Arc::new(Semaphore::new((config.concurrency * 3 / 4).max(1))),
             pause_watch: PauseWatch::new(redis.clone(), &key_prefix, config.pause_refresh),
             producer: kafka.producer()?,
             redis,

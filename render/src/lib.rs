@@ -47,7 +47,7 @@ use std::{sync::Arc, time::Duration};
 pub struct Config {
     /// Kafka consumer group of the render stage.
     pub group_id: String,
-    /// Records held at once per process (rendering, or waiting to produce).
+    /// Records held at once per process and lane (rendering, or waiting to produce).
     pub concurrency: usize,
     /// Threads that render (templates, MIME, DKIM: CPU work) at once, off the async
     /// runtime so that other stages' I/O in the same process (`sendmill all`) is never
@@ -116,6 +116,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
     let stage = Arc::new(Stage {
         links,
         cpu: tokio::sync::Semaphore::new(cpu_threads),
+        bulk_slots: tokio::sync::Semaphore::new(cpu_threads),
         producer: kafka.producer()?,
         identities: signing::IdentityCache::new(store.clone(), config.key_cache),
         templates: templates::AccountTemplates::new(store.clone(), config.template_cache),
@@ -123,23 +124,27 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         // Records already taken are finished for up to the drain grace after shutdown.
         shutdown: sendmill_platform::shutdown::after_grace(&shutdown, kafka.config.drain_grace),
     });
-    let spec = ConsumerSpec {
-        stage: "render",
-        group_id: config.group_id.clone(),
-        topics: Lane::ALL
-            .iter()
-            .map(|&l| kafka.topics.requested(l))
-            .collect(),
-        concurrency: config.concurrency,
+    // One loop per lane, each with its own capacity, so bulk records held at the CPU
+    // pool never stop transactional ones from being fetched; and bulk renders queue for
+    // the CPU pool only `cpu_threads` at a time (see `Stage::bulk_slots`).
+    let lane = |lane: Lane| {
+        let spec = ConsumerSpec {
+            stage: "render",
+            group_id: config.group_id.clone(),
+            topics: vec![kafka.topics.requested(lane)],
+            concurrency: config.concurrency,
+        };
+        kafka::consumer::run_shared(
+            &kafka,
+            spec,
+            stage.clone(),
+            |stage, record| async move { stage.handle(record).await },
+            shutdown.clone(),
+        )
     };
-    kafka::consumer::run_shared(
-        &kafka,
-        spec,
-        stage,
-        |stage, record| async move { stage.handle(record).await },
-        shutdown,
-    )
-    .await?;
+    let (tx, bulk) = tokio::join!(lane(Lane::Transactional), lane(Lane::Bulk));
+    tx?;
+    bulk?;
     Ok(())
 }
 
@@ -147,6 +152,10 @@ struct Stage {
     links: Option<Arc<links::Links>>,
     /// At most this many renders at once on blocking threads (`cpu_threads`).
     cpu: tokio::sync::Semaphore,
+    /// Bulk renders take one of these (`cpu_threads`) before queueing for `cpu`, so a
+    /// transactional render waits behind at most `cpu_threads` bulk ones however many
+    /// bulk records are held: the transactional lane first (DESIGN.md §4).
+    bulk_slots: tokio::sync::Semaphore,
     producer: kafka::Producer,
     identities: signing::IdentityCache,
     templates: templates::AccountTemplates,
@@ -176,6 +185,15 @@ impl Stage {
             (Some(identity), Ok(templates)) => {
                 // Templates, MIME and the RSA signature are CPU work: on the CPU pool, so
                 // that they never hold a runtime thread another stage's I/O needs.
+                let _bulk = match request.lane {
+                    Lane::Bulk => Some(
+                        self.bulk_slots
+                            .acquire()
+                            .await
+                            .expect("the bulk slots are never closed"),
+                    ),
+                    Lane::Transactional => None,
+                };
                 let _slot = self
                     .cpu
                     .acquire()

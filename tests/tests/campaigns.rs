@@ -33,13 +33,19 @@ async fn ok(p: &TestPipeline, method: Method, path: &str, body: Option<Value>) -
 /// A list of `n` contacts `{prefix}{i}@ok.test` (attribute `plan` = `pro` for even i),
 /// imported as CSV; its id.
 async fn list_of(p: &TestPipeline, name: &str, prefix: &str, n: usize) -> String {
-    let list = ok(
+    list_of_as(p, &p.api_key, name, prefix, n).await
+}
+
+async fn list_of_as(p: &TestPipeline, key: &str, name: &str, prefix: &str, n: usize) -> String {
+    let (status, list) = api(
         p,
+        key,
         Method::POST,
         "/v1/lists",
         Some(json!({"name": name, "opt_in": "single"})),
     )
     .await;
+    assert_eq!(status, 201, "{list}");
     let id = list["id"].as_str().unwrap().to_owned();
     let mut csv = String::from("email,name,plan\n");
     for i in 0..n {
@@ -54,7 +60,7 @@ async fn list_of(p: &TestPipeline, name: &str, prefix: &str, n: usize) -> String
             "http://{}/v1/lists/{id}/imports",
             p.analytics.unwrap()
         ))
-        .bearer_auth(&p.api_key)
+        .bearer_auth(key)
         .header("content-type", "text/csv")
         .body(csv)
         .send()
@@ -64,14 +70,7 @@ async fn list_of(p: &TestPipeline, name: &str, prefix: &str, n: usize) -> String
     let job: Value = r.json().await.unwrap();
     let job = job["id"].as_str().unwrap().to_owned();
     poll_until(LIMIT, || async {
-        let (_, body) = api(
-            p,
-            &p.api_key,
-            Method::GET,
-            &format!("/v1/imports/{job}"),
-            None,
-        )
-        .await;
+        let (_, body) = api(p, key, Method::GET, &format!("/v1/imports/{job}"), None).await;
         (body["state"] == "completed").then_some(())
     })
     .await
@@ -959,5 +958,101 @@ async fn an_ab_test_is_decided_by_peoples_clicks_and_the_rest_gets_the_winner() 
     );
     assert_eq!(stats["winner"], "B");
     assert!(!stats["timeline"].as_array().unwrap().is_empty(), "{stats}");
+    p.stop().await;
+}
+
+/// Two accounts' campaigns started together take turns in the bulk lane: the small one
+/// is sent while the large one is still releasing, not after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_take_turns_in_the_bulk_lane() {
+    let p =
+        TestPipeline::start_configured(&[Stage::Ingest, Stage::Analytics, Stage::Campaigns], |c| {
+            c.campaigns.chunk_size = 20;
+            // Nothing renders here: the lane's backlog only grows.
+            c.campaigns.max_bulk_backlog = 0;
+        })
+        .await;
+    let other = p.tenant("turns").await;
+    let big_list = list_of(&p, "Big", "tb", 400).await;
+    let small_list = list_of_as(&p, &other.api_key, "Small", "ts", 40).await;
+    let big = ok(
+        &p,
+        Method::POST,
+        "/v1/campaigns",
+        Some(campaign_body(&p, "Big", &big_list)),
+    )
+    .await;
+    let big_id = big["id"].as_str().unwrap().to_owned();
+    let mut small_body = campaign_body(&p, "Small", &small_list);
+    small_body["from"]["email"] = json!(format!("news@{}", other.domain));
+    let (s, small) = api(
+        &p,
+        &other.api_key,
+        Method::POST,
+        "/v1/campaigns",
+        Some(small_body),
+    )
+    .await;
+    assert_eq!(s, 201, "{small}");
+    let small_id = small["id"].as_str().unwrap().to_owned();
+    // Both scheduled at the same instant.
+    let at = (time::OffsetDateTime::now_utc() + time::Duration::seconds(2))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (s, answer) = api(
+        &p,
+        &p.api_key,
+        Method::PATCH,
+        &format!("/v1/campaigns/{big_id}"),
+        Some(json!({"send_at": at})),
+    )
+    .await;
+    assert_eq!(s, 200, "{answer}");
+    let (s, answer) = api(
+        &p,
+        &other.api_key,
+        Method::PATCH,
+        &format!("/v1/campaigns/{small_id}"),
+        Some(json!({"send_at": at})),
+    )
+    .await;
+    assert_eq!(s, 200, "{answer}");
+    ok(
+        &p,
+        Method::POST,
+        &format!("/v1/campaigns/{big_id}/schedule"),
+        None,
+    )
+    .await;
+    let (s, answer) = api(
+        &p,
+        &other.api_key,
+        Method::POST,
+        &format!("/v1/campaigns/{small_id}/schedule"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{answer}");
+    let small_sent = poll_until(LIMIT, || async {
+        let (_, c) = api(
+            &p,
+            &other.api_key,
+            Method::GET,
+            &format!("/v1/campaigns/{small_id}"),
+            None,
+        )
+        .await;
+        (c["state"] == "sent").then_some(c)
+    })
+    .await
+    .expect("the small campaign is sent");
+    assert_eq!(small_sent["progress"]["released"], 40);
+    let big_then = campaign(&p, &big_id).await;
+    let released = big_then["progress"]["released"].as_i64().unwrap();
+    assert!(
+        released < 400,
+        "the small campaign waited for the big one: {big_then}"
+    );
+    wait_state(&p, &big_id, "sent").await;
     p.stop().await;
 }

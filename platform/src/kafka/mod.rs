@@ -104,13 +104,13 @@ impl KafkaConnection {
         format!("{}{group_id}", self.config.topic_prefix)
     }
 
-    /// Settings of client `member` (0, 1, … within this process) of a consumer in
+    /// Settings of client `member` (the topic it reads: unique within this process) of a consumer in
     /// `group_id` (prefixed by [`KafkaConnection::group_id`]) (the at-least-once loop's; see [`consumer`]):
     /// offsets stored by the loop after each side effect and committed every second,
     /// cooperative-sticky assignment (a rebalance moves only the partitions that change
     /// owner; the others keep flowing), static membership when `group_instance_id` is
     /// set, fetch limits that take the largest record.
-    pub fn consumer_config(&self, group_id: &str, member: usize) -> ClientConfig {
+    pub fn consumer_config(&self, group_id: &str, member: &str) -> ClientConfig {
         let group_id = &self.group_id(group_id);
         let mut c = self.client_config();
         // librdkafka fetches up to `fetch.max.bytes` per request and refuses responses

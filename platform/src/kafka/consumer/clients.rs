@@ -49,7 +49,7 @@ impl GroupClients {
         spec: &ConsumerSpec,
     ) -> Result<Self, KafkaError> {
         let mut clients = Vec::with_capacity(spec.topics.len());
-        for (i, topic) in spec.topics.iter().enumerate() {
+        for topic in &spec.topics {
             let joined = Condition::new(
                 format!(
                     "kafka consumer {} of {topic}",
@@ -58,7 +58,7 @@ impl GroupClients {
                 "joining the consumer group",
             );
             let client: Client = kafka
-                .consumer_config(&spec.group_id, i)
+                .consumer_config(&spec.group_id, topic)
                 .create_with_context(GroupContext { joined })?;
             client.subscribe(&[topic.as_str()])?;
             clients.push((topic.clone(), client));
