@@ -456,6 +456,7 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(dashboard::router())
         .merge(sendmill_audiences::public_router())
+        .merge(sendmill_campaigns::app::router())
         .merge(sendmill_audiences::app_api_router(
             state.audiences.clone(),
             {

@@ -110,20 +110,31 @@ pub async fn require_session(
 
 /// `GET /app`: the app, or the sign-in form without a session.
 pub async fn page(State(state): State<Audiences>, headers: HeaderMap) -> Response {
-    match session(&state, &headers).await {
-        Ok(Some(_)) => secure(Html(PAGE).into_response()),
+    page_for(&state, &headers, PAGE).await
+}
+
+/// An app page (`html`, static) for a signed-in session, else a redirect to sign-in:
+/// the campaigns' page is served this way too.
+pub async fn page_for(state: &Audiences, headers: &HeaderMap, html: &'static str) -> Response {
+    match session(state, headers).await {
+        Ok(Some(_)) => secure(Html(html).into_response()),
         Ok(None) => Redirect::to("/app/login").into_response(),
         Err(error) => error.into_response(),
     }
 }
 
 pub async fn script() -> Response {
+    script_response(SCRIPT)
+}
+
+/// An app script (`source`, static), revalidated on every load.
+pub fn script_response(source: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        SCRIPT,
+        source,
     )
         .into_response()
 }

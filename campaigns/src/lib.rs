@@ -30,8 +30,10 @@
 //! - [`sender`]: the stage's loop (start, release, A/B winner, throttle, backlog).
 //! - [`stats`]: the report from the `campaign_stats` rollup.
 //! - [`openapi`]: these routes' part of the analytics API document.
+//! - [`app`]: the campaigns page of the account web app (`/app/campaigns`).
 
 pub mod api;
+pub mod app;
 pub mod content;
 pub mod model;
 pub mod openapi;

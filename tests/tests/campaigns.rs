@@ -1056,3 +1056,136 @@ async fn accounts_take_turns_in_the_bulk_lane() {
     wait_state(&p, &big_id, "sent").await;
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_marketer_pages_drive_campaigns_in_chromium() {
+    let p = TestPipeline::start().await;
+    let list = list_of(&p, "Main", "ui", 3).await;
+    let base = format!("http://{}", p.analytics.unwrap());
+    let node_dir = sendmill_tests::local_dir().join("node/node_modules/playwright-core");
+    assert!(
+        node_dir.exists(),
+        "{} is missing: run deploy/local/install-packages.sh",
+        node_dir.display()
+    );
+    let artifacts = sendmill_tests::repo_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("campaigns-app.png");
+    let browser = tokio::task::spawn_blocking({
+        let args = [
+            base.clone(),
+            p.api_key.clone(),
+            list.clone(),
+            p.domain.clone(),
+            "ui1@ok.test".to_owned(),
+            screenshot.to_string_lossy().into_owned(),
+        ];
+        move || {
+            std::process::Command::new("node")
+                .arg(sendmill_tests::repo_root().join("deploy/local/campaign-check.js"))
+                .args(args)
+                .env("PLAYWRIGHT_CORE", node_dir)
+                .output()
+                .expect("node runs")
+        }
+    });
+    // Meanwhile, as a person: click the link of one delivered message of "Welcome".
+    let click = async {
+        let id = poll_until(LIMIT, || async {
+            let (_, page) = api(
+                &p,
+                &p.api_key,
+                Method::GET,
+                "/v1/campaigns?state=sent",
+                None,
+            )
+            .await;
+            page["data"]
+                .as_array()?
+                .iter()
+                .find(|c| c["name"] == "Welcome")
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+        })
+        .await
+        .expect("the browser sends Welcome");
+        poll_until(LIMIT, || async {
+            (direct_count(&p, &id, "delivered").await == 3).then_some(())
+        })
+        .await
+        .expect("Welcome is delivered");
+        let (_, contacts) = api(
+            &p,
+            &p.api_key,
+            Method::GET,
+            &format!("/v1/contacts?list_id={list}"),
+            None,
+        )
+        .await;
+        let contact: uuid::Uuid = contacts["data"][0]["id"].as_str().unwrap().parse().unwrap();
+        let message =
+            sendmill_wire::MessageId::for_contact(id.parse().unwrap(), contact).to_string();
+        let dump = sendmill_tests::dumped_message(&message).expect("delivered");
+        let link = tracked_links(&p, &dump).pop().expect("a tracked link");
+        let r = p
+            .http
+            .get(&link)
+            .header("user-agent", BROWSER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 302);
+    };
+    let (run, ()) = tokio::join!(browser, click);
+    let run = run.unwrap();
+    assert!(
+        run.status.success(),
+        "the browser check failed: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&run.stdout).expect("one JSON line");
+    assert_eq!(seen["redirectedToLogin"], true, "{seen}");
+    assert_eq!(seen["errors"], json!([]), "{seen}");
+    // The one failed request is the refused sender's 422, shown in the editor.
+    assert!(
+        seen["consoleErrors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e.as_str().unwrap().contains("422")),
+        "{seen}"
+    );
+    assert_eq!(seen["refusedField"], "from.email", "{seen}");
+    assert_eq!(seen["previewSubject"], "Hello Person 1", "{seen}");
+    assert!(
+        seen["previewHtml"]
+            .as_str()
+            .unwrap()
+            .contains("Hi Person 1"),
+        "{seen}"
+    );
+    assert_eq!(seen["funnel"]["Delivered"], "3", "{seen}");
+    assert_eq!(seen["funnel"]["Clicked (people)"], "1", "{seen}");
+    assert!(
+        seen["links"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("https://shop.example/"),
+        "{seen}"
+    );
+    assert!(seen["bars"].as_u64().unwrap() >= 3, "{seen}");
+    assert_eq!(seen["slow"]["Released"], "1", "{seen}");
+    assert_eq!(seen["slow"]["Not sent"], "2", "{seen}");
+    // What the page did is what the API has.
+    let (_, cancelled) = api(
+        &p,
+        &p.api_key,
+        Method::GET,
+        "/v1/campaigns?state=cancelled",
+        None,
+    )
+    .await;
+    assert_eq!(cancelled["data"][0]["name"], "Slow", "{cancelled}");
+    assert_eq!(cancelled["data"][0]["progress"]["not_sent"], 2);
+    p.stop().await;
+}
