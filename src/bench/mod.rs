@@ -18,6 +18,7 @@ use sendmill_wire::{
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
+pub mod campaign;
 pub mod import;
 pub mod inbound;
 pub mod pipeline;

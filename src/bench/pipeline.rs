@@ -271,8 +271,8 @@ pub(crate) struct Run {
     pub(crate) config: SendmillConfig,
     pub(crate) ingest: std::net::SocketAddr,
     pub(crate) analytics: std::net::SocketAddr,
-    render_ops: std::net::SocketAddr,
-    dispatcher_ops: std::net::SocketAddr,
+    pub(crate) render_ops: std::net::SocketAddr,
+    pub(crate) dispatcher_ops: std::net::SocketAddr,
 }
 
 impl Run {
@@ -358,21 +358,21 @@ pub(crate) fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
 
 /// What the events reader saw, shared with the progress line.
 #[derive(Default)]
-struct Seen {
-    delivered: AtomicU64,
-    terminal: AtomicU64,
+pub(crate) struct Seen {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) terminal: AtomicU64,
     deferred: AtomicU64,
     /// Every delivered message and when (including the warm-up's).
-    delivered_at: Mutex<HashMap<MessageId, OffsetDateTime>>,
+    pub(crate) delivered_at: Mutex<HashMap<MessageId, OffsetDateTime>>,
     not_delivered: Mutex<BTreeMap<String, u64>>,
 }
 
 /// What the load generator did.
 #[derive(Default)]
-struct Load {
-    accepted: AtomicU64,
-    accepted_at: Mutex<HashMap<MessageId, OffsetDateTime>>,
-    refused: Mutex<BTreeMap<u16, u64>>,
+pub(crate) struct Load {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) accepted_at: Mutex<HashMap<MessageId, OffsetDateTime>>,
+    pub(crate) refused: Mutex<BTreeMap<u16, u64>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -746,7 +746,7 @@ pub async fn pipeline(
 }
 
 impl Seen {
-    fn record(&self, event: &EventV1) {
+    pub(crate) fn record(&self, event: &EventV1) {
         match event.event_type {
             EventType::Delivered => {
                 self.delivered_at
@@ -825,7 +825,7 @@ async fn post(
     clippy::too_many_arguments,
     reason = "one call site, all of it the load's shape"
 )]
-async fn generate(
+pub(crate) async fn generate(
     http: &reqwest::Client,
     url: &str,
     key: &str,
@@ -872,7 +872,7 @@ async fn generate(
     Ok(())
 }
 
-async fn wait_healthy(
+pub(crate) async fn wait_healthy(
     http: &reqwest::Client,
     addr: std::net::SocketAddr,
     processes: &mut [Process],
@@ -894,7 +894,7 @@ async fn wait_healthy(
     }
 }
 
-fn percentiles(mut values: Vec<f64>) -> Percentiles {
+pub(crate) fn percentiles(mut values: Vec<f64>) -> Percentiles {
     if values.is_empty() {
         return Percentiles::default();
     }

@@ -88,6 +88,27 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         count_runs: usize,
     },
+    /// A campaign to a list of `contacts` sent unthrottled through the whole pipeline as
+    /// separate processes into the bench sinks: its release rate and delivered/s, and a
+    /// steady transactional stream's 202-to-delivered p50/p99 alone and while the
+    /// campaign drains (the priority lanes).
+    Campaign {
+        /// Contacts in the list.
+        #[arg(long, default_value_t = 100_000)]
+        contacts: usize,
+        /// Transactional single-recipient requests per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Seconds of the transactional stream alone first.
+        #[arg(long, default_value_t = 20.0)]
+        baseline_seconds: f64,
+        /// Destination domains (bench sinks d1–dN.test, at most 10).
+        #[arg(long, default_value_t = 10)]
+        domains: usize,
+        /// Seconds to wait for the campaign to be delivered.
+        #[arg(long, default_value_t = 900.0)]
+        timeout: f64,
+    },
     /// Delivered messages/s of one dispatcher (and per CPU-second) with messages
     /// pre-loaded in `ready`, to 1 and to 50 destination domains on local smtp-sink hosts,
     /// beside the sinks' own ceiling measured with smtp-source.
@@ -199,6 +220,48 @@ pub async fn run(config: &SendmillConfig, bench: Bench) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             println!("{json}");
+            Ok(())
+        }
+        Bench::Campaign {
+            contacts,
+            rate,
+            baseline_seconds,
+            domains,
+            timeout,
+        } => {
+            let options = sendmill::bench::campaign::CampaignOptions {
+                contacts: contacts.max(1),
+                transactional_rate: rate,
+                baseline_seconds,
+                domains: domains.clamp(1, 10),
+                timeout,
+            };
+            let r = sendmill::bench::campaign::campaign(config, &options).await?;
+            println!(
+                "campaign bench: {} contacts, {} B HTML, {} destination domains, {}",
+                r.contacts, r.html_bytes, r.domains, r.broker
+            );
+            println!(
+                "  released {:.0}/s ({:.1} s); delivered {} at {:.0}/s ({:.1} s from its start)",
+                r.release_per_sec,
+                r.release_seconds,
+                r.delivered,
+                r.delivered_per_sec,
+                r.delivery_seconds
+            );
+            println!(
+                "  transactional {}/s, 202 to delivered: alone p50 {:.0} ms p99 {:.0} ms ({} samples); \
+                 while the campaign drains p50 {:.0} ms p99 {:.0} ms ({} samples); unfinished {}",
+                r.transactional_rate,
+                r.transactional_alone_ms.p50,
+                r.transactional_alone_ms.p99,
+                r.transactional_alone_ms.samples,
+                r.transactional_during_campaign_ms.p50,
+                r.transactional_during_campaign_ms.p99,
+                r.transactional_during_campaign_ms.samples,
+                r.transactional_unfinished
+            );
+            println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
         Bench::Import {
