@@ -41,7 +41,7 @@ const row = (cells) => {
 const num = (n) => el("td", String(n ?? "—"), "n");
 const $ = (id) => document.getElementById(id);
 
-const page = { editing: null, report: null, campaigns: [], lists: [], timer: null };
+const page = { editing: null, current: null, report: null, campaigns: [], lists: [], timer: null };
 
 // What a state allows, as the API enforces it.
 const ACTIONS = {
@@ -116,31 +116,40 @@ async function act(c, action) {
 
 const selected = (id) => [...$(id).selectedOptions].map((o) => o.value);
 
+// The editor's fields as a request body. Keys the form leaves empty are left out, so a
+// PATCH keeps what the campaign has (a template's subject, a time set by the API).
 function formBody() {
   const body = {
     name: $("c-name").value,
     from: { email: $("c-from").value.trim(), name: $("c-from-name").value.trim() || null },
-    subject: $("c-subject").value,
-    html: $("c-html").value || null,
     audience: { lists: selected("c-lists"), segment_id: $("c-segment").value || null, exclude_lists: selected("c-exclude") },
     throttle_per_hour: $("c-throttle").value ? Number($("c-throttle").value) : null,
-    send_at: $("c-send-at").value || null,
-    time_zone: $("c-zone").value.trim() || null,
-    ab_test: null,
   };
+  if ($("c-subject").value) body.subject = $("c-subject").value;
+  if ($("c-html").value) body.html = $("c-html").value;
+  if ($("c-send-at").value) body.send_at = $("c-send-at").value;
+  if ($("c-zone").value.trim()) body.time_zone = $("c-zone").value.trim();
+  const had = page.current && page.current.ab_test;
   if ($("ab-on").checked) {
+    // The variants' other changes (from name, content) are kept; the subjects are the form's.
+    const variants = had ? had.variants.map((v) => ({ ...v })) : [{}, {}];
+    variants[0].subject = $("ab-a").value || body.subject || variants[0].subject;
+    variants[1].subject = $("ab-b").value || variants[1].subject;
     body.ab_test = {
-      variants: [{ subject: $("ab-a").value || body.subject }, { subject: $("ab-b").value }],
+      variants,
       test_percent: Number($("ab-percent").value),
       metric: $("ab-metric").value,
       wait_seconds: Number($("ab-wait").value) * 60,
     };
+  } else if (had) {
+    body.ab_test = null;
   }
   return body;
 }
 
 function edit(c) {
   page.editing = c ? c.id : null;
+  page.current = c || null;
   $("editor-title").textContent = c ? `Edit ${c.name}` : "New campaign";
   $("c-name").value = c ? c.name : "";
   $("c-from").value = c ? c.from.email : "";
@@ -158,6 +167,9 @@ function edit(c) {
   $("ab-on").checked = Boolean(ab);
   $("ab-a").value = ab ? ab.variants[0].subject || "" : "";
   $("ab-b").value = ab ? ab.variants[1].subject || "" : "";
+  $("ab-percent").value = ab ? ab.test_percent : 20;
+  $("ab-metric").value = ab ? ab.metric : "opens";
+  $("ab-wait").value = ab ? Math.max(1, Math.round(ab.wait_seconds / 60)) : 60;
   $("editor-status").textContent = "";
 }
 
@@ -170,6 +182,7 @@ async function save(event) {
       ? await api("PATCH", `/v1/campaigns/${page.editing}`, body)
       : await api("POST", "/v1/campaigns", body);
     page.editing = saved.id;
+    page.current = saved;
     $("editor-title").textContent = `Edit ${saved.name}`;
     status.textContent = `Saved (${saved.state}).`;
     status.className = "ok";

@@ -57,7 +57,7 @@ pub async fn create(
     let account = caller_account(&caller)?;
     let checked = check(&state, account, body.value).await?;
     let id = Uuid::now_v7();
-    store(&state, account, id, &checked, true).await?;
+    store(&state, account, id, &checked, None).await?;
     Ok((StatusCode::CREATED, Json(load(&state, account, id).await?)))
 }
 
@@ -67,25 +67,25 @@ async fn store(
     account: AccountId,
     id: Uuid,
     checked: &model::Checked,
-    new: bool,
+    expected: Option<State>,
 ) -> Result<(), ApiError> {
     let i = &checked.input;
-    let sql = if new {
+    let sql = if expected.is_none() {
         "INSERT INTO campaigns (id, account_id, name, from_email, from_name, reply_to, subject,
              html, text, template_id, template_version, lists, segment_id, exclude_lists, tags,
              ip_pool, track_opens, track_clicks, list_unsubscribe, send_at, time_zone,
-             throttle_per_hour, ab_test)
+             throttle_per_hour, ab_test, installation)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-             $18, $19, $20, $21, $22, $23)"
+             $18, $19, $20, $21, $22, $23, $25)"
     } else {
         "UPDATE campaigns SET name = $3, from_email = $4, from_name = $5, reply_to = $6,
              subject = $7, html = $8, text = $9, template_id = $10, template_version = $11,
              lists = $12, segment_id = $13, exclude_lists = $14, tags = $15, ip_pool = $16,
              track_opens = $17, track_clicks = $18, list_unsubscribe = $19, send_at = $20,
              time_zone = $21, throttle_per_hour = $22, ab_test = $23, updated_at = now()
-         WHERE id = $1 AND account_id = $2"
+         WHERE id = $1 AND account_id = $2 AND state = $24"
     };
-    sqlx::query(sql)
+    let stored = sqlx::query(sql)
         .bind(id)
         .bind(account.0)
         .bind(&i.name)
@@ -109,9 +109,18 @@ async fn store(
         .bind(&checked.time_zone)
         .bind(i.throttle_per_hour.map(|t| t as i32))
         .bind(i.ab_test.as_ref().map(sqlx::types::Json))
+        .bind(expected.map(State::as_str))
+        .bind(state.topics.prefix())
         .execute(state.store.pool())
         .await
         .map_err(db_error)?;
+    // A change is written only in the state it was checked for: a campaign that began
+    // sending (or was cancelled) meanwhile is left as it is.
+    if stored.rows_affected() == 0 {
+        return Err(ApiError::conflict(
+            "the campaign changed state meanwhile; read it and try again",
+        ));
+    }
     Ok(())
 }
 
@@ -220,31 +229,20 @@ pub async fn update(
     for (key, value) in patch {
         merged.insert(key, value);
     }
+    if current.state != State::Draft {
+        // Under way, the start time is history: not checked again, kept as it is.
+        merged.remove("send_at");
+    }
     let input: Input = serde_path_to_error::deserialize(Value::Object(merged)).map_err(|e| {
         let field = e.path().to_string();
         ApiError::invalid(field, e.into_inner().to_string())
     })?;
     let mut checked = check(&state, account, input).await?;
     if current.state != State::Draft {
-        // send_at of a scheduled campaign stays as it was, even if now past.
         checked.send_at = current.starts_at;
+        checked.input.send_at = current.input.send_at.clone();
     }
-    let mut tx = state.store.pool().begin().await.map_err(db_error)?;
-    let live: Option<String> = sqlx::query_scalar(
-        "SELECT state FROM campaigns WHERE id = $1 AND account_id = $2 FOR UPDATE",
-    )
-    .bind(id)
-    .bind(account.0)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(db_error)?;
-    if live.as_deref() != Some(current.state.as_str()) {
-        return Err(ApiError::conflict(
-            "the campaign changed state meanwhile; try again",
-        ));
-    }
-    tx.commit().await.map_err(db_error)?;
-    store(&state, account, id, &checked, false).await?;
+    store(&state, account, id, &checked, Some(current.state)).await?;
     Ok(Json(load(&state, account, id).await?))
 }
 
@@ -328,12 +326,6 @@ pub async fn schedule(
         )));
     }
     check(&state, account, current.input.clone()).await?;
-    if current.input.audience.lists.is_empty() && current.input.audience.segment_id.is_none() {
-        return Err(ApiError::invalid(
-            "audience",
-            "name lists or a segment to send to",
-        ));
-    }
     content::base(&state, account, &current).await?;
     let count = audience_count(&state, account, &current.input.audience).await?;
     if count == 0 {
@@ -446,8 +438,9 @@ pub struct WinnerChoice {
 }
 
 /// `POST /v1/campaigns/{id}/winner` (`{"variant": "B"}`): while the campaign waits for
-/// its A/B test's winner (any metric: the marketer may decide early), the rest of the
-/// audience gets `variant`. 409 outside the wait, 400 for a variant the test lacks.
+/// its A/B test's winner (any metric: the marketer may decide before the wait is over),
+/// the rest of the audience gets `variant`. 409 outside the wait (while the test share
+/// is still being released, too), 400 for a variant the test lacks.
 pub async fn choose_winner(
     AxState(state): AxState<Campaigns>,
     caller: Caller,
@@ -471,7 +464,7 @@ pub async fn choose_winner(
     let reason = json!({"chosen_by": "manual", "metric": ab.metric, "figures": figures});
     let moved = sqlx::query(
         "UPDATE campaigns SET winner = $3, winner_reason = $4, phase = 'rest', updated_at = now()
-         WHERE id = $1 AND account_id = $2 AND phase IN ('test', 'waiting')
+         WHERE id = $1 AND account_id = $2 AND phase = 'waiting'
            AND state IN ('sending', 'paused')",
     )
     .bind(id)
@@ -499,6 +492,14 @@ pub async fn audience_condition(
     account: AccountId,
     audience: &model::Audience,
 ) -> Result<Compiled, ApiError> {
+    if audience.lists.is_empty() && audience.segment_id.is_none() {
+        // Never "everyone": an audience names lists or a segment (one deleted after
+        // scheduling leaves nothing, and the campaign cannot start).
+        return Err(ApiError::invalid(
+            "audience",
+            "name lists or a segment to send to",
+        ));
+    }
     let mut c = match audience.segment_id {
         Some(segment) => {
             let expression: Option<String> = sqlx::query_scalar(
@@ -721,7 +722,7 @@ pub async fn test_send(
             });
         }
     }
-    // Strict mode over the audience's first contacts.
+    // Strict mode over the audience's first contacts: CPU work, off the runtime.
     let contacts = sample(
         &state,
         account,
@@ -730,24 +731,50 @@ pub async fn test_send(
         state.config.strict_check_contacts,
     )
     .await?;
-    let mut strict_failures = Vec::new();
-    for variant in &variants {
-        let content = content::variant(&base, campaign.input.ab_test.as_ref(), variant.as_deref());
-        for r in &contacts {
-            let data = content::data(&state, account, r);
-            if let Err(reason) = content::render(&state, account, &content, &data, true).await? {
-                strict_failures.push(StrictFailure {
-                    contact_id: r.contact_id,
-                    email: r.email.clone(),
-                    variant: variant.clone(),
-                    reason,
-                });
+    let set = content::template_set(&state, account).await?;
+    let jobs: Vec<(Option<String>, content::Content)> = variants
+        .iter()
+        .map(|v| {
+            let c = content::variant(&base, campaign.input.ab_test.as_ref(), v.as_deref());
+            (v.clone(), c)
+        })
+        .collect();
+    let data: Vec<(Uuid, String, Map<String, Value>)> = contacts
+        .iter()
+        .map(|r| {
+            (
+                r.contact_id,
+                r.email.clone(),
+                content::data(&state, account, r),
+            )
+        })
+        .collect();
+    let checked = data.len();
+    let strict_failures = tokio::task::spawn_blocking(move || {
+        let mut failures = Vec::new();
+        for (variant, content) in &jobs {
+            for (contact_id, email, data) in &data {
+                let outcome = match &set {
+                    Ok(set) => content::render_with(set, content, data, true).map(drop),
+                    Err(e) => Err(e.clone()),
+                };
+                if let Err(reason) = outcome {
+                    failures.push(StrictFailure {
+                        contact_id: *contact_id,
+                        email: email.clone(),
+                        variant: variant.clone(),
+                        reason,
+                    });
+                }
             }
         }
-    }
+        failures
+    })
+    .await
+    .expect("rendering does not panic");
     Ok(Json(TestResult {
         sent,
-        checked: contacts.len(),
+        checked,
         strict_failures,
     }))
 }

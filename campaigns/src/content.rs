@@ -13,7 +13,7 @@ use crate::{
 };
 use sendmill_audiences::contacts::store_error;
 use sendmill_platform::api::ApiError;
-use sendmill_render::templates::Part;
+use sendmill_render::templates::{Part, Templates};
 use sendmill_wire::{
     AccountId, BatchId, EmailAddress, Header, Lane, MessageContext, MessageId, RenderOptions,
     RequestedV1,
@@ -44,6 +44,14 @@ pub async fn base(
     campaign: &Campaign,
 ) -> Result<Content, ApiError> {
     let input = &campaign.input;
+    if input.template_id.is_none() && input.template_version.is_some() {
+        // The template was deleted (its id set to NULL, the pinned version kept).
+        return Err(crate::model::unprocessable(
+            "template_id",
+            "template_gone",
+            "the campaign's template was deleted",
+        ));
+    }
     let (subject, html, text) = match input.template_id {
         Some(template) => {
             let version = state
@@ -100,6 +108,10 @@ pub struct Recipient {
     pub name: String,
     pub attributes: Map<String, Value>,
 }
+
+/// The preferences link a test send carries instead of the contact's own (a seed
+/// address must not be able to change a real contact's subscriptions).
+pub const TEST_PREFERENCES_URL: &str = "about:blank#preferences-link-of-the-recipient";
 
 /// The template data for `r`.
 pub fn data(state: &Campaigns, account: AccountId, r: &Recipient) -> Map<String, Value> {
@@ -192,7 +204,13 @@ pub fn record(
         html: content.html.clone(),
         text: content.text.clone(),
         headers,
-        data: data(state, account, r),
+        data: {
+            let mut data = data(state, account, r);
+            if lane == Lane::Transactional {
+                data.insert("preferences_url".into(), TEST_PREFERENCES_URL.into());
+            }
+            data
+        },
         context: MessageContext {
             tags,
             metadata,
@@ -219,9 +237,53 @@ pub struct Rendered {
     pub text: Option<String>,
 }
 
-/// Renders `content` with `data` in the account's template set. `strict`: a missing
-/// variable is an error. Errors: the part and the reason (`Err(String)`); 503 when
-/// PostgreSQL (the account's partials) does not answer.
+/// The account's template set (its partials compiled): `Err(String)` when a partial
+/// does not compile; 503 when PostgreSQL does not answer.
+pub async fn template_set(
+    state: &Campaigns,
+    account: AccountId,
+) -> Result<Result<std::sync::Arc<Templates>, String>, ApiError> {
+    Ok(state
+        .templates
+        .get(account)
+        .await
+        .map_err(store_error)?
+        .map_err(|e| format!("partials: {e}")))
+}
+
+/// Renders `content` with `data` in `set`, as render renders a message. `strict`: a
+/// missing variable is an error. Errors: the part and the reason. CPU work: call it off
+/// the async runtime for many contacts.
+pub fn render_with(
+    set: &Templates,
+    content: &Content,
+    data: &Map<String, Value>,
+    strict: bool,
+) -> Result<Rendered, String> {
+    let data = Value::Object(data.clone());
+    let part = |part: Part, source: &str| {
+        set.render(part, source, &data, strict)
+            .map_err(|reason| format!("{}: {reason}", part.name()))
+    };
+    let subject = part(Part::Subject, &content.subject)?;
+    let html = content
+        .html
+        .as_deref()
+        .map(|s| part(Part::Html, s))
+        .transpose()?;
+    let text = match (&content.text, &html) {
+        (Some(s), _) => Some(part(Part::Text, s)?),
+        (None, Some(html)) => Some(sendmill_render::text::from_html(html)),
+        (None, None) => None,
+    };
+    Ok(Rendered {
+        subject,
+        html,
+        text,
+    })
+}
+
+/// [`template_set`] and [`render_with`] for one contact (a preview).
 pub async fn render(
     state: &Campaigns,
     account: AccountId,
@@ -229,32 +291,7 @@ pub async fn render(
     data: &Map<String, Value>,
     strict: bool,
 ) -> Result<Result<Rendered, String>, ApiError> {
-    let set = match state.templates.get(account).await.map_err(store_error)? {
-        Ok(set) => set,
-        Err(error) => return Ok(Err(format!("partials: {error}"))),
-    };
-    let data = Value::Object(data.clone());
-    let part = |part: Part, source: &str| {
-        set.render(part, source, &data, strict)
-            .map_err(|reason| format!("{}: {reason}", part.name()))
-    };
-    let rendered = (|| {
-        let subject = part(Part::Subject, &content.subject)?;
-        let html = content
-            .html
-            .as_deref()
-            .map(|s| part(Part::Html, s))
-            .transpose()?;
-        let text = match (&content.text, &html) {
-            (Some(s), _) => Some(part(Part::Text, s)?),
-            (None, Some(html)) => Some(sendmill_render::text::from_html(html)),
-            (None, None) => None,
-        };
-        Ok(Rendered {
-            subject,
-            html,
-            text,
-        })
-    })();
-    Ok(rendered)
+    Ok(template_set(state, account)
+        .await?
+        .and_then(|set| render_with(&set, content, data, strict)))
 }

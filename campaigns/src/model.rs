@@ -203,6 +203,9 @@ pub struct Campaign {
     pub winner_reason: Option<Value>,
     /// `all` (no test), `test`, `waiting` (for the winner) or `rest`.
     pub phase: String,
+    /// Why the sender paused or cancelled it on its own (its template or segment gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub test_ends_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -236,7 +239,7 @@ pub const COLUMNS: &str = "id, state, name, from_email, from_name, reply_to, sub
     template_id, template_version, lists, segment_id, exclude_lists, tags, ip_pool, track_opens,
     track_clicks, list_unsubscribe, send_at, time_zone, throttle_per_hour, ab_test, phase,
     test_ends_at, winner, winner_reason, audience_size, test_size, released, skipped, not_sent,
-    started_at, finished_at, created_at, updated_at, cursor";
+    started_at, finished_at, created_at, updated_at, cursor, note";
 
 pub fn from_row(r: &PgRow) -> Campaign {
     let send_at: Option<OffsetDateTime> = r.get("send_at");
@@ -289,6 +292,7 @@ pub fn from_row(r: &PgRow) -> Campaign {
             .get::<Option<sqlx::types::Json<Value>>, _>("winner_reason")
             .map(|j| j.0),
         phase: r.get("phase"),
+        note: r.get("note"),
         test_ends_at: r.get("test_ends_at"),
         started_at: r.get("started_at"),
         finished_at: r.get("finished_at"),
@@ -319,6 +323,9 @@ fn one_line(value: &str, max: usize) -> bool {
 fn check_source(field: &str, source: &str) -> Result<(), ApiError> {
     if source.len() > MAX_BODY {
         return Err(ApiError::invalid(field, "is longer than 2 MiB"));
+    }
+    if source.contains('\0') {
+        return Err(ApiError::invalid(field, "contains a NUL character"));
     }
     sendmill_render::templates::check_syntax(source)
         .map_err(|e| ApiError::invalid(field, format!("template syntax: {e}")))
@@ -448,6 +455,12 @@ pub async fn check(
         }
     }
     let time_zone = input.time_zone.clone().unwrap_or_else(|| "UTC".into());
+    if time_zone.is_empty() || time_zone.len() > 64 || time_zone.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "time_zone",
+            "not an IANA time zone name (e.g. Europe/Paris)",
+        ));
+    }
     let known: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
             .bind(&time_zone)
@@ -471,6 +484,17 @@ pub async fn check(
     }
     if let Some(ab) = &mut input.ab_test {
         check_ab(ab)?;
+        let tracked = match ab.metric {
+            Metric::Opens => input.tracking.opens,
+            Metric::Clicks => input.tracking.clicks,
+            Metric::Manual => true,
+        };
+        if !tracked {
+            return Err(ApiError::invalid(
+                "ab_test.metric",
+                "the winner is chosen by something the campaign does not track (tracking)",
+            ));
+        }
     }
     Ok(Checked {
         input,

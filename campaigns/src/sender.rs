@@ -36,7 +36,7 @@ use sqlx::Row;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use uuid::Uuid;
 
@@ -84,13 +84,6 @@ impl From<sendmill_platform::api::ApiError> for RoundError {
     }
 }
 
-/// A campaign's throttle: tokens of messages, refilled at `throttle_per_hour / 3600`
-/// per second up to one chunk.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 pub(crate) async fn run(
     state: Campaigns,
     kafka: KafkaConnection,
@@ -112,13 +105,12 @@ pub(crate) async fn run(
     } else {
         None
     };
-    let mut buckets: HashMap<Uuid, Bucket> = HashMap::new();
     tracing::info!(chunk = state.config.chunk_size, "campaign sender running");
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        let worked = match round(&state, probe.as_ref(), &mut buckets).await {
+        let worked = match round(&state, probe.as_ref()).await {
             Ok(worked) => worked,
             Err(error) => {
                 tracing::error!(%error, "campaign sender round failed; retrying");
@@ -137,21 +129,19 @@ pub(crate) async fn run(
 async fn round(
     state: &Campaigns,
     probe: Option<&Arc<Mutex<LagProbe>>>,
-    buckets: &mut HashMap<Uuid, Bucket>,
 ) -> Result<bool, RoundError> {
     let mut worked = start_due(state).await?;
     decide_winners(state).await?;
+    // Every sending campaign, each account's least recently served first.
     let sending: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT id, account_id FROM (
-             SELECT DISTINCT ON (account_id) id, account_id, last_release_at FROM campaigns
-             WHERE state = 'sending' AND phase IN ('all', 'test', 'rest')
-             ORDER BY account_id, last_release_at NULLS FIRST) s
-         ORDER BY last_release_at NULLS FIRST",
+        "SELECT id, account_id FROM campaigns
+         WHERE installation = $1 AND state = 'sending' AND phase IN ('all', 'test', 'rest')
+         ORDER BY account_id, last_release_at NULLS FIRST",
     )
+    .bind(state.topics.prefix())
     .fetch_all(state.store.pool())
     .await?;
     if sending.is_empty() {
-        buckets.clear();
         return Ok(worked);
     }
     if let Some(probe) = probe {
@@ -170,8 +160,27 @@ async fn round(
             Err(error) => tracing::warn!(%error, "bulk backlog unknown; releasing anyway"),
         }
     }
+    // One chunk per account per round: its first campaign that can release (one
+    // waiting for its throttle passes the turn to the account's next).
+    let mut by_account: Vec<(Uuid, Vec<Uuid>)> = Vec::new();
     for (id, account) in sending {
-        worked |= release_chunk(state, id, AccountId(account), buckets).await?;
+        match by_account.last_mut() {
+            Some((a, ids)) if *a == account => ids.push(id),
+            _ => by_account.push((account, vec![id])),
+        }
+    }
+    for (account, ids) in by_account {
+        for id in ids {
+            match release_chunk(state, id, AccountId(account)).await {
+                Ok(true) => {
+                    worked = true;
+                    break;
+                }
+                Ok(false) => {}
+                // One campaign's trouble is logged and passed over; the others go on.
+                Err(error) => tracing::error!(campaign = %id, %error, "release failed; retrying"),
+            }
+        }
     }
     Ok(worked)
 }
@@ -180,14 +189,18 @@ async fn round(
 async fn start_due(state: &Campaigns) -> Result<bool, RoundError> {
     let due: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "SELECT id, account_id FROM campaigns
-         WHERE state = 'scheduled' AND (send_at IS NULL OR send_at <= now())
+         WHERE installation = $1 AND state = 'scheduled' AND (send_at IS NULL OR send_at <= now())
          ORDER BY send_at NULLS FIRST LIMIT 20",
     )
+    .bind(state.topics.prefix())
     .fetch_all(state.store.pool())
     .await?;
     let mut started = false;
     for (id, account) in due {
-        started |= start(state, id, AccountId(account)).await?;
+        match start(state, id, AccountId(account)).await {
+            Ok(began) => started |= began,
+            Err(error) => tracing::error!(campaign = %id, %error, "start failed; retrying"),
+        }
     }
     Ok(started)
 }
@@ -212,9 +225,10 @@ async fn start(state: &Campaigns, id: Uuid, account: AccountId) -> Result<bool, 
             tracing::error!(campaign = %id, error = %error.message, "campaign cannot start: cancelled");
             sqlx::query(
                 "UPDATE campaigns SET state = 'cancelled', audience_size = 0, finished_at = now(),
-                     updated_at = now() WHERE id = $1",
+                     note = $2, updated_at = now() WHERE id = $1",
             )
             .bind(id)
+            .bind(format!("not started: {}", error.message))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -275,8 +289,10 @@ async fn start(state: &Campaigns, id: Uuid, account: AccountId) -> Result<bool, 
 async fn decide_winners(state: &Campaigns) -> Result<(), RoundError> {
     let rows = sqlx::query(&format!(
         "SELECT account_id, {COLUMNS} FROM campaigns
-         WHERE state = 'sending' AND phase = 'waiting' AND test_ends_at <= now()"
+         WHERE installation = $1 AND state = 'sending' AND phase = 'waiting'
+           AND test_ends_at <= now()"
     ))
+    .bind(state.topics.prefix())
     .fetch_all(state.store.pool())
     .await?;
     for row in rows {
@@ -285,22 +301,37 @@ async fn decide_winners(state: &Campaigns) -> Result<(), RoundError> {
         let Some(ab) = &campaign.input.ab_test else {
             continue;
         };
-        let figures = crate::stats::variant_figures(state, account, &campaign).await?;
-        let winner =
-            crate::stats::best(&figures, ab.metric).unwrap_or_else(|| ab.variants[0].name.clone());
+        let figures = match crate::stats::variant_figures(state, account, &campaign).await {
+            Ok(f) => f,
+            Err(error) => {
+                // ClickHouse away: the decision waits, releases go on.
+                tracing::warn!(campaign = %campaign.id, error = %error.message, "A/B figures unavailable");
+                continue;
+            }
+        };
+        let (winner, tie) = match crate::stats::best(&figures, ab.metric) {
+            Some(best) => best,
+            None => (ab.variants[0].name.clone(), true),
+        };
         let reason = serde_json::json!({
             "chosen_by": ab.metric,
+            // No variant did better than the others (no opens or clicks yet, or equal
+            // rates): the first one is sent.
+            "tie": tie,
             "figures": figures,
         });
-        sqlx::query(
+        let decided = sqlx::query(
             "UPDATE campaigns SET winner = $2, winner_reason = $3, phase = 'rest', updated_at = now()
-             WHERE id = $1 AND phase = 'waiting'",
+             WHERE id = $1 AND phase = 'waiting' AND state = 'sending'",
         )
         .bind(campaign.id)
         .bind(&winner)
         .bind(sqlx::types::Json(reason))
         .execute(state.store.pool())
         .await?;
+        if decided.rows_affected() == 0 {
+            continue;
+        }
         tracing::info!(campaign = %campaign.id, %winner, "A/B test decided");
     }
     Ok(())
@@ -326,11 +357,12 @@ async fn release_chunk(
     state: &Campaigns,
     id: Uuid,
     account: AccountId,
-    buckets: &mut HashMap<Uuid, Bucket>,
 ) -> Result<bool, RoundError> {
     let mut tx = state.store.pool().begin().await?;
     let Some(row) = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM campaigns WHERE id = $1 AND state = 'sending'
+        "SELECT {COLUMNS}, throttle_tokens,
+                extract(epoch FROM now() - coalesce(throttle_at, now()))::float8 AS throttle_idle
+         FROM campaigns WHERE id = $1 AND state = 'sending'
            AND phase IN ('all', 'test', 'rest') FOR UPDATE SKIP LOCKED"
     ))
     .bind(id)
@@ -350,21 +382,38 @@ async fn release_chunk(
         tx.commit().await?;
         return Ok(true);
     }
+    // The throttle: a token bucket in the row (shared by every sender), refilled at
+    // throttle_per_hour / 3600 per second up to one minute's worth (at least one).
     let mut limit = i64::from(state.config.chunk_size);
+    let mut tokens = None;
     if let Some(per_hour) = campaign.input.throttle_per_hour {
-        let bucket = buckets.entry(id).or_insert(Bucket {
-            tokens: 1.0,
-            at: Instant::now(),
-        });
-        let rate = f64::from(per_hour) / 3600.0;
-        bucket.tokens = (bucket.tokens + bucket.at.elapsed().as_secs_f64() * rate)
-            .min(f64::from(state.config.chunk_size).max(1.0));
-        bucket.at = Instant::now();
-        limit = limit.min(bucket.tokens.floor() as i64);
+        let cap = (f64::from(per_hour) / 60.0).clamp(1.0, f64::from(state.config.chunk_size));
+        let idle: f64 = row.get("throttle_idle");
+        let available =
+            (row.get::<f64, _>("throttle_tokens") + idle * f64::from(per_hour) / 3600.0).min(cap);
+        limit = limit.min(available.floor() as i64);
+        tokens = Some(available);
         if limit == 0 {
             return Ok(false);
         }
     }
+    let base = match content::base(state, account, &campaign).await {
+        Ok(base) => base,
+        Err(error) if error.status.is_client_error() => {
+            // The template is gone: nothing sensible to send; the marketer decides.
+            tracing::error!(campaign = %id, error = %error.message, "campaign paused");
+            sqlx::query(
+                "UPDATE campaigns SET state = 'paused', note = $2, updated_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .bind(format!("paused: {}", error.message))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(true);
+        }
+        Err(error) => return Err(error.into()),
+    };
     let rows = sqlx::query(&format!(
         "SELECT r.seq, r.variant, r.contact_id AS id, c.email, c.name, c.attributes,
                 {SKIP_REASON} AS skip
@@ -382,7 +431,6 @@ async fn release_chunk(
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    let base = content::base(state, account, &campaign).await?;
     let ab = campaign.input.ab_test.as_ref();
     let winner = content::variant(&base, ab, campaign.winner.as_deref());
     let mut variants: HashMap<String, content::Content> = HashMap::new();
@@ -434,6 +482,7 @@ async fn release_chunk(
     let new_cursor = seqs.last().copied().unwrap_or(end);
     sqlx::query(
         "UPDATE campaigns SET cursor = $2, released = released + $3, skipped = skipped + $4,
+             throttle_tokens = coalesce($5, throttle_tokens), throttle_at = now(),
              last_release_at = now(), updated_at = now()
          WHERE id = $1",
     )
@@ -441,15 +490,13 @@ async fn release_chunk(
     .bind(new_cursor)
     .bind(released)
     .bind(skipped)
+    .bind(tokens.map(|t| t - rows.len() as f64))
     .execute(&mut *tx)
     .await?;
     if new_cursor >= end {
         finish_phase(&mut tx, &campaign).await?;
     }
     tx.commit().await?;
-    if let Some(bucket) = buckets.get_mut(&id) {
-        bucket.tokens -= rows.len() as f64;
-    }
     metrics::counter!(crate::metric::RELEASED_TOTAL).increment(released as u64);
     for (reason, n) in skipped_by {
         metrics::counter!(crate::metric::SKIPPED_TOTAL, "reason" => reason).increment(n);

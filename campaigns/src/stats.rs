@@ -142,9 +142,9 @@ pub async fn variant_figures(
         .collect())
 }
 
-/// The variant with the highest rate by `metric` (the first of equals); `None` for
-/// `manual`.
-pub fn best(figures: &[VariantFigures], metric: Metric) -> Option<String> {
+/// The variant with the highest rate by `metric`, and whether others had the same
+/// (then the first of them); `None` for `manual`.
+pub fn best(figures: &[VariantFigures], metric: Metric) -> Option<(String, bool)> {
     let key = |f: &VariantFigures| match metric {
         Metric::Opens => f.open_rate,
         Metric::Clicks => f.click_rate,
@@ -153,13 +153,14 @@ pub fn best(figures: &[VariantFigures], metric: Metric) -> Option<String> {
     if metric == Metric::Manual {
         return None;
     }
-    let mut best: Option<&VariantFigures> = None;
-    for f in figures {
-        if best.is_none_or(|b| key(f) > key(b)) {
-            best = Some(f);
-        }
-    }
-    best.map(|f| f.variant.clone())
+    let best = figures
+        .iter()
+        .fold(None::<&VariantFigures>, |b, f| match b {
+            Some(b) if key(f) <= key(b) => Some(b),
+            _ => Some(f),
+        })?;
+    let tie = figures.iter().filter(|f| key(f) == key(best)).count() > 1;
+    Some((best.variant.clone(), tie))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

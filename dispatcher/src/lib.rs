@@ -158,10 +158,9 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             shutdown.clone(),
         )
     };
-    let deliveries = async {
-        let (tx, bulk) = tokio::join!(lane(Lane::Transactional), lane(Lane::Bulk));
-        tx.and(bulk)
-    };
+    // A lane whose loop fails ends the other too, and the stage fails.
+    let deliveries =
+        async { tokio::try_join!(lane(Lane::Transactional), lane(Lane::Bulk)).map(drop) };
     let retries = {
         let spec = ConsumerSpec {
             stage: "retry",

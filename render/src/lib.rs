@@ -142,9 +142,8 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
             shutdown.clone(),
         )
     };
-    let (tx, bulk) = tokio::join!(lane(Lane::Transactional), lane(Lane::Bulk));
-    tx?;
-    bulk?;
+    // A lane whose loop fails stops the stage (and the other lane) as any failure does.
+    tokio::try_join!(lane(Lane::Transactional), lane(Lane::Bulk))?;
     Ok(())
 }
 

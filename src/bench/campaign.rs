@@ -118,6 +118,13 @@ pub async fn campaign(
     .bind(list)
     .execute(store.pool())
     .await?;
+    // As the import worker does after a large import: plans for the tables as they are.
+    sqlx::query("ANALYZE contacts")
+        .execute(store.pool())
+        .await?;
+    sqlx::query("ANALYZE list_members")
+        .execute(store.pool())
+        .await?;
 
     let config_file = run.write_config()?;
     let campaigns_ops = super::pipeline::free_addr()?;

@@ -3,6 +3,10 @@
 CREATE TABLE campaigns (
     id                 uuid PRIMARY KEY,
     account_id         uuid NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    -- the Kafka topic prefix of the installation whose campaign sender releases it (as
+    -- scheduled_messages have it: installations and tests sharing a database never
+    -- release each other's campaigns into their own topics)
+    installation       text NOT NULL DEFAULT '',
     name               text NOT NULL,
     -- draft → scheduled → sending ⇄ paused → sent | cancelled (the API enforces the arrows)
     state              text NOT NULL DEFAULT 'draft'
@@ -29,6 +33,9 @@ CREATE TABLE campaigns (
     time_zone          text NOT NULL DEFAULT 'UTC',
     -- messages released per hour at most; NULL: as fast as the pipeline takes them
     throttle_per_hour  integer CHECK (throttle_per_hour > 0),
+    -- the throttle's token bucket, kept here so that every sender shares it
+    throttle_tokens    double precision NOT NULL DEFAULT 1,
+    throttle_at        timestamptz,
     -- A/B test: {"variants": [...], "test_percent": 20, "metric": "opens", "wait_seconds": 3600}
     ab_test            jsonb,
     -- all (no test), test (releasing the test share), waiting (for the winner), rest
@@ -46,6 +53,8 @@ CREATE TABLE campaigns (
     skipped            bigint NOT NULL DEFAULT 0,
     not_sent           bigint NOT NULL DEFAULT 0,
     last_release_at    timestamptz,
+    -- why the sender paused or cancelled it (a template or segment gone)
+    note               text,
     started_at         timestamptz,
     finished_at        timestamptz,
     created_at         timestamptz NOT NULL DEFAULT now(),
@@ -53,7 +62,7 @@ CREATE TABLE campaigns (
     UNIQUE (account_id, id)
 );
 CREATE INDEX campaigns_account ON campaigns (account_id, created_at DESC);
-CREATE INDEX campaigns_due ON campaigns (state, send_at) WHERE state IN ('scheduled', 'sending');
+CREATE INDEX campaigns_due ON campaigns (installation, state, send_at) WHERE state IN ('scheduled', 'sending');
 
 -- The audience of a campaign, fixed when it starts sending, in release order (a
 -- pseudo-random order, so an A/B test's share is a random sample). A recipient's

@@ -163,6 +163,13 @@ async fn the_state_machine_bad_input_test_sends_and_tenant_isolation() {
             "ab_test.wait_seconds",
         ),
         (json!({"colour": "red"}), 400, ""),
+        (json!({"html": "<p>a\u{0}b</p>"}), 400, "html"),
+        (json!({"time_zone": "Europe/Paris\u{0}"}), 400, "time_zone"),
+        (
+            json!({"tracking": {"clicks": false}, "ab_test": {"variants": [{"subject": "A"}, {"subject": "B"}], "test_percent": 20, "metric": "clicks", "wait_seconds": 60}}),
+            400,
+            "ab_test.metric",
+        ),
     ] {
         let (s, answer) = api(
             &p,
@@ -1054,6 +1061,47 @@ async fn accounts_take_turns_in_the_bulk_lane() {
         "the small campaign waited for the big one: {big_then}"
     );
     wait_state(&p, &big_id, "sent").await;
+
+    // A segment deleted after its campaign was scheduled leaves it nobody to send to
+    // (never "everyone"): the sender cancels it, saying why.
+    let segment = ok(
+        &p,
+        Method::POST,
+        "/v1/segments",
+        Some(json!({"name": "pros", "expression": "attributes.plan = \"pro\""})),
+    )
+    .await;
+    let mut body = campaign_body(&p, "Orphan", &big_list);
+    body["audience"] = json!({"segment_id": segment["id"]});
+    body["send_at"] = json!(
+        (time::OffsetDateTime::now_utc() + time::Duration::seconds(3))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    );
+    let orphan = ok(&p, Method::POST, "/v1/campaigns", Some(body)).await;
+    let orphan_id = orphan["id"].as_str().unwrap().to_owned();
+    ok(
+        &p,
+        Method::POST,
+        &format!("/v1/campaigns/{orphan_id}/schedule"),
+        None,
+    )
+    .await;
+    let (s, _) = api(
+        &p,
+        &p.api_key,
+        Method::DELETE,
+        &format!("/v1/segments/{}", segment["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let cancelled = wait_state(&p, &orphan_id, "cancelled").await;
+    assert_eq!(cancelled["progress"]["released"], 0, "{cancelled}");
+    assert!(
+        cancelled["note"].as_str().unwrap().contains("lists or a segment"),
+        "{cancelled}"
+    );
     p.stop().await;
 }
 
