@@ -1099,7 +1099,10 @@ async fn accounts_take_turns_in_the_bulk_lane() {
     let cancelled = wait_state(&p, &orphan_id, "cancelled").await;
     assert_eq!(cancelled["progress"]["released"], 0, "{cancelled}");
     assert!(
-        cancelled["note"].as_str().unwrap().contains("lists or a segment"),
+        cancelled["note"]
+            .as_str()
+            .unwrap()
+            .contains("lists or a segment"),
         "{cancelled}"
     );
     p.stop().await;
