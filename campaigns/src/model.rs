@@ -441,10 +441,11 @@ pub async fn check(
         return Err(ApiError::invalid("tags", "at most 20 tags"));
     }
     for (i, tag) in input.tags.iter().enumerate() {
-        label(tag).map_err(|m| ApiError::invalid(format!("tags[{i}]"), m))?;
+        sendmill_platform::api::check_label(tag)
+            .map_err(|m| ApiError::invalid(format!("tags[{i}]"), m))?;
     }
     if let Some(pool) = &input.ip_pool {
-        label(pool).map_err(|m| ApiError::invalid("ip_pool", m))?;
+        sendmill_platform::api::check_label(pool).map_err(|m| ApiError::invalid("ip_pool", m))?;
     }
     if let Some(throttle) = input.throttle_per_hour {
         if throttle == 0 || throttle > MAX_THROTTLE {
@@ -642,20 +643,6 @@ async fn check_audience(
                 "the account has no such segment",
             ));
         }
-    }
-    Ok(())
-}
-
-/// Tags and IP pool names: as the send API takes them.
-fn label(value: &str) -> Result<(), &'static str> {
-    if value.is_empty() || value.len() > 64 {
-        return Err("must be 1 to 64 characters");
-    }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
-    {
-        return Err("may contain only letters, digits and - _ . : /");
     }
     Ok(())
 }

@@ -70,16 +70,7 @@ pub fn header_name(name: &str) -> Result<(), &'static str> {
 
 /// Tags and metadata keys: short, visible, no separators that break exports.
 pub fn label(value: &str) -> Result<(), &'static str> {
-    if value.is_empty() || value.len() > 64 {
-        return Err("must be 1 to 64 characters");
-    }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
-    {
-        return Err("may contain only letters, digits and - _ . : /");
-    }
-    Ok(())
+    sendmill_platform::api::check_label(value)
 }
 
 /// File types mail filters quarantine (and malware uses): refused outright.

@@ -192,3 +192,19 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     response.headers_mut().insert(REQUEST_ID, value);
     response
 }
+
+/// Tags, metadata keys, categories and IP pool names: 1–64 of `A-Z a-z 0-9 - _ . : /`,
+/// nothing that breaks a CSV export or a metric label. Errors: what is wrong, for the
+/// caller's 400.
+pub fn check_label(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() || value.len() > 64 {
+        return Err("must be 1 to 64 characters");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+    {
+        return Err("may contain only letters, digits and - _ . : /");
+    }
+    Ok(())
+}

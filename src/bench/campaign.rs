@@ -11,11 +11,12 @@
 //! into PostgreSQL (`generate_series`): the import is `bench import`'s subject.
 
 use super::pipeline::{
-    drop_database, generate, percentiles, wait_healthy, Load, Percentiles, Process, Run, Seen,
+    drop_database, generate, percentiles, read_events, wait_healthy, Load, Percentiles, Process,
+    Run, Seen,
 };
 use anyhow::{bail, Context};
-use sendmill_platform::kafka::{self, Handled, KafkaConnection};
-use sendmill_wire::{EventV1, MessageId};
+use sendmill_platform::kafka::KafkaConnection;
+use sendmill_wire::MessageId;
 use serde::Serialize;
 use serde_json::json;
 use std::{
@@ -171,31 +172,7 @@ pub async fn campaign(
     let kafka = KafkaConnection::new(brokers.clone(), config.kafka.clone());
     let seen = Arc::new(Seen::default());
     let reader_stop = sendmill_platform::CancellationToken::new();
-    let reader = {
-        let spec = kafka::ConsumerSpec {
-            stage: "bench",
-            group_id: format!("bench-events-{}", run.id),
-            topics: vec![kafka.topics.events()],
-            concurrency: 4096,
-        };
-        let (seen, kafka, stop) = (seen.clone(), kafka.clone(), reader_stop.clone());
-        tokio::spawn(async move {
-            kafka::consumer::run(
-                &kafka,
-                spec,
-                move |record| {
-                    let seen = seen.clone();
-                    async move {
-                        let event: EventV1 = kafka::consumer::decode(&record)?;
-                        seen.record(&event);
-                        Ok(Handled::Done)
-                    }
-                },
-                stop,
-            )
-            .await
-        })
-    };
+    let reader = read_events(&kafka, &run.id, seen.clone(), reader_stop.clone());
 
     let (html, text) = super::template();
     let url = format!("http://{}/v1/messages", run.ingest);

@@ -440,31 +440,7 @@ pub async fn pipeline(
     let kafka = KafkaConnection::new(brokers.clone(), config.kafka.clone());
     let seen = Arc::new(Seen::default());
     let reader_stop = sendmill_platform::CancellationToken::new();
-    let reader = {
-        let spec = kafka::ConsumerSpec {
-            stage: "bench",
-            group_id: format!("bench-events-{}", run.id),
-            topics: vec![kafka.topics.events()],
-            concurrency: 4096,
-        };
-        let (seen, kafka, stop) = (seen.clone(), kafka.clone(), reader_stop.clone());
-        tokio::spawn(async move {
-            kafka::consumer::run(
-                &kafka,
-                spec,
-                move |record| {
-                    let seen = seen.clone();
-                    async move {
-                        let event: EventV1 = kafka::consumer::decode(&record)?;
-                        seen.record(&event);
-                        Ok(Handled::Done)
-                    }
-                },
-                stop,
-            )
-            .await
-        })
-    };
+    let reader = read_events(&kafka, &run.id, seen.clone(), reader_stop.clone());
     let (group_names, groups): (Vec<&str>, Vec<GroupTopics>) =
         groups(config, &kafka).into_iter().unzip();
     let probe = {
@@ -745,8 +721,40 @@ pub async fn pipeline(
     Ok(report)
 }
 
+/// Reads the run's events topic into `seen` until `stop` (a group of its own).
+pub(crate) fn read_events(
+    kafka: &KafkaConnection,
+    run_id: &str,
+    seen: Arc<Seen>,
+    stop: sendmill_platform::CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), kafka::KafkaError>> {
+    let spec = kafka::ConsumerSpec {
+        stage: "bench",
+        group_id: format!("bench-events-{run_id}"),
+        topics: vec![kafka.topics.events()],
+        concurrency: 4096,
+    };
+    let kafka = kafka.clone();
+    tokio::spawn(async move {
+        kafka::consumer::run(
+            &kafka,
+            spec,
+            move |record| {
+                let seen = seen.clone();
+                async move {
+                    let event: EventV1 = kafka::consumer::decode(&record)?;
+                    seen.record(&event);
+                    Ok(Handled::Done)
+                }
+            },
+            stop,
+        )
+        .await
+    })
+}
+
 impl Seen {
-    pub(crate) fn record(&self, event: &EventV1) {
+    fn record(&self, event: &EventV1) {
         match event.event_type {
             EventType::Delivered => {
                 self.delivered_at
