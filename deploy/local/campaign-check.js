@@ -3,8 +3,8 @@
 // the editor (a sender off the account's domains first, and reads the error), picks the
 // list, saves it, previews it for a chosen contact, schedules it from the list and waits
 // for it to be sent, opens its report and waits for the deliveries and for a person's
-// click (the test clicks the delivered link meanwhile); then a throttled campaign is
-// paused, resumed and cancelled from the list. Saves a screenshot and prints one JSON
+// click (the test clicks the delivered link meanwhile); then a throttled campaign with an
+// A/B test set up in the editor is paused, resumed and cancelled from the list. Saves a screenshot and prints one JSON
 // line of what it saw.
 //
 // usage: node campaign-check.js BASE_URL KEY LIST_ID FROM_DOMAIN PREVIEW_EMAIL SCREENSHOT
@@ -15,7 +15,7 @@ const [base, key, listId, domain, previewEmail, screenshot] = process.argv.slice
 
 const row = (name) => `#campaigns tbody tr:has(td:first-child:text-is("${name}"))`;
 
-async function write(page, name, throttle) {
+async function write(page, name, throttle, abSubject) {
   await page.click("#editor-new");
   await page.fill("#c-name", name);
   await page.fill("#c-from", `news@${domain}`);
@@ -24,6 +24,13 @@ async function write(page, name, throttle) {
   await page.fill("#c-html", '<p>Hi {{name}}, <a href="https://shop.example/{{plan}}">shop</a></p>');
   await page.selectOption("#c-lists", [listId]);
   if (throttle) await page.fill("#c-throttle", String(throttle));
+  if (abSubject) {
+    await page.check("#ab-on");
+    await page.fill("#ab-b", abSubject);
+    await page.fill("#ab-percent", "50");
+    await page.selectOption("#ab-metric", "clicks");
+    await page.fill("#ab-wait", "30");
+  }
   await page.click("#editor button[type=submit]");
   await page.waitForSelector("#editor-status[data-saved]", { timeout: 15000 });
   return page.getAttribute("#editor-status", "data-saved");
@@ -80,8 +87,9 @@ async function stateOf(page, name, state) {
     const funnel = await page.locator("#funnel b").evaluateAll((bs) => Object.fromEntries(bs.map((b) => [b.dataset.figure, b.textContent])));
     const bars = await page.locator("#timeline rect").count();
 
-    // Throttled to one message an hour: pause, resume and cancel from the list.
-    await write(page, "Slow", 1);
+    // Throttled to one message an hour, with an A/B test of the subject: pause, resume
+    // and cancel from the list.
+    await write(page, "Slow", 1, "Offer B for {{name}}");
     await stateOf(page, "Slow", "draft");
     await page.click(`${row("Slow")} button[data-action=schedule]`);
     await stateOf(page, "Slow", "sending");

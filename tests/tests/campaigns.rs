@@ -1238,5 +1238,28 @@ async fn the_marketer_pages_drive_campaigns_in_chromium() {
     .await;
     assert_eq!(cancelled["data"][0]["name"], "Slow", "{cancelled}");
     assert_eq!(cancelled["data"][0]["progress"]["not_sent"], 2);
+    // The A/B test set up in the editor.
+    let ab = &cancelled["data"][0]["ab_test"];
+    assert_eq!(
+        ab["variants"][0]["subject"], "Hello {{name}}",
+        "{cancelled}"
+    );
+    assert_eq!(
+        ab["variants"][1]["subject"], "Offer B for {{name}}",
+        "{cancelled}"
+    );
+    assert_eq!(
+        (
+            ab["test_percent"].as_u64(),
+            ab["metric"].as_str(),
+            ab["wait_seconds"].as_u64()
+        ),
+        (Some(50), Some("clicks"), Some(1800)),
+        "{cancelled}"
+    );
+    assert_eq!(
+        cancelled["data"][0]["progress"]["test_size"], 2,
+        "{cancelled}"
+    );
     p.stop().await;
 }
