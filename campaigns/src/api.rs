@@ -282,13 +282,12 @@ async fn transition(
     id: Uuid,
     from: &[State],
     to: State,
-    set: &str,
 ) -> Result<Campaign, ApiError> {
     let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-    let moved = sqlx::query(&format!(
-        "UPDATE campaigns SET state = $3, updated_at = now(){set}
-         WHERE id = $1 AND account_id = $2 AND state = ANY($4)"
-    ))
+    let moved = sqlx::query(
+        "UPDATE campaigns SET state = $3, updated_at = now()
+         WHERE id = $1 AND account_id = $2 AND state = ANY($4)",
+    )
     .bind(id)
     .bind(account.0)
     .bind(to.as_str())
@@ -336,8 +335,21 @@ pub async fn schedule(
         ));
     }
     Ok(Json(
-        transition(&state, account, id, &[State::Draft], State::Scheduled, "").await?,
+        transition(&state, account, id, &[State::Draft], State::Scheduled).await?,
     ))
+}
+
+/// A request's plain transition (`from` → `to`) of campaign `id` (a path segment).
+async fn move_by_request(
+    state: &Campaigns,
+    caller: &Caller,
+    id: &str,
+    from: State,
+    to: State,
+) -> Result<Json<Campaign>, ApiError> {
+    let account = caller_account(caller)?;
+    let id = path_id(id, "campaign")?;
+    Ok(Json(transition(state, account, id, &[from], to).await?))
 }
 
 /// `POST /v1/campaigns/{id}/unschedule`: scheduled → draft.
@@ -346,11 +358,7 @@ pub async fn unschedule(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Campaign>, ApiError> {
-    let account = caller_account(&caller)?;
-    let id = path_id(&id, "campaign")?;
-    Ok(Json(
-        transition(&state, account, id, &[State::Scheduled], State::Draft, "").await?,
-    ))
+    move_by_request(&state, &caller, &id, State::Scheduled, State::Draft).await
 }
 
 /// `POST /v1/campaigns/{id}/pause`: sending → paused. The sender takes the campaign's
@@ -360,11 +368,7 @@ pub async fn pause(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Campaign>, ApiError> {
-    let account = caller_account(&caller)?;
-    let id = path_id(&id, "campaign")?;
-    Ok(Json(
-        transition(&state, account, id, &[State::Sending], State::Paused, "").await?,
-    ))
+    move_by_request(&state, &caller, &id, State::Sending, State::Paused).await
 }
 
 /// `POST /v1/campaigns/{id}/resume`: paused → sending, from the cursor.
@@ -373,11 +377,7 @@ pub async fn resume(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Campaign>, ApiError> {
-    let account = caller_account(&caller)?;
-    let id = path_id(&id, "campaign")?;
-    Ok(Json(
-        transition(&state, account, id, &[State::Paused], State::Sending, "").await?,
-    ))
+    move_by_request(&state, &caller, &id, State::Paused, State::Sending).await
 }
 
 /// `POST /v1/campaigns/{id}/cancel`: a draft, scheduled, sending or paused campaign

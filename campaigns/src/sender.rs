@@ -223,15 +223,13 @@ async fn start(state: &Campaigns, id: Uuid, account: AccountId) -> Result<bool, 
         Err(error) if error.status.is_client_error() => {
             // The segment went away after scheduling: nobody to send to.
             tracing::error!(campaign = %id, error = %error.message, "campaign cannot start: cancelled");
-            sqlx::query(
-                "UPDATE campaigns SET state = 'cancelled', audience_size = 0, finished_at = now(),
-                     note = $2, updated_at = now() WHERE id = $1",
+            set_aside(
+                tx,
+                id,
+                "cancelled",
+                format!("not started: {}", error.message),
             )
-            .bind(id)
-            .bind(format!("not started: {}", error.message))
-            .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             return Ok(true);
         }
         Err(error) => return Err(error.into()),
@@ -402,14 +400,7 @@ async fn release_chunk(
         Err(error) if error.status.is_client_error() => {
             // The template is gone: nothing sensible to send; the marketer decides.
             tracing::error!(campaign = %id, error = %error.message, "campaign paused");
-            sqlx::query(
-                "UPDATE campaigns SET state = 'paused', note = $2, updated_at = now() WHERE id = $1",
-            )
-            .bind(id)
-            .bind(format!("paused: {}", error.message))
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
+            set_aside(tx, id, "paused", format!("paused: {}", error.message)).await?;
             return Ok(true);
         }
         Err(error) => return Err(error.into()),
@@ -502,6 +493,30 @@ async fn release_chunk(
         metrics::counter!(crate::metric::SKIPPED_TOTAL, "reason" => reason).increment(n);
     }
     Ok(true)
+}
+
+/// Takes campaign `id` (whose row `tx` holds) out of the sender's hands: `paused` for
+/// the marketer to decide, or `cancelled` before it started (an audience of 0), with
+/// `note` saying why; commits.
+async fn set_aside(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    to: &str,
+    note: String,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE campaigns SET state = $2, note = $3, updated_at = now(),
+             finished_at = CASE WHEN $2 = 'cancelled' THEN now() END,
+             audience_size = CASE WHEN $2 = 'cancelled' THEN coalesce(audience_size, 0)
+                                  ELSE audience_size END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(to)
+    .bind(note)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
 
 /// The campaign's current phase is fully released: an A/B test waits for its winner

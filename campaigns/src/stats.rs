@@ -93,6 +93,19 @@ pub async fn variant_figures(
     account: AccountId,
     campaign: &Campaign,
 ) -> Result<Vec<VariantFigures>, ApiError> {
+    if campaign.input.ab_test.is_none() {
+        return Ok(Vec::new());
+    }
+    let cells = cells(state, account, campaign).await?;
+    figures_of(state, campaign, &cells).await
+}
+
+/// [`variant_figures`] from the campaign's rollup `cells`, already read.
+async fn figures_of(
+    state: &Campaigns,
+    campaign: &Campaign,
+    cells: &[CellRow],
+) -> Result<Vec<VariantFigures>, ApiError> {
     let Some(ab) = &campaign.input.ab_test else {
         return Ok(Vec::new());
     };
@@ -105,7 +118,6 @@ pub async fn variant_figures(
     .fetch_all(state.store.pool())
     .await
     .map_err(db_error)?;
-    let cells = cells(state, account, campaign).await?;
     Ok(ab
         .variants
         .iter()
@@ -317,7 +329,7 @@ pub async fn get(
         },
         unsubscribed: total("unsubscribed", 0),
         complained: total("complained", 0),
-        variants: variant_figures(&state, account, &campaign).await?,
+        variants: figures_of(&state, &campaign, &cells).await?,
         winner: campaign.winner.clone(),
         links: links
             .into_iter()

@@ -68,18 +68,11 @@ pub async fn campaign(
     base: &SendmillConfig,
     options: &CampaignOptions,
 ) -> anyhow::Result<CampaignReport> {
-    use sendmill_store::{Scope, Store};
+    use sendmill_store::Scope;
     super::require_bench_sinks(options.domains.clamp(1, 10)).await?;
     let run = Run::new(base)?;
     let config = &run.config;
-    let store = Store::connect(&config.postgres.url, 4)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
-    sendmill_analytics::schema::migrate(&config.clickhouse)
-        .await
-        .context("creating the bench's ClickHouse database")?;
-    let (sending, key) = super::tenant(&store, &run.id).await?;
+    let (store, sending, key) = run.prepare().await?;
     let account = sending.account_id;
     let marketer = store
         .create_api_key(

@@ -297,6 +297,23 @@ impl Run {
         })
     }
 
+    /// This run's PostgreSQL schema and ClickHouse database, and its tenant: the store,
+    /// the tenant's sending domain and its send key.
+    pub(crate) async fn prepare(
+        &self,
+    ) -> anyhow::Result<(sendmill_store::Store, sendmill_store::SendingDomain, String)> {
+        let config = &self.config;
+        let store = sendmill_store::Store::connect(&config.postgres.url, 4)
+            .await
+            .context("connecting to PostgreSQL")?;
+        store.migrate().await?;
+        sendmill_analytics::schema::migrate(&config.clickhouse)
+            .await
+            .context("creating the bench's ClickHouse database")?;
+        let (sending, key) = super::tenant(&store, &self.id).await?;
+        Ok((store, sending, key))
+    }
+
     /// The stages' config file: this run's names and ports. Endpoints and secrets reach
     /// the processes as the `SENDMILL_*` variables of [`Run::endpoint_env`].
     pub(crate) fn write_config(&self) -> anyhow::Result<PathBuf> {
@@ -389,20 +406,11 @@ pub async fn pipeline(
     base: &SendmillConfig,
     options: &PipelineOptions,
 ) -> anyhow::Result<PipelineReport> {
-    use sendmill_store::Store;
-
     super::require_bench_sinks(options.domains.clamp(1, 10)).await?;
     let run = Run::new(base)?;
     let config = &run.config;
 
-    let store = Store::connect(&config.postgres.url, 4)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
-    sendmill_analytics::schema::migrate(&config.clickhouse)
-        .await
-        .context("creating the bench's ClickHouse database")?;
-    let (sending, key) = super::tenant(&store, &run.id).await?;
+    let (_store, sending, key) = run.prepare().await?;
     let domain = sending.domain.clone();
 
     let config_file = run.write_config()?;
