@@ -96,25 +96,54 @@ pub fn dumps_for_domain(
     let suffix = format!("@{domain}>");
     let mut found: std::collections::HashMap<String, Vec<Vec<(String, String)>>> =
         std::collections::HashMap::new();
-    for path in sink_dump_files() {
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let headers: Vec<(String, String)> = text
-            .lines()
-            .take_while(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(": "))
-            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-            .collect();
+    for (_, headers) in sink_dump_headers() {
         let id = headers.iter().find_map(|(k, v)| {
             (k.eq_ignore_ascii_case("Message-ID") && v.ends_with(&suffix))
                 .then(|| v[1..v.len() - suffix.len()].to_owned())
         });
         if let Some(id) = id {
-            found.entry(id).or_default().push(headers);
+            found.entry(id).or_default().push(headers.as_ref().clone());
         }
     }
     found
+}
+
+/// The envelope and header lines (`name: value`, up to the first empty line) of every
+/// sink dump. The sink's directory holds every test's messages of the day (over
+/// 100,000 files after a CI run), so parsed headers are kept per file and its length:
+/// a scan reads only files that are new or grew since the last one, and a poll that
+/// waits for deliveries sees them while they happen, not seconds later.
+fn sink_dump_headers() -> Vec<(PathBuf, std::sync::Arc<Vec<(String, String)>>)> {
+    type Parsed = std::collections::HashMap<PathBuf, (u64, std::sync::Arc<Vec<(String, String)>>)>;
+    static PARSED: std::sync::Mutex<Option<Parsed>> = std::sync::Mutex::new(None);
+    let files = sink_dump_files();
+    let mut parsed = PARSED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let parsed = parsed.get_or_insert_with(Default::default);
+    let mut all = Vec::with_capacity(files.len());
+    for path in files {
+        let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) else {
+            continue;
+        };
+        if let Some((seen, headers)) = parsed.get(&path) {
+            if *seen == len {
+                all.push((path, headers.clone()));
+                continue;
+            }
+        }
+        let headers: std::sync::Arc<Vec<(String, String)>> = std::sync::Arc::new(
+            dump_head(&path)
+                .lines()
+                .take_while(|l| !l.is_empty())
+                .filter_map(|l| l.split_once(": "))
+                .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+                .collect(),
+        );
+        parsed.insert(path.clone(), (len, headers.clone()));
+        all.push((path, headers));
+    }
+    all
 }
 
 /// Every file the accepting smtp-sink has dumped (all tests' messages).
@@ -140,10 +169,15 @@ pub fn dumped_message(message_id: &str) -> Option<PathBuf> {
 
 /// Every smtp-sink dump holding `message_id`.
 pub fn dumped_messages(message_id: &str) -> Vec<PathBuf> {
-    let needle = format!("Message-ID: <{message_id}@");
-    sink_dump_files()
+    let needle = format!("<{message_id}@");
+    sink_dump_headers()
         .into_iter()
-        .filter(|path| dump_head(path).contains(&needle))
+        .filter(|(_, headers)| {
+            headers
+                .iter()
+                .any(|(k, v)| k == "Message-ID" && v.starts_with(&needle))
+        })
+        .map(|(path, _)| path)
         .collect()
 }
 
