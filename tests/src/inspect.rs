@@ -108,13 +108,16 @@ pub fn dumps_for_domain(
     found
 }
 
+/// A dump's envelope and header lines, shared between scans.
+type Headers = std::sync::Arc<Vec<(String, String)>>;
+
 /// The envelope and header lines (`name: value`, up to the first empty line) of every
 /// sink dump. The sink's directory holds every test's messages of the day (over
 /// 100,000 files after a CI run), so parsed headers are kept per file and its length:
 /// a scan reads only files that are new or grew since the last one, and a poll that
 /// waits for deliveries sees them while they happen, not seconds later.
-fn sink_dump_headers() -> Vec<(PathBuf, std::sync::Arc<Vec<(String, String)>>)> {
-    type Parsed = std::collections::HashMap<PathBuf, (u64, std::sync::Arc<Vec<(String, String)>>)>;
+fn sink_dump_headers() -> Vec<(PathBuf, Headers)> {
+    type Parsed = std::collections::HashMap<PathBuf, (u64, Headers)>;
     static PARSED: std::sync::Mutex<Option<Parsed>> = std::sync::Mutex::new(None);
     let files = sink_dump_files();
     let mut parsed = PARSED
@@ -132,7 +135,7 @@ fn sink_dump_headers() -> Vec<(PathBuf, std::sync::Arc<Vec<(String, String)>>)> 
                 continue;
             }
         }
-        let headers: std::sync::Arc<Vec<(String, String)>> = std::sync::Arc::new(
+        let headers: Headers = std::sync::Arc::new(
             dump_head(&path)
                 .lines()
                 .take_while(|l| !l.is_empty())
