@@ -16,6 +16,8 @@ packages=(
   python3 python3-dkim python3-dnspython kcat swaks curl ca-certificates
   # backtraces from the core dump of a test binary that crashed (diagnose.sh)
   gdb file
+  # instruction counts per message (deploy/local/callgrind.sh)
+  valgrind
   # swaks's --tls (the submission test)
   libnet-ssleay-perl
   # PyPI test tools (standardwebhooks verifies our webhook signatures) live in a venv

@@ -23,6 +23,7 @@ pub mod import;
 pub mod inbound;
 pub mod pipeline;
 pub mod submission;
+pub mod work;
 use time::OffsetDateTime;
 
 #[derive(Debug, Serialize)]

@@ -18,6 +18,17 @@ pub enum Bench {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// A fixed amount of one part of the per-message work, with no clock: run it under
+    /// `valgrind --tool=callgrind` to count instructions per message
+    /// (deploy/local/callgrind.sh does, for every part). Prints the bytes produced.
+    Work {
+        /// The part of the work.
+        #[arg(long, value_enum)]
+        part: sendmill::bench::work::Part,
+        /// Messages (for `plan`, rounded up to whole 100-recipient requests).
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+    },
     /// Accepted recipients/s at the send API alone, for 1- and 100-recipient requests
     /// (~15 KB HTML), against PostgreSQL, Redis and Kafka (as configured).
     Ingest {
@@ -162,6 +173,11 @@ pub async fn run(config: &SendmillConfig, bench: Bench) -> anyhow::Result<()> {
         Bench::Render { runs, seconds } => {
             let report = sendmill::bench::render(runs.max(1), seconds)?;
             print_render_report(&report);
+            Ok(())
+        }
+        Bench::Work { part, messages } => {
+            let bytes = sendmill::bench::work::work(part, messages)?;
+            println!("work {part:?}: {messages} messages, {bytes} bytes produced");
             Ok(())
         }
         Bench::Deliver { runs, messages } => {

@@ -1,6 +1,14 @@
 //! The versioned records of the `requested`, `ready`, `retry` and `dlq` topics and their
-//! codec. JSON: a few microseconds per record (measured: ~108k encode+decode/s for 2 KB)
-//! is far from any bottleneck, and it is readable with kcat while debugging.
+//! codec. JSON for every record but `ready`: a few microseconds per record (measured:
+//! ~108k encode+decode/s for 2 KB) is far from any bottleneck, and it is readable with
+//! kcat while debugging.
+//!
+//! `ready` is the exception (`sendmill.ready.v2`): its ~20 KB message is nearly all of the
+//! record, and as base64 inside JSON it cost 84 µs per record to encode (render) and
+//! decode (dispatcher) on the 2-core machine, a tenth of an RSA-2048 signature
+//! (`sendmill bench work --part ready-codec`). Version 2 is a binary frame: the same
+//! fields but the message as JSON, then the message's bytes as they are (see
+//! [`ReadyV1`]). Version 1 records (JSON) are still read.
 
 use crate::{AccountId, BatchId, Lane, MessageId, SmtpReply};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -10,7 +18,32 @@ use time::OffsetDateTime;
 /// A record type written to one topic family. `SCHEMA` names type and version; it travels
 /// in the `sendmill-schema` Kafka header so a consumer can tell versions apart.
 pub trait WirePayload: Serialize + DeserializeOwned {
+    /// The schema name and version this build writes.
     const SCHEMA: &'static str;
+
+    /// The record's bytes as this build writes them: JSON unless the type says otherwise.
+    fn to_bytes(&self) -> Vec<u8> {
+        // Our payloads only hold strings, numbers, maps with string keys and JSON
+        // values, which serde_json always encodes.
+        serde_json::to_vec(self).expect("wire payloads always serialize")
+    }
+
+    /// Reads a record of any version this build still decodes.
+    ///
+    /// Errors: bytes that are none of those versions.
+    fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeFailure> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+/// Why bytes are not a record.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeFailure {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A binary frame that is cut short or malformed.
+    #[error("malformed frame: {0}")]
+    Frame(&'static str),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -18,17 +51,19 @@ pub trait WirePayload: Serialize + DeserializeOwned {
 pub struct DecodeError {
     pub schema: &'static str,
     #[source]
-    pub source: serde_json::Error,
+    pub source: DecodeFailure,
 }
 
+/// `payload` as this build writes it ([`WirePayload::to_bytes`]).
 pub fn encode<T: WirePayload>(payload: &T) -> Vec<u8> {
-    // Our payloads only hold strings, numbers, maps with string keys and JSON values,
-    // which serde_json always encodes.
-    serde_json::to_vec(payload).expect("wire payloads always serialize")
+    payload.to_bytes()
 }
 
+/// A record of any version `T` still reads ([`WirePayload::from_bytes`]).
+///
+/// Errors: [`DecodeError`] naming the schema, when the bytes are none of them.
 pub fn decode<T: WirePayload>(bytes: &[u8]) -> Result<T, DecodeError> {
-    serde_json::from_slice(bytes).map_err(|source| DecodeError {
+    T::from_bytes(bytes).map_err(|source| DecodeError {
         schema: T::SCHEMA,
         source,
     })
@@ -185,8 +220,98 @@ pub struct ReadyV1 {
     pub message: Vec<u8>,
 }
 
+/// The first bytes of a `sendmill.ready.v2` frame. A version 1 record is JSON and starts
+/// with `{`, so the two cannot be mistaken for each other.
+const READY_V2_MAGIC: &[u8; 4] = b"SMR2";
+
+/// The fields of a `ready` record but its message, as written in a version 2 frame.
+#[derive(Serialize)]
+struct ReadyHeadOut<'a> {
+    message_id: MessageId,
+    account_id: AccountId,
+    lane: Lane,
+    #[serde(with = "time::serde::rfc3339")]
+    accepted_at: OffsetDateTime,
+    envelope_from: &'a str,
+    recipient: &'a str,
+    context: &'a MessageContext,
+    attempts: u32,
+}
+
+/// [`ReadyHeadOut`] as read back (unknown fields of newer writers ignored).
+#[derive(Deserialize)]
+struct ReadyHeadIn {
+    message_id: MessageId,
+    account_id: AccountId,
+    lane: Lane,
+    #[serde(with = "time::serde::rfc3339")]
+    accepted_at: OffsetDateTime,
+    envelope_from: String,
+    recipient: String,
+    #[serde(default)]
+    context: MessageContext,
+    #[serde(default)]
+    attempts: u32,
+}
+
+/// Version 2 (written): a binary frame,
+///
+/// ```text
+/// "SMR2" | head length: u32, big-endian | head: JSON, every field but `message` | message bytes
+/// ```
+///
+/// so the message goes through as a copy, not base64 inside a JSON string. Version 1
+/// (read only): the whole record as JSON, the message in base64.
 impl WirePayload for ReadyV1 {
-    const SCHEMA: &'static str = "sendmill.ready.v1";
+    const SCHEMA: &'static str = "sendmill.ready.v2";
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let head = serde_json::to_vec(&ReadyHeadOut {
+            message_id: self.message_id,
+            account_id: self.account_id,
+            lane: self.lane,
+            accepted_at: self.accepted_at,
+            envelope_from: &self.envelope_from,
+            recipient: &self.recipient,
+            context: &self.context,
+            attempts: self.attempts,
+        })
+        .expect("wire payloads always serialize");
+        let head_len = u32::try_from(head.len()).expect("a head is far below 4 GiB");
+        let mut out = Vec::with_capacity(8 + head.len() + self.message.len());
+        out.extend_from_slice(READY_V2_MAGIC);
+        out.extend_from_slice(&head_len.to_be_bytes());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&self.message);
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeFailure> {
+        let Some(frame) = bytes.strip_prefix(READY_V2_MAGIC) else {
+            // Version 1: JSON.
+            return Ok(serde_json::from_slice(bytes)?);
+        };
+        let (len, rest) = frame
+            .split_first_chunk::<4>()
+            .ok_or(DecodeFailure::Frame("no head length"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(DecodeFailure::Frame("head longer than the record"));
+        }
+        let (head, message) = rest.split_at(len);
+        let head: ReadyHeadIn = serde_json::from_slice(head)?;
+        Ok(ReadyV1 {
+            message_id: head.message_id,
+            account_id: head.account_id,
+            lane: head.lane,
+            accepted_at: head.accepted_at,
+            envelope_from: head.envelope_from,
+            recipient: head.recipient,
+            context: head.context,
+            attempts: head.attempts,
+            message: message.to_vec(),
+        })
+    }
 }
 
 impl ReadyV1 {

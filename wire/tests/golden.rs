@@ -58,6 +58,42 @@ fn ready_v1() {
 }
 
 #[test]
+fn ready_v2_is_the_frame_this_build_writes_and_reads() {
+    // The golden frame: the version 1 fixture's record as version 2 writes it.
+    let golden = fixture("ready.v2.bin");
+    let v1: ReadyV1 = decode(&fixture("ready.v1.json")).unwrap();
+    assert_eq!(encode(&v1), golden, "the writer's bytes changed");
+    assert_eq!(&golden[..4], b"SMR2");
+    let r: ReadyV1 = decode(&golden).unwrap();
+    assert_eq!(r, v1);
+    assert_eq!(r.message, b"From: news@example.test\r\n\r\nHi\r\n");
+    assert_eq!(r.recipient, "Ada@OK.test");
+    assert_eq!(r.context.tags, ["welcome"]);
+    // The message is in the frame as it is, not base64.
+    assert!(golden.ends_with(&r.message));
+    round_trips(&r);
+}
+
+#[test]
+fn a_cut_or_broken_ready_frame_is_a_decode_error() {
+    let golden = fixture("ready.v2.bin");
+    // Cut anywhere before the message ends the head: an error, never a panic. (Cut
+    // inside the message, a frame still decodes: Kafka delivers records whole, so the
+    // frame needs no length of its own for the message.)
+    let head_end = golden.len() - b"From: news@example.test\r\n\r\nHi\r\n".len();
+    for cut in 4..head_end {
+        let err = decode::<ReadyV1>(&golden[..cut]).unwrap_err();
+        assert_eq!(err.schema, "sendmill.ready.v2", "cut at {cut}");
+    }
+    let mut huge = golden.clone();
+    huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        decode::<ReadyV1>(&huge).unwrap_err().source,
+        DecodeFailure::Frame(_)
+    ));
+}
+
+#[test]
 fn retry_v1() {
     let r: RetryV1 = decode(&fixture("retry.v1.json")).unwrap();
     assert_eq!(r.ready.attempts, 1);
@@ -96,7 +132,7 @@ fn unknown_fields_from_newer_producers_are_ignored() {
 #[test]
 fn garbage_is_a_decode_error_naming_the_schema() {
     let err = decode::<ReadyV1>(b"{\"message_id\": 1}").unwrap_err();
-    assert_eq!(err.schema, "sendmill.ready.v1");
+    assert_eq!(err.schema, "sendmill.ready.v2");
 }
 
 #[test]
