@@ -34,7 +34,6 @@ pub use event::{BounceCategory, EventType, EventV1, SmtpReply, ACCEPTED_SCHEDULE
 pub use ids::{AccountId, BatchId, EventId, MessageId};
 pub use payload::{
     decode, encode, Attachment, DeadLetterV1, DecodeError, DecodeFailure, EmailAddress, Header,
-    InboundV1,
-    MessageContext, ReadyV1, RenderOptions, RequestedV1, RetryV1, WirePayload,
+    InboundV1, MessageContext, ReadyV1, RenderOptions, RequestedV1, RetryV1, WirePayload,
 };
 pub use topics::{Lane, RetryTier, Topics};
