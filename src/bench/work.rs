@@ -145,7 +145,7 @@ pub fn work(part: Part, messages: usize) -> anyhow::Result<u64> {
         };
         n += 1;
     }
-    if part == Part::Plan && planned % PLAN_RECIPIENTS != 0 {
+    if part == Part::Plan && !planned.is_multiple_of(PLAN_RECIPIENTS) {
         anyhow::bail!("a request planned {planned} records, not {PLAN_RECIPIENTS} each");
     }
     Ok(bytes)
