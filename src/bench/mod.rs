@@ -26,8 +26,62 @@ pub mod submission;
 pub mod work;
 use time::OffsetDateTime;
 
+/// The machine a report was measured on. RSA-2048 signing, the ceiling every ratio divides
+/// by, runs ~2.7× faster where the CPU has AVX-512 IFMA (aws-lc then signs with its
+/// `rsaz_amm52x20_*_ifma256` code, otherwise with `rsaz_1024_*_avx2`): the README's
+/// 3,600 – 4,070 and 1,413 – 1,478 signatures/s per core were measured on two such
+/// different hosts, so figures of different hosts compare only as ratios.
+#[derive(Debug, Serialize)]
+pub struct Host {
+    /// `model name` of /proc/cpuinfo.
+    pub cpu: String,
+    /// CPUs this process may run on.
+    pub cpus: usize,
+    /// Whether the CPU has AVX-512 IFMA (aws-lc's fast RSA path).
+    pub avx512_ifma: bool,
+}
+
+impl Host {
+    pub fn detect() -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                    .map(|(_, name)| name.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        #[cfg(target_arch = "x86_64")]
+        let avx512_ifma = std::arch::is_x86_feature_detected!("avx512ifma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx512_ifma = false;
+        Self {
+            cpu,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            avx512_ifma,
+        }
+    }
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, {} CPUs, RSA on {}",
+            self.cpu,
+            self.cpus,
+            if self.avx512_ifma {
+                "AVX-512 IFMA"
+            } else {
+                "AVX2 (no AVX-512 IFMA)"
+            }
+        )
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct RenderReport {
+    pub host: Host,
     pub html_bytes: usize,
     pub variables: usize,
     pub runs: usize,
@@ -125,6 +179,7 @@ pub fn render(runs: usize, seconds: f64) -> anyhow::Result<RenderReport> {
     }
     let [raw_rsa, raw_ed, rendered_rsa, rendered_dual, build_only, seal_only] = samples.map(median);
     Ok(RenderReport {
+        host: Host::detect(),
         html_bytes: html.len(),
         variables: 15,
         runs,

@@ -71,6 +71,7 @@ pub struct PipelineOptions {
 
 #[derive(Debug, Serialize)]
 pub struct PipelineReport {
+    pub host: super::Host,
     pub seconds: f64,
     pub offered_rate: Option<f64>,
     pub concurrency: usize,
@@ -695,6 +696,7 @@ pub async fn pipeline(
         None
     };
     let report = PipelineReport {
+        host: super::Host::detect(),
         seconds: options.seconds,
         offered_rate: options.rate,
         concurrency: options.concurrency,

@@ -435,6 +435,7 @@ pub async fn run(config: &SendmillConfig, bench: Bench) -> anyhow::Result<()> {
     reason = "a report for the person who ran the command"
 )]
 fn print_render_report(r: &sendmill::bench::RenderReport) {
+    println!("render bench on {}", r.host);
     println!(
         "render bench: {} B HTML, {} variables, {} runs x {} s, one thread, medians\n\
          raw RSA-2048 signatures/s      {:>9.0}\n\
@@ -481,6 +482,7 @@ fn print_pipeline_report(r: &sendmill::bench::pipeline::PipelineReport) {
         r.message_bytes,
         r.broker
     );
+    println!("  host       {}", r.host);
     println!(
         "  accepted   {:>8} ({:.0}/s){}",
         r.accepted,
