@@ -288,6 +288,21 @@ mod tests {
     }
 
     #[test]
+    fn a_ready_version_other_than_1_or_2_is_refused_naming_the_key() {
+        for (version, ok) in [(0u8, false), (1, true), (2, true), (3, false)] {
+            let mut config = SendmillConfig::default();
+            config.kafka.ready_version = version;
+            match config.kafka.validate() {
+                Ok(()) => assert!(ok, "version {version} accepted"),
+                Err(e) => {
+                    assert!(!ok, "version {version} refused: {e}");
+                    assert!(e.to_string().contains("kafka.ready_version"), "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_errors_naming_the_key() {
         let err = config::parse::<SendmillConfig>("[dispatcher]\nsmtp_prot = 25\n", "test")
             .err()

@@ -235,6 +235,12 @@ pub struct KafkaConfig {
     /// while it drains).
     #[serde(with = "crate::config::duration")]
     pub drain_grace: Duration,
+    /// The version of the `ready` records this process writes (render writes them, and
+    /// the dispatcher when a retry falls due): 2, a binary frame (default), or 1, JSON
+    /// with the message in base64, which releases before version 2 can read. For a
+    /// rolling upgrade from such a release, run the new release with 1 until no process
+    /// of the old one is left, then switch to 2. Every release reads both.
+    pub ready_version: u8,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,
     /// `sasl.mechanisms`). Secrets belong in `SENDMILL_KAFKA_SASL_PASSWORD`.
     pub client: BTreeMap<String, String>,
@@ -256,6 +262,7 @@ impl Default for KafkaConfig {
             group_instance_id: String::new(),
             session_timeout: Duration::from_millis(10_000),
             drain_grace: Duration::from_secs(20),
+            ready_version: 2,
             client: BTreeMap::new(),
         }
     }
@@ -298,6 +305,9 @@ impl KafkaConfig {
         // (5 min) would take the partitions away before the handlers end.
         if self.drain_grace > Duration::from_secs(240) {
             return invalid("drain_grace must be at most 4 min");
+        }
+        if !matches!(self.ready_version, 1 | 2) {
+            return invalid("ready_version must be 1 or 2");
         }
         Ok(())
     }

@@ -91,7 +91,8 @@ pub fn quoted_printable(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Whether `b` stands for itself in quoted-printable (RFC 2045 §6.7 rules 2 and 3):
-/// printable ASCII but `=`, space and tab (the caller keeps white space off line ends).
+/// printable ASCII other than `=`, plus space and tab (the caller keeps white space off
+/// line ends).
 /// Branch-free, so that [`literal_run`] compiles to vector code.
 #[inline(always)]
 fn literal(b: u8) -> bool {

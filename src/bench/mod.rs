@@ -27,17 +27,18 @@ pub mod work;
 use time::OffsetDateTime;
 
 /// The machine a report was measured on. RSA-2048 signing, the ceiling every ratio divides
-/// by, runs ~2.7× faster where the CPU has AVX-512 IFMA (aws-lc then signs with its
-/// `rsaz_amm52x20_*_ifma256` code, otherwise with `rsaz_1024_*_avx2`): the README's
-/// 3,600 – 4,070 and 1,413 – 1,478 signatures/s per core were measured on two such
-/// different hosts, so figures of different hosts compare only as ratios.
+/// by, depends on it: aws-lc signs with its `rsaz_amm52x20_*_ifma256` code on a CPU with
+/// AVX-512 IFMA, with its AVX2 code otherwise. The README's RSA rates of different days
+/// (3,600 – 4,070, 2,100 – 2,800, 1,413 – 1,478 signatures/s per core) came from
+/// different hosts, so figures of different hosts compare only as ratios to the RSA rate
+/// of the same run.
 #[derive(Debug, Serialize)]
 pub struct Host {
     /// `model name` of /proc/cpuinfo.
     pub cpu: String,
     /// CPUs this process may run on.
     pub cpus: usize,
-    /// Whether the CPU has AVX-512 IFMA (aws-lc's fast RSA path).
+    /// Whether the CPU has AVX-512 IFMA and VL, which aws-lc's fastest RSA code needs.
     pub avx512_ifma: bool,
 }
 
@@ -52,7 +53,8 @@ impl Host {
             })
             .unwrap_or_else(|| "unknown".into());
         #[cfg(target_arch = "x86_64")]
-        let avx512_ifma = std::arch::is_x86_feature_detected!("avx512ifma");
+        let avx512_ifma = std::arch::is_x86_feature_detected!("avx512ifma")
+            && std::arch::is_x86_feature_detected!("avx512vl");
         #[cfg(not(target_arch = "x86_64"))]
         let avx512_ifma = false;
         Self {
@@ -71,9 +73,9 @@ impl std::fmt::Display for Host {
             self.cpu,
             self.cpus,
             if self.avx512_ifma {
-                "AVX-512 IFMA"
+                "a CPU with AVX-512 IFMA"
             } else {
-                "AVX2 (no AVX-512 IFMA)"
+                "a CPU without AVX-512 IFMA"
             }
         )
     }

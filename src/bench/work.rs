@@ -1,5 +1,5 @@
 //! `sendmill bench work`: a fixed amount of one part of the per-message work, with no
-//! clock, no network and no randomness in what is counted, so that
+//! clock, no network and fixed inputs (only RSA blinding draws random numbers), so that
 //! `valgrind --tool=callgrind` can count its instructions (`deploy/local/callgrind.sh`).
 //! Seconds on these shared 2-core machines move by ±20 % between runs; instruction
 //! counts of the same binary move by well under 1 %, so a change's effect on one part is
@@ -129,7 +129,7 @@ pub fn work(part: Part, messages: usize) -> anyhow::Result<u64> {
                     request,
                     &config,
                     at,
-                    BatchId::generate(),
+                    BatchId(uuid::Uuid::nil()),
                 )
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
                 let encoded: usize = records

@@ -2,6 +2,7 @@
 //! a redelivered record is never sent twice, a delayed record waits until due, an
 //! expired one bounces, and a record nobody can read is kept in the DLQ.
 
+use sendmill::Stage;
 use sendmill_tests::*;
 use sendmill_wire::{decode, DeadLetterV1, EventType, EventV1, Lane, ReadyV1, RetryTier, RetryV1};
 use serde_json::json;
@@ -22,6 +23,32 @@ fn ready_to(p: &TestPipeline, recipient: &str, accepted_at: OffsetDateTime) -> R
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ready_version_1_render_writes_json_records_that_are_delivered() {
+    // The first rollout of an upgrade: records an older release can read.
+    let p = TestPipeline::start_configured(&Stage::ALL, |c| c.kafka.ready_version = 1).await;
+    let (status, body) = p
+        .send(&message_to(&p, json!(["v1@ok.test", "v1b@ok.test"])))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = first_message_id(&body);
+    p.wait_for_status(&id, "delivered", LIMIT).await;
+    let records = p.read_topic(&p.topics.ready(Lane::Transactional));
+    assert_eq!(records.len(), 2);
+    for bytes in &records {
+        assert!(
+            bytes.starts_with(b"{"),
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+        let json: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        let ready = decode::<ReadyV1>(bytes).unwrap();
+        assert_eq!(json["recipient"], ready.recipient.as_str());
+    }
+    assert_eq!(dumped_messages(&id).len(), 1);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_ready_record_is_not_sent_twice() {
     let p = TestPipeline::start().await;
     let (status, body) = p.send(&message_to(&p, json!(["once@ok.test"]))).await;
@@ -30,8 +57,10 @@ async fn a_redelivered_ready_record_is_not_sent_twice() {
     p.wait_for_status(&id, "delivered", LIMIT).await;
 
     // The crash case: the record comes again after its delivery.
-    let ready: ReadyV1 = p
-        .read_topic(&p.topics.ready(Lane::Transactional))
+    let records = p.read_topic(&p.topics.ready(Lane::Transactional));
+    // Render wrote it as a version 2 frame (the default `kafka.ready_version`).
+    assert!(records.iter().all(|b| b.starts_with(b"SMR2")));
+    let ready: ReadyV1 = records
         .iter()
         .map(|b| decode::<ReadyV1>(b).unwrap())
         .find(|r| r.message_id.to_string() == id)

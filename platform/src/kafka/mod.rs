@@ -58,7 +58,10 @@ impl KafkaConnection {
     }
 
     pub fn producer(&self) -> Result<Producer, KafkaError> {
-        Producer::new(self.client_config(), self.config.max_message_bytes)
+        Ok(
+            Producer::new(self.client_config(), self.config.max_message_bytes)?
+                .writing_ready_version(self.config.ready_version),
+        )
     }
 
     /// A readiness probe ([`crate::health`]): the cluster answers a metadata request for

@@ -9,11 +9,14 @@ use rdkafka::{
     util::Timeout,
     ClientConfig,
 };
-use sendmill_wire::{encode, WirePayload};
+use sendmill_wire::{encode, ReadyV1, WirePayload};
 use std::time::Duration;
 
 /// The Kafka header naming a record's payload type and version.
 pub const SCHEMA_HEADER: &str = "sendmill-schema";
+
+/// The schema of `ready` records written as version 1 (`kafka.ready_version = 1`).
+pub const READY_V1_SCHEMA: &str = "sendmill.ready.v1";
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot produce to {topic}: {source}")]
@@ -26,6 +29,9 @@ pub struct ProduceError {
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,
+    /// Write `ready` records as version 1 (JSON) instead of this build's version 2
+    /// (`kafka.ready_version = 1`, during a rolling upgrade).
+    ready_v1: bool,
 }
 
 impl Producer {
@@ -44,7 +50,17 @@ impl Producer {
             // retries it: a message is never silently dropped by the client.
             .set("message.timeout.ms", "30000")
             .create()?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            ready_v1: false,
+        })
+    }
+
+    /// This producer writing `ready` records as `version` (`kafka.ready_version`: 1 or
+    /// 2; anything but 1 is 2).
+    pub fn writing_ready_version(mut self, version: u8) -> Self {
+        self.ready_v1 = version == 1;
+        self
     }
 
     /// Writes `payload` to `topic` under `key` and waits until the broker has it.
@@ -54,6 +70,11 @@ impl Producer {
         key: &str,
         payload: &T,
     ) -> Result<(), ProduceError> {
+        if self.ready_v1 && T::SCHEMA == ReadyV1::SCHEMA {
+            // Version 1 is the serde (JSON) form every release reads.
+            let json = serde_json::to_vec(payload).expect("wire payloads always serialize");
+            return self.send_bytes(topic, key, &json, READY_V1_SCHEMA).await;
+        }
         self.send_bytes(topic, key, &encode(payload), T::SCHEMA)
             .await
     }
