@@ -118,22 +118,20 @@ type Headers = std::sync::Arc<Vec<(String, String)>>;
 /// waits for deliveries sees them while they happen, not seconds later.
 fn sink_dump_headers() -> Vec<(PathBuf, Headers)> {
     type Parsed = std::collections::HashMap<PathBuf, (u64, Headers)>;
-    static PARSED: std::sync::Mutex<Option<Parsed>> = std::sync::Mutex::new(None);
+    static PARSED: std::sync::LazyLock<std::sync::Mutex<Parsed>> =
+        std::sync::LazyLock::new(Default::default);
     let files = sink_dump_files();
     let mut parsed = PARSED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let parsed = parsed.get_or_insert_with(Default::default);
     let mut all = Vec::with_capacity(files.len());
     for path in files {
         let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) else {
             continue;
         };
-        if let Some((seen, headers)) = parsed.get(&path) {
-            if *seen == len {
-                all.push((path, headers.clone()));
-                continue;
-            }
+        if let Some((_, headers)) = parsed.get(&path).filter(|(seen, _)| *seen == len) {
+            all.push((path, headers.clone()));
+            continue;
         }
         let headers: Headers = std::sync::Arc::new(
             dump_head(&path)

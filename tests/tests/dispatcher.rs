@@ -370,13 +370,7 @@ async fn a_full_delay_queue_pauses_the_partitions_and_resumes_them() {
         .values()
         .all(|e| e.len() == 1 && e[0].event_type == EventType::Delivered));
     let metrics = p.metrics().await;
-    let count = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name) && l.contains("stage=\"dispatcher\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let count = |name: &str| metric_sum(&metrics, name, "stage=\"dispatcher\"");
     assert!(
         count("sendmill_consumer_capacity_pauses_total") >= 1.0,
         "{metrics}"
@@ -599,13 +593,11 @@ async fn a_dispatcher_drained_by_sigterm_leaves_nothing_to_redeliver_and_loses_n
             .text()
             .await
             .ok()?;
-        let delivered: f64 = metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("sendmill_dispatch_events_total{") && l.contains("type=\"delivered\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let delivered = metric_sum(
+            &metrics,
+            "sendmill_dispatch_events_total{",
+            "type=\"delivered\"",
+        );
         (delivered >= 600.0).then_some(())
     })
     .await
@@ -660,6 +652,16 @@ async fn a_dispatcher_drained_by_sigterm_leaves_nothing_to_redeliver_and_loses_n
         "a message was delivered twice"
     );
     p.stop().await;
+}
+
+/// The sum of the samples in Prometheus text `metrics` whose line starts with `name` and
+/// carries `label` (`key="value"`).
+fn metric_sum(metrics: &str, name: &str, label: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn dump_file_count() -> usize {

@@ -12,7 +12,7 @@
 
 use crate::{AccountId, BatchId, Lane, MessageId, SmtpReply};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 use time::OffsetDateTime;
 
 /// A record type written to one topic family. `SCHEMA` names type and version; it travels
@@ -33,6 +33,14 @@ pub trait WirePayload: Serialize + DeserializeOwned {
     /// Errors: bytes that are none of those versions.
     fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeFailure> {
         Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// The record as the previous version (its schema and bytes), for a type whose
+    /// version this build writes is newer than what the release before it reads: written
+    /// instead during a rolling upgrade (`kafka.ready_version = 1`). `None`: this type
+    /// has no older version still read by a supported release.
+    fn previous_version(&self) -> Option<(&'static str, Vec<u8>)> {
+        None
     }
 }
 
@@ -224,32 +232,20 @@ pub struct ReadyV1 {
 /// with `{`, so the two cannot be mistaken for each other.
 const READY_V2_MAGIC: &[u8; 4] = b"SMR2";
 
-/// The fields of a `ready` record but its message, as written in a version 2 frame.
-#[derive(Serialize)]
-struct ReadyHeadOut<'a> {
+/// The fields of a `ready` record but its message, as a version 2 frame holds them:
+/// borrowed from the record when written, owned when read back (unknown fields of newer
+/// writers ignored).
+#[derive(Serialize, Deserialize)]
+struct ReadyHead<'a> {
     message_id: MessageId,
     account_id: AccountId,
     lane: Lane,
     #[serde(with = "time::serde::rfc3339")]
     accepted_at: OffsetDateTime,
-    envelope_from: &'a str,
-    recipient: &'a str,
-    context: &'a MessageContext,
-    attempts: u32,
-}
-
-/// [`ReadyHeadOut`] as read back (unknown fields of newer writers ignored).
-#[derive(Deserialize)]
-struct ReadyHeadIn {
-    message_id: MessageId,
-    account_id: AccountId,
-    lane: Lane,
-    #[serde(with = "time::serde::rfc3339")]
-    accepted_at: OffsetDateTime,
-    envelope_from: String,
-    recipient: String,
+    envelope_from: Cow<'a, str>,
+    recipient: Cow<'a, str>,
     #[serde(default)]
-    context: MessageContext,
+    context: Cow<'a, MessageContext>,
     #[serde(default)]
     attempts: u32,
 }
@@ -266,14 +262,14 @@ impl WirePayload for ReadyV1 {
     const SCHEMA: &'static str = "sendmill.ready.v2";
 
     fn to_bytes(&self) -> Vec<u8> {
-        let head = serde_json::to_vec(&ReadyHeadOut {
+        let head = serde_json::to_vec(&ReadyHead {
             message_id: self.message_id,
             account_id: self.account_id,
             lane: self.lane,
             accepted_at: self.accepted_at,
-            envelope_from: &self.envelope_from,
-            recipient: &self.recipient,
-            context: &self.context,
+            envelope_from: Cow::Borrowed(&self.envelope_from),
+            recipient: Cow::Borrowed(&self.recipient),
+            context: Cow::Borrowed(&self.context),
             attempts: self.attempts,
         })
         .expect("wire payloads always serialize");
@@ -284,6 +280,12 @@ impl WirePayload for ReadyV1 {
         out.extend_from_slice(&head);
         out.extend_from_slice(&self.message);
         out
+    }
+
+    /// Version 1: the serde (JSON) form, which every release reads.
+    fn previous_version(&self) -> Option<(&'static str, Vec<u8>)> {
+        let json = serde_json::to_vec(self).expect("wire payloads always serialize");
+        Some(("sendmill.ready.v1", json))
     }
 
     fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeFailure> {
@@ -299,15 +301,15 @@ impl WirePayload for ReadyV1 {
             return Err(DecodeFailure::Frame("head longer than the record"));
         }
         let (head, message) = rest.split_at(len);
-        let head: ReadyHeadIn = serde_json::from_slice(head)?;
+        let head: ReadyHead = serde_json::from_slice(head)?;
         Ok(ReadyV1 {
             message_id: head.message_id,
             account_id: head.account_id,
             lane: head.lane,
             accepted_at: head.accepted_at,
-            envelope_from: head.envelope_from,
-            recipient: head.recipient,
-            context: head.context,
+            envelope_from: head.envelope_from.into_owned(),
+            recipient: head.recipient.into_owned(),
+            context: head.context.into_owned(),
             attempts: head.attempts,
             message: message.to_vec(),
         })

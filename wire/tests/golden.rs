@@ -72,6 +72,11 @@ fn ready_v2_is_the_frame_this_build_writes_and_reads() {
     // The message is in the frame as it is, not base64.
     assert!(golden.ends_with(&r.message));
     round_trips(&r);
+    // During a rolling upgrade it is written as version 1, which older releases read.
+    let (schema, previous) = r.previous_version().unwrap();
+    assert_eq!(schema, "sendmill.ready.v1");
+    assert!(previous.starts_with(b"{"));
+    assert_eq!(decode::<ReadyV1>(&previous).unwrap(), r);
 }
 
 #[test]

@@ -9,14 +9,11 @@ use rdkafka::{
     util::Timeout,
     ClientConfig,
 };
-use sendmill_wire::{encode, ReadyV1, WirePayload};
+use sendmill_wire::{encode, WirePayload};
 use std::time::Duration;
 
 /// The Kafka header naming a record's payload type and version.
 pub const SCHEMA_HEADER: &str = "sendmill-schema";
-
-/// The schema of `ready` records written as version 1 (`kafka.ready_version = 1`).
-pub const READY_V1_SCHEMA: &str = "sendmill.ready.v1";
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot produce to {topic}: {source}")]
@@ -29,9 +26,10 @@ pub struct ProduceError {
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,
-    /// Write `ready` records as version 1 (JSON) instead of this build's version 2
-    /// (`kafka.ready_version = 1`, during a rolling upgrade).
-    ready_v1: bool,
+    /// Write records in their previous version where they have one
+    /// ([`WirePayload::previous_version`]; `kafka.ready_version = 1`, during a rolling
+    /// upgrade).
+    previous_versions: bool,
 }
 
 impl Producer {
@@ -52,14 +50,14 @@ impl Producer {
             .create()?;
         Ok(Self {
             inner,
-            ready_v1: false,
+            previous_versions: false,
         })
     }
 
-    /// This producer writing `ready` records as `version` (`kafka.ready_version`: 1 or
-    /// 2; anything but 1 is 2).
+    /// This producer writing `ready` records as `version` (`kafka.ready_version`: 1,
+    /// the previous version; anything else, this build's).
     pub fn writing_ready_version(mut self, version: u8) -> Self {
-        self.ready_v1 = version == 1;
+        self.previous_versions = version == 1;
         self
     }
 
@@ -70,10 +68,10 @@ impl Producer {
         key: &str,
         payload: &T,
     ) -> Result<(), ProduceError> {
-        if self.ready_v1 && T::SCHEMA == ReadyV1::SCHEMA {
-            // Version 1 is the serde (JSON) form every release reads.
-            let json = serde_json::to_vec(payload).expect("wire payloads always serialize");
-            return self.send_bytes(topic, key, &json, READY_V1_SCHEMA).await;
+        if self.previous_versions {
+            if let Some((schema, bytes)) = payload.previous_version() {
+                return self.send_bytes(topic, key, &bytes, schema).await;
+            }
         }
         self.send_bytes(topic, key, &encode(payload), T::SCHEMA)
             .await
