@@ -101,10 +101,31 @@ else
       -e "s#/var/log/clickhouse-server/#$ch/log/#g" \
       -e "s#<listen_host>::1</listen_host>##" \
       /etc/clickhouse-server/config.xml >"$ch/config.xml"
+  rm -f "$ch/clickhouse.pid"
   clickhouse-server --config-file="$ch/config.xml" --pid-file="$ch/clickhouse.pid" --daemon
-  for _ in $(seq 1 100); do curl -fsS http://127.0.0.1:18123/ping >/dev/null 2>&1 && break; sleep 0.1; done
-  curl -fsS http://127.0.0.1:18123/ping >/dev/null || die "clickhouse did not start (see $ch/log)"
+  # Start-up loads every database's metadata first: 5 s here with ~800 test databases,
+  # longer on a busy machine. Wait while the server lives (up to 180 s), not a fixed 10 s.
+  for ((i = 0; i < 1800; i++)); do
+    curl -fsS http://127.0.0.1:18123/ping >/dev/null 2>&1 && break
+    if ((i > 50)) && ! pid_alive "$ch/clickhouse.pid"; then break; fi
+    sleep 0.1
+  done
+  if ! curl -fsS http://127.0.0.1:18123/ping >/dev/null 2>&1; then
+    tail -n 20 "$ch/log/clickhouse-server.err.log" "$ch/log/stderr.log" >&2 || true
+    die "clickhouse did not start (see $ch/log)"
+  fi
   log "clickhouse: started on 127.0.0.1:18123 (native 19000)"
+  # Tests and benches each make their own database (t<32 hex>, sendmill_bench_<32 hex>)
+  # and leave it for inspection. A fresh start means none is in use: drop them, so that
+  # start-up and the data directory do not grow with every run.
+  stale=$(curl -fsS http://127.0.0.1:18123/ --data-binary \
+    "SELECT name FROM system.databases WHERE match(name, '^(t|sendmill_bench_)[0-9a-f]{32}$')")
+  if [ -n "$stale" ]; then
+    sed 's/.*/DROP DATABASE IF EXISTS `&`;/' <<<"$stale" \
+      | clickhouse-client --port 19000 --multiquery \
+      || die "clickhouse: could not drop the earlier runs' test databases"
+    log "clickhouse: dropped $(wc -l <<<"$stale") databases of earlier test runs"
+  fi
 fi
 
 # --- dnsmasq (127.0.0.1:5353) ----------------------------------------------------------
