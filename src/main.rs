@@ -13,6 +13,12 @@ use sendmill::{pipeline, SendmillConfig, Stage};
 use sendmill_platform::{shutdown, telemetry};
 use std::path::PathBuf;
 
+/// mimalloc, not glibc's malloc: every stage allocates per record (Handlebars output,
+/// MIME parts, JSON heads), and glibc's `malloc`/`free` were ~25 % of building a message
+/// (perf on `sendmill bench work --part build`). Figures in README → Performance.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sendmill",
