@@ -235,9 +235,7 @@ fn relaxed_body(body: &[u8], sink: &mut impl FnMut(&[u8])) {
         empty_lines = 0;
         let content = &line[..end];
         // Most lines are already canonical: no tab, no run of spaces.
-        if memchr::memchr(b'\t', content).is_none()
-            && DOUBLE_SPACE.find(content).is_none()
-        {
+        if memchr::memchr(b'\t', content).is_none() && DOUBLE_SPACE.find(content).is_none() {
             buffer.extend_from_slice(content);
             buffer.extend_from_slice(b"\r\n");
             if buffer.len() >= FLUSH {
