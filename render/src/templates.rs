@@ -26,8 +26,15 @@ use std::{
 };
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-/// Compiled templates kept before the cache is emptied and refilled.
+/// Compiled templates kept per registry before the cache is emptied and refilled.
 const MAX_CACHED: usize = 10_000;
+/// Source bytes kept per registry (the key, and about as much again compiled) before the
+/// cache is emptied and refilled: bodies may be up to 10 MiB each. (1 MiB in unit tests,
+/// where compiling 128 MiB of sources unoptimized takes minutes.)
+#[cfg(not(test))]
+const MAX_CACHED_BYTES: usize = 128 << 20;
+#[cfg(test)]
+const MAX_CACHED_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
@@ -49,13 +56,19 @@ impl Part {
 /// One Handlebars registry and the sources compiled into it.
 struct Registry {
     handlebars: Handlebars<'static>,
-    /// Each compiled source and the name it is registered under (`<part>:<n>`). Keyed by
-    /// the source itself: std's randomly keyed SipHash finds the entry and full equality
-    /// confirms it, so a tenant cannot craft a source that finds another tenant's
-    /// template. It replaced a SHA-256 of the source per render, which was 37 % of the
+    /// Each compiled source and the name it is registered under. Keyed by the source
+    /// itself: std's randomly keyed SipHash finds the entry and full equality confirms
+    /// it. It replaced a SHA-256 of the source per render, which was 37 % of the
     /// instructions of building a message from the bench's 15 KB template (callgrind,
     /// `deploy/local/callgrind.sh`, part `build`) and 7 % of its time here.
+    ///
+    /// The name is random (`<part>:<UUID v4>`), never derived from the source or a
+    /// counter: Handlebars resolves `{{> name}}` against every registered template, and
+    /// accounts without partials share one registry, so a guessable name would let one
+    /// tenant include another's cached template in its own message.
     names: HashMap<Box<str>, String>,
+    /// Bytes of the sources in `names`.
+    bytes: usize,
 }
 
 pub struct Templates {
@@ -97,6 +110,7 @@ impl Templates {
                 RwLock::new(Registry {
                     handlebars,
                     names: HashMap::new(),
+                    bytes: 0,
                 })
             }),
             partials_fingerprint: fingerprint(partials),
@@ -129,17 +143,22 @@ impl Templates {
         let mut guard = lock.write().expect("not poisoned");
         let registry = &mut *guard;
         if !registry.names.contains_key(source) {
-            if registry.names.len() >= MAX_CACHED {
-                registry.handlebars.clear_templates();
-                registry.names.clear();
+            if registry.names.len() >= MAX_CACHED
+                || registry.bytes + source.len() > MAX_CACHED_BYTES
+            {
+                registry.bytes = 0;
+                // Only the cached sources: the account's partials live in the same map.
+                for (_, name) in registry.names.drain() {
+                    registry.handlebars.unregister_template(&name);
+                }
             }
-            // Names restart with the cache, which empties both maps together.
-            let name = format!("{}:{}", part.name(), registry.names.len());
+            let name = format!("{}:{}", part.name(), uuid::Uuid::new_v4().simple());
             registry
                 .handlebars
                 .register_template_string(&name, source)
                 .map_err(|e| e.to_string())?;
             registry.names.insert(source.into(), name);
+            registry.bytes += source.len();
         }
         let name = &registry.names[source];
         registry.handlebars.render(name, data).map_err(describe)
@@ -574,9 +593,68 @@ mod tests {
         }
         let slot = Templates::slot(Part::Text, false);
         assert_eq!(t.registries[slot].read().unwrap().names.len(), 1);
-        // Sources compiled before the cache started over, under names now reused.
+        // Sources compiled before the cache started over.
         for n in [0, 1, MAX_CACHED / 2, MAX_CACHED] {
             assert_eq!(render(n), format!("{n}:y"));
         }
+    }
+
+    #[test]
+    fn the_cache_starts_over_before_it_holds_more_than_its_byte_limit() {
+        let t = Templates::new();
+        let big = |c: char| c.to_string().repeat(MAX_CACHED_BYTES / 3);
+        for c in ['a', 'b', 'c'] {
+            assert_eq!(
+                t.render(Part::Html, &big(c), &json!({}), false).unwrap(),
+                big(c)
+            );
+        }
+        let slot = Templates::slot(Part::Html, false);
+        let registry = t.registries[slot].read().unwrap();
+        assert_eq!(registry.names.len(), 3);
+        drop(registry);
+        t.render(Part::Html, &big('d'), &json!({}), false).unwrap();
+        let registry = t.registries[slot].read().unwrap();
+        assert_eq!(registry.names.len(), 1);
+        assert_eq!(registry.bytes, MAX_CACHED_BYTES / 3);
+    }
+
+    #[test]
+    fn an_accounts_partials_outlive_a_cache_start_over() {
+        let t = Templates::with_partials(&[("footer".into(), "-- {{x}}".into())]).unwrap();
+        for n in 0..=MAX_CACHED {
+            t.render(Part::Text, &format!("{n}"), &json!({}), false)
+                .unwrap();
+        }
+        assert_eq!(
+            t.render(Part::Text, "Hi {{> footer}}", &json!({"x": "y"}), false)
+                .unwrap(),
+            "Hi -- y"
+        );
+    }
+
+    #[test]
+    fn a_template_cannot_include_another_cached_template_by_name() {
+        let t = Templates::new();
+        let secret = "another tenant's text";
+        t.render(Part::Text, secret, &json!({}), false).unwrap();
+        let slot = Templates::slot(Part::Text, false);
+        let name = t.registries[slot].read().unwrap().names[secret].clone();
+        // The name is neither the old counter nor derived from the source.
+        assert!(
+            name.starts_with("text:") && name.len() == "text:".len() + 32,
+            "{name}"
+        );
+        // Handlebars does resolve a registered template's name as a partial, even one
+        // taken from the message's data: the name must not be guessable.
+        let probe = r#"{{> (lookup this "n")}}"#;
+        let include = |n: &str| t.render(Part::Text, probe, &json!({ "n": n }), false);
+        assert_eq!(include(&name).unwrap(), secret);
+        for guess in ["text:0", "text:1", "subject:0", "html:0"] {
+            assert!(include(guess).is_err(), "{guess} found a template");
+        }
+        let again = t.render(Part::Text, secret, &json!({}), false).unwrap();
+        assert_eq!(again, secret);
+        assert_eq!(t.registries[slot].read().unwrap().names[secret], name);
     }
 }

@@ -314,13 +314,18 @@ pub fn send_body(
 
 /// What `sendmill bench ingest` measured: accepted recipients per second at the send API
 /// alone (HTTP, validation, PostgreSQL domain lookup, Redis suppression check and rate
-/// limit, idempotent produce to Kafka), per request shape.
+/// limit, idempotent produce to Kafka), per request shape, and the ingest process's CPU
+/// per request beside one raw RSA-2048 signature on the same host.
 #[derive(Debug, serde::Serialize)]
 pub struct IngestReport {
+    pub host: Host,
     pub runs: usize,
     pub seconds_per_run: f64,
     pub concurrency: usize,
     pub html_bytes: usize,
+    /// Raw RSA-2048 signatures per second on one core, measured before the load (median
+    /// of three 1 s runs): what `cpu_per_request_rsa` divides by.
+    pub rsa2048_signatures_per_core: f64,
     pub shapes: Vec<IngestShape>,
 }
 
@@ -332,14 +337,24 @@ pub struct IngestShape {
     pub recipients_per_sec: f64,
     /// Every run's recipients/s, for the spread.
     pub recipients_per_sec_runs: Vec<f64>,
+    /// CPU time (user + system, from /proc) of the ingest process per accepted request,
+    /// in ms: median of the runs. Redis, Kafka and PostgreSQL are not in it.
+    pub ingest_cpu_ms_per_request: f64,
+    /// `ingest_cpu_ms_per_request` over the time of one raw RSA-2048 signature (issue
+    /// target for single-recipient requests: ≤ 0.25).
+    pub cpu_per_request_rsa: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
 
-/// Drives `POST /v1/messages` of an ingest started in this process with `concurrency`
-/// keep-alive connections, for 1- and 100-recipient requests carrying the ~15 KB
-/// template. Needs PostgreSQL, Redis and Kafka (as configured); the run's topics are
-/// created under a prefix of their own and deleted afterwards.
+/// Drives `POST /v1/messages` of an ingest process started for the bench (this binary's
+/// `ingest`, with its own topics, Redis prefix and tenant) with `concurrency` keep-alive
+/// connections, for 1- and 100-recipient requests carrying the ~15 KB template; `runs`
+/// measured runs of `seconds` per shape after one warm-up. The load generator runs in
+/// this process, so the ingest process's CPU is its own.
+///
+/// Errors: a service missing, ingest not listening within 60 s or dying, or any answer
+/// but 202.
 pub async fn ingest(
     config: &crate::SendmillConfig,
     runs: usize,
@@ -347,68 +362,88 @@ pub async fn ingest(
     concurrency: usize,
 ) -> anyhow::Result<IngestReport> {
     use anyhow::Context;
-    use sendmill_store::Store;
+    use pipeline::{Process, Run};
 
-    let store = Store::connect(&config.postgres.url, config.postgres.max_connections)
+    let store = sendmill_store::Store::connect(&config.postgres.url, 2)
         .await
         .context("connecting to PostgreSQL")?;
     store.migrate().await?;
-    let mut config = config.clone();
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    config.kafka.topic_prefix = format!("bench{id}.");
-    config.redis.key_prefix = format!("bench{id}:");
-    config.ingest.listen = "127.0.0.1:0".into();
-    config.ingest.allow_unverified_domains = true;
-    let broker = BenchTopics::create(&config).await?;
-
-    let (domain, key) = tenant(&store, &id).await?;
-    let domain = domain.domain;
-
-    let shutdown = sendmill_platform::CancellationToken::new();
-    let running =
-        crate::pipeline::start(&config, &[crate::Stage::Ingest], shutdown.clone()).await?;
-    let addr = running.ingest_addr.context("ingest listens")?;
-    let waiting = tokio::spawn(running.wait());
+    let run = Run::new(config)?;
+    let broker = BenchTopics::create(&run.config).await?;
+    let (domain, key) = tenant(&store, &run.id).await?;
+    let config_file = run.write_config()?;
+    let mut process = Process::spawn(
+        "ingest",
+        &config_file,
+        "ingest",
+        &run.endpoint_env(&run.config.kafka.brokers),
+        &run.dir,
+    )?;
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(run.ingest).await.is_err() {
+        process.check_alive()?;
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "ingest did not listen at {} within 60 s",
+            run.ingest
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rsa_per_sec = pipeline::rsa_rate(&domain)?;
 
     let (html, text) = template();
-    let url = format!("http://{addr}/v1/messages");
+    let url = format!("http://{}/v1/messages", run.ingest);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
     let mut shapes = Vec::new();
     for recipients in [1usize, 100] {
-        let body = send_body(&domain, &html, &text, recipients, 0, 10);
+        let body = send_body(&domain.domain, &html, &text, recipients, 0, 10);
         let mut per_run = Vec::new();
+        let mut cpu_ms = Vec::new();
         let mut latencies = Vec::new();
         // One unmeasured warm-up run fills pools and caches.
-        for run in 0..=runs {
+        for run_index in 0..=runs {
+            let cpu_before = cpu_seconds(&process.pid());
             let (accepted, lat) =
                 drive(&client, &url, &key, &body, recipients, seconds, concurrency).await?;
-            if run > 0 {
+            process.check_alive()?;
+            let cpu_used = cpu_seconds(&process.pid())
+                .zip(cpu_before)
+                .map(|(after, before)| after - before)
+                .context("reading the ingest process's CPU time from /proc")?;
+            if run_index > 0 && !lat.is_empty() {
                 per_run.push(accepted);
+                cpu_ms.push(cpu_used * 1000.0 / lat.len() as f64);
                 latencies.extend(lat);
             }
         }
+        anyhow::ensure!(!latencies.is_empty(), "no request was accepted");
         latencies.sort_by(|a, b| a.total_cmp(b));
         let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
         let recipients_per_sec = median(per_run.clone());
+        let ingest_cpu_ms_per_request = median(cpu_ms);
         shapes.push(IngestShape {
             recipients_per_request: recipients,
             requests_per_sec: recipients_per_sec / recipients as f64,
             recipients_per_sec,
             recipients_per_sec_runs: per_run,
+            ingest_cpu_ms_per_request,
+            cpu_per_request_rsa: ingest_cpu_ms_per_request * rsa_per_sec / 1000.0,
             p50_ms: pick(0.5),
             p99_ms: pick(0.99),
         });
     }
-    shutdown.cancel();
-    waiting.await??;
+    drop(process);
     broker.delete().await;
+    let _ = std::fs::remove_dir_all(&run.dir);
     Ok(IngestReport {
+        host: Host::detect(),
         runs,
         seconds_per_run: seconds,
         concurrency,
         html_bytes: html.len(),
+        rsa2048_signatures_per_core: rsa_per_sec,
         shapes,
     })
 }

@@ -1022,7 +1022,7 @@ fn sample_message(
 }
 
 /// Raw RSA-2048 signatures per second on one core, with the bench domain's key.
-fn rsa_rate(sending: &sendmill_store::SendingDomain) -> anyhow::Result<f64> {
+pub(crate) fn rsa_rate(sending: &sendmill_store::SendingDomain) -> anyhow::Result<f64> {
     let signer = sendmill_render::dkim::DkimSigner::rsa(
         &sending.domain,
         &sending.dkim_selector,

@@ -403,15 +403,26 @@ pub async fn run(config: &SendmillConfig, bench: Bench) -> anyhow::Result<()> {
             let report =
                 sendmill::bench::ingest(config, runs.max(1), seconds, concurrency.max(1)).await?;
             println!(
-                "ingest bench: {} B HTML, {} runs x {} s after a warm-up, {} connections, medians",
-                report.html_bytes, report.runs, report.seconds_per_run, report.concurrency
+                "ingest bench: {} B HTML, {} runs x {} s after a warm-up, {} connections, medians; \
+                 {}, {} CPUs; raw RSA-2048 {:.0}/s per core ({:.2} ms)",
+                report.html_bytes,
+                report.runs,
+                report.seconds_per_run,
+                report.concurrency,
+                report.host.cpu,
+                report.host.cpus,
+                report.rsa2048_signatures_per_core,
+                1000.0 / report.rsa2048_signatures_per_core
             );
             for shape in &report.shapes {
                 println!(
-                    "  {:>3} recipient(s)/request: {:>8.0} recipients/s ({:>7.0} requests/s), p50 {:.1} ms, p99 {:.1} ms, runs {:?}",
+                    "  {:>3} recipient(s)/request: {:>8.0} recipients/s ({:>7.0} requests/s), \
+                     ingest CPU {:.3} ms/request ({:.2} x one RSA signature), p50 {:.1} ms, p99 {:.1} ms, runs {:?}",
                     shape.recipients_per_request,
                     shape.recipients_per_sec,
                     shape.requests_per_sec,
+                    shape.ingest_cpu_ms_per_request,
+                    shape.cpu_per_request_rsa,
                     shape.p50_ms,
                     shape.p99_ms,
                     shape
