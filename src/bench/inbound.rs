@@ -141,14 +141,7 @@ pub async fn inbound(
         &run.endpoint_env(&run.config.kafka.brokers),
         &run.dir,
     )?;
-    let started = Instant::now();
-    while TcpStream::connect(listen).await.is_err() {
-        child.check_alive()?;
-        if started.elapsed().as_secs() > 60 {
-            bail!("sendmill inbound did not listen at {listen} within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    child.wait_listening(listen).await?;
     let to = format!("postmaster@{}", domain.return_path_domain);
     // A Message-ID of the tenant's domain that names no message of its own.
     let unknown = uuid::Uuid::now_v7().to_string();

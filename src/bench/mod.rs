@@ -379,16 +379,7 @@ pub async fn ingest(
         &run.endpoint_env(&run.config.kafka.brokers),
         &run.dir,
     )?;
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(run.ingest).await.is_err() {
-        process.check_alive()?;
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(60),
-            "ingest did not listen at {} within 60 s",
-            run.ingest
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    process.wait_listening(run.ingest).await?;
     let rsa_per_sec = pipeline::rsa_rate(&domain)?;
 
     let (html, text) = template();

@@ -242,6 +242,27 @@ impl Process {
         self.child.id().to_string()
     }
 
+    /// Waits until `addr` accepts TCP connections, polling every 100 ms for at most
+    /// 60 s. Errors: the process died (with the end of its log), or it did not listen in
+    /// time.
+    pub(crate) async fn wait_listening(
+        &mut self,
+        addr: std::net::SocketAddr,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            self.check_alive()?;
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "sendmill {} did not listen at {addr} within 60 s",
+                    self.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// An error saying this process died, with the end of its log.
     pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {

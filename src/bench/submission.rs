@@ -83,14 +83,7 @@ pub async fn submission(
         &run.endpoint_env(&run.config.kafka.brokers),
         &run.dir,
     )?;
-    let started = Instant::now();
-    while TcpStream::connect(submission).await.is_err() {
-        ingest.check_alive()?;
-        if started.elapsed().as_secs() > 60 {
-            bail!("ingest did not listen for submission at {submission} within 60 s");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    ingest.wait_listening(submission).await?;
 
     let message = Arc::new(message(&domain.domain, message_bytes));
     let mut rates = Vec::new();
