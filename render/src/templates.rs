@@ -29,12 +29,8 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 /// Compiled templates kept per registry before the cache is emptied and refilled.
 const MAX_CACHED: usize = 10_000;
 /// Source bytes kept per registry (the key, and about as much again compiled) before the
-/// cache is emptied and refilled: bodies may be up to 10 MiB each. (1 MiB in unit tests,
-/// where compiling 128 MiB of sources unoptimized takes minutes.)
-#[cfg(not(test))]
+/// cache is emptied and refilled: bodies may be up to 10 MiB each.
 const MAX_CACHED_BYTES: usize = 128 << 20;
-#[cfg(test)]
-const MAX_CACHED_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
@@ -76,6 +72,8 @@ pub struct Templates {
     registries: [RwLock<Registry>; 4],
     /// What the partials registered in `registries` hash to.
     partials_fingerprint: [u8; 32],
+    /// Source bytes a registry caches before it starts over ([`MAX_CACHED_BYTES`]).
+    max_cached_bytes: usize,
 }
 
 impl Default for Templates {
@@ -114,6 +112,7 @@ impl Templates {
                 })
             }),
             partials_fingerprint: fingerprint(partials),
+            max_cached_bytes: MAX_CACHED_BYTES,
         })
     }
 
@@ -142,26 +141,28 @@ impl Templates {
         }
         let mut guard = lock.write().expect("not poisoned");
         let registry = &mut *guard;
-        if !registry.names.contains_key(source) {
-            if registry.names.len() >= MAX_CACHED
-                || registry.bytes + source.len() > MAX_CACHED_BYTES
-            {
-                registry.bytes = 0;
-                // Only the cached sources: the account's partials live in the same map.
-                for (_, name) in registry.names.drain() {
-                    registry.handlebars.unregister_template(&name);
-                }
-            }
-            let name = format!("{}:{}", part.name(), uuid::Uuid::new_v4().simple());
-            registry
-                .handlebars
-                .register_template_string(&name, source)
-                .map_err(|e| e.to_string())?;
-            registry.names.insert(source.into(), name);
-            registry.bytes += source.len();
+        // Another render may have compiled it between the two locks.
+        if let Some(name) = registry.names.get(source) {
+            return registry.handlebars.render(name, data).map_err(describe);
         }
-        let name = &registry.names[source];
-        registry.handlebars.render(name, data).map_err(describe)
+        if registry.names.len() >= MAX_CACHED
+            || registry.bytes + source.len() > self.max_cached_bytes
+        {
+            registry.bytes = 0;
+            // Only the cached sources: the account's partials live in the same map.
+            for (_, name) in registry.names.drain() {
+                registry.handlebars.unregister_template(&name);
+            }
+        }
+        let name = format!("{}:{}", part.name(), uuid::Uuid::new_v4().simple());
+        registry
+            .handlebars
+            .register_template_string(&name, source)
+            .map_err(|e| e.to_string())?;
+        let rendered = registry.handlebars.render(&name, data).map_err(describe);
+        registry.names.insert(source.into(), name);
+        registry.bytes += source.len();
+        rendered
     }
 }
 
@@ -601,8 +602,13 @@ mod tests {
 
     #[test]
     fn the_cache_starts_over_before_it_holds_more_than_its_byte_limit() {
-        let t = Templates::new();
-        let big = |c: char| c.to_string().repeat(MAX_CACHED_BYTES / 3);
+        // 1 MiB, not 128: compiling 128 MiB of sources unoptimized takes minutes.
+        let limit = 1 << 20;
+        let t = Templates {
+            max_cached_bytes: limit,
+            ..Templates::new()
+        };
+        let big = |c: char| c.to_string().repeat(limit / 3);
         for c in ['a', 'b', 'c'] {
             assert_eq!(
                 t.render(Part::Html, &big(c), &json!({}), false).unwrap(),
@@ -616,7 +622,7 @@ mod tests {
         t.render(Part::Html, &big('d'), &json!({}), false).unwrap();
         let registry = t.registries[slot].read().unwrap();
         assert_eq!(registry.names.len(), 1);
-        assert_eq!(registry.bytes, MAX_CACHED_BYTES / 3);
+        assert_eq!(registry.bytes, limit / 3);
     }
 
     #[test]

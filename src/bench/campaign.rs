@@ -11,8 +11,7 @@
 //! into PostgreSQL (`generate_series`): the import is `bench import`'s subject.
 
 use super::pipeline::{
-    drop_database, generate, percentiles, read_events, wait_healthy, Load, Percentiles, Process,
-    Run, Seen,
+    drop_database, generate, percentiles, read_events, wait_healthy, Load, Percentiles, Run, Seen,
 };
 use anyhow::{bail, Context};
 use sendmill_platform::kafka::KafkaConnection;
@@ -130,8 +129,6 @@ pub async fn campaign(
         writeln!(file, "[campaigns]\nops_listen = \"{campaigns_ops}\"")?;
     }
     let topics = super::BenchTopics::create(config).await?;
-    let brokers = config.kafka.brokers.clone();
-    let env = run.endpoint_env(&brokers);
     let mut processes = Vec::new();
     for (name, subcommand) in [
         ("ingest", "ingest"),
@@ -140,13 +137,7 @@ pub async fn campaign(
         ("analytics", "analytics"),
         ("campaigns", "campaigns"),
     ] {
-        processes.push(Process::spawn(
-            name,
-            &config_file,
-            subcommand,
-            &env,
-            &run.dir,
-        )?);
+        processes.push(run.spawn(name, subcommand, &config_file)?);
     }
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
@@ -162,7 +153,7 @@ pub async fn campaign(
     }
 
     // Every delivery, from the events topic.
-    let kafka = KafkaConnection::new(brokers.clone(), config.kafka.clone());
+    let kafka = KafkaConnection::new(config.kafka.brokers.clone(), config.kafka.clone());
     let seen = Arc::new(Seen::default());
     let reader_stop = sendmill_platform::CancellationToken::new();
     let reader = read_events(&kafka, &run.id, seen.clone(), reader_stop.clone());
@@ -354,7 +345,7 @@ pub async fn campaign(
         contacts: options.contacts,
         domains: options.domains,
         html_bytes: html.len(),
-        broker: format!("Apache Kafka at {brokers}"),
+        broker: format!("Apache Kafka at {}", config.kafka.brokers),
         release_per_sec: released as f64 / release_seconds,
         release_seconds,
         delivered,

@@ -11,7 +11,7 @@
 
 use super::{
     cpu_seconds, median,
-    pipeline::{peak_rss_mib, Process, Run},
+    pipeline::{peak_rss_mib, Run},
     BenchTopics,
 };
 use crate::SendmillConfig;
@@ -89,13 +89,7 @@ pub async fn import(
         .await?
         .plaintext;
     let config_file = run.write_config()?;
-    let mut analytics = Process::spawn(
-        "analytics",
-        &config_file,
-        "analytics",
-        &run.endpoint_env(&run.config.kafka.brokers),
-        &run.dir,
-    )?;
+    let mut analytics = run.spawn("analytics", "analytics", &config_file)?;
     let base_url = format!("http://{}", run.analytics);
     let http = reqwest::Client::new();
     let started = Instant::now();

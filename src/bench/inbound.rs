@@ -17,7 +17,7 @@
 
 use super::{
     cpu_seconds, median,
-    pipeline::{Process, Run},
+    pipeline::Run,
     submission::{expect, send},
     BenchTopics,
 };
@@ -134,13 +134,7 @@ pub async fn inbound(
         connections + 1
     ));
     std::fs::write(&config_file, toml)?;
-    let mut child = Process::spawn(
-        "inbound",
-        &config_file,
-        "inbound",
-        &run.endpoint_env(&run.config.kafka.brokers),
-        &run.dir,
-    )?;
+    let mut child = run.spawn("inbound", "inbound", &config_file)?;
     child.wait_listening(listen).await?;
     let to = format!("postmaster@{}", domain.return_path_domain);
     // A Message-ID of the tenant's domain that names no message of its own.

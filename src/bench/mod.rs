@@ -362,7 +362,7 @@ pub async fn ingest(
     concurrency: usize,
 ) -> anyhow::Result<IngestReport> {
     use anyhow::Context;
-    use pipeline::{Process, Run};
+    use pipeline::Run;
 
     let store = sendmill_store::Store::connect(&config.postgres.url, 2)
         .await
@@ -372,13 +372,7 @@ pub async fn ingest(
     let broker = BenchTopics::create(&run.config).await?;
     let (domain, key) = tenant(&store, &run.id).await?;
     let config_file = run.write_config()?;
-    let mut process = Process::spawn(
-        "ingest",
-        &config_file,
-        "ingest",
-        &run.endpoint_env(&run.config.kafka.brokers),
-        &run.dir,
-    )?;
+    let mut process = run.spawn("ingest", "ingest", &config_file)?;
     process.wait_listening(run.ingest).await?;
     let rsa_per_sec = pipeline::rsa_rate(&domain)?;
 

@@ -375,10 +375,28 @@ impl Run {
         Ok(path)
     }
 
-    pub(crate) fn endpoint_env(&self, brokers: &str) -> Vec<(&'static str, String)> {
+    /// Starts `sendmill <subcommand>` for this run: `config_file`, the endpoints and
+    /// secrets of [`Run::endpoint_env`], and its log at `<dir>/<name>.log`. Errors: the
+    /// binary cannot be started.
+    pub(crate) fn spawn(
+        &self,
+        name: &'static str,
+        subcommand: &str,
+        config_file: &Path,
+    ) -> anyhow::Result<Process> {
+        Process::spawn(
+            name,
+            config_file,
+            subcommand,
+            &self.endpoint_env(),
+            &self.dir,
+        )
+    }
+
+    pub(crate) fn endpoint_env(&self) -> Vec<(&'static str, String)> {
         let c = &self.config;
         vec![
-            ("SENDMILL_KAFKA_BROKERS", brokers.to_owned()),
+            ("SENDMILL_KAFKA_BROKERS", c.kafka.brokers.clone()),
             ("SENDMILL_REDIS_URL", c.redis.url.clone()),
             ("SENDMILL_DATABASE_URL", c.postgres.url.clone()),
             ("SENDMILL_CLICKHOUSE_URL", c.clickhouse.url.clone()),
@@ -438,21 +456,13 @@ pub async fn pipeline(
     let config_file = run.write_config()?;
     let mut processes = Vec::new();
     let topics = super::BenchTopics::create(config).await?;
-    let brokers = config.kafka.brokers.clone();
-    let env = run.endpoint_env(&brokers);
     for (name, subcommand) in [
         ("ingest", "ingest"),
         ("render", "render"),
         ("dispatcher", "dispatch"),
         ("analytics", "analytics"),
     ] {
-        processes.push(Process::spawn(
-            name,
-            &config_file,
-            subcommand,
-            &env,
-            &run.dir,
-        )?);
+        processes.push(run.spawn(name, subcommand, &config_file)?);
     }
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)
@@ -467,7 +477,7 @@ pub async fn pipeline(
     }
 
     // The events reader.
-    let kafka = KafkaConnection::new(brokers.clone(), config.kafka.clone());
+    let kafka = KafkaConnection::new(config.kafka.brokers.clone(), config.kafka.clone());
     let seen = Arc::new(Seen::default());
     let reader_stop = sendmill_platform::CancellationToken::new();
     let reader = read_events(&kafka, &run.id, seen.clone(), reader_stop.clone());

@@ -7,11 +7,7 @@
 //! broker's round trip. Needs PostgreSQL, Redis, Kafka and `deploy/local`'s certificate;
 //! the run's topics are deleted afterwards.
 
-use super::{
-    cpu_seconds, median,
-    pipeline::{Process, Run},
-    BenchTopics,
-};
+use super::{cpu_seconds, median, pipeline::Run, BenchTopics};
 use crate::SendmillConfig;
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -76,13 +72,7 @@ pub async fn submission(
         connections + 1
     ));
     std::fs::write(&config_file, toml)?;
-    let mut ingest = Process::spawn(
-        "ingest",
-        &config_file,
-        "ingest",
-        &run.endpoint_env(&run.config.kafka.brokers),
-        &run.dir,
-    )?;
+    let mut ingest = run.spawn("ingest", "ingest", &config_file)?;
     ingest.wait_listening(submission).await?;
 
     let message = Arc::new(message(&domain.domain, message_bytes));
