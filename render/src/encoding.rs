@@ -366,7 +366,9 @@ mod tests {
         // Runs shorter and longer than the 16-byte step, ended at every offset by every
         // kind of byte, and a second non-literal byte after the first.
         for len in [0, 1, 15, 16, 17, 31, 32, 33, 64, 95, 200] {
-            for stop in [b'=', b'\r', 0xC3, 0x7F, 0x00, b'~', b'\t', 0x1F, b' ', 0x80, 0xFF] {
+            for stop in [
+                b'=', b'\r', 0xC3, 0x7F, 0x00, b'~', b'\t', 0x1F, b' ', 0x80, 0xFF,
+            ] {
                 for at in 0..=len {
                     let mut bytes = vec![b'a'; len];
                     if at < len {
