@@ -288,15 +288,24 @@ mod tests {
     }
 
     #[test]
-    fn a_ready_version_other_than_1_or_2_is_refused_naming_the_key() {
-        for (version, ok) in [(0u8, false), (1, true), (2, true), (3, false)] {
-            let mut config = SendmillConfig::default();
-            config.kafka.ready_version = version;
-            match config.kafka.validate() {
-                Ok(()) => assert!(ok, "version {version} accepted"),
-                Err(e) => {
-                    assert!(!ok, "version {version} refused: {e}");
-                    assert!(e.to_string().contains("kafka.ready_version"), "{e}");
+    fn a_record_version_other_than_1_or_2_is_refused_naming_the_key() {
+        type Set = fn(&mut SendmillConfig, u8);
+        let keys: [(&str, Set); 2] = [
+            ("kafka.ready_version", |c, v| c.kafka.ready_version = v),
+            ("kafka.requested_version", |c, v| {
+                c.kafka.requested_version = v
+            }),
+        ];
+        for (key, set) in keys {
+            for (version, ok) in [(0u8, false), (1, true), (2, true), (3, false)] {
+                let mut config = SendmillConfig::default();
+                set(&mut config, version);
+                match config.kafka.validate() {
+                    Ok(()) => assert!(ok, "{key} {version} accepted"),
+                    Err(e) => {
+                        assert!(!ok, "{key} {version} refused: {e}");
+                        assert!(e.to_string().contains(key), "{e}");
+                    }
                 }
             }
         }

@@ -19,7 +19,7 @@ use crate::{
 use futures::stream::{FuturesUnordered, StreamExt};
 use sendmill_platform::CancellationToken;
 use sendmill_platform::{api::ApiError, backoff, kafka::Producer};
-use sendmill_wire::{encode, EventType, EventV1, MessageId, RequestedV1, WirePayload};
+use sendmill_wire::{EventType, EventV1, MessageId, RequestedV1, WirePayload};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -61,11 +61,11 @@ pub async fn write_all<'a, T: WirePayload + 'a>(
     loop {
         while bytes_in_flight < WINDOW_BYTES {
             let Some(record) = waiting.next() else { break };
-            let bytes = encode(record.payload);
+            let (schema, bytes) = producer.encode(record.payload);
             bytes_in_flight += bytes.len();
             in_flight.push(async move {
                 backoff::until_ok(what, shutdown, || {
-                    producer.send_bytes(&record.topic, &record.key, &bytes, T::SCHEMA)
+                    producer.send_bytes(&record.topic, &record.key, &bytes, schema)
                 })
                 .await
                 .map(|()| bytes.len())
@@ -92,7 +92,7 @@ pub(crate) async fn write(state: &AppState, planned: &Planned) -> Result<(), Ref
         let Some(record) = record else { continue };
         match (result.status, result.send_at) {
             (RecipientStatus::Scheduled, Some(at)) => {
-                held.push((record.message_id, at, sendmill_wire::encode(record)))
+                held.push((record.message_id, at, state.producer.encode(record).1))
             }
             (RecipientStatus::Queued, _) => now.push(record),
             _ => {}

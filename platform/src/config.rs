@@ -241,6 +241,11 @@ pub struct KafkaConfig {
     /// rolling upgrade from such a release, run the new release with 1 until no process
     /// of the old one is left, then switch to 2. Every release reads both.
     pub ready_version: u8,
+    /// The version of the `requested` records this process writes (ingest, the
+    /// scheduler and the campaign sender write them): 2, a binary frame with the template
+    /// and attachments as they are (default), or 1, JSON, which releases before version 2
+    /// can read. Roll upgrades as for `ready_version`. Every release reads both.
+    pub requested_version: u8,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,
     /// `sasl.mechanisms`). Secrets belong in `SENDMILL_KAFKA_SASL_PASSWORD`.
     pub client: BTreeMap<String, String>,
@@ -263,6 +268,7 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_millis(10_000),
             drain_grace: Duration::from_secs(20),
             ready_version: 2,
+            requested_version: 2,
             client: BTreeMap::new(),
         }
     }
@@ -308,6 +314,9 @@ impl KafkaConfig {
         }
         if !matches!(self.ready_version, 1 | 2) {
             return invalid("ready_version must be 1 or 2");
+        }
+        if !matches!(self.requested_version, 1 | 2) {
+            return invalid("requested_version must be 1 or 2");
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 
 use sendmill::Stage;
 use sendmill_tests::*;
-use sendmill_wire::{decode, DeadLetterV1, EventType, EventV1, Lane, ReadyV1, RetryTier, RetryV1};
+use sendmill_wire::{
+    decode, DeadLetterV1, EventType, EventV1, Lane, ReadyV1, RequestedV1, RetryTier, RetryV1,
+};
 use serde_json::json;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -25,7 +27,11 @@ fn ready_to(p: &TestPipeline, recipient: &str, accepted_at: OffsetDateTime) -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_ready_version_1_render_writes_json_records_that_are_delivered() {
     // The first rollout of an upgrade: records an older release can read.
-    let p = TestPipeline::start_configured(&Stage::ALL, |c| c.kafka.ready_version = 1).await;
+    let p = TestPipeline::start_configured(&Stage::ALL, |c| {
+        c.kafka.ready_version = 1;
+        c.kafka.requested_version = 1;
+    })
+    .await;
     let (status, body) = p
         .send(&message_to(&p, json!(["v1@ok.test", "v1b@ok.test"])))
         .await;
@@ -44,6 +50,17 @@ async fn with_ready_version_1_render_writes_json_records_that_are_delivered() {
         let ready = decode::<ReadyV1>(bytes).unwrap();
         assert_eq!(json["recipient"], ready.recipient.as_str());
     }
+    // Ingest wrote its `requested` records as version 1 too.
+    let requested = p.read_topic(&p.topics.requested(Lane::Transactional));
+    assert_eq!(requested.len(), 2);
+    for bytes in &requested {
+        assert!(
+            bytes.starts_with(b"{"),
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+        decode::<RequestedV1>(bytes).unwrap();
+    }
     assert_eq!(dumped_messages(&id).len(), 1);
     p.stop().await;
 }
@@ -58,8 +75,11 @@ async fn a_redelivered_ready_record_is_not_sent_twice() {
 
     // The crash case: the record comes again after its delivery.
     let records = p.read_topic(&p.topics.ready(Lane::Transactional));
-    // Render wrote it as a version 2 frame (the default `kafka.ready_version`).
+    // Render wrote it as a version 2 frame (the default `kafka.ready_version`), and
+    // ingest its `requested` record (`kafka.requested_version`).
     assert!(records.iter().all(|b| b.starts_with(b"SMR2")));
+    let requested = p.read_topic(&p.topics.requested(Lane::Transactional));
+    assert!(!requested.is_empty() && requested.iter().all(|b| b.starts_with(b"SMQ2")));
     let ready: ReadyV1 = records
         .iter()
         .map(|b| decode::<ReadyV1>(b).unwrap())
@@ -175,7 +195,7 @@ async fn an_undecodable_record_is_kept_in_the_dlq_with_its_reason() {
     assert_eq!(letter.payload, b"not json");
     assert_eq!(letter.source_topic, p.topics.requested(Lane::Transactional));
     assert!(
-        letter.reason.contains("sendmill.requested.v1"),
+        letter.reason.contains("sendmill.requested.v2"),
         "{}",
         letter.reason
     );

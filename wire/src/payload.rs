@@ -3,12 +3,15 @@
 //! ~108k encode+decode/s for 2 KB) is far from any bottleneck, and it is readable with
 //! kcat while debugging.
 //!
-//! `ready` is the exception (`sendmill.ready.v2`): its ~20 KB message is nearly all of the
+//! `ready` and `requested` are the exceptions (`sendmill.ready.v2`,
+//! `sendmill.requested.v2`). A `ready` record's ~20 KB message is nearly all of the
 //! record, and as base64 inside JSON it cost 84 µs per record to encode (render) and
 //! decode (dispatcher) on the 2-core machine, a tenth of an RSA-2048 signature
-//! (`sendmill bench work --part ready-codec`). Version 2 is a binary frame: the same
-//! fields but the message as JSON, then the message's bytes as they are (see
-//! [`ReadyV1`]). Version 1 records (JSON) are still read.
+//! (`sendmill bench work --part ready-codec`); a `requested` record carries the request's
+//! ~15 KB template and its attachments, JSON-escaped and base64 in every recipient's
+//! record. Version 2 of each is a binary frame: the small fields as JSON, then the large
+//! parts' bytes as they are (see [`ReadyV1`] and [`RequestedV1`]). Version 1 records
+//! (JSON) are still read, and written during a rolling upgrade.
 
 use crate::{AccountId, BatchId, Lane, MessageId, SmtpReply};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -195,11 +198,198 @@ pub struct RenderOptions {
     pub list_unsubscribe: bool,
 }
 
+/// The first bytes of a `sendmill.requested.v2` frame (a version 1 record is JSON and
+/// starts with `{`).
+const REQUESTED_V2_MAGIC: &[u8; 4] = b"SMQ2";
+
+/// A frame section's length when the section is absent (`html`, `text` or `mime` of
+/// `None`).
+const ABSENT: u64 = u64::MAX;
+
+/// Version 2 (written): a binary frame,
+///
+/// ```text
+/// "SMQ2" | head length: u32 BE | head: JSON
+///        | section count: u32 BE | one length per section: u64 BE (u64::MAX: absent)
+///        | the sections' bytes, in order
+/// ```
+///
+/// The head is the version 1 JSON of the record with the large parts left out (`html`,
+/// `text` and `mime` absent, every attachment's `content` empty); the sections are
+/// `html`, `text`, `mime`, then each attachment's content, as they are. A 15 KB HTML
+/// template is then copied rather than JSON-escaped by ingest and unescaped by render, and
+/// an attachment is not base64 (a third larger) inside JSON. Version 1 (read, and written
+/// during a rolling upgrade: `kafka.requested_version = 1`): the whole record as JSON.
 impl WirePayload for RequestedV1 {
-    const SCHEMA: &'static str = "sendmill.requested.v1";
+    const SCHEMA: &'static str = "sendmill.requested.v2";
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let head = serde_json::to_vec(&self.head()).expect("wire payloads always serialize");
+        let head_len = u32::try_from(head.len()).expect("a head is far below 4 GiB");
+        let sections = self.sections();
+        let count = u32::try_from(sections.len()).expect("far fewer than 2^32 attachments");
+        let body: usize = sections.iter().map(|s| s.map_or(0, <[u8]>::len)).sum();
+        let mut out = Vec::with_capacity(12 + head.len() + 8 * sections.len() + body);
+        out.extend_from_slice(REQUESTED_V2_MAGIC);
+        out.extend_from_slice(&head_len.to_be_bytes());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&count.to_be_bytes());
+        for section in &sections {
+            let len = section.map_or(ABSENT, |s| s.len() as u64);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        for section in sections.into_iter().flatten() {
+            out.extend_from_slice(section);
+        }
+        out
+    }
+
+    /// Version 1: the serde (JSON) form, which every release reads.
+    fn previous_version(&self) -> Option<(&'static str, Vec<u8>)> {
+        let json = serde_json::to_vec(self).expect("wire payloads always serialize");
+        Some(("sendmill.requested.v1", json))
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeFailure> {
+        let Some(frame) = bytes.strip_prefix(REQUESTED_V2_MAGIC) else {
+            return Ok(serde_json::from_slice(bytes)?);
+        };
+        let (head, rest) = split_counted(frame, "head")?;
+        let mut record: RequestedV1 = serde_json::from_slice(head)?;
+        let (count, mut rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or(DecodeFailure::Frame("no section count"))?;
+        let count = u32::from_be_bytes(*count) as usize;
+        if count != 3 + record.attachments.len() {
+            return Err(DecodeFailure::Frame(
+                "section count does not match the head",
+            ));
+        }
+        let mut lengths = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (len, after) = rest
+                .split_first_chunk::<8>()
+                .ok_or(DecodeFailure::Frame("cut in the section lengths"))?;
+            lengths.push(u64::from_be_bytes(*len));
+            rest = after;
+        }
+        let mut next = |len: u64| -> Result<Option<&[u8]>, DecodeFailure> {
+            if len == ABSENT {
+                return Ok(None);
+            }
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&len| len <= rest.len())
+                .ok_or(DecodeFailure::Frame("section longer than the record"))?;
+            let (section, after) = rest.split_at(len);
+            rest = after;
+            Ok(Some(section))
+        };
+        let text = |bytes: Option<&[u8]>| {
+            bytes
+                .map(|b| String::from_utf8(b.to_vec()))
+                .transpose()
+                .map_err(|_| DecodeFailure::Frame("a text section is not UTF-8"))
+        };
+        record.html = text(next(lengths[0])?)?;
+        record.text = text(next(lengths[1])?)?;
+        record.mime = next(lengths[2])?.map(bytes::Bytes::copy_from_slice);
+        for (attachment, &len) in record.attachments.iter_mut().zip(&lengths[3..]) {
+            attachment.content = next(len)?
+                .ok_or(DecodeFailure::Frame("an attachment without content"))?
+                .to_vec();
+        }
+        if !rest.is_empty() {
+            return Err(DecodeFailure::Frame("bytes after the last section"));
+        }
+        Ok(record)
+    }
+}
+
+/// `frame` split after a u32 BE length and that many bytes: (those bytes, the rest).
+fn split_counted<'a>(
+    frame: &'a [u8],
+    what: &'static str,
+) -> Result<(&'a [u8], &'a [u8]), DecodeFailure> {
+    let (len, rest) = frame
+        .split_first_chunk::<4>()
+        .ok_or(DecodeFailure::Frame(what))?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(DecodeFailure::Frame(what));
+    }
+    Ok(rest.split_at(len))
 }
 
 impl RequestedV1 {
+    /// The record without its large parts, as a version 2 frame's head holds it.
+    fn head(&self) -> RequestedV1 {
+        // Every field by name, so that a new one cannot be left out of the head.
+        let RequestedV1 {
+            message_id,
+            account_id,
+            batch_id,
+            lane,
+            accepted_at,
+            from,
+            to,
+            to_list,
+            cc,
+            envelope_to,
+            reply_to,
+            subject,
+            html: _,
+            text: _,
+            headers,
+            data,
+            context,
+            options,
+            attachments,
+            mime: _,
+        } = self;
+        RequestedV1 {
+            message_id: *message_id,
+            account_id: *account_id,
+            batch_id: *batch_id,
+            lane: *lane,
+            accepted_at: *accepted_at,
+            from: from.clone(),
+            to: to.clone(),
+            to_list: to_list.clone(),
+            cc: cc.clone(),
+            envelope_to: envelope_to.clone(),
+            reply_to: reply_to.clone(),
+            subject: subject.clone(),
+            html: None,
+            text: None,
+            headers: headers.clone(),
+            data: data.clone(),
+            context: context.clone(),
+            options: options.clone(),
+            attachments: attachments
+                .iter()
+                .map(|a| Attachment {
+                    filename: a.filename.clone(),
+                    content_type: a.content_type.clone(),
+                    content: Vec::new(),
+                    content_id: a.content_id.clone(),
+                })
+                .collect(),
+            mime: None,
+        }
+    }
+
+    /// A version 2 frame's sections: `html`, `text`, `mime`, each attachment's content.
+    fn sections(&self) -> Vec<Option<&[u8]>> {
+        let mut sections = vec![
+            self.html.as_deref().map(str::as_bytes),
+            self.text.as_deref().map(str::as_bytes),
+            self.mime.as_deref(),
+        ];
+        sections.extend(self.attachments.iter().map(|a| Some(a.content.as_slice())));
+        sections
+    }
+
     /// The address this copy is delivered to: `to`, or the cc/bcc address of a copy.
     pub fn recipient(&self) -> &str {
         self.envelope_to.as_deref().unwrap_or(&self.to.email)
@@ -293,14 +483,7 @@ impl WirePayload for ReadyV1 {
             // Version 1: JSON.
             return Ok(serde_json::from_slice(bytes)?);
         };
-        let (len, rest) = frame
-            .split_first_chunk::<4>()
-            .ok_or(DecodeFailure::Frame("no head length"))?;
-        let len = u32::from_be_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(DecodeFailure::Frame("head longer than the record"));
-        }
-        let (head, message) = rest.split_at(len);
+        let (head, message) = split_counted(frame, "head")?;
         let head: ReadyHead = serde_json::from_slice(head)?;
         Ok(ReadyV1 {
             message_id: head.message_id,

@@ -44,7 +44,90 @@ fn requested_v1_submitted_over_smtp() {
     // Records of the API carry no `mime` at all.
     let api: RequestedV1 = decode(&fixture("requested.v1.json")).unwrap();
     assert!(api.mime.is_none());
-    assert!(!String::from_utf8(encode(&api)).unwrap().contains("mime"));
+    let (_, json) = api.previous_version().unwrap();
+    assert!(!String::from_utf8(json).unwrap().contains("mime"));
+}
+
+/// The version 1 fixture's record with an attachment (binary bytes, an inline image),
+/// the record the version 2 golden frame holds.
+fn requested_with_attachments() -> RequestedV1 {
+    let mut r: RequestedV1 = decode(&fixture("requested.v1.json")).unwrap();
+    r.attachments = vec![
+        Attachment {
+            filename: "invoice.pdf".into(),
+            content_type: "application/pdf".into(),
+            content: b"%PDF-1.4\n\x00\xff\xfe binary".to_vec(),
+            content_id: None,
+        },
+        Attachment {
+            filename: "logo.png".into(),
+            content_type: "image/png".into(),
+            content: b"\x89PNG\r\n\x1a\n".to_vec(),
+            content_id: Some("logo".into()),
+        },
+    ];
+    r
+}
+
+#[test]
+fn requested_v2_is_the_frame_this_build_writes_and_reads() {
+    let golden = fixture("requested.v2.bin");
+    let record = requested_with_attachments();
+    assert_eq!(encode(&record), golden, "the writer's bytes changed");
+    assert_eq!(&golden[..4], b"SMQ2");
+    let r: RequestedV1 = decode(&golden).unwrap();
+    assert_eq!(r, record);
+    assert_eq!(r.html.as_deref(), Some("<p>Hi {{name}}</p>"));
+    assert_eq!(r.attachments[1].content_id.as_deref(), Some("logo"));
+    // The template and the attachments are in the frame as they are: no JSON escaping,
+    // no base64.
+    assert!(golden.ends_with(b"\x89PNG\r\n\x1a\n"));
+    let html_at = golden
+        .windows(18)
+        .position(|w| w == b"<p>Hi {{name}}</p>")
+        .expect("the template as it is");
+    assert!(html_at > golden.len() / 2, "after the head, not inside it");
+    round_trips(&r);
+    // During a rolling upgrade it is written as version 1, which older releases read.
+    let (schema, previous) = r.previous_version().unwrap();
+    assert_eq!(schema, "sendmill.requested.v1");
+    assert!(previous.starts_with(b"{"));
+    assert_eq!(decode::<RequestedV1>(&previous).unwrap(), r);
+    // The SMTP-submitted form: its message as the `mime` section, no text parts.
+    let submitted: RequestedV1 = decode(&fixture("requested.v1.submitted.json")).unwrap();
+    let frame = encode(&submitted);
+    assert!(frame.starts_with(b"SMQ2"));
+    assert_eq!(decode::<RequestedV1>(&frame).unwrap(), submitted);
+}
+
+#[test]
+fn a_cut_or_broken_requested_frame_is_a_decode_error() {
+    let golden = fixture("requested.v2.bin");
+    // Every section has a length, so a frame cut anywhere is an error, never a panic.
+    for cut in 4..golden.len() {
+        let err = decode::<RequestedV1>(&golden[..cut]).unwrap_err();
+        assert_eq!(err.schema, "sendmill.requested.v2", "cut at {cut}");
+    }
+    let mut longer = golden.clone();
+    longer.push(0);
+    assert!(decode::<RequestedV1>(&longer).is_err(), "a byte too many");
+    let mut huge = golden.clone();
+    huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        decode::<RequestedV1>(&huge).unwrap_err().source,
+        DecodeFailure::Frame(_)
+    ));
+    // A text section that is not UTF-8.
+    let mut broken = golden.clone();
+    let html_at = golden
+        .windows(18)
+        .position(|w| w == b"<p>Hi {{name}}</p>")
+        .unwrap();
+    broken[html_at] = 0xff;
+    assert!(matches!(
+        decode::<RequestedV1>(&broken).unwrap_err().source,
+        DecodeFailure::Frame(_)
+    ));
 }
 
 #[test]

@@ -60,7 +60,8 @@ impl KafkaConnection {
     pub fn producer(&self) -> Result<Producer, KafkaError> {
         Ok(
             Producer::new(self.client_config(), self.config.max_message_bytes)?
-                .writing_ready_version(self.config.ready_version),
+                .writing_version::<sendmill_wire::ReadyV1>(self.config.ready_version)
+                .writing_version::<sendmill_wire::RequestedV1>(self.config.requested_version),
         )
     }
 

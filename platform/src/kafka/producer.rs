@@ -26,10 +26,10 @@ pub struct ProduceError {
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,
-    /// Write records in their previous version where they have one
-    /// ([`WirePayload::previous_version`]; `kafka.ready_version = 1`, during a rolling
-    /// upgrade).
-    previous_versions: bool,
+    /// The schemas written in their previous version ([`WirePayload::previous_version`]):
+    /// `kafka.ready_version = 1` and `kafka.requested_version = 1`, during a rolling
+    /// upgrade.
+    previous_versions: Vec<&'static str>,
 }
 
 impl Producer {
@@ -50,15 +50,28 @@ impl Producer {
             .create()?;
         Ok(Self {
             inner,
-            previous_versions: false,
+            previous_versions: Vec::new(),
         })
     }
 
-    /// This producer writing `ready` records as `version` (`kafka.ready_version`: 1,
-    /// the previous version; anything else, this build's).
-    pub fn writing_ready_version(mut self, version: u8) -> Self {
-        self.previous_versions = version == 1;
+    /// This producer writing `T`'s records as `version`: 1, the previous version
+    /// (`kafka.ready_version`, `kafka.requested_version`); anything else, this build's.
+    pub fn writing_version<T: WirePayload>(mut self, version: u8) -> Self {
+        if version == 1 {
+            self.previous_versions.push(T::SCHEMA);
+        }
         self
+    }
+
+    /// `payload`'s schema and bytes as this producer writes them: this build's version,
+    /// or the previous one during a rolling upgrade ([`Producer::writing_version`]).
+    pub fn encode<T: WirePayload>(&self, payload: &T) -> (&'static str, Vec<u8>) {
+        if self.previous_versions.contains(&T::SCHEMA) {
+            if let Some(previous) = payload.previous_version() {
+                return previous;
+            }
+        }
+        (T::SCHEMA, encode(payload))
     }
 
     /// Writes `payload` to `topic` under `key` and waits until the broker has it.
@@ -68,13 +81,8 @@ impl Producer {
         key: &str,
         payload: &T,
     ) -> Result<(), ProduceError> {
-        if self.previous_versions {
-            if let Some((schema, bytes)) = payload.previous_version() {
-                return self.send_bytes(topic, key, &bytes, schema).await;
-            }
-        }
-        self.send_bytes(topic, key, &encode(payload), T::SCHEMA)
-            .await
+        let (schema, bytes) = self.encode(payload);
+        self.send_bytes(topic, key, &bytes, schema).await
     }
 
     pub async fn send_bytes(
