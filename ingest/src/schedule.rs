@@ -182,24 +182,36 @@ async fn release_once(
     if count == 0 {
         return Ok(0);
     }
-    let sends = held.items.iter().filter_map(|m| {
-        let record: RequestedV1 = match sendmill_wire::decode(&m.payload) {
-            Ok(r) => Some(r),
-            Err(error) => {
-                // Written by this code a moment ago; nothing else writes the table.
-                tracing::error!(%error, message_id = %m.message_id, "undecodable scheduled message");
-                None
+    let sends = held.items.iter().map(|m| async move {
+        match sendmill_wire::decode::<RequestedV1>(&m.payload) {
+            Ok(record) => {
+                producer
+                    .send(
+                        &topics.requested(record.lane),
+                        &record.message_id.to_string(),
+                        &record,
+                    )
+                    .await
             }
-        }?;
-        Some(async move {
-            producer
-                .send(
-                    &topics.requested(record.lane),
-                    &record.message_id.to_string(),
-                    &record,
-                )
-                .await
-        })
+            // Written by this code (or a later release's) when it was accepted; a payload
+            // it cannot read is kept in the DLQ with its reason, never dropped unseen.
+            Err(error) => {
+                tracing::error!(%error, message_id = %m.message_id, "undecodable scheduled message sent to the DLQ");
+                let letter = sendmill_wire::DeadLetterV1 {
+                    failed_at: time::OffsetDateTime::now_utc(),
+                    stage: "scheduler".into(),
+                    source_topic: "scheduled_messages".into(),
+                    partition: -1,
+                    offset: -1,
+                    key: Some(m.message_id.to_string()),
+                    payload: m.payload.clone(),
+                    reason: error.to_string(),
+                };
+                producer
+                    .send(&topics.dlq(), &m.message_id.to_string(), &letter)
+                    .await
+            }
+        }
     });
     futures::future::try_join_all(sends).await?;
     held.commit().await?;

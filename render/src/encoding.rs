@@ -363,7 +363,7 @@ mod tests {
         for b in 0..=255u8 {
             assert_eq!(literal(b), by_rule(b), "byte {b}");
         }
-        // Runs shorter and longer than the 16-byte step, ended at every offset by every
+        // Runs shorter and longer than the 8-byte step, ended at every offset by every
         // kind of byte, and a second non-literal byte after the first.
         for len in [0, 1, 15, 16, 17, 31, 32, 33, 64, 95, 200] {
             for stop in [

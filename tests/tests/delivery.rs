@@ -172,6 +172,51 @@ async fn a_temporary_failure_past_the_retry_window_expires_with_the_last_reply()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_message_the_scheduler_cannot_read_is_kept_in_the_dlq() {
+    // A release that cannot read a held payload (a rollback past a record version, a
+    // damaged row) must not drop it unseen: the releaser dead-letters it.
+    let p = TestPipeline::start_stages(&[Stage::Ingest]).await;
+    let id = sendmill_wire::MessageId::generate();
+    p.store()
+        .await
+        .schedule(
+            p.topics.prefix(),
+            p.account,
+            sendmill_wire::BatchId::generate(),
+            &[(
+                id,
+                OffsetDateTime::now_utc(),
+                b"SMQ9 from the future".to_vec(),
+            )],
+            None,
+        )
+        .await
+        .unwrap();
+    let letter = poll_until(LIMIT, || async {
+        p.read_topic(&p.topics.dlq())
+            .iter()
+            .map(|b| decode::<DeadLetterV1>(b).unwrap())
+            .find(|d| d.key.as_deref() == Some(id.to_string().as_str()))
+    })
+    .await
+    .expect("the unreadable held message reached the DLQ");
+    assert_eq!(letter.stage, "scheduler");
+    assert_eq!(letter.payload, b"SMQ9 from the future");
+    assert!(
+        letter.reason.contains("sendmill.requested.v2"),
+        "{}",
+        letter.reason
+    );
+    assert!(
+        p.read_topic(&p.topics.requested(Lane::Transactional))
+            .is_empty()
+            && p.read_topic(&p.topics.requested(Lane::Bulk)).is_empty(),
+        "nothing was released as a message"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_record_is_kept_in_the_dlq_with_its_reason() {
     let p = TestPipeline::start().await;
     p.producer()
