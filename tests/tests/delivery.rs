@@ -38,28 +38,30 @@ async fn with_ready_version_1_render_writes_json_records_that_are_delivered() {
     assert_eq!(status, 202, "{body}");
     let id = first_message_id(&body);
     p.wait_for_status(&id, "delivered", LIMIT).await;
-    let records = p.read_topic(&p.topics.ready(Lane::Transactional));
-    assert_eq!(records.len(), 2);
-    for bytes in &records {
-        assert!(
-            bytes.starts_with(b"{"),
-            "{}",
-            String::from_utf8_lossy(bytes)
-        );
-        let json: serde_json::Value = serde_json::from_slice(bytes).unwrap();
-        let ready = decode::<ReadyV1>(bytes).unwrap();
-        assert_eq!(json["recipient"], ready.recipient.as_str());
-    }
-    // Ingest wrote its `requested` records as version 1 too.
+    // Render's `ready` and ingest's `requested` records are both version 1: JSON.
+    let ready = p.read_topic(&p.topics.ready(Lane::Transactional));
     let requested = p.read_topic(&p.topics.requested(Lane::Transactional));
-    assert_eq!(requested.len(), 2);
-    for bytes in &requested {
-        assert!(
-            bytes.starts_with(b"{"),
-            "{}",
-            String::from_utf8_lossy(bytes)
+    for (what, records) in [("ready", &ready), ("requested", &requested)] {
+        assert_eq!(records.len(), 2, "{what}");
+        for bytes in records {
+            assert!(
+                bytes.starts_with(b"{"),
+                "{what}: {}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+    for bytes in &ready {
+        let json: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(
+            json["recipient"],
+            decode::<ReadyV1>(bytes).unwrap().recipient.as_str()
         );
-        decode::<RequestedV1>(bytes).unwrap();
+    }
+    for bytes in &requested {
+        let json: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        let record = decode::<RequestedV1>(bytes).unwrap();
+        assert_eq!(json["message_id"], record.message_id.to_string().as_str());
     }
     assert_eq!(dumped_messages(&id).len(), 1);
     p.stop().await;
