@@ -99,14 +99,17 @@ fn literal(b: u8) -> bool {
     (b.wrapping_sub(32) < 95) & (b != b'=') | (b == b'\t')
 }
 
+/// Every byte of a `u64` 0x01, and 0x80: the SWAR masks of [`candidates`] and
+/// [`count_non_ascii`].
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
 /// Each byte of `x` (8 bytes, little-endian) that may not stand for itself gets its high
 /// bit set in the result: `>= 0x80`, `< 0x20` (tab included, which [`literal_run`] checks
 /// again), `=` and DEL. The lowest set bit is always exact; bits above it may not be
 /// (borrows), and are never used.
 #[inline(always)]
 fn candidates(x: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     (x & HIGH)
         | (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
@@ -142,7 +145,6 @@ fn literal_run(bytes: &[u8]) -> usize {
 
 /// Bytes of `bytes` at or above 0x80, eight at a time.
 fn count_non_ascii(bytes: &[u8]) -> usize {
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     let chunks = bytes.chunks_exact(8);
     let tail = chunks.remainder().iter().filter(|b| !b.is_ascii()).count();
     chunks.fold(tail, |n, chunk| {

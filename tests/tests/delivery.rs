@@ -20,6 +20,17 @@ fn events_of(p: &TestPipeline, id: &str) -> Vec<EventV1> {
         .collect()
 }
 
+/// The DLQ's letter for the record keyed `key`, once it is there (`None` after `LIMIT`).
+async fn dead_letter(p: &TestPipeline, key: &str) -> Option<DeadLetterV1> {
+    poll_until(LIMIT, || async {
+        p.read_topic(&p.topics.dlq())
+            .iter()
+            .map(|b| decode::<DeadLetterV1>(b).unwrap())
+            .find(|d| d.key.as_deref() == Some(key))
+    })
+    .await
+}
+
 fn ready_to(p: &TestPipeline, recipient: &str, accepted_at: OffsetDateTime) -> ReadyV1 {
     handmade_ready(p, recipient, accepted_at)
 }
@@ -194,14 +205,9 @@ async fn a_held_message_the_scheduler_cannot_read_is_kept_in_the_dlq() {
         )
         .await
         .unwrap();
-    let letter = poll_until(LIMIT, || async {
-        p.read_topic(&p.topics.dlq())
-            .iter()
-            .map(|b| decode::<DeadLetterV1>(b).unwrap())
-            .find(|d| d.key.as_deref() == Some(id.to_string().as_str()))
-    })
-    .await
-    .expect("the unreadable held message reached the DLQ");
+    let letter = dead_letter(&p, &id.to_string())
+        .await
+        .expect("the unreadable held message reached the DLQ");
     assert_eq!(letter.stage, "scheduler");
     assert_eq!(letter.payload, b"SMQ9 from the future");
     assert!(
@@ -230,14 +236,9 @@ async fn an_undecodable_record_is_kept_in_the_dlq_with_its_reason() {
         )
         .await
         .unwrap();
-    let letter = poll_until(LIMIT, || async {
-        p.read_topic(&p.topics.dlq())
-            .iter()
-            .map(|b| decode::<DeadLetterV1>(b).unwrap())
-            .find(|d| d.key.as_deref() == Some("k1"))
-    })
-    .await
-    .expect("the record reached the DLQ");
+    let letter = dead_letter(&p, "k1")
+        .await
+        .expect("the record reached the DLQ");
     assert_eq!(letter.stage, "render");
     assert_eq!(letter.payload, b"not json");
     assert_eq!(letter.source_topic, p.topics.requested(Lane::Transactional));

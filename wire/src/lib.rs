@@ -10,7 +10,8 @@
 //! - [`address`]: the canonical form of email addresses and domains (IDNA, SMTPUTF8).
 //! - [`ids`]: message, account, event and batch ids (UUIDv7, time-ordered).
 //! - [`topics`]: topic names per lane, retry tier and prefix.
-//! - [`payload`]: the versioned record types and their JSON codec.
+//! - [`payload`]: the versioned record types and their codec (JSON; binary frames for
+//!   `ready` and `requested`).
 //! - [`event`]: the event record every stage emits.
 //! - [`alert`]: alerts for ops (the reputation monitor pausing an IP or account).
 //! - [`verp`]: return paths that name their message, for matching bounces.

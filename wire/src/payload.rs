@@ -224,15 +224,14 @@ impl WirePayload for RequestedV1 {
     const SCHEMA: &'static str = "sendmill.requested.v2";
 
     fn to_bytes(&self) -> Vec<u8> {
-        let head = serde_json::to_vec(&self.head()).expect("wire payloads always serialize");
-        let head_len = u32::try_from(head.len()).expect("a head is far below 4 GiB");
         let sections = self.sections();
         let count = u32::try_from(sections.len()).expect("far fewer than 2^32 attachments");
         let body: usize = sections.iter().map(|s| s.map_or(0, <[u8]>::len)).sum();
-        let mut out = Vec::with_capacity(12 + head.len() + 8 * sections.len() + body);
-        out.extend_from_slice(REQUESTED_V2_MAGIC);
-        out.extend_from_slice(&head_len.to_be_bytes());
-        out.extend_from_slice(&head);
+        let mut out = start_frame(
+            REQUESTED_V2_MAGIC,
+            &self.head(),
+            4 + 8 * sections.len() + body,
+        );
         out.extend_from_slice(&count.to_be_bytes());
         for section in &sections {
             let len = section.map_or(ABSENT, |s| s.len() as u64);
@@ -304,6 +303,18 @@ impl WirePayload for RequestedV1 {
         }
         Ok(record)
     }
+}
+
+/// A binary frame's start, `magic | head length: u32 BE | head as JSON`, in a buffer with
+/// room for `rest` more bytes: what [`split_counted`] reads back.
+fn start_frame<H: Serialize>(magic: &[u8; 4], head: &H, rest: usize) -> Vec<u8> {
+    let head = serde_json::to_vec(head).expect("wire payloads always serialize");
+    let head_len = u32::try_from(head.len()).expect("a head is far below 4 GiB");
+    let mut out = Vec::with_capacity(8 + head.len() + rest);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&head_len.to_be_bytes());
+    out.extend_from_slice(&head);
+    out
 }
 
 /// `frame` split after a u32 BE length and that many bytes: (those bytes, the rest).
@@ -452,7 +463,7 @@ impl WirePayload for ReadyV1 {
     const SCHEMA: &'static str = "sendmill.ready.v2";
 
     fn to_bytes(&self) -> Vec<u8> {
-        let head = serde_json::to_vec(&ReadyHead {
+        let head = ReadyHead {
             message_id: self.message_id,
             account_id: self.account_id,
             lane: self.lane,
@@ -461,13 +472,8 @@ impl WirePayload for ReadyV1 {
             recipient: Cow::Borrowed(&self.recipient),
             context: Cow::Borrowed(&self.context),
             attempts: self.attempts,
-        })
-        .expect("wire payloads always serialize");
-        let head_len = u32::try_from(head.len()).expect("a head is far below 4 GiB");
-        let mut out = Vec::with_capacity(8 + head.len() + self.message.len());
-        out.extend_from_slice(READY_V2_MAGIC);
-        out.extend_from_slice(&head_len.to_be_bytes());
-        out.extend_from_slice(&head);
+        };
+        let mut out = start_frame(READY_V2_MAGIC, &head, self.message.len());
         out.extend_from_slice(&self.message);
         out
     }
