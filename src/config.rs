@@ -109,6 +109,15 @@ impl SendmillConfig {
                 .map_err(|_| ConfigError::Invalid(format!("{name}: {addr:?} is not ip:port")))?;
         }
         self.kafka.validate()?;
+        let held_hours = self.ingest.max_schedule_ahead.as_secs().div_ceil(3600);
+        if u64::from(self.kafka.blobs_retention_hours)
+            < u64::from(self.kafka.queue_retention_hours) + held_hours
+        {
+            return Err(ConfigError::Invalid(format!(
+                "kafka.blobs_retention_hours must be at least queue_retention_hours plus \
+                 ingest.max_schedule_ahead ({held_hours} h): a held message must find its parts"
+            )));
+        }
         self.keyring()?;
         self.inbound
             .check(&self.tracking.secret)

@@ -95,6 +95,7 @@ pub async fn send(state: &Audiences, pending: &PendingConfirmation) -> Result<()
         options: Default::default(),
         attachments: Vec::new(),
         mime: None,
+        shared: None,
     };
     let key = message_id.to_string();
     state

@@ -226,6 +226,7 @@ pub fn record(
         },
         attachments: Vec::new(),
         mime: None,
+        shared: None,
     }
 }
 

@@ -19,7 +19,9 @@ use crate::{
 use futures::stream::{FuturesUnordered, StreamExt};
 use sendmill_platform::CancellationToken;
 use sendmill_platform::{api::ApiError, backoff, kafka::Producer};
-use sendmill_wire::{EventType, EventV1, MessageId, RequestedV1, WirePayload};
+use sendmill_wire::{
+    EventType, EventV1, MessageId, RequestedV1, SharedParts, SharedRef, WirePayload,
+};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -83,20 +85,47 @@ pub async fn write_all<'a, T: WirePayload + 'a>(
     }
 }
 
+/// Parts shared by the copies are written once when that saves at least this many bytes
+/// of records: below it the blob's extra acknowledged produce (one round trip before the
+/// records) costs more than the bytes it saves.
+pub const SHARE_MIN_SAVED_BYTES: usize = 16 * 1024;
+
 /// Holds the scheduled copies (each until its own `send_at`, all in one statement) and
-/// queues the rest, then writes their events.
+/// queues the rest, then writes their events. When the copies' large parts are the same
+/// and sharing them saves [`SHARE_MIN_SAVED_BYTES`], they are written once to the blobs
+/// topic first and every copy points to them ([`sendmill_wire::SharedParts`]).
 pub(crate) async fn write(state: &AppState, planned: &Planned) -> Result<(), Refused> {
     let mut held: Vec<(MessageId, OffsetDateTime, Vec<u8>)> = Vec::new();
     let mut now: Vec<&RequestedV1> = Vec::new();
+    let mut scheduled: Vec<(&RequestedV1, OffsetDateTime)> = Vec::new();
     for (result, record) in &planned.copies {
         let Some(record) = record else { continue };
         match (result.status, result.send_at) {
-            (RecipientStatus::Scheduled, Some(at)) => {
-                held.push((record.message_id, at, state.producer.encode(record).1))
-            }
+            (RecipientStatus::Scheduled, Some(at)) => scheduled.push((record, at)),
             (RecipientStatus::Queued, _) => now.push(record),
             _ => {}
         }
+    }
+    let pointing = share_parts(
+        state,
+        now.iter().copied().chain(scheduled.iter().map(|s| s.0)),
+    )
+    .await?;
+    let pointing = |record: &RequestedV1| {
+        pointing
+            .as_ref()
+            .map(|reference| record.pointing_to(reference.clone()))
+    };
+    for (record, at) in scheduled {
+        let bytes = match pointing(record) {
+            Some(head) => state.producer.encode(&head).1,
+            None => state.producer.encode(record).1,
+        };
+        held.push((record.message_id, at, bytes));
+    }
+    let heads: Vec<RequestedV1> = now.iter().filter_map(|r| pointing(r)).collect();
+    if !heads.is_empty() {
+        now = heads.iter().collect();
     }
     if !held.is_empty() {
         let first = planned.records()[0];
@@ -183,6 +212,57 @@ pub(crate) async fn write(state: &AppState, planned: &Planned) -> Result<(), Ref
         metrics::counter!(crate::metric::INGEST_EVENT_LOSS_TOTAL).increment(events.len() as u64);
     }
     Ok(())
+}
+
+/// Writes the large parts `records` share to the blobs topic, once, and answers where:
+/// `None` (nothing written) when sharing is off (`kafka.requested_version` below 3), the
+/// records' parts differ, or it would save less than [`SHARE_MIN_SAVED_BYTES`].
+///
+/// Errors: the blob was not acknowledged (503, nothing queued yet).
+async fn share_parts<'a>(
+    state: &AppState,
+    mut records: impl Iterator<Item = &'a RequestedV1>,
+) -> Result<Option<SharedRef>, Refused> {
+    if !state.share_parts {
+        return Ok(None);
+    }
+    let Some(first) = records.next() else {
+        return Ok(None);
+    };
+    let mut others = 0usize;
+    for record in records {
+        if !record.same_parts(first) {
+            return Ok(None);
+        }
+        others += 1;
+    }
+    let mut parts_of = first.clone();
+    let parts = SharedParts::take_from(&mut parts_of);
+    if others.saturating_mul(parts.len()) < SHARE_MIN_SAVED_BYTES {
+        return Ok(None);
+    }
+    let bytes = parts.to_bytes();
+    let topic = state.topics.blobs();
+    let key = first.batch_id.to_string();
+    let written = tokio::time::timeout(
+        STALL,
+        backoff::until_ok("produce blob", &state.shutdown, || {
+            state
+                .producer
+                .send_bytes_at(&topic, &key, &bytes, sendmill_wire::BLOB_SCHEMA)
+        }),
+    )
+    .await;
+    match written {
+        Ok(Ok((partition, offset))) => Ok(Some(SharedParts::reference(&bytes, partition, offset))),
+        Ok(Err(_)) | Err(_) => {
+            tracing::error!("writing a request's shared parts failed");
+            Err(Refused {
+                error: ApiError::unavailable("the message queue"),
+                wrote_anything: false,
+            })
+        }
+    }
 }
 
 /// Writes `events` ([`write_all`]); `false` when some could not be written.

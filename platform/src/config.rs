@@ -203,6 +203,12 @@ pub struct KafkaConfig {
     pub events_retention_hours: u32,
     /// `retention.ms` of the dead-letter topic, in hours.
     pub dlq_retention_hours: u32,
+    /// `retention.ms` of the blobs topic (the large parts of requests, written once and
+    /// referenced by each recipient's record), in hours. At least
+    /// `queue_retention_hours` plus `ingest.max_schedule_ahead`: a message held until its
+    /// `send_at` and then queued as long as the queues keep it must still find its
+    /// parts. A record whose parts are gone ends in `render_failed`.
+    pub blobs_retention_hours: u32,
     /// The largest record, bytes: the producer's `message.max.bytes`, every topic's
     /// `max.message.bytes` and the consumers' fetch limits. Must hold a message at the
     /// attachment limit (5 MiB, base64 and JSON: ~7 MiB) with its rendered MIME; the
@@ -242,9 +248,13 @@ pub struct KafkaConfig {
     /// of the old one is left, then switch to 2. Every release reads both.
     pub ready_version: u8,
     /// The version of the `requested` records this process writes (ingest, the
-    /// scheduler and the campaign sender write them): 2, a binary frame with the template
-    /// and attachments as they are (default), or 1, JSON, which releases before version 2
-    /// can read. Roll upgrades as for `ready_version`. Every release reads both.
+    /// scheduler and the campaign sender write them): 3 (default), a binary frame whose
+    /// large parts (template, attachments, submitted MIME), when a request has more than
+    /// one recipient, are written once to the blobs topic and referenced by each
+    /// recipient's record; 2, a binary frame that carries them itself, which releases
+    /// before version 3 can read; or 1, JSON, which releases before version 2 can read.
+    /// Roll upgrades as for `ready_version`. Every release reads every version up to its
+    /// own.
     pub requested_version: u8,
     /// Extra librdkafka properties for every client (e.g. `security.protocol`,
     /// `sasl.mechanisms`). Secrets belong in `SENDMILL_KAFKA_SASL_PASSWORD`.
@@ -262,13 +272,15 @@ impl Default for KafkaConfig {
             queue_retention_hours: 7 * 24,
             events_retention_hours: 7 * 24,
             dlq_retention_hours: 30 * 24,
+            // The queues' 7 days, the furthest `send_at` (72 h), and a day to spare.
+            blobs_retention_hours: 11 * 24,
             max_message_bytes: 32 * 1024 * 1024,
             max_bytes_in_flight: 256 * 1024 * 1024,
             group_instance_id: String::new(),
             session_timeout: Duration::from_millis(10_000),
             drain_grace: Duration::from_secs(20),
             ready_version: 2,
-            requested_version: 2,
+            requested_version: 3,
             client: BTreeMap::new(),
         }
     }
@@ -315,8 +327,11 @@ impl KafkaConfig {
         if !matches!(self.ready_version, 1 | 2) {
             return invalid("ready_version must be 1 or 2");
         }
-        if !matches!(self.requested_version, 1 | 2) {
-            return invalid("requested_version must be 1 or 2");
+        if !matches!(self.requested_version, 1..=3) {
+            return invalid("requested_version must be 1, 2 or 3");
+        }
+        if self.blobs_retention_hours < self.queue_retention_hours {
+            return invalid("blobs_retention_hours must be at least queue_retention_hours");
         }
         Ok(())
     }

@@ -62,6 +62,10 @@ pub struct Config {
     /// How long an account's template partials are cached before they are read again.
     #[serde(with = "sendmill_platform::config::duration")]
     pub template_cache: Duration,
+    /// Bytes of requests' shared parts (templates, attachments, submitted messages read
+    /// from the blobs topic) kept per process, so that a request's recipients read them
+    /// once; the oldest go first. At least the last one read is kept, whatever its size.
+    pub blob_cache_bytes: usize,
 }
 
 impl Default for Config {
@@ -73,6 +77,7 @@ impl Default for Config {
             ops_listen: "127.0.0.1:9102".into(),
             key_cache: Duration::from_secs(300),
             template_cache: Duration::from_secs(30),
+            blob_cache_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -120,6 +125,7 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         producer: kafka.producer()?,
         identities: signing::IdentityCache::new(store.clone(), config.key_cache),
         templates: templates::AccountTemplates::new(store.clone(), config.template_cache),
+        blobs: kafka::blobs::BlobReader::new(&kafka, config.blob_cache_bytes)?,
         kafka: kafka.clone(),
         // Records already taken are finished for up to the drain grace after shutdown.
         shutdown: sendmill_platform::shutdown::after_grace(&shutdown, kafka.config.drain_grace),
@@ -158,6 +164,8 @@ struct Stage {
     producer: kafka::Producer,
     identities: signing::IdentityCache,
     templates: templates::AccountTemplates,
+    /// The large parts of records that point to the blobs topic.
+    blobs: kafka::blobs::BlobReader,
     kafka: KafkaConnection,
     shutdown: CancellationToken,
 }
@@ -175,13 +183,31 @@ impl Stage {
             self.identities.get(request.account_id, &domain)
         })
         .await?;
+        // A record whose large parts are on the blobs topic gets them first; parts that
+        // are gone end the message (retention removed them, or the topic was replaced).
+        let parts = match request.shared.clone() {
+            None => Ok(()),
+            Some(reference) => {
+                let blob = backoff::until_ok("read shared parts", &self.shutdown, || {
+                    self.blobs.get(&reference)
+                })
+                .await?;
+                match blob {
+                    kafka::blobs::Blob::Found(parts) => parts
+                        .fill(&mut request)
+                        .map_err(|e| message::RenderError::SharedParts(e.to_string())),
+                    kafka::blobs::Blob::Gone(why) => Err(message::RenderError::SharedParts(why)),
+                }
+            }
+        };
         let now = time::OffsetDateTime::now_utc();
-        let rendered = match (identity, templates) {
-            (_, Err(partial)) => Err(message::RenderError::Template {
+        let rendered = match (parts, identity, templates) {
+            (Err(error), _, _) => Err(error),
+            (Ok(()), _, Err(partial)) => Err(message::RenderError::Template {
                 part: "partials",
                 reason: partial,
             }),
-            (Some(identity), Ok(templates)) => {
+            (Ok(()), Some(identity), Ok(templates)) => {
                 // Templates, MIME and the RSA signature are CPU work: on the CPU pool, so
                 // that they never hold a runtime thread another stage's I/O needs.
                 let _bulk = match request.lane {
@@ -223,7 +249,7 @@ impl Stage {
                 request = back;
                 rendered
             }
-            (None, Ok(_)) => Err(message::RenderError::NoSigningKey(domain)),
+            (Ok(()), None, Ok(_)) => Err(message::RenderError::NoSigningKey(domain)),
         };
         match rendered {
             Ok(ready) => {

@@ -35,6 +35,9 @@ pub enum RenderError {
     NoSigningKey(String),
     #[error("DKIM signing failed: {0}")]
     Signing(String),
+    /// The request's shared parts (template, attachments) could not be read back.
+    #[error("the request's template and attachments cannot be read: {0}")]
+    SharedParts(String),
 }
 
 /// Header text must be one line. Ingest refuses control characters already; render
@@ -353,6 +356,7 @@ mod tests {
             options: RenderOptions::default(),
             attachments: vec![],
             mime: None,
+            shared: None,
         }
     }
 

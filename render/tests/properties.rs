@@ -119,6 +119,7 @@ fn request(case: &Case) -> RequestedV1 {
         options: RenderOptions::default(),
         attachments: vec![],
         mime: None,
+        shared: None,
     }
 }
 

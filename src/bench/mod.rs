@@ -279,6 +279,7 @@ fn request(html: &str, text: &str) -> RequestedV1 {
         options: RenderOptions::default(),
         attachments: vec![],
         mime: None,
+        shared: None,
     }
 }
 

@@ -12,6 +12,8 @@
 //! - [`topics`]: topic names per lane, retry tier and prefix.
 //! - [`payload`]: the versioned record types and their codec (JSON; binary frames for
 //!   `ready` and `requested`).
+//! - [`shared`]: a request's large parts, written once to the blobs topic and referenced
+//!   by each recipient's `requested` record.
 //! - [`event`]: the event record every stage emits.
 //! - [`alert`]: alerts for ops (the reputation monitor pausing an IP or account).
 //! - [`verp`]: return paths that name their message, for matching bounces.
@@ -27,6 +29,7 @@ pub mod alert;
 pub mod event;
 pub mod ids;
 pub mod payload;
+pub mod shared;
 pub mod topics;
 pub mod verp;
 
@@ -37,4 +40,5 @@ pub use payload::{
     decode, encode, Attachment, DeadLetterV1, DecodeError, DecodeFailure, EmailAddress, Header,
     InboundV1, MessageContext, ReadyV1, RenderOptions, RequestedV1, RetryV1, WirePayload,
 };
+pub use shared::{SharedParts, SharedRef, BLOB_SCHEMA};
 pub use topics::{Lane, RetryTier, Topics};

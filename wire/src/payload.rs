@@ -38,6 +38,13 @@ pub trait WirePayload: Serialize + DeserializeOwned {
         Ok(serde_json::from_slice(bytes)?)
     }
 
+    /// The schema and version [`WirePayload::to_bytes`] writes this record in: `SCHEMA`,
+    /// unless the type writes some records in a newer version (a `requested` record whose
+    /// parts are on the blobs topic: `sendmill.requested.v3`).
+    fn schema(&self) -> &'static str {
+        Self::SCHEMA
+    }
+
     /// The record as the previous version (its schema and bytes), for a type whose
     /// version this build writes is newer than what the release before it reads: written
     /// instead during a rolling upgrade (`kafka.ready_version = 1`). `None`: this type
@@ -167,6 +174,17 @@ pub struct RequestedV1 {
         with = "base64_bytes_option"
     )]
     pub mime: Option<bytes::Bytes>,
+    /// Where the large parts (`html`, `text`, `mime`, every attachment's `content`) are
+    /// when this record does not carry them: the request's one [`SharedParts`] record on
+    /// the blobs topic, which all its recipients' records point to. Render reads it
+    /// there and fills them in before anything else looks at the record
+    /// ([`SharedParts::fill`]). Written only as a version 3 frame, which a release that
+    /// does not know this field refuses (to its DLQ) instead of sending an empty message.
+    ///
+    /// [`SharedParts`]: crate::SharedParts
+    /// [`SharedParts::fill`]: crate::SharedParts::fill
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<crate::SharedRef>,
 }
 
 /// A file sent with the message: attached, or inline (an image the HTML shows through
@@ -202,6 +220,10 @@ pub struct RenderOptions {
 /// starts with `{`).
 const REQUESTED_V2_MAGIC: &[u8; 4] = b"SMQ2";
 
+/// The first bytes of a `sendmill.requested.v3` frame: a record whose large parts are on
+/// the blobs topic ([`RequestedV1::shared`]).
+const REQUESTED_V3_MAGIC: &[u8; 4] = b"SMQ3";
+
 /// A frame section's length when the section is absent (`html`, `text` or `mime` of
 /// `None`).
 const ABSENT: u64 = u64::MAX;
@@ -220,89 +242,135 @@ const ABSENT: u64 = u64::MAX;
 /// template is then copied rather than JSON-escaped by ingest and unescaped by render, and
 /// an attachment is not base64 (a third larger) inside JSON. Version 1 (read, and written
 /// during a rolling upgrade: `kafka.requested_version = 1`): the whole record as JSON.
+///
+/// Version 3 (written for a record with [`RequestedV1::shared`]): `"SMQ3" | head length:
+/// u32 BE | head: JSON`, the head alone (with `shared`); the large parts are in the
+/// request's one [`SharedParts`](crate::SharedParts) record. A release before version 3
+/// refuses the magic, so it never renders such a record without its parts.
 impl WirePayload for RequestedV1 {
     const SCHEMA: &'static str = "sendmill.requested.v2";
 
+    fn schema(&self) -> &'static str {
+        match self.shared {
+            Some(_) => "sendmill.requested.v3",
+            None => Self::SCHEMA,
+        }
+    }
+
     fn to_bytes(&self) -> Vec<u8> {
+        if self.shared.is_some() {
+            // Version 3: the head alone; the large parts are on the blobs topic.
+            return start_frame(REQUESTED_V3_MAGIC, &self.head(), 0);
+        }
         let sections = self.sections();
-        let count = u32::try_from(sections.len()).expect("far fewer than 2^32 attachments");
-        let body: usize = sections.iter().map(|s| s.map_or(0, <[u8]>::len)).sum();
-        let mut out = start_frame(
-            REQUESTED_V2_MAGIC,
-            &self.head(),
-            4 + 8 * sections.len() + body,
-        );
-        out.extend_from_slice(&count.to_be_bytes());
-        for section in &sections {
-            let len = section.map_or(ABSENT, |s| s.len() as u64);
-            out.extend_from_slice(&len.to_be_bytes());
-        }
-        for section in sections.into_iter().flatten() {
-            out.extend_from_slice(section);
-        }
+        let mut out = start_frame(REQUESTED_V2_MAGIC, &self.head(), sections_len(&sections));
+        write_sections(&mut out, &sections);
         out
     }
 
-    /// Version 1: the serde (JSON) form, which every release reads.
+    /// Version 1: the serde (JSON) form, which every release reads. `None` for a record
+    /// whose parts are on the blobs topic: a release that reads only version 1 would
+    /// ignore `shared` and send the message empty, so it is written as version 3, which
+    /// such a release refuses.
     fn previous_version(&self) -> Option<(&'static str, Vec<u8>)> {
+        if self.shared.is_some() {
+            return None;
+        }
         let json = serde_json::to_vec(self).expect("wire payloads always serialize");
         Some(("sendmill.requested.v1", json))
     }
 
     fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeFailure> {
+        if let Some(frame) = bytes.strip_prefix(REQUESTED_V3_MAGIC) {
+            let (head, rest) = split_counted(frame, "head")?;
+            let record: RequestedV1 = serde_json::from_slice(head)?;
+            if record.shared.is_none() {
+                return Err(DecodeFailure::Frame("a version 3 record without `shared`"));
+            }
+            if !rest.is_empty() {
+                return Err(DecodeFailure::Frame("bytes after the head"));
+            }
+            return Ok(record);
+        }
         let Some(frame) = bytes.strip_prefix(REQUESTED_V2_MAGIC) else {
             return Ok(serde_json::from_slice(bytes)?);
         };
         let (head, rest) = split_counted(frame, "head")?;
         let mut record: RequestedV1 = serde_json::from_slice(head)?;
-        let (count, mut rest) = rest
-            .split_first_chunk::<4>()
-            .ok_or(DecodeFailure::Frame("no section count"))?;
-        let count = u32::from_be_bytes(*count) as usize;
-        if count != 3 + record.attachments.len() {
-            return Err(DecodeFailure::Frame(
-                "section count does not match the head",
-            ));
+        if record.shared.is_some() {
+            return Err(DecodeFailure::Frame("a version 2 record with `shared`"));
         }
-        let mut lengths = Vec::with_capacity(count);
-        for _ in 0..count {
-            let (len, after) = rest
-                .split_first_chunk::<8>()
-                .ok_or(DecodeFailure::Frame("cut in the section lengths"))?;
-            lengths.push(u64::from_be_bytes(*len));
-            rest = after;
-        }
-        let mut next = |len: u64| -> Result<Option<&[u8]>, DecodeFailure> {
-            if len == ABSENT {
-                return Ok(None);
-            }
-            let len = usize::try_from(len)
-                .ok()
-                .filter(|&len| len <= rest.len())
-                .ok_or(DecodeFailure::Frame("section longer than the record"))?;
-            let (section, after) = rest.split_at(len);
-            rest = after;
-            Ok(Some(section))
-        };
-        let text = |bytes: Option<&[u8]>| {
-            bytes
-                .map(|b| String::from_utf8(b.to_vec()))
-                .transpose()
-                .map_err(|_| DecodeFailure::Frame("a text section is not UTF-8"))
-        };
-        record.html = text(next(lengths[0])?)?;
-        record.text = text(next(lengths[1])?)?;
-        record.mime = next(lengths[2])?.map(bytes::Bytes::copy_from_slice);
-        for (attachment, &len) in record.attachments.iter_mut().zip(&lengths[3..]) {
-            attachment.content = next(len)?
-                .ok_or(DecodeFailure::Frame("an attachment without content"))?
-                .to_vec();
-        }
-        if !rest.is_empty() {
-            return Err(DecodeFailure::Frame("bytes after the last section"));
-        }
+        let sections = read_sections(rest, 3 + record.attachments.len())?;
+        crate::SharedParts::from_sections(&sections)?.move_into(&mut record);
         Ok(record)
     }
+}
+
+/// The bytes [`write_sections`] adds for `sections`.
+pub(crate) fn sections_len(sections: &[Option<&[u8]>]) -> usize {
+    4 + 8 * sections.len()
+        + sections
+            .iter()
+            .map(|s| s.map_or(0, <[u8]>::len))
+            .sum::<usize>()
+}
+
+/// Appends `section count: u32 BE | one length per section: u64 BE (u64::MAX: absent) |
+/// the sections' bytes`, what [`read_sections`] reads back.
+pub(crate) fn write_sections(out: &mut Vec<u8>, sections: &[Option<&[u8]>]) {
+    let count = u32::try_from(sections.len()).expect("far fewer than 2^32 attachments");
+    out.extend_from_slice(&count.to_be_bytes());
+    for section in sections {
+        let len = section.map_or(ABSENT, |s| s.len() as u64);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    for section in sections.iter().flatten() {
+        out.extend_from_slice(section);
+    }
+}
+
+/// The `expected` sections [`write_sections`] wrote at the start of `rest`, which they
+/// must fill exactly.
+///
+/// Errors: another section count, a cut length or section, bytes after the last one.
+pub(crate) fn read_sections(
+    rest: &[u8],
+    expected: usize,
+) -> Result<Vec<Option<&[u8]>>, DecodeFailure> {
+    let (count, mut rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or(DecodeFailure::Frame("no section count"))?;
+    if u32::from_be_bytes(*count) as usize != expected {
+        return Err(DecodeFailure::Frame(
+            "section count does not match the head",
+        ));
+    }
+    let mut lengths = Vec::with_capacity(expected);
+    for _ in 0..expected {
+        let (len, after) = rest
+            .split_first_chunk::<8>()
+            .ok_or(DecodeFailure::Frame("cut in the section lengths"))?;
+        lengths.push(u64::from_be_bytes(*len));
+        rest = after;
+    }
+    let mut sections = Vec::with_capacity(expected);
+    for len in lengths {
+        if len == ABSENT {
+            sections.push(None);
+            continue;
+        }
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= rest.len())
+            .ok_or(DecodeFailure::Frame("section longer than the record"))?;
+        let (section, after) = rest.split_at(len);
+        rest = after;
+        sections.push(Some(section));
+    }
+    if !rest.is_empty() {
+        return Err(DecodeFailure::Frame("bytes after the last section"));
+    }
+    Ok(sections)
 }
 
 /// A binary frame's start, `magic | head length: u32 BE | head as JSON`, in a buffer with
@@ -357,6 +425,7 @@ impl RequestedV1 {
             options,
             attachments,
             mime: _,
+            shared,
         } = self;
         RequestedV1 {
             message_id: *message_id,
@@ -387,11 +456,33 @@ impl RequestedV1 {
                 })
                 .collect(),
             mime: None,
+            shared: shared.clone(),
         }
     }
 
+    /// This record without its large parts, pointing to them at `reference` instead
+    /// (written as a version 3 frame).
+    pub fn pointing_to(&self, reference: crate::SharedRef) -> RequestedV1 {
+        let mut record = self.head();
+        record.shared = Some(reference);
+        record
+    }
+
+    /// Whether this record's large parts are the same as `other`'s.
+    pub fn same_parts(&self, other: &RequestedV1) -> bool {
+        self.html == other.html
+            && self.text == other.text
+            && self.mime == other.mime
+            && self.attachments.len() == other.attachments.len()
+            && self
+                .attachments
+                .iter()
+                .zip(&other.attachments)
+                .all(|(a, b)| a.content == b.content)
+    }
+
     /// A version 2 frame's sections: `html`, `text`, `mime`, each attachment's content.
-    fn sections(&self) -> Vec<Option<&[u8]>> {
+    pub(crate) fn sections(&self) -> Vec<Option<&[u8]>> {
         let mut sections = vec![
             self.html.as_deref().map(str::as_bytes),
             self.text.as_deref().map(str::as_bytes),

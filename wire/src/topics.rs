@@ -115,6 +115,12 @@ impl Topics {
         format!("{}sendmill.alerts.v1", self.prefix)
     }
 
+    /// The large parts of requests, each written once and referenced by its recipients'
+    /// `requested` records ([`crate::SharedParts`]).
+    pub fn blobs(&self) -> String {
+        format!("{}sendmill.blobs.v1", self.prefix)
+    }
+
     /// Mail the inbound SMTP server took, before it is classified.
     pub fn inbound(&self) -> String {
         format!("{}sendmill.inbound.v1", self.prefix)
@@ -140,6 +146,7 @@ impl Topics {
         all.push(self.dlq());
         all.push(self.alerts());
         all.push(self.inbound());
+        all.push(self.blobs());
         all
     }
 }
@@ -163,7 +170,8 @@ mod tests {
         assert_eq!(topics.events(), "t1.sendmill.events.v1");
         assert_eq!(topics.inbound(), "t1.sendmill.inbound.v1");
         let all = topics.all();
-        assert_eq!(all.len(), 2 * 6 + 4);
+        assert_eq!(topics.blobs(), "t1.sendmill.blobs.v1");
+        assert_eq!(all.len(), 2 * 6 + 5);
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
     }

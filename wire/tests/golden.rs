@@ -230,3 +230,82 @@ fn every_event_type_has_a_distinct_wire_name() {
         assert_eq!(json, t.as_str());
     }
 }
+
+/// The version 2 golden record split as ingest splits a request's copies: its large parts
+/// in a blob record (written at partition 3, offset 42), the record pointing to it.
+fn requested_with_shared_parts() -> (RequestedV1, SharedParts, Vec<u8>) {
+    let mut record = requested_with_attachments();
+    let parts = SharedParts::take_from(&mut record);
+    let blob = parts.to_bytes();
+    record.shared = Some(SharedParts::reference(&blob, 3, 42));
+    (record, parts, blob)
+}
+
+#[test]
+fn requested_v3_and_its_blob_are_the_frames_this_build_writes_and_reads() {
+    let (record, parts, blob) = requested_with_shared_parts();
+    let golden = fixture("requested.v3.bin");
+    assert_eq!(encode(&record), golden, "the writer's bytes changed");
+    assert_eq!(
+        fixture("blob.v1.bin"),
+        blob,
+        "the blob writer's bytes changed"
+    );
+    assert_eq!(&golden[..4], b"SMQ3");
+    assert_eq!(record.schema(), "sendmill.requested.v3");
+    // The record is the head alone: neither the template nor an attachment is in it.
+    assert!(!golden.windows(18).any(|w| w == b"<p>Hi {{name}}</p>"));
+    assert!(!golden.windows(8).any(|w| w == b"\x89PNG\r\n\x1a\n"));
+    assert!(blob.ends_with(b"\x89PNG\r\n\x1a\n"));
+    let mut read: RequestedV1 = decode(&golden).unwrap();
+    assert_eq!(read, record);
+    let reference = read.shared.clone().unwrap();
+    assert_eq!((reference.partition, reference.offset), (3, 42));
+    assert_eq!(reference.len, blob.len() as u64);
+    // Filled from its blob, it is the record a version 2 frame carries whole.
+    let from_blob = SharedParts::from_bytes(&blob, &reference).unwrap();
+    assert_eq!(from_blob, parts);
+    from_blob.fill(&mut read).unwrap();
+    assert_eq!(read, requested_with_attachments());
+    // A release writing version 1 during an upgrade cannot write this record as JSON: an
+    // older render would ignore `shared` and send the message empty.
+    assert!(record.previous_version().is_none());
+}
+
+#[test]
+fn a_blob_that_is_not_the_referenced_one_is_refused() {
+    let (record, _, blob) = requested_with_shared_parts();
+    let reference = record.shared.clone().unwrap();
+    for cut in 0..blob.len() {
+        assert!(
+            SharedParts::from_bytes(&blob[..cut], &reference).is_err(),
+            "cut at {cut}"
+        );
+    }
+    let mut changed = blob.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    assert!(
+        SharedParts::from_bytes(&changed, &reference).is_err(),
+        "another byte"
+    );
+    // A record listing another number of attachments than its blob holds is not filled.
+    let mut other = record.clone();
+    other.attachments.pop();
+    let parts = SharedParts::from_bytes(&blob, &reference).unwrap();
+    assert!(parts.fill(&mut other).is_err());
+    // A version 3 frame cut anywhere, or without `shared`, is a decode error.
+    let golden = fixture("requested.v3.bin");
+    for cut in 4..golden.len() {
+        assert!(
+            decode::<RequestedV1>(&golden[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+    let mut no_ref = record.clone();
+    no_ref.shared = None;
+    let mut frame = b"SMQ3".to_vec();
+    let head = serde_json::to_vec(&no_ref).unwrap();
+    frame.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&head);
+    assert!(decode::<RequestedV1>(&frame).is_err());
+}

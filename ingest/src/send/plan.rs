@@ -269,6 +269,7 @@ pub fn plan(
                 options: options.clone(),
                 attachments: attachments.clone(),
                 mime: None,
+                shared: None,
             };
             let result = RecipientResult {
                 to: record.recipient().to_owned(),

@@ -665,6 +665,7 @@ pub(crate) fn planned(
                 },
                 attachments: vec![],
                 mime: Some(mime.clone()),
+                shared: None,
             };
             let result = RecipientResult {
                 to: to.clone(),

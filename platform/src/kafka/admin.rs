@@ -8,6 +8,7 @@
 //! | queue | `requested.*`, `ready.*`, `retry.*.*`, `inbound` | `queue_retention_hours` (≥ 7 days) | accepted mail waits here; it must outlive any outage |
 //! | events | `events`, `alerts` | `events_retention_hours` | ClickHouse and the webhook outbox keep events for good; the topic is a buffer and replay window |
 //! | dead letters | `dlq` | `dlq_retention_hours` | kept long enough for an operator to look |
+//! | blobs | `blobs` | `blobs_retention_hours` | a request's large parts, read by offset until its last recipient is rendered |
 //!
 //! Every topic: `partitions`, `replication_factor`, `min.insync.replicas` (with the
 //! producer's `acks=all`, a record is acknowledged once that many replicas have it),
@@ -73,6 +74,7 @@ pub fn plan(kafka: &KafkaConnection) -> Vec<TopicSpec> {
     specs.push(spec(topics.events(), c.events_retention_hours));
     specs.push(spec(topics.alerts(), c.events_retention_hours));
     specs.push(spec(topics.dlq(), c.dlq_retention_hours));
+    specs.push(spec(topics.blobs(), c.blobs_retention_hours));
     specs
 }
 

@@ -8,6 +8,7 @@
 //!   redelivers, never skips. Poison records go to the DLQ with the reason. A handler may
 //!   answer "not before T" (delay topics): the partition is paused and rewound to that
 //!   record until T, never blocked.
+//! - [`blobs::BlobReader`]: a request's shared parts read back by offset, cached.
 //! - [`lag::LagProbe`]: consumer-group lag asked of the broker from outside the group.
 //! - [`admin`]: every topic's settings, and `migrate`'s reconciliation of a cluster with
 //!   them (topics are never auto-created).
@@ -17,6 +18,7 @@
 //! Every process, test and benchmark runs on Apache Kafka (`deploy/local` starts one).
 
 pub mod admin;
+pub mod blobs;
 pub mod consumer;
 pub mod lag;
 mod producer;

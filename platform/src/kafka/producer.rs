@@ -71,7 +71,7 @@ impl Producer {
                 return previous;
             }
         }
-        (T::SCHEMA, encode(payload))
+        (payload.schema(), encode(payload))
     }
 
     /// Writes `payload` to `topic` under `key` and waits until the broker has it.
@@ -85,6 +85,11 @@ impl Producer {
         self.send_bytes(topic, key, &bytes, schema).await
     }
 
+    /// Writes `bytes` (a record of `schema`) to `topic` under `key` and waits until the
+    /// broker has it.
+    ///
+    /// Errors: the broker did not take it within `message.timeout.ms` (30 s), or refused
+    /// it; nothing is known written, and the caller retries.
     pub async fn send_bytes(
         &self,
         topic: &str,
@@ -92,6 +97,20 @@ impl Producer {
         bytes: &[u8],
         schema: &str,
     ) -> Result<(), ProduceError> {
+        self.send_bytes_at(topic, key, bytes, schema)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Producer::send_bytes`], answering where the broker put the record:
+    /// (partition, offset).
+    pub async fn send_bytes_at(
+        &self,
+        topic: &str,
+        key: &str,
+        bytes: &[u8],
+        schema: &str,
+    ) -> Result<(i32, i64), ProduceError> {
         let headers = TraceHeaders::current().add_to_kafka(OwnedHeaders::new().insert(Header {
             key: SCHEMA_HEADER,
             value: Some(schema),
@@ -107,7 +126,7 @@ impl Producer {
             .await;
         metrics::histogram!(crate::metric::PRODUCE_SECONDS).record(started.elapsed().as_secs_f64());
         match result {
-            Ok(_) => Ok(()),
+            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
             Err((source, _)) => {
                 metrics::counter!(crate::metric::PRODUCE_ERRORS_TOTAL).increment(1);
                 Err(ProduceError {
