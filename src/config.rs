@@ -297,19 +297,22 @@ mod tests {
     }
 
     #[test]
-    fn a_record_version_other_than_1_or_2_is_refused_naming_the_key() {
+    fn a_record_version_this_build_does_not_write_is_refused_naming_the_key() {
         type Set = fn(&mut SendmillConfig, u8);
-        let keys: [(&str, Set); 2] = [
-            ("kafka.ready_version", |c, v| c.kafka.ready_version = v),
-            ("kafka.requested_version", |c, v| {
-                c.kafka.requested_version = v
-            }),
+        let keys: [(&str, Set, u8); 2] = [
+            ("kafka.ready_version", |c, v| c.kafka.ready_version = v, 2),
+            (
+                "kafka.requested_version",
+                |c, v| c.kafka.requested_version = v,
+                3,
+            ),
         ];
-        for (key, set) in keys {
-            for (version, ok) in [(0u8, false), (1, true), (2, true), (3, false)] {
+        for (key, set, newest) in keys {
+            for version in 0..=newest + 1 {
+                let ok = (1..=newest).contains(&version);
                 let mut config = SendmillConfig::default();
                 set(&mut config, version);
-                match config.kafka.validate() {
+                match config.validate() {
                     Ok(()) => assert!(ok, "{key} {version} accepted"),
                     Err(e) => {
                         assert!(!ok, "{key} {version} refused: {e}");
@@ -318,6 +321,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn blobs_retention_shorter_than_the_queues_plus_the_furthest_send_at_is_refused() {
+        let mut config = SendmillConfig::default();
+        assert!(config.validate().is_ok());
+        // 7 days of queue and 72 h of send_at: 240 h at least.
+        config.kafka.blobs_retention_hours = 239;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.blobs_retention_hours"), "{err}");
+        config.kafka.blobs_retention_hours = 240;
+        assert!(config.validate().is_ok());
+        config.ingest.max_schedule_ahead = std::time::Duration::from_secs(96 * 3600);
+        assert!(config.validate().is_err(), "a further send_at needs longer");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::{
 use futures::future::try_join_all;
 use sendmill_platform::{
     kafka::{
+        blobs,
         lag::{GroupTopics, LagProbe},
         KafkaConnection, ProduceError,
     },
@@ -66,6 +67,43 @@ pub async fn produce(
         .producer
         .send(&state.topics.events(), &key, &accepted)
         .await
+}
+
+/// `records` with the large parts (template, attachments) each variant's records share
+/// written once to the blobs topic and pointed to ([`blobs::write_shared`]); a group
+/// whose sharing saves too little, or a producer that does not share, keeps them.
+///
+/// Errors: a blob was not acknowledged (the chunk is released again later).
+async fn share_parts(
+    state: &Campaigns,
+    records: Vec<RequestedV1>,
+) -> Result<Vec<RequestedV1>, ProduceError> {
+    if !state.producer.shares_parts() {
+        return Ok(records);
+    }
+    // A chunk has one group per A/B variant at most: compare with each group's first.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        match groups.iter_mut().find(|g| records[g[0]].same_parts(record)) {
+            Some(group) => group.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    let topic = state.topics.blobs();
+    let mut shared = Vec::new();
+    for group in groups {
+        let members: Vec<&RequestedV1> = group.iter().map(|&i| &records[i]).collect();
+        if let Some(reference) = blobs::write_shared(&state.producer, &topic, &members).await? {
+            shared.push((group, reference));
+        }
+    }
+    let mut records = records;
+    for (group, reference) in shared {
+        for i in group {
+            records[i] = records[i].pointing_to(reference.clone());
+        }
+    }
+    Ok(records)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -457,6 +495,7 @@ async fn release_chunk(
             },
         ));
     }
+    let records = share_parts(state, records).await?;
     try_join_all(records.iter().map(|r| produce(state, r, "campaigns"))).await?;
     sqlx::query(
         "UPDATE campaign_recipients r SET outcome = u.outcome

@@ -178,9 +178,6 @@ pub struct AppState {
     pub senders: Arc<senders::SenderCache>,
     /// Uncached: verification must see what is published now.
     pub resolver: Arc<TokioResolver>,
-    /// Whether a request's large parts may be written once to the blobs topic and
-    /// referenced (`kafka.requested_version` 3); see `queue`.
-    pub share_parts: bool,
 }
 
 impl FromRef<AppState> for Authenticator {
@@ -244,7 +241,6 @@ impl AppState {
             resolver: Arc::new(resolver),
             store: deps.store,
             producer: deps.kafka.producer()?,
-            share_parts: deps.kafka.config.requested_version >= 3,
             topics: deps.kafka.topics.clone(),
             config: Arc::new(config),
             shutdown,

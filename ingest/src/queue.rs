@@ -18,10 +18,12 @@ use crate::{
 };
 use futures::stream::{FuturesUnordered, StreamExt};
 use sendmill_platform::CancellationToken;
-use sendmill_platform::{api::ApiError, backoff, kafka::Producer};
-use sendmill_wire::{
-    EventType, EventV1, MessageId, RequestedV1, SharedParts, SharedRef, WirePayload,
+use sendmill_platform::{
+    api::ApiError,
+    backoff,
+    kafka::{blobs, Producer},
 };
+use sendmill_wire::{EventType, EventV1, MessageId, RequestedV1, SharedRef, WirePayload};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -85,15 +87,10 @@ pub async fn write_all<'a, T: WirePayload + 'a>(
     }
 }
 
-/// Parts shared by the copies are written once when that saves at least this many bytes
-/// of records: below it the blob's extra acknowledged produce (one round trip before the
-/// records) costs more than the bytes it saves.
-pub const SHARE_MIN_SAVED_BYTES: usize = 16 * 1024;
-
 /// Holds the scheduled copies (each until its own `send_at`, all in one statement) and
 /// queues the rest, then writes their events. When the copies' large parts are the same
-/// and sharing them saves [`SHARE_MIN_SAVED_BYTES`], they are written once to the blobs
-/// topic first and every copy points to them ([`sendmill_wire::SharedParts`]).
+/// and sharing them saves enough, they are written once to the blobs topic first and
+/// every copy points to them ([`blobs::write_shared`]).
 pub(crate) async fn write(state: &AppState, planned: &Planned) -> Result<(), Refused> {
     let mut held: Vec<(MessageId, OffsetDateTime, Vec<u8>)> = Vec::new();
     let mut now: Vec<&RequestedV1> = Vec::new();
@@ -106,11 +103,12 @@ pub(crate) async fn write(state: &AppState, planned: &Planned) -> Result<(), Ref
             _ => {}
         }
     }
-    let pointing = share_parts(
-        state,
-        now.iter().copied().chain(scheduled.iter().map(|s| s.0)),
-    )
-    .await?;
+    let all: Vec<&RequestedV1> = now
+        .iter()
+        .copied()
+        .chain(scheduled.iter().map(|s| s.0))
+        .collect();
+    let pointing = share_parts(state, &all).await?;
     let pointing = |record: &RequestedV1| {
         pointing
             .as_ref()
@@ -214,47 +212,23 @@ pub(crate) async fn write(state: &AppState, planned: &Planned) -> Result<(), Ref
     Ok(())
 }
 
-/// Writes the large parts `records` share to the blobs topic, once, and answers where:
-/// `None` (nothing written) when sharing is off (`kafka.requested_version` below 3), the
-/// records' parts differ, or it would save less than [`SHARE_MIN_SAVED_BYTES`].
+/// [`blobs::write_shared`] of `records`, retried until acknowledged for up to [`STALL`].
 ///
-/// Errors: the blob was not acknowledged (503, nothing queued yet).
-async fn share_parts<'a>(
+/// Errors: the blob was not acknowledged (503; nothing queued yet).
+async fn share_parts(
     state: &AppState,
-    mut records: impl Iterator<Item = &'a RequestedV1>,
+    records: &[&RequestedV1],
 ) -> Result<Option<SharedRef>, Refused> {
-    if !state.share_parts {
-        return Ok(None);
-    }
-    let Some(first) = records.next() else {
-        return Ok(None);
-    };
-    let mut others = 0usize;
-    for record in records {
-        if !record.same_parts(first) {
-            return Ok(None);
-        }
-        others += 1;
-    }
-    let mut parts_of = first.clone();
-    let parts = SharedParts::take_from(&mut parts_of);
-    if others.saturating_mul(parts.len()) < SHARE_MIN_SAVED_BYTES {
-        return Ok(None);
-    }
-    let bytes = parts.to_bytes();
     let topic = state.topics.blobs();
-    let key = first.batch_id.to_string();
     let written = tokio::time::timeout(
         STALL,
         backoff::until_ok("produce blob", &state.shutdown, || {
-            state
-                .producer
-                .send_bytes_at(&topic, &key, &bytes, sendmill_wire::BLOB_SCHEMA)
+            blobs::write_shared(&state.producer, &topic, records)
         }),
     )
     .await;
     match written {
-        Ok(Ok((partition, offset))) => Ok(Some(SharedParts::reference(&bytes, partition, offset))),
+        Ok(Ok(reference)) => Ok(reference),
         Ok(Err(_)) | Err(_) => {
             tracing::error!("writing a request's shared parts failed");
             Err(Refused {

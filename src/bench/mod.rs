@@ -19,6 +19,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 pub mod campaign;
+pub mod fanout;
 pub mod import;
 pub mod inbound;
 pub mod pipeline;

@@ -346,7 +346,7 @@ impl Run {
         };
         let toml = format!(
             "[kafka]\ntopic_prefix = {:?}\npartitions = {}\nreplication_factor = {}\n\
-             min_insync_replicas = {}\n\
+             min_insync_replicas = {}\nrequested_version = {}\n\
              [redis]\nkey_prefix = {:?}\n\
              [clickhouse]\ndatabase = {:?}\n\
              [telemetry]\nlog_format = \"text\"\n\
@@ -359,6 +359,7 @@ impl Run {
             c.kafka.partitions,
             c.kafka.replication_factor,
             c.kafka.min_insync_replicas,
+            c.kafka.requested_version,
             c.redis.key_prefix,
             c.clickhouse.database,
             self.ingest,

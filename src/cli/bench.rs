@@ -42,6 +42,20 @@ pub enum Bench {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Bytes one large request writes to Kafka with its shared parts in every
+    /// recipient's record (`kafka.requested_version = 2`) and written once (3), with its
+    /// time to 202 and the ingest process's CPU and peak memory.
+    Fanout {
+        /// Recipients of the request.
+        #[arg(long, default_value_t = 1000)]
+        recipients: usize,
+        /// Size of its attachment, bytes (random, incompressible).
+        #[arg(long, default_value_t = 2 * 1024 * 1024)]
+        attachment_bytes: usize,
+        /// Runs per record version; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Messages/s through SMTP submission (STARTTLS, AUTH PLAIN, pipelined transactions,
     /// one recipient each) into a `sendmill ingest` child process, and its CPU per 1,000
     /// messages, against PostgreSQL, Redis and Kafka (as configured).
@@ -392,6 +406,38 @@ pub async fn run(config: &SendmillConfig, bench: Bench) -> anyhow::Result<()> {
                 report.ingest_cpu_s_per_1000,
                 report.client_cpu_s_per_1000
             );
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Bench::Fanout {
+            recipients,
+            attachment_bytes,
+            runs,
+        } => {
+            let report =
+                sendmill::bench::fanout::fanout(config, recipients, attachment_bytes, runs.max(1))
+                    .await?;
+            println!(
+                "fanout bench: one request, {} recipients, {} B attachment, {} B HTML, \
+                 {} runs per version, medians",
+                report.recipients, report.attachment_bytes, report.html_bytes, report.runs
+            );
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            for s in &report.shapes {
+                println!(
+                    "  requested v{}: Kafka {:.1} MiB per request (requested {:.1}, blobs {:.1}, \
+                     events {:.1}), 202 after {:.0} ms {:?}, ingest CPU {:.2} s, peak RSS {:.0} MiB",
+                    s.requested_version,
+                    mib(s.requested_bytes + s.blobs_bytes + s.events_bytes),
+                    mib(s.requested_bytes),
+                    mib(s.blobs_bytes),
+                    mib(s.events_bytes),
+                    s.accept_ms,
+                    s.accept_ms_runs.iter().map(|m| m.round() as u64).collect::<Vec<_>>(),
+                    s.ingest_cpu_s,
+                    s.ingest_peak_mib
+                );
+            }
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

@@ -4,6 +4,7 @@
 
 use sendmill_platform::kafka::{admin, KafkaConnection};
 use sendmill_tests::*;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_creates_reports_and_reconciles_every_topic() {
@@ -65,7 +66,18 @@ async fn migrate_creates_reports_and_reconciles_every_topic() {
         done.configs_altered,
         vec![events.clone(), changed.topics.alerts()]
     );
-    assert_eq!(admin::check(&changed, &new_specs).await.unwrap(), vec![]);
+    // New partitions reach the metadata the check reads a moment after CreatePartitions
+    // answers (seen on a busy host): wait for the cluster to show them.
+    let settled = poll_until(Duration::from_secs(30), || async {
+        let drift = admin::check(&changed, &new_specs).await.unwrap();
+        drift.is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "{:?}",
+        admin::check(&changed, &new_specs).await.unwrap()
+    );
     assert!(admin::reconcile(&changed, &new_specs)
         .await
         .unwrap()

@@ -1,4 +1,5 @@
-//! Reading a request's shared parts back from the blobs topic by (partition, offset).
+//! A request's shared parts: written once to the blobs topic ([`write_shared`]), and read
+//! back by (partition, offset) ([`BlobReader`]).
 //!
 //! Ingest writes a request's large parts once ([`SharedParts`]) and each recipient's
 //! `requested` record points to them ([`SharedRef`]); render needs them once per request
@@ -29,6 +30,41 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::sync::{mpsc, oneshot};
+
+/// Parts shared by records are written once when that saves at least this many bytes of
+/// records: below it the blob's extra acknowledged produce (one round trip before the
+/// records) costs more than the bytes it saves.
+pub const SHARE_MIN_SAVED_BYTES: usize = 16 * 1024;
+
+/// Writes the large parts `records` share to the blobs topic `topic`, once, and answers
+/// where they are (each record then goes out as `record.pointing_to(reference)`). `None`,
+/// nothing written: `producer` does not share parts (`kafka.requested_version` below 3),
+/// the records' parts differ, or sharing would save less than [`SHARE_MIN_SAVED_BYTES`].
+///
+/// Errors: the broker did not acknowledge the blob (nothing is known written; retry).
+pub async fn write_shared(
+    producer: &super::Producer,
+    topic: &str,
+    records: &[&sendmill_wire::RequestedV1],
+) -> Result<Option<SharedRef>, super::ProduceError> {
+    let Some((first, others)) = records.split_first() else {
+        return Ok(None);
+    };
+    if !producer.shares_parts() || !others.iter().all(|r| r.same_parts(first)) {
+        return Ok(None);
+    }
+    let mut parts_of = (*first).clone();
+    let parts = SharedParts::take_from(&mut parts_of);
+    if others.len().saturating_mul(parts.len()) < SHARE_MIN_SAVED_BYTES {
+        return Ok(None);
+    }
+    let bytes = parts.to_bytes();
+    let key = first.batch_id.to_string();
+    let (partition, offset) = producer
+        .send_bytes_at(topic, &key, &bytes, sendmill_wire::BLOB_SCHEMA)
+        .await?;
+    Ok(Some(SharedParts::reference(&bytes, partition, offset)))
+}
 
 /// How long a read may go without an answer before it fails as [`BlobUnavailable`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);

@@ -63,7 +63,8 @@ impl KafkaConnection {
         Ok(
             Producer::new(self.client_config(), self.config.max_message_bytes)?
                 .writing_version::<sendmill_wire::ReadyV1>(self.config.ready_version)
-                .writing_version::<sendmill_wire::RequestedV1>(self.config.requested_version),
+                .writing_version::<sendmill_wire::RequestedV1>(self.config.requested_version)
+                .sharing_parts(self.config.requested_version >= 3),
         )
     }
 

@@ -30,6 +30,10 @@ pub struct Producer {
     /// `kafka.ready_version = 1` and `kafka.requested_version = 1`, during a rolling
     /// upgrade.
     previous_versions: Vec<&'static str>,
+    /// Whether a request's large parts may be written once to the blobs topic and
+    /// referenced from its records (`kafka.requested_version` 3; see
+    /// [`super::blobs::write_shared`]).
+    shares_parts: bool,
 }
 
 impl Producer {
@@ -51,7 +55,20 @@ impl Producer {
         Ok(Self {
             inner,
             previous_versions: Vec::new(),
+            shares_parts: false,
         })
+    }
+
+    /// This producer sharing requests' large parts through the blobs topic when
+    /// `shares` (`kafka.requested_version` 3), or copying them into every record.
+    pub fn sharing_parts(mut self, shares: bool) -> Self {
+        self.shares_parts = shares;
+        self
+    }
+
+    /// Whether it shares requests' large parts ([`Producer::sharing_parts`]).
+    pub fn shares_parts(&self) -> bool {
+        self.shares_parts
     }
 
     /// This producer writing `T`'s records as `version`: 1, the previous version
