@@ -183,19 +183,19 @@ impl Stage {
             self.identities.get(request.account_id, &domain)
         })
         .await?;
-        // A record whose large parts are on the blobs topic gets them first; parts that
-        // are gone end the message (retention removed them, or the topic was replaced).
+        // A record whose large parts are on the blobs topic reads them first (shared, from
+        // the cache); parts that are gone end the message (retention removed them, or the
+        // topic was replaced). They are copied into the record only on the CPU pool, so
+        // at most `cpu_threads` copies exist however many records are held.
         let parts = match request.shared.clone() {
-            None => Ok(()),
+            None => Ok(None),
             Some(reference) => {
                 let blob = backoff::until_ok("read shared parts", &self.shutdown, || {
                     self.blobs.get(&reference)
                 })
                 .await?;
                 match blob {
-                    kafka::blobs::Blob::Found(parts) => parts
-                        .fill(&mut request)
-                        .map_err(|e| message::RenderError::SharedParts(e.to_string())),
+                    kafka::blobs::Blob::Found(parts) => Ok(Some(parts)),
                     kafka::blobs::Blob::Gone(why) => Err(message::RenderError::SharedParts(why)),
                 }
             }
@@ -203,11 +203,11 @@ impl Stage {
         let now = time::OffsetDateTime::now_utc();
         let rendered = match (parts, identity, templates) {
             (Err(error), _, _) => Err(error),
-            (Ok(()), _, Err(partial)) => Err(message::RenderError::Template {
+            (Ok(_), _, Err(partial)) => Err(message::RenderError::Template {
                 part: "partials",
                 reason: partial,
             }),
-            (Ok(()), Some(identity), Ok(templates)) => {
+            (Ok(shared), Some(identity), Ok(templates)) => {
                 // Templates, MIME and the RSA signature are CPU work: on the CPU pool, so
                 // that they never hold a runtime thread another stage's I/O needs.
                 let _bulk = match request.lane {
@@ -230,12 +230,22 @@ impl Stage {
                         links: links.as_deref(),
                         return_path_domain: identity.return_path_domain(),
                     };
-                    let rendered = message::build(&templates, decorations, &request, now).and_then(
-                        |unsigned| {
+                    let filled = match &shared {
+                        Some(parts) => parts
+                            .fill(&mut request)
+                            .map_err(|e| message::RenderError::SharedParts(e.to_string())),
+                        None => Ok(()),
+                    };
+                    let rendered = filled
+                        .and_then(|()| message::build(&templates, decorations, &request, now))
+                        .and_then(|unsigned| {
                             let paths = links.as_deref().map(crate::links::Links::return_paths);
                             identity.seal(&unsigned, &request, now, paths)
-                        },
-                    );
+                        });
+                    if shared.is_some() {
+                        // The copy is done with: the record goes on holding its head only.
+                        drop(sendmill_wire::SharedParts::take_from(&mut request));
+                    }
                     (rendered, request)
                 })
                 .await
@@ -249,7 +259,7 @@ impl Stage {
                 request = back;
                 rendered
             }
-            (Ok(()), None, Ok(_)) => Err(message::RenderError::NoSigningKey(domain)),
+            (Ok(_), None, Ok(_)) => Err(message::RenderError::NoSigningKey(domain)),
         };
         match rendered {
             Ok(ready) => {

@@ -266,7 +266,7 @@ fn mime_tree(
                 let cid = a.content_id.clone().expect("partitioned on content_id");
                 related = related.singlepart(
                     LettreAttachment::new_inline(cid)
-                        .body(a.content.clone(), content_type(&a.content_type)?),
+                        .body(a.content.to_vec(), content_type(&a.content_type)?),
                 );
             }
             Ok(Node::Multi(related))
@@ -292,7 +292,7 @@ fn mime_tree(
     for a in attached {
         mixed = mixed.singlepart(
             LettreAttachment::new(a.filename.clone())
-                .body(a.content.clone(), content_type(&a.content_type)?),
+                .body(a.content.to_vec(), content_type(&a.content_type)?),
         );
     }
     Ok(Node::Multi(mixed))

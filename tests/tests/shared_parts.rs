@@ -139,5 +139,41 @@ async fn a_record_whose_shared_parts_are_gone_or_not_its_own_ends_in_render_fail
     p.wait_for_status(&id, "delivered", LIMIT).await;
     let dump = dumped_message(&id).expect("delivered to the sink");
     assert!(html_part(&dump).contains("Hi"));
+
+    // Parts retention removed: the record is before the partition's first offset now.
+    let (mut removed, blob) = record_pointing(&p, "parts-removed@ok.test");
+    let (partition, offset) = producer
+        .send_bytes_at(&p.topics.blobs(), "k2", &blob, BLOB_SCHEMA)
+        .await
+        .unwrap();
+    delete_records_before(&p, partition, offset + 1).await;
+    removed.shared = Some(SharedParts::reference(&blob, partition, offset));
+    p.produce(&topic, &removed.message_id.to_string(), &removed)
+        .await;
+    let reason = render_failure(&p, &removed.message_id.to_string()).await;
+    assert!(reason.contains("no record at partition"), "{reason}");
     p.stop().await;
+}
+
+/// Deletes the blobs topic's records of `partition` before `offset`, as retention would.
+async fn delete_records_before(p: &TestPipeline, partition: i32, offset: i64) {
+    use rdkafka::{
+        admin::{AdminClient, AdminOptions},
+        client::DefaultClientContext,
+        ClientConfig, Offset, TopicPartitionList,
+    };
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &p.config.kafka.brokers)
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(&p.topics.blobs(), partition, Offset::Offset(offset))
+        .unwrap();
+    let done = admin
+        .delete_records(&list, &AdminOptions::new())
+        .await
+        .unwrap();
+    for element in done.elements() {
+        assert!(element.error().is_ok(), "{:?}", element.error());
+    }
 }

@@ -193,8 +193,10 @@ pub struct RequestedV1 {
 pub struct Attachment {
     pub filename: String,
     pub content_type: String,
+    /// Shared, not copied, by the records of one request's copies (a 2 MiB attachment
+    /// sent to 1,000 recipients is 2 MiB in memory, not 2 GiB).
     #[serde(with = "base64_bytes")]
-    pub content: Vec<u8>,
+    pub content: bytes::Bytes,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_id: Option<String>,
 }
@@ -345,7 +347,8 @@ pub(crate) fn read_sections(
             "section count does not match the head",
         ));
     }
-    let mut lengths = Vec::with_capacity(expected);
+    // Bounded by what the bytes can hold, whatever count they claim.
+    let mut lengths = Vec::with_capacity(expected.min(rest.len() / 8));
     for _ in 0..expected {
         let (len, after) = rest
             .split_first_chunk::<8>()
@@ -353,7 +356,7 @@ pub(crate) fn read_sections(
         lengths.push(u64::from_be_bytes(*len));
         rest = after;
     }
-    let mut sections = Vec::with_capacity(expected);
+    let mut sections = Vec::with_capacity(lengths.len());
     for len in lengths {
         if len == ABSENT {
             sections.push(None);
@@ -451,7 +454,7 @@ impl RequestedV1 {
                 .map(|a| Attachment {
                     filename: a.filename.clone(),
                     content_type: a.content_type.clone(),
-                    content: Vec::new(),
+                    content: bytes::Bytes::new(),
                     content_id: a.content_id.clone(),
                 })
                 .collect(),
@@ -488,7 +491,7 @@ impl RequestedV1 {
             self.text.as_deref().map(str::as_bytes),
             self.mime.as_deref(),
         ];
-        sections.extend(self.attachments.iter().map(|a| Some(a.content.as_slice())));
+        sections.extend(self.attachments.iter().map(|a| Some(&a.content[..])));
         sections
     }
 
@@ -704,14 +707,15 @@ mod base64_bytes {
     use base64::{engine::general_purpose::STANDARD, Engine};
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(bytes))
+    pub fn serialize<S: Serializer, B: AsRef<[u8]>>(bytes: &B, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes.as_ref()))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, B: From<Vec<u8>>>(d: D) -> Result<B, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         STANDARD
             .decode(text.as_bytes())
+            .map(B::from)
             .map_err(serde::de::Error::custom)
     }
 }

@@ -53,7 +53,7 @@ pub struct SharedParts {
     pub text: Option<String>,
     pub mime: Option<bytes::Bytes>,
     /// Each attachment's content, in the order of the records' `attachments`.
-    pub attachments: Vec<Vec<u8>>,
+    pub attachments: Vec<bytes::Bytes>,
 }
 
 impl SharedParts {
@@ -77,7 +77,11 @@ impl SharedParts {
         self.html.as_ref().map_or(0, String::len)
             + self.text.as_ref().map_or(0, String::len)
             + self.mime.as_ref().map_or(0, bytes::Bytes::len)
-            + self.attachments.iter().map(Vec::len).sum::<usize>()
+            + self
+                .attachments
+                .iter()
+                .map(bytes::Bytes::len)
+                .sum::<usize>()
     }
 
     /// Whether there are no parts at all.
@@ -91,7 +95,7 @@ impl SharedParts {
             self.text.as_deref().map(str::as_bytes),
             self.mime.as_deref(),
         ];
-        sections.extend(self.attachments.iter().map(|a| Some(a.as_slice())));
+        sections.extend(self.attachments.iter().map(|a| Some(&a[..])));
         sections
     }
 
@@ -126,6 +130,14 @@ impl SharedParts {
                 "the blob's length or SHA-256 differs from the reference",
             ));
         }
+        Self::read(bytes)
+    }
+
+    /// The parts in blob record `bytes`, unchecked against any reference (the caller
+    /// compares [`SharedParts::reference`] of the bytes with the one it holds).
+    ///
+    /// Errors: [`DecodeFailure::Frame`] when the bytes are not a blob record.
+    pub fn read(bytes: &[u8]) -> Result<SharedParts, DecodeFailure> {
         let frame = bytes
             .strip_prefix(BLOB_MAGIC)
             .ok_or(DecodeFailure::Frame("not a blob record"))?;
@@ -157,7 +169,7 @@ impl SharedParts {
             attachments: sections[3..]
                 .iter()
                 .map(|s| {
-                    s.map(<[u8]>::to_vec)
+                    s.map(bytes::Bytes::copy_from_slice)
                         .ok_or(DecodeFailure::Frame("an attachment without content"))
                 })
                 .collect::<Result<_, _>>()?,
@@ -174,7 +186,8 @@ impl SharedParts {
         }
     }
 
-    /// Puts copies of the parts into `record` and clears its `shared`.
+    /// Puts the parts into `record` (the text copied, the bytes shared) and clears its
+    /// `shared`.
     ///
     /// Errors: [`DecodeFailure::Frame`] when the record lists another number of
     /// attachments than the blob holds.

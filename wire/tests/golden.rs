@@ -56,13 +56,13 @@ fn requested_with_attachments() -> RequestedV1 {
         Attachment {
             filename: "invoice.pdf".into(),
             content_type: "application/pdf".into(),
-            content: b"%PDF-1.4\n\x00\xff\xfe binary".to_vec(),
+            content: b"%PDF-1.4\n\x00\xff\xfe binary".to_vec().into(),
             content_id: None,
         },
         Attachment {
             filename: "logo.png".into(),
             content_type: "image/png".into(),
-            content: b"\x89PNG\r\n\x1a\n".to_vec(),
+            content: b"\x89PNG\r\n\x1a\n".to_vec().into(),
             content_id: Some("logo".into()),
         },
     ];
@@ -255,10 +255,16 @@ fn requested_v3_and_its_blob_are_the_frames_this_build_writes_and_reads() {
     assert_eq!(record.schema(), "sendmill.requested.v3");
     // The record is the head alone: neither the template nor an attachment is in it.
     assert!(!golden.windows(18).any(|w| w == b"<p>Hi {{name}}</p>"));
-    assert!(!golden.windows(8).any(|w| w == b"\x89PNG\r\n\x1a\n"));
     assert!(blob.ends_with(b"\x89PNG\r\n\x1a\n"));
     let mut read: RequestedV1 = decode(&golden).unwrap();
     assert_eq!(read, record);
+    assert!(read.html.is_none() && read.text.is_none());
+    assert!(read.attachments.iter().all(|a| a.content.is_empty()));
+    assert_eq!(
+        read.attachments.len(),
+        2,
+        "their names and types stay in the record"
+    );
     let reference = read.shared.clone().unwrap();
     assert_eq!((reference.partition, reference.offset), (3, 42));
     assert_eq!(reference.len, blob.len() as u64);
@@ -288,6 +294,23 @@ fn a_blob_that_is_not_the_referenced_one_is_refused() {
         SharedParts::from_bytes(&changed, &reference).is_err(),
         "another byte"
     );
+    // The frame itself, whatever the hash says: cut anywhere, a count below three
+    // sections, a huge count, a byte after the last section.
+    assert!(SharedParts::read(&blob).is_ok());
+    for cut in 0..blob.len() {
+        assert!(
+            SharedParts::read(&blob[..cut]).is_err(),
+            "frame cut at {cut}"
+        );
+    }
+    for count in [0u32, 2, u32::MAX] {
+        let mut broken = blob.clone();
+        broken[4..8].copy_from_slice(&count.to_be_bytes());
+        assert!(SharedParts::read(&broken).is_err(), "count {count}");
+    }
+    let mut longer = blob.clone();
+    longer.push(0);
+    assert!(SharedParts::read(&longer).is_err(), "a byte too many");
     // A record listing another number of attachments than its blob holds is not filled.
     let mut other = record.clone();
     other.attachments.pop();

@@ -387,7 +387,7 @@ fn decode_attachments(
         attachments.push(Attachment {
             filename: a.filename.clone(),
             content_type: a.content_type.to_ascii_lowercase(),
-            content,
+            content: content.into(),
             content_id,
         });
     }

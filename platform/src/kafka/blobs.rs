@@ -10,9 +10,10 @@
 //! runtime). Concurrent wants of one record share one read.
 //!
 //! Outcomes ([`Blob`]): the parts; or [`Blob::Gone`] when the record is not there (the
-//! offset is before the partition's first record, i.e. retention removed it, or past its
-//! last) or is not the one referenced (another length or SHA-256): a final answer, and
-//! the message ends in `render_failed`. A broker that does not answer is
+//! broker says the offset is before the partition's first record, i.e. retention removed
+//! it, or past its last, or the partition does not exist) or is not the one referenced
+//! (another length or SHA-256, checked for each reference on its own): a final answer,
+//! and the message ends in `render_failed`. A broker that does not answer is
 //! [`BlobUnavailable`] after [`READ_TIMEOUT`], and the caller retries.
 
 use super::KafkaConnection;
@@ -69,6 +70,9 @@ pub async fn write_shared(
 /// How long a read may go without an answer before it fails as [`BlobUnavailable`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the fetch thread waits for a partition's first and next offsets.
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What a reference leads to.
 #[derive(Clone, Debug)]
 pub enum Blob {
@@ -111,9 +115,10 @@ impl BlobReader {
             .set("group.id", kafka.group_id("sendmill-blob-reader"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            // An offset retention removed reads from the first record left, whose offset
-            // is then past the wanted one: that is how a removed record shows.
-            .set("auto.offset.reset", "earliest")
+            // An offset outside the partition (retention removed the record, or the
+            // topic was made again) is an error to answer, never a reason to read the
+            // partition from its start.
+            .set("auto.offset.reset", "error")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "50")
             // What it fetches past the wanted record is dropped: keep little of it.
@@ -165,7 +170,8 @@ impl BlobReader {
 struct Cache {
     max_bytes: usize,
     bytes: usize,
-    parts: HashMap<Position, (String, Arc<SharedParts>)>,
+    /// By position: the SHA-256 and length of the bytes there, and their parts.
+    parts: HashMap<Position, (String, u64, Arc<SharedParts>)>,
     order: VecDeque<Position>,
 }
 
@@ -182,24 +188,28 @@ impl Cache {
     /// The cached parts at `reference`'s position, when their SHA-256 is the
     /// reference's (another one there is [`Blob::Gone`]).
     fn get(&self, reference: &SharedRef) -> Option<Blob> {
-        let (sha256, parts) = self.parts.get(&(reference.partition, reference.offset))?;
-        Some(if *sha256 == reference.sha256 {
+        let (sha256, len, parts) = self.parts.get(&(reference.partition, reference.offset))?;
+        Some(if *sha256 == reference.sha256 && *len == reference.len {
             Blob::Found(parts.clone())
         } else {
             Blob::Gone(gone_other(reference))
         })
     }
 
-    fn insert(&mut self, position: Position, sha256: String, parts: Arc<SharedParts>) {
+    /// Keeps `parts`, the bytes `actual` describes (where they are, their SHA-256 and
+    /// length).
+    fn insert(&mut self, actual: &SharedRef, parts: Arc<SharedParts>) {
+        let position = (actual.partition, actual.offset);
         self.bytes += parts.len();
-        if let Some((_, old)) = self.parts.insert(position, (sha256, parts)) {
+        let entry = (actual.sha256.clone(), actual.len, parts);
+        if let Some((_, _, old)) = self.parts.insert(position, entry) {
             self.bytes -= old.len();
         } else {
             self.order.push_back(position);
         }
         while self.bytes > self.max_bytes && self.order.len() > 1 {
             let oldest = self.order.pop_front().expect("more than one");
-            if let Some((_, old)) = self.parts.remove(&oldest) {
+            if let Some((_, _, old)) = self.parts.remove(&oldest) {
                 self.bytes -= old.len();
             }
         }
@@ -255,7 +265,19 @@ impl Fetcher {
                     self.arrived(position, &bytes);
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => self.at_end(partition),
-                Some(Err(error)) => tracing::warn!(%error, "reading the blobs topic"),
+                Some(Err(error)) => {
+                    let out_of_range = error.rdkafka_error_code().is_some_and(|code| {
+                        matches!(
+                            code,
+                            RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange
+                        )
+                    });
+                    if out_of_range {
+                        self.out_of_range();
+                    } else {
+                        tracing::warn!(%error, "reading the blobs topic");
+                    }
+                }
                 None => {}
             }
             self.time_out();
@@ -330,20 +352,20 @@ impl Fetcher {
             });
             return;
         }
-        let Some((_, wants)) = self.pending.get(&position) else {
+        if !self.pending.contains_key(&position) {
             return;
-        };
-        let reference = wants[0].reference.clone();
-        match SharedParts::from_bytes(bytes, &reference) {
+        }
+        // What is there, hashed once; each want is answered against its own reference.
+        let actual = SharedParts::reference(bytes, partition, offset);
+        match SharedParts::read(bytes) {
             Ok(parts) => {
                 let parts = Arc::new(parts);
-                self.cache.lock().expect("not poisoned").insert(
-                    position,
-                    reference.sha256.clone(),
-                    parts.clone(),
-                );
+                self.cache
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(&actual, parts.clone());
                 self.answer(position, |r| {
-                    if r.sha256 == reference.sha256 && r.len == reference.len {
+                    if r.sha256 == actual.sha256 && r.len == actual.len {
                         Blob::Found(parts.clone())
                     } else {
                         Blob::Gone(gone_other(r))
@@ -353,6 +375,28 @@ impl Fetcher {
             Err(error) => self.answer(position, |r| {
                 Blob::Gone(format!("{}: {error}", gone_other(r)))
             }),
+        }
+    }
+
+    /// The consumer could not fetch some assigned offset: the partitions whose wanted
+    /// offset the broker says is outside them are answered [`Blob::Gone`].
+    fn out_of_range(&mut self) {
+        let assigned: Vec<(i32, i64)> = self
+            .assigned
+            .iter()
+            .filter(|(_, &offset)| offset >= 0)
+            .map(|(&p, &o)| (p, o))
+            .collect();
+        for (partition, offset) in assigned {
+            if self.is_gone(partition, offset) {
+                self.answer((partition, offset), |r| {
+                    Blob::Gone(format!(
+                        "the blobs topic has no record at partition {} offset {} \
+                         (kafka.blobs_retention_hours)",
+                        r.partition, r.offset
+                    ))
+                });
+            }
         }
     }
 
@@ -378,7 +422,7 @@ impl Fetcher {
     fn is_gone(&mut self, partition: i32, offset: i64) -> bool {
         match self
             .consumer
-            .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
+            .fetch_watermarks(&self.topic, partition, WATERMARKS_TIMEOUT)
         {
             Ok((low, high)) if offset < low || offset >= high => true,
             Ok(_) | Err(_) => {
@@ -408,23 +452,35 @@ impl Fetcher {
             .filter(|(_, (since, _))| since.elapsed() > READ_TIMEOUT)
             .map(|(&position, _)| position)
             .collect();
+        // One question to the broker per partition: is the offset there at all?
+        let mut bounds: BTreeMap<i32, Result<(i64, i64), bool>> = BTreeMap::new();
+        for &(partition, _) in &late {
+            bounds.entry(partition).or_insert_with(|| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, partition, WATERMARKS_TIMEOUT)
+                    .map_err(|e| {
+                        e.rdkafka_error_code().is_some_and(|code| {
+                            matches!(
+                                code,
+                                RDKafkaErrorCode::UnknownPartition
+                                    | RDKafkaErrorCode::UnknownTopicOrPartition
+                            )
+                        })
+                    })
+            });
+        }
         for position in late {
-            let unknown = self
-                .consumer
-                .fetch_watermarks(&self.topic, position.0, Duration::from_secs(5))
-                .err()
-                .and_then(|e| e.rdkafka_error_code())
-                .is_some_and(|code| {
-                    matches!(
-                        code,
-                        RDKafkaErrorCode::UnknownPartition
-                            | RDKafkaErrorCode::UnknownTopicOrPartition
-                    )
-                });
-            if unknown {
+            let gone = match bounds[&position.0] {
+                Ok((low, high)) => position.1 < low || position.1 >= high,
                 // A partition the topic does not have: no retry will find it.
+                Err(unknown) => unknown,
+            };
+            if gone {
                 self.answer(position, |r| {
-                    Blob::Gone(format!("the blobs topic has no partition {}", r.partition))
+                    Blob::Gone(format!(
+                        "the blobs topic has no record at partition {} offset {}",
+                        r.partition, r.offset
+                    ))
                 });
                 continue;
             }
