@@ -846,6 +846,12 @@ async fn an_ab_test_is_decided_by_peoples_clicks_and_the_rest_gets_the_winner() 
     let p = TestPipeline::start().await;
     let list = list_of(&p, "AB", "ab", 20).await;
     let mut body = campaign_body(&p, "AB", &list);
+    // A template large enough that a chunk's records share it through the blobs topic.
+    body["html"] = json!(format!(
+        "{}{}",
+        body["html"].as_str().unwrap(),
+        "<p>Terms of the offer, in the small print of a real newsletter.</p>".repeat(60)
+    ));
     body["ab_test"] = json!({
         "variants": [{"subject": "Offer A for {{name}}"}, {"subject": "Offer B for {{name}}"}],
         "test_percent": 50, "metric": "clicks", "wait_seconds": 30,
@@ -961,6 +967,27 @@ async fn an_ab_test_is_decided_by_peoples_clicks_and_the_rest_gets_the_winner() 
     .await
     .unwrap();
     assert_eq!(rest.len(), 10);
+    // Both variants' records point to the chunks' shared template (the variants differ
+    // in their subjects only, which each record carries).
+    let requested = p.read_topic(&p.topics.requested(sendmill_wire::Lane::Bulk));
+    assert_eq!(requested.len(), 20);
+    let blobs = p.read_topic(&p.topics.blobs());
+    assert!(
+        !blobs.is_empty() && blobs.len() < 20,
+        "{} blobs",
+        blobs.len()
+    );
+    for bytes in &requested {
+        assert!(
+            bytes.starts_with(b"SMQ3"),
+            "every record points to its parts"
+        );
+        let record: sendmill_wire::RequestedV1 = sendmill_wire::decode(bytes).unwrap();
+        let reference = record.shared.unwrap();
+        assert!(blobs
+            .iter()
+            .any(|b| sendmill_wire::SharedParts::from_bytes(b, &reference).is_ok()));
+    }
     for contact in rest {
         let message = sendmill_wire::MessageId::for_contact(campaign_uuid, contact).to_string();
         let text =

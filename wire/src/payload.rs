@@ -308,6 +308,11 @@ impl WirePayload for RequestedV1 {
     }
 }
 
+/// Whether `a` and `b` hold the same bytes: at once when they share their storage.
+fn same_bytes(a: &bytes::Bytes, b: &bytes::Bytes) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+}
+
 /// The bytes [`write_sections`] adds for `sections`.
 pub(crate) fn sections_len(sections: &[Option<&[u8]>]) -> usize {
     4 + 8 * sections.len()
@@ -471,17 +476,21 @@ impl RequestedV1 {
         record
     }
 
-    /// Whether this record's large parts are the same as `other`'s.
+    /// Whether this record's large parts are the same as `other`'s: the copies of one
+    /// request share their attachments' bytes, which compare without reading them.
     pub fn same_parts(&self, other: &RequestedV1) -> bool {
         self.html == other.html
             && self.text == other.text
-            && self.mime == other.mime
+            && match (&self.mime, &other.mime) {
+                (Some(a), Some(b)) => same_bytes(a, b),
+                (a, b) => a == b,
+            }
             && self.attachments.len() == other.attachments.len()
             && self
                 .attachments
                 .iter()
                 .zip(&other.attachments)
-                .all(|(a, b)| a.content == b.content)
+                .all(|(a, b)| same_bytes(&a.content, &b.content))
     }
 
     /// A version 2 frame's sections: `html`, `text`, `mime`, each attachment's content.
