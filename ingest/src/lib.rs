@@ -337,6 +337,7 @@ pub fn app(state: AppState) -> Router {
 /// Kafka writes go on for up to `kafka.drain_grace` after the listener closed.
 pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Result<(), Error> {
     let grace = deps.kafka.config.drain_grace;
+    let kafka = deps.kafka.clone();
     // Closes the listener: `drain_delay` after shutdown.
     let close = CancellationToken::new();
     // What requests in flight watch: `drain_grace` after the listener closed.
@@ -356,9 +357,19 @@ pub async fn run(config: Config, deps: Deps, shutdown: CancellationToken) -> Res
         "starting",
     ));
     accepting.holds();
+    // Writing `requested` records older releases read (version 2 or 1), the releaser
+    // puts the parts of a message held as version 3 back into it (see `schedule`).
+    let blobs = match state.producer.shares_parts() {
+        true => None,
+        false => Some(sendmill_platform::kafka::blobs::BlobReader::new(
+            &kafka,
+            schedule::BLOB_CACHE_BYTES,
+        )?),
+    };
     let releaser = tokio::spawn(schedule::run_releaser(
         state.store.clone(),
         state.producer.clone(),
+        blobs,
         state.topics.clone(),
         state.config.release_interval,
         shutdown.clone(),

@@ -13,7 +13,10 @@ use axum::{
 };
 use sendmill_platform::{
     api::ApiError,
-    kafka::{ProduceError, Producer},
+    kafka::{
+        blobs::{Blob, BlobReader, BlobUnavailable},
+        ProduceError, Producer,
+    },
     CancellationToken,
 };
 use sendmill_store::{
@@ -121,17 +124,24 @@ fn dropped_event(held: &ScheduledMessage) -> Option<EventV1> {
     Some(event)
 }
 
-/// Releases due messages until `shutdown`, looking at most every `interval`.
+/// Bytes of shared parts the releaser keeps read (`blobs` of [`run_releaser`]).
+pub const BLOB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Releases due messages until `shutdown`, looking at most every `interval`. With
+/// `blobs` (this process writes `requested` records as version 2 or 1, for a release
+/// before version 3), a message held as version 3 gets its parts back from the blobs
+/// topic and is released in the version written, so that such a release can read it.
 pub async fn run_releaser(
     store: Store,
     producer: Producer,
+    blobs: Option<BlobReader>,
     topics: Topics,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
     let mut last_purge = std::time::Instant::now();
     while !shutdown.is_cancelled() {
-        match release_once(&store, &producer, &topics).await {
+        match release_once(&store, &producer, blobs.as_ref(), &topics).await {
             // A full batch: more may be due right away.
             Ok(n) if n == RELEASE_BATCH as usize => continue,
             Ok(_) => {}
@@ -169,12 +179,15 @@ enum ReleaseError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Produce(#[from] ProduceError),
+    #[error(transparent)]
+    Blob(#[from] BlobUnavailable),
 }
 
 /// One transaction: take due messages, produce them, commit. Returns how many.
 async fn release_once(
     store: &Store,
     producer: &Producer,
+    blobs: Option<&BlobReader>,
     topics: &Topics,
 ) -> Result<usize, ReleaseError> {
     let held: Held<ScheduledMessage> = store.take_due(topics.prefix(), RELEASE_BATCH).await?;
@@ -184,7 +197,21 @@ async fn release_once(
     }
     let sends = held.items.iter().map(|m| async move {
         match sendmill_wire::decode::<RequestedV1>(&m.payload) {
-            Ok(record) => {
+            Ok(mut record) => {
+                if let (Some(blobs), Some(reference)) = (blobs, record.shared.clone()) {
+                    match blobs.get(&reference).await? {
+                        Blob::Found(parts) => {
+                            // Cannot fail: the record lists what its own blob holds.
+                            if let Err(error) = parts.fill(&mut record) {
+                                tracing::warn!(%error, message_id = %m.message_id, "held message kept as version 3");
+                            }
+                        }
+                        // Released as it is: render ends it in `render_failed`.
+                        Blob::Gone(why) => {
+                            tracing::warn!(message_id = %m.message_id, %why, "held message's parts are gone")
+                        }
+                    }
+                }
                 producer
                     .send(
                         &topics.requested(record.lane),
@@ -192,6 +219,7 @@ async fn release_once(
                         &record,
                     )
                     .await
+                    .map_err(ReleaseError::from)
             }
             // Written by this code (or a later release's) when it was accepted; a payload
             // it cannot read is kept in the DLQ with its reason, never dropped unseen.
@@ -210,6 +238,7 @@ async fn release_once(
                 producer
                     .send(&topics.dlq(), &m.message_id.to_string(), &letter)
                     .await
+                    .map_err(ReleaseError::from)
             }
         }
     });

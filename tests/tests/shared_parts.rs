@@ -177,3 +177,45 @@ async fn delete_records_before(p: &TestPipeline, partition: i32, offset: i64) {
         assert!(element.error().is_ok(), "{:?}", element.error());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_version_2_the_scheduler_releases_a_message_held_as_version_3_whole() {
+    // Before a rollback to a release that reads version 2 at most: a message held while
+    // version 3 was written must reach the requested topic with its parts in it.
+    let p = TestPipeline::start_configured(&sendmill::Stage::ALL, |c| {
+        c.kafka.requested_version = 2;
+    })
+    .await;
+    let (mut held, blob) = record_pointing(&p, "held-v3@ok.test");
+    let (partition, offset) = p
+        .producer()
+        .send_bytes_at(&p.topics.blobs(), "k", &blob, BLOB_SCHEMA)
+        .await
+        .unwrap();
+    held.shared = Some(SharedParts::reference(&blob, partition, offset));
+    let frame = sendmill_wire::encode(&held);
+    assert!(frame.starts_with(b"SMQ3"));
+    p.store()
+        .await
+        .schedule(
+            p.topics.prefix(),
+            p.account,
+            held.batch_id,
+            &[(held.message_id, time::OffsetDateTime::now_utc(), frame)],
+            None,
+        )
+        .await
+        .unwrap();
+    let id = held.message_id.to_string();
+    p.wait_for_status(&id, "delivered", LIMIT).await;
+    let requested = p.read_topic(&p.topics.requested(Lane::Transactional));
+    assert_eq!(requested.len(), 1);
+    assert!(
+        requested[0].starts_with(b"SMQ2"),
+        "released whole, as version 2"
+    );
+    let released: RequestedV1 = decode(&requested[0]).unwrap();
+    assert!(released.shared.is_none());
+    assert_eq!(released.html.as_deref(), Some("<p>Hi {{name}}</p>"));
+    p.stop().await;
+}
