@@ -64,6 +64,7 @@ fuzz_target!(|data: &[u8]| {
         },
         attachments: vec![],
         mime: Some(bytes::Bytes::from(mime.clone())),
+        shared: None,
     };
     let decorations = Decorations { links: Some(links()), return_path_domain: "bounces.b.test" };
     // Render may refuse what it cannot parse; it must not panic.

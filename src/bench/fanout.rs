@@ -9,7 +9,7 @@
 //! broker, before lz4). It reports those bytes per topic and request, the time to the 202
 //! and the ingest process's CPU and peak resident memory.
 
-use super::{median, pipeline::Run, send_body, template, tenant, BenchTopics};
+use super::{median, send_body, template, IngestChild};
 use anyhow::Context;
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
@@ -56,10 +56,7 @@ pub async fn fanout(
     runs: usize,
 ) -> anyhow::Result<FanoutReport> {
     use base64::{engine::general_purpose::STANDARD, Engine};
-    let store = sendmill_store::Store::connect(&config.postgres.url, 2)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
+    let store = super::migrated_store(config).await?;
     let (html, text) = template();
     let attachment = STANDARD.encode(random_bytes(attachment_bytes));
     let mut shapes = Vec::new();
@@ -69,12 +66,13 @@ pub async fn fanout(
         for _ in 0..runs {
             let mut base = config.clone();
             base.kafka.requested_version = version;
-            let run = Run::new(&base)?;
-            let broker = BenchTopics::create(&run.config).await?;
-            let (domain, key) = tenant(&store, &run.id).await?;
-            let config_file = run.write_config()?;
-            let mut process = run.spawn("ingest", "ingest", &config_file)?;
-            process.wait_listening(run.ingest).await?;
+            let IngestChild {
+                run,
+                broker,
+                domain,
+                key,
+                mut process,
+            } = IngestChild::start(&base, &store).await?;
             let mut body: serde_json::Value =
                 serde_json::from_str(&send_body(&domain.domain, &html, &text, recipients, 0, 10))?;
             body["attachments"] = serde_json::json!([{

@@ -72,10 +72,7 @@ pub async fn import(
     rows: usize,
     count_runs: usize,
 ) -> anyhow::Result<ImportReport> {
-    let store = sendmill_store::Store::connect(&base.postgres.url, 2)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
+    let store = super::migrated_store(base).await?;
     let run = Run::new(base)?;
     sendmill_analytics::schema::migrate(&run.config.clickhouse)
         .await

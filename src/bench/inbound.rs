@@ -113,10 +113,7 @@ pub async fn inbound(
         })?);
     }
 
-    let store = sendmill_store::Store::connect(&base.postgres.url, 2)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
+    let store = super::migrated_store(base).await?;
     let run = Run::new(base)?;
     // The processor looks each DSN's message up in the run's own event store.
     sendmill_analytics::schema::migrate(&run.config.clickhouse)

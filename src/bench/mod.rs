@@ -364,18 +364,15 @@ pub async fn ingest(
     concurrency: usize,
 ) -> anyhow::Result<IngestReport> {
     use anyhow::Context;
-    use pipeline::Run;
 
-    let store = sendmill_store::Store::connect(&config.postgres.url, 2)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
-    let run = Run::new(config)?;
-    let broker = BenchTopics::create(&run.config).await?;
-    let (domain, key) = tenant(&store, &run.id).await?;
-    let config_file = run.write_config()?;
-    let mut process = run.spawn("ingest", "ingest", &config_file)?;
-    process.wait_listening(run.ingest).await?;
+    let store = migrated_store(config).await?;
+    let IngestChild {
+        run,
+        broker,
+        domain,
+        key,
+        mut process,
+    } = IngestChild::start(config, &store).await?;
     let rsa_per_sec = pipeline::rsa_rate(&domain)?;
 
     let (html, text) = template();
@@ -433,6 +430,54 @@ pub async fn ingest(
         rsa2048_signatures_per_core: rsa_per_sec,
         shapes,
     })
+}
+
+/// The configured PostgreSQL (a pool of 2), its schema migrated: where a bench's tenant
+/// lives.
+///
+/// Errors: PostgreSQL cannot be reached or migrated.
+pub(crate) async fn migrated_store(
+    config: &crate::SendmillConfig,
+) -> anyhow::Result<sendmill_store::Store> {
+    use anyhow::Context;
+    let store = sendmill_store::Store::connect(&config.postgres.url, 2)
+        .await
+        .context("connecting to PostgreSQL")?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// A `sendmill ingest` child process of a new run (its own topics, created, and a bench
+/// tenant in `store`), listening.
+pub(crate) struct IngestChild {
+    pub(crate) run: pipeline::Run,
+    pub(crate) broker: BenchTopics,
+    pub(crate) domain: SendingDomain,
+    pub(crate) key: String,
+    pub(crate) process: pipeline::Process,
+}
+
+impl IngestChild {
+    /// Errors: Kafka or PostgreSQL refuse the run's topics or tenant, or the child does
+    /// not start listening within 60 s.
+    pub(crate) async fn start(
+        base: &crate::SendmillConfig,
+        store: &sendmill_store::Store,
+    ) -> anyhow::Result<Self> {
+        let run = pipeline::Run::new(base)?;
+        let broker = BenchTopics::create(&run.config).await?;
+        let (domain, key) = tenant(store, &run.id).await?;
+        let config_file = run.write_config()?;
+        let mut process = run.spawn("ingest", "ingest", &config_file)?;
+        process.wait_listening(run.ingest).await?;
+        Ok(Self {
+            run,
+            broker,
+            domain,
+            key,
+            process,
+        })
+    }
 }
 
 /// A bench tenant: an account whose limits never refuse (so the rate-limit script

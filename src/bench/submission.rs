@@ -44,10 +44,7 @@ pub async fn submission(
     message_bytes: usize,
     certificate_dir: &Path,
 ) -> anyhow::Result<SubmissionReport> {
-    let store = sendmill_store::Store::connect(&base.postgres.url, 2)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
+    let store = super::migrated_store(base).await?;
     let run = Run::new(base)?;
     let broker = BenchTopics::create(&run.config).await?;
     let (domain, key) = super::tenant(&store, &run.id).await?;

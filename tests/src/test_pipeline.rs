@@ -427,6 +427,17 @@ pub async fn call(
 }
 
 /// A message body that the tenant may send: `to` as given, everything else fixed.
+/// Sets `body`'s attachments to one file, `filename`, of `content` (base64, as the send
+/// API takes it; `application/octet-stream`).
+pub fn attach(body: &mut Value, filename: &str, content: &[u8]) {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    body["attachments"] = serde_json::json!([{
+        "filename": filename,
+        "content_type": "application/octet-stream",
+        "content": STANDARD.encode(content)
+    }]);
+}
+
 pub fn message_to(pipeline: &TestPipeline, to: Value) -> Value {
     serde_json::json!({
         "from": format!("Sendmill Test <hello@{}>", pipeline.domain),

@@ -232,16 +232,11 @@ async fn a_4xx_from_the_mx_defers_onto_the_first_retry_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_with_a_large_attachment_crosses_every_stage() {
-    use base64::{engine::general_purpose::STANDARD, Engine};
     let p = TestPipeline::start().await;
     // 1.5 MB: larger than Kafka's default 1 MB record limit once encoded.
     let content: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
     let mut body = message_to(&p, json!(["files@ok.test"]));
-    body["attachments"] = json!([{
-        "filename": "data.bin",
-        "content_type": "application/octet-stream",
-        "content": STANDARD.encode(&content)
-    }]);
+    attach(&mut body, "data.bin", &content);
     let (status, response) = p.send(&body).await;
     assert_eq!(status, 202, "{response}");
     let id = first_message_id(&response);

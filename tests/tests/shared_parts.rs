@@ -3,7 +3,6 @@
 //! render reads them back by offset, and a record whose parts are gone or are not the ones
 //! it names ends in `render_failed` instead of an empty or wrong message.
 
-use base64::{engine::general_purpose::STANDARD, Engine};
 use sendmill_tests::*;
 use sendmill_wire::{
     decode, EventType, Lane, MessageId, RequestedV1, SharedParts, SharedRef, BLOB_SCHEMA,
@@ -32,11 +31,7 @@ async fn a_requests_template_and_attachment_are_written_once_and_every_recipient
         ]),
     );
     body["html"] = json!(html);
-    body["attachments"] = json!([{
-        "filename": "report.bin",
-        "content_type": "application/octet-stream",
-        "content": STANDARD.encode(&content)
-    }]);
+    attach(&mut body, "report.bin", &content);
     let (status, response) = p.send(&body).await;
     assert_eq!(status, 202, "{response}");
     let ids = message_ids(&response);

@@ -289,13 +289,25 @@ impl WirePayload for RequestedV1 {
             if record.shared.is_none() {
                 return Err(DecodeFailure::Frame("a version 3 record without `shared`"));
             }
+            if record.html.is_some()
+                || record.text.is_some()
+                || record.mime.is_some()
+                || record.attachments.iter().any(|a| !a.content.is_empty())
+            {
+                return Err(DecodeFailure::Frame("a version 3 head carrying parts"));
+            }
             if !rest.is_empty() {
                 return Err(DecodeFailure::Frame("bytes after the head"));
             }
             return Ok(record);
         }
         let Some(frame) = bytes.strip_prefix(REQUESTED_V2_MAGIC) else {
-            return Ok(serde_json::from_slice(bytes)?);
+            let record: RequestedV1 = serde_json::from_slice(bytes)?;
+            if record.shared.is_some() {
+                // Never written: a record with `shared` is a version 3 frame.
+                return Err(DecodeFailure::Frame("a version 1 record with `shared`"));
+            }
+            return Ok(record);
         };
         let (head, rest) = split_counted(frame, "head")?;
         let mut record: RequestedV1 = serde_json::from_slice(head)?;

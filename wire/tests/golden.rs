@@ -324,6 +324,23 @@ fn a_blob_that_is_not_the_referenced_one_is_refused() {
             "cut at {cut}"
         );
     }
+    // `shared` is only ever written in a version 3 frame, whose head carries no parts:
+    // anything else would not encode back to itself.
+    let json_with_ref = serde_json::to_vec(&record).unwrap();
+    assert!(
+        decode::<RequestedV1>(&json_with_ref).is_err(),
+        "JSON with `shared`"
+    );
+    let mut carrying = record.clone();
+    carrying.html = Some("<p>smuggled</p>".into());
+    let head = serde_json::to_vec(&carrying).unwrap();
+    let mut frame = b"SMQ3".to_vec();
+    frame.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&head);
+    assert!(
+        decode::<RequestedV1>(&frame).is_err(),
+        "a v3 head with parts"
+    );
     let mut no_ref = record.clone();
     no_ref.shared = None;
     let mut frame = b"SMQ3".to_vec();
