@@ -183,6 +183,16 @@ enum ReleaseError {
     Blob(#[from] BlobUnavailable),
 }
 
+/// What a held message becomes when it is released.
+enum Release {
+    /// The record, to its `requested` topic.
+    Record(RequestedV1),
+    /// A record whose parts could not be put back (why): a `render_failed` event.
+    Failed(RequestedV1, String),
+    /// A payload this release cannot read (why): a DLQ letter.
+    DeadLetter(String),
+}
+
 /// One transaction: take due messages, produce them, commit. Returns how many.
 async fn release_once(
     store: &Store,
@@ -195,48 +205,68 @@ async fn release_once(
     if count == 0 {
         return Ok(0);
     }
-    let sends = held.items.iter().map(|m| async move {
-        match sendmill_wire::decode::<RequestedV1>(&m.payload) {
-            Ok(mut record) => {
-                if let (Some(blobs), Some(reference)) = (blobs, record.shared.clone()) {
-                    match blobs.get(&reference).await? {
-                        Blob::Found(parts) => {
-                            // Cannot fail: the record lists what its own blob holds.
-                            if let Err(error) = parts.fill(&mut record) {
-                                tracing::warn!(%error, message_id = %m.message_id, "held message kept as version 3");
-                            }
-                        }
-                        // Released as it is: render ends it in `render_failed`.
-                        Blob::Gone(why) => {
-                            tracing::warn!(message_id = %m.message_id, %why, "held message's parts are gone")
-                        }
-                    }
-                }
+    // Every message is read (and, writing a version before 3, a message held as version
+    // 3 gets its parts back) before anything is produced: a blob that cannot be read yet
+    // fails the round with nothing written, and the batch is taken again.
+    let prepared = held.items.iter().map(|m| async move {
+        Ok::<_, ReleaseError>(match sendmill_wire::decode::<RequestedV1>(&m.payload) {
+            Ok(mut record) => match (blobs, record.shared.clone()) {
+                (Some(blobs), Some(reference)) => match blobs.get(&reference).await? {
+                    Blob::Found(parts) => match parts.fill(&mut record) {
+                        Ok(()) => Release::Record(record),
+                        Err(error) => Release::Failed(record, error.to_string()),
+                    },
+                    Blob::Gone(why) => Release::Failed(record, why),
+                },
+                _ => Release::Record(record),
+            },
+            Err(error) => Release::DeadLetter(error.to_string()),
+        })
+    });
+    let prepared = futures::future::try_join_all(prepared).await?;
+    let sends = held.items.iter().zip(prepared).map(|(m, release)| async move {
+        let key = m.message_id.to_string();
+        match release {
+            Release::Record(record) => producer
+                .send(&topics.requested(record.lane), &key, &record)
+                .await
+                .map_err(ReleaseError::from),
+            // Its parts are gone: a release before version 3 could not read it as it
+            // is, so it ends here, with the reason, instead of in that release's DLQ.
+            Release::Failed(record, why) => {
+                tracing::warn!(message_id = %m.message_id, %why, "held message's parts are gone");
+                let mut event = EventV1::new(
+                    EventType::RenderFailed,
+                    "scheduler",
+                    record.message_id,
+                    record.account_id,
+                    record.recipient(),
+                    &record.context,
+                );
+                event.reason = Some(format!(
+                    "the request's template and attachments cannot be read: {why}"
+                ));
                 producer
-                    .send(
-                        &topics.requested(record.lane),
-                        &record.message_id.to_string(),
-                        &record,
-                    )
+                    .send(&topics.events(), &key, &event)
                     .await
                     .map_err(ReleaseError::from)
             }
             // Written by this code (or a later release's) when it was accepted; a payload
             // it cannot read is kept in the DLQ with its reason, never dropped unseen.
-            Err(error) => {
-                tracing::error!(%error, message_id = %m.message_id, "undecodable scheduled message sent to the DLQ");
+            Release::DeadLetter(reason) => {
+                tracing::error!(%reason, message_id = %m.message_id, "undecodable scheduled message sent to the DLQ");
                 let letter = sendmill_wire::DeadLetterV1 {
                     failed_at: time::OffsetDateTime::now_utc(),
                     stage: "scheduler".into(),
                     source_topic: "scheduled_messages".into(),
                     partition: -1,
                     offset: -1,
-                    key: Some(m.message_id.to_string()),
+                    key: Some(key.clone()),
                     payload: m.payload.clone(),
-                    reason: error.to_string(),
+                    reason,
                 };
                 producer
-                    .send(&topics.dlq(), &m.message_id.to_string(), &letter)
+                    .send(&topics.dlq(), &key, &letter)
                     .await
                     .map_err(ReleaseError::from)
             }

@@ -426,7 +426,6 @@ pub async fn call(
     (status, value, headers)
 }
 
-/// A message body that the tenant may send: `to` as given, everything else fixed.
 /// Sets `body`'s attachments to one file, `filename`, of `content` (base64, as the send
 /// API takes it; `application/octet-stream`).
 pub fn attach(body: &mut Value, filename: &str, content: &[u8]) {
@@ -438,6 +437,7 @@ pub fn attach(body: &mut Value, filename: &str, content: &[u8]) {
     }]);
 }
 
+/// A message body that the tenant may send: `to` as given, everything else fixed.
 pub fn message_to(pipeline: &TestPipeline, to: Value) -> Value {
     serde_json::json!({
         "from": format!("Sendmill Test <hello@{}>", pipeline.domain),

@@ -190,19 +190,34 @@ async fn writing_version_2_the_scheduler_releases_a_message_held_as_version_3_wh
     held.shared = Some(SharedParts::reference(&blob, partition, offset));
     let frame = sendmill_wire::encode(&held);
     assert!(frame.starts_with(b"SMQ3"));
+    // And one whose parts are gone: it cannot be released whole, so it ends there.
+    let (mut gone, blob) = record_pointing(&p, "held-v3-gone@ok.test");
+    gone.shared = Some(SharedParts::reference(&blob, partition, offset + 1_000));
+    let now = time::OffsetDateTime::now_utc();
     p.store()
         .await
         .schedule(
             p.topics.prefix(),
             p.account,
             held.batch_id,
-            &[(held.message_id, time::OffsetDateTime::now_utc(), frame)],
+            &[
+                (held.message_id, now, frame),
+                (gone.message_id, now, sendmill_wire::encode(&gone)),
+            ],
             None,
         )
         .await
         .unwrap();
     let id = held.message_id.to_string();
     p.wait_for_status(&id, "delivered", LIMIT).await;
+    let reason = render_failure(&p, &gone.message_id.to_string()).await;
+    assert!(reason.contains("no record at partition"), "{reason}");
+    assert!(
+        p.events()
+            .iter()
+            .any(|e| e.message_id == gone.message_id && e.stage == "scheduler"),
+        "the scheduler ended it"
+    );
     let requested = p.read_topic(&p.topics.requested(Lane::Transactional));
     assert_eq!(requested.len(), 1);
     assert!(
