@@ -231,6 +231,16 @@ pub fn mime_check(message: &Path, headers: &[&str]) -> Value {
     parsed
 }
 
+/// The decoded size in bytes of `message`'s part named `filename` (`mime_check`), `None`
+/// when it has no such part.
+pub fn attachment_size(message: &Path, filename: &str) -> Option<u64> {
+    mime_check(message, &[])["parts"]
+        .as_array()?
+        .iter()
+        .find(|part| part["filename"] == filename)?["size"]
+        .as_u64()
+}
+
 /// The decoded `text/html` part of `message`, as Python's `email` reads it.
 pub fn html_part(message: &Path) -> String {
     mime_check(message, &[])["parts"]

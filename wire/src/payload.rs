@@ -10,7 +10,9 @@
 //! (`sendmill bench work --part ready-codec`); a `requested` record carries the request's
 //! ~15 KB template and its attachments, JSON-escaped and base64 in every recipient's
 //! record. Version 2 of each is a binary frame: the small fields as JSON, then the large
-//! parts' bytes as they are (see [`ReadyV1`] and [`RequestedV1`]). Version 1 records
+//! parts' bytes as they are (see [`ReadyV1`] and [`RequestedV1`]). `requested` version 3
+//! is the head alone, pointing to the request's parts on the blobs topic
+//! ([`crate::shared`]). Version 1 records
 //! (JSON) are still read, and written during a rolling upgrade.
 
 use crate::{AccountId, BatchId, Lane, MessageId, SmtpReply};
